@@ -1,0 +1,1 @@
+"""VM drivers of the test cloud: one small interface (base.VMDriver), several implementations."""
