@@ -33,7 +33,14 @@ from factory.progress import DEFAULT as PROGRESS
 SUITE = "bookworm"
 MIRROR = os.environ.get("FLOWER_TESTIMAGE_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "dbus", "openssh-server", "curl", "iproute2", "iputils-ping")
-KERNEL_PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "kmod", "initramfs-tools")
+KERNEL_PACKAGES = (
+    "linux-image-cloud-amd64",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "initramfs-tools",
+    "qemu-guest-agent",
+)
 ONE_CONTEXT_LITE = CONTEXT_DIR / "one-context-lite"
 CUSTOMIZE = Path(__file__).with_name("testimage-customize.sh")
 IMAGE_CACHE = CACHE_DIR / "testcloud" / "testimage"
