@@ -26,6 +26,12 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave out variants matching all conditions (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=None, help="rendered HCL root (default build/hcl)")
+    parser.add_argument(
+        "--templates",
+        type=Path,
+        default=None,
+        help="HCL template directory (default packer/; for template work)",
+    )
 
 
 def add_packer_variable_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +65,18 @@ def parse_vars(values: list[str], var_files: list[Path]) -> dict[str, str]:
             problem = "--var-file: Packer needs a name ending in .pkrvars.hcl or .json"
             raise ConfigError(str(path), "", problem)
     return overrides
+
+
+def render_sources(args: argparse.Namespace):  # -> RenderSources
+    from factory.hcl import RenderSources
+
+    if args.templates is None:
+        return RenderSources()
+    if not (args.templates / "variables.pkr.hcl").is_file():
+        raise ConfigError(
+            str(args.templates), "--templates", "not a template directory (no variables.pkr.hcl)"
+        )
+    return RenderSources(templates=args.templates)
 
 
 def load_selection(args: argparse.Namespace):  # -> tuple[Matrix, tuple[Variant, ...], Selection]

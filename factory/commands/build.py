@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from factory.commands._selection import load_selection, parse_vars
+    from factory.commands._selection import load_selection, parse_vars, render_sources
     from factory.errors import FactoryError
     from factory.hcl import HCL_DIR, render_variants
     from factory.packer import build_variant, plan_build
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_vars(args.var, args.var_file)
     matrix, variants, _selection = load_selection(args)
     out_root = args.out if args.out is not None else HCL_DIR
-    render_variants(matrix, variants, out_root)
+    render_variants(matrix, variants, out_root, render_sources(args))
     if args.dry_run:
         for variant in variants:
             plan = plan_build(variant, overrides, args.var_file, hcl_root=out_root)

@@ -37,7 +37,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from factory.commands._selection import load_selection
+    from factory.commands._selection import load_selection, render_sources
     from factory.hcl import HCL_DIR, render_variants
     from factory.matrix import github_matrix
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         output = "\n".join(parts)
     out_root = args.out if args.out is not None else HCL_DIR
     if not args.no_render:
-        render_variants(matrix, variants, out_root)
+        render_variants(matrix, variants, out_root, render_sources(args))
     print(output)
     if not args.no_render and args.format == "table":
         print(f"\nRendered {len(variants)} build directories under {out_root}/")

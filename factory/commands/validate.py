@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from factory.commands._selection import load_selection, parse_vars
+    from factory.commands._selection import load_selection, parse_vars, render_sources
     from factory.hcl import HCL_DIR, render_variants
     from factory.packer import check_directories, packer_version
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     matrix, variants, _selection = load_selection(args)
     out_root = args.out if args.out is not None else HCL_DIR
     started = time.perf_counter()
-    directories = render_variants(matrix, variants, out_root)
+    directories = render_variants(matrix, variants, out_root, render_sources(args))
     entries = [(d, v.pins.base_image.local) for d, v in zip(directories, variants, strict=True)]
     results = check_directories(entries, overrides, args.var_file, jobs=args.jobs)
     failed = [result for result in results if not result.ok]

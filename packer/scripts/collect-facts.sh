@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs in the build VM after the provisioning scripts: records what really got installed (os-release,
 # Flower, the framework packages, Python, one-context, kernel, NVIDIA driver) into $FL_FACTS for the
-# manifest, and fails the build when it differs from the pins of the variant.
+# manifest, and fails the build when it differs from the pins of the variant. FL_ROOT (default /) lets
+# the same checks run on a mounted or chroot tree.
 set -euo pipefail
 
 : "${FL_FACTS:?}" "${FL_FLOWER_VERSION:?}" "${FL_VARIANT:?}"
+root=${FL_ROOT:-/}
+root=${root%/}
 mkdir -p "$FL_FACTS"
-cp /etc/os-release "$FL_FACTS/os-release"
+cp "$root/etc/os-release" "$FL_FACTS/os-release"
 facts="$FL_FACTS/facts.env"
 : >"$facts"
 problems=()
@@ -14,8 +17,8 @@ problems=()
 fact() { printf '%s=%s\n' "$1" "${2//$'\n'/ }" >>"$facts"; }
 
 # The Flower virtualenv: the site-packages directory that holds flwr's metadata.
-mapfile -t flwr_dirs < <(find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o \
-  -type d -name 'flwr-*.dist-info' -print 2>/dev/null | sort)
+mapfile -t flwr_dirs < <(find "$root/" -xdev \( -path "$root/proc" -o -path "$root/sys" -o -path "$root/dev" \) \
+  -prune -o -type d -name 'flwr-*.dist-info' -print 2>/dev/null | sort)
 if ((${#flwr_dirs[@]} == 0)); then
   problems+=("flwr is not installed")
 else
@@ -23,6 +26,7 @@ else
     problems+=("flwr is installed more than once: ${flwr_dirs[*]}")
   fi
   site=$(dirname "${flwr_dirs[0]}")
+  site=${site//\/\//\/}
   installed=$(basename "${flwr_dirs[0]}" .dist-info)
   installed=${installed#flwr-}
   fact flower "$installed"
@@ -52,7 +56,7 @@ else
 fi
 
 python3 --version >/dev/null 2>&1 && fact system_python "$(python3 --version 2>&1)"
-fact kernel "$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)"
+fact kernel "$(find "$root/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)"
 if [ "${FL_ONE_CONTEXT:-}" = "package" ]; then
   version=$(dpkg-query -W -f '${Version}' one-context 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}' one-context 2>/dev/null || true)
   fact one_context "${version:-missing}"

@@ -71,7 +71,7 @@ def test_guest_defaults_quote_hostile_values(tmp_path: Path) -> None:
                     "name": "ONEAPP_X",
                     "roles": ["supernode"],
                     "type": "text",
-                    "default": "it's $(touch /tmp/pwned) `x` \"q\"",
+                    "default": 'it\'s $(touch /tmp/pwned) `x` "q"',
                     "stage": "configure",
                     "mandatory": True,
                     "description": "hostile",
@@ -80,7 +80,7 @@ def test_guest_defaults_quote_hostile_values(tmp_path: Path) -> None:
         }
     )
     rows = source_in_bash(params.guest_defaults("supernode", decl), tmp_path)
-    assert rows["ONEAPP_X"][1] == "it's $(touch /tmp/pwned) `x` \"q\""
+    assert rows["ONEAPP_X"][1] == 'it\'s $(touch /tmp/pwned) `x` "q"'
     assert rows["ONEAPP_X"][3] == "YES"
 
 
