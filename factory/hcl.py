@@ -19,7 +19,9 @@ A directory is rendered into a staging directory and moved into place when compl
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import json
 import os
 import re
@@ -349,13 +351,24 @@ def hcl_files(directory: Path) -> list[Path]:
     return sorted(path for path in directory.iterdir() if path.name.endswith((".pkr.hcl", ".pkrvars.hcl")))
 
 
+_PARSED: dict[str, Any] = {}
+
+
+def _parse_cached(text: str) -> Any:
+    """python-hcl2 is slow (tens of ms a file) and most files are the same in every variant: parse each
+    distinct content once."""
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if digest not in _PARSED:
+        _PARSED[digest] = hcl2.loads(text)
+    return copy.deepcopy(_PARSED[digest])
+
+
 def parse_directory(directory: Path) -> dict[str, Any]:
     """Parse every HCL file of a rendered directory with python-hcl2; FactoryError names the file."""
     parsed: dict[str, Any] = {}
     for path in hcl_files(directory):
         try:
-            with open(path, encoding="utf-8") as stream:
-                parsed[path.name] = hcl2.load(stream)
+            parsed[path.name] = _parse_cached(path.read_text(encoding="utf-8"))
         except Exception as error:  # python-hcl2 raises lark errors of several kinds
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise FactoryError(f"{directory.name}: {path.name} does not parse: {first_line}") from None

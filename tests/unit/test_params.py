@@ -64,6 +64,8 @@ def test_guest_defaults_agree_with_declaration(role: str, tmp_path: Path) -> Non
 
 
 def test_guest_defaults_quote_hostile_values(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    hostile = f'it\'s $(touch {marker}) `touch {marker}` "q"'
     decl = params.parse_params(
         {
             "params": [
@@ -71,7 +73,7 @@ def test_guest_defaults_quote_hostile_values(tmp_path: Path) -> None:
                     "name": "ONEAPP_X",
                     "roles": ["supernode"],
                     "type": "text",
-                    "default": 'it\'s $(touch /tmp/pwned) `x` "q"',
+                    "default": hostile,
                     "stage": "configure",
                     "mandatory": True,
                     "description": "hostile",
@@ -80,7 +82,8 @@ def test_guest_defaults_quote_hostile_values(tmp_path: Path) -> None:
         }
     )
     rows = source_in_bash(params.guest_defaults("supernode", decl), tmp_path)
-    assert rows["ONEAPP_X"][1] == 'it\'s $(touch /tmp/pwned) `x` "q"'
+    assert rows["ONEAPP_X"][1] == hostile
+    assert not marker.exists()
     assert rows["ONEAPP_X"][3] == "YES"
 
 
