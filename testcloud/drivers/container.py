@@ -492,3 +492,9 @@ class ContainerDriver:
                     removed.append(f"container VM {orphan.vm_id} ({vm_dir})")
         removed += network.sweep(self.tag)
         return removed
+
+
+def create_driver(work_dir: Path) -> ContainerDriver:
+    """The test cloud's entry point (``testcloud.driverload``): one driver per cloud, named after the
+    cloud's driver work directory so that two clouds on the host never share a name."""
+    return ContainerDriver(network.cloud_tag(work_dir))

@@ -478,3 +478,8 @@ class QemuDriver:
         with contextlib.suppress(HostError):
             removed += network.sweep(self.tag)
         return removed
+
+
+def create_driver(work_dir: Path) -> QemuDriver:
+    """The test cloud's entry point (``testcloud.driverload``), as for the container driver."""
+    return QemuDriver(network.cloud_tag(work_dir))
