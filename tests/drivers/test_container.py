@@ -278,8 +278,10 @@ def test_a_new_driver_recovers_running_guests_and_cleans_dead_ones(guests: Guest
     guests.run(12, "sh", "-c", "echo survived >/root/marker")
     doomed = guests.driver._get(13)
     doomed_namespace = doomed.namespace
-    os.kill(doomed.supervisor.pid, 9)
-    os.kill(doomed.leader_pid(), 9)
+    leader = doomed.leader_pid()
+    assert leader is not None
+    os.kill(doomed.supervisor.pid, 9)  # the supervisor first, so that nothing restarts the guest
+    os.kill(leader, 9)
 
     restarted = ContainerDriver(guests.driver.tag)  # as after a test-cloud restart: nothing in memory
     guests.driver = restarted
