@@ -48,10 +48,11 @@ IMAGE_CACHE = CACHE_DIR / "testcloud" / "testimage"
 EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
 
 
-def _files_digest(paths: list[Path]) -> str:
+def _files_digest(base: Path, paths: list[Path]) -> str:
+    """Names (relative to ``base``), contents and executable bits of files, in a stable order."""
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(str(path.relative_to(CONTEXT_DIR.parent)).encode() + b"\0")
+        digest.update(str(path.relative_to(base)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
         digest.update(oct(path.stat().st_mode & 0o111).encode())
     return digest.hexdigest()
@@ -66,7 +67,8 @@ def build_key(bootable: bool) -> str:
         "packages": sorted(PACKAGES + (KERNEL_PACKAGES if bootable else ())),
         "excludes": EXCLUDES,
         "bootable": bootable,
-        "files": _files_digest([*lite_files, CUSTOMIZE]),
+        "one_context_lite": _files_digest(ONE_CONTEXT_LITE, lite_files),
+        "customize": _files_digest(CUSTOMIZE.parent, [CUSTOMIZE]),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
