@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,14 +35,14 @@ def _eth0_addresses(guests: Guests, vm_id: int) -> list[tuple[str, int]]:
     return [(entry["local"], entry["prefixlen"]) for entry in shown[0]["addr_info"]]
 
 
-def _ssh(ip: str, key: SshKey, command: str, timeout: float = 60) -> str:
+def _ssh(ip: str, key: SshKey, command: str, timeout: float = 60, user: str = "root") -> str:
     deadline = time.monotonic() + timeout
     while True:
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
             client.connect(
-                ip, username="root", pkey=key.private, timeout=5, allow_agent=False, look_for_keys=False
+                ip, username=user, pkey=key.private, timeout=5, allow_agent=False, look_for_keys=False
             )
             _, stdout, _ = client.exec_command(command, timeout=20)
             return stdout.read().decode()
@@ -311,3 +312,23 @@ def test_an_image_without_a_filesystem_is_refused_and_nothing_is_left(guests: Gu
     assert guests.driver.state(15) == GuestState.STOPPED
     assert mounts_under(tmp_path) == []
     assert not Path("/run/netns", network.namespace_name(guests.driver.tag, 15)).exists()
+
+
+def test_username_password_and_key_go_to_the_context_user(guests: Guests, ssh_key: SshKey) -> None:
+    context = {"USERNAME": "flower", "PASSWORD": "s3cret-pw", "SSH_PUBLIC_KEY": ssh_key.public_line}
+    spec = guests.spec(16, context)
+    guests.driver.launch(spec)
+    guests.wait(16)
+    guests.contextualized(16)
+    assert guests.run(16, "getent", "passwd", "flower").split(":")[5] == "/home/flower"
+    shadow = guests.run(16, "getent", "shadow", "flower").split(":")[1]
+    assert shadow.startswith("$") and "s3cret-pw" not in shadow
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # the host's libcrypt checks the guest's hash (yescrypt on Debian 12)
+
+    assert crypt.crypt("s3cret-pw", shadow) == shadow
+    keys = guests.run(16, "stat", "-c", "%U %a", "/home/flower/.ssh/authorized_keys").split()
+    assert keys == ["flower", "600"]
+    assert "s3cret-pw" not in guests.run(16, "cat", "/var/log/one-context.log"), "no password in a log"
+    assert _ssh(spec.nics[0].ip, ssh_key, "id -un", user="flower").strip() == "flower"
