@@ -37,7 +37,15 @@ from testcloud.drivers import contextmedia
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
-from testcloud.host import HostError, ProcessIdentity, children, mounts_under, run, same_pid_namespace
+from testcloud.host import (
+    HostError,
+    ProcessIdentity,
+    children,
+    mounts_under,
+    process_start_time,
+    run,
+    same_pid_namespace,
+)
 
 SUPERVISOR = Path(__file__).with_name("nspawn-supervisor.sh")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -131,13 +139,17 @@ class _Container:
             return None
 
     def nspawn_pid(self) -> int | None:
-        if self.supervisor is None or not self.supervisor.alive():
-            return None
-        for pid in children(self.supervisor.pid):
-            with contextlib.suppress(FileNotFoundError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd-nspawn":
-                    return pid
-        return None
+        """nspawn of this VM: the supervisor's child, or (supervisor gone) found by its machine name."""
+        if self.supervisor is not None and self.supervisor.alive():
+            for pid in children(self.supervisor.pid):
+                with contextlib.suppress(FileNotFoundError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd-nspawn":
+                        return pid
+        return _find_nspawn(self.machine)
+
+    def running(self) -> bool:
+        """The supervisor or (orphaned, its supervisor killed) the container itself still runs."""
+        return self.supervisor_alive() or _find_nspawn(self.machine) is not None
 
     def leader_pid(self) -> int | None:
         """PID (on the host) of the container's init: the child of nspawn in another pid namespace."""
@@ -148,6 +160,21 @@ class _Container:
             if not same_pid_namespace(pid):
                 return pid
         return None
+
+
+def _find_nspawn(machine: str) -> int | None:
+    """A live systemd-nspawn process running ``--machine=<machine>`` (machine names are host-unique)."""
+    wanted = f"--machine={machine}".encode()
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if argv and argv[0].endswith(b"systemd-nspawn") and wanted in argv:
+            pid = int(pid_dir.name)
+            if process_start_time(pid) is not None:
+                return pid
+    return None
 
 
 def _mount_options(fstype: str) -> str:
@@ -327,7 +354,7 @@ class ContainerDriver:
         with container.lock:
             if container.gone:
                 return GuestState.STOPPED
-            if not container.supervisor_alive():
+            if not container.running():
                 if container.terminating:
                     return GuestState.STOPPED
                 return GuestState.STOPPED if container.exit_status() == 0 else GuestState.FAILED
@@ -411,20 +438,20 @@ class ContainerDriver:
             (container.vm_dir / "container.restart").unlink(missing_ok=True)
             if not hard:
                 _signal(container.nspawn_pid(), signal.SIGTERM)  # nspawn -b: orderly poweroff of the guest
-                self._wait_supervisor(container, self.stop_timeout)
-            if container.supervisor_alive():
+                self._wait_stopped(container, self.stop_timeout)
+            if container.running():
                 _signal(container.leader_pid(), signal.SIGKILL)
-                self._wait_supervisor(container, 5.0)
-            if container.supervisor_alive():
+                self._wait_stopped(container, 5.0)
+            if container.running():
                 _signal(container.nspawn_pid(), signal.SIGKILL)
-                _signal(container.supervisor.pid if container.supervisor else None, signal.SIGKILL)
-                self._wait_supervisor(container, 5.0)
+                _signal(container.supervisor.pid if container.supervisor_alive() else None, signal.SIGKILL)
+                self._wait_stopped(container, 5.0)
             self._clean_host_side(container)
             container.gone = True
 
-    def _wait_supervisor(self, container: _Container, timeout: float) -> None:
+    def _wait_stopped(self, container: _Container, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while container.supervisor_alive() and time.monotonic() < deadline:
+        while container.running() and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def _clean_host_side(self, container: _Container) -> None:
@@ -453,7 +480,7 @@ class ContainerDriver:
         with self._lock:
             self._containers[vm_id] = container
         with container.lock:
-            if container.supervisor_alive():
+            if container.running():
                 return self.state(vm_id)
             status = container.exit_status()
             self._clean_host_side(container)
@@ -478,18 +505,21 @@ class ContainerDriver:
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
             words = [word.decode(errors="replace") for word in argv]
-            if (
-                len(words) > 3
-                and words[1] == str(SUPERVISOR)
-                and any(word.startswith(prefix) for word in words)
-            ):
+            if not any(word.startswith(prefix) for word in words):
+                continue
+            if len(words) > 3 and words[1] == str(SUPERVISOR):  # a supervisor: its state prefix
                 vm_dir = Path(words[2]).parent
-                orphan = _Container.load(vm_dir)
-                if orphan is not None:
-                    with self._lock:
-                        self._containers[orphan.vm_id] = orphan
-                    self.terminate(orphan.vm_id, hard=True)
-                    removed.append(f"container VM {orphan.vm_id} ({vm_dir})")
+            elif words[0].endswith("systemd-nspawn"):  # an nspawn whose supervisor was killed
+                directory = next((word for word in words if word.startswith("--directory=")), "")
+                vm_dir = Path(directory.removeprefix("--directory=")).parent.parent
+            else:
+                continue
+            orphan = _Container.load(vm_dir)
+            if orphan is not None:
+                with self._lock:
+                    self._containers[orphan.vm_id] = orphan
+                self.terminate(orphan.vm_id, hard=True)
+                removed.append(f"container VM {orphan.vm_id} ({vm_dir})")
         removed += network.sweep(self.tag)
         return removed
 

@@ -21,7 +21,7 @@ import pytest
 from factory import diskimage
 from testcloud import network
 from testcloud.drivers.base import ContextSpec, GuestState
-from testcloud.drivers.container import ContainerDriver
+from testcloud.drivers.container import ContainerDriver, _find_nspawn
 from testcloud.drivers.errors import DriverError
 from testcloud.host import mounts_under, process_start_time
 
@@ -271,26 +271,36 @@ def test_a_changed_context_is_applied_by_the_running_guest(guests: Guests) -> No
 
 
 def test_a_new_driver_recovers_running_guests_and_cleans_dead_ones(guests: Guests) -> None:
-    alive, dying = guests.spec(12), guests.spec(13)
-    guests.driver.launch(alive)
-    guests.driver.launch(dying)
-    guests.wait(12)
-    guests.wait(13)
+    alive, orphaned, dying = guests.spec(12), guests.spec(13), guests.spec(14)
+    for spec in (alive, orphaned, dying):
+        guests.driver.launch(spec)
+    for vm_id in (12, 13, 14):
+        guests.wait(vm_id)
     guests.run(12, "sh", "-c", "echo survived >/root/marker")
-    doomed = guests.driver._get(13)
-    doomed_namespace = doomed.namespace
-    leader = doomed.leader_pid()
-    assert leader is not None
-    os.kill(doomed.supervisor.pid, 9)  # the supervisor first, so that nothing restarts the guest
-    os.kill(leader, 9)
+    # VM 13 loses its supervisor but its container keeps running; VM 14's guest dies.
+    os.kill(guests.driver._get(13).supervisor.pid, 9)
+    doomed = guests.driver._get(14)
+    doomed_namespace, doomed_machine = doomed.namespace, doomed.machine
+    os.kill(doomed.leader_pid(), 9)
+    guests.wait_for(
+        14, lambda: (dying.vm_dir / "container.exit").exists(), "the supervisor's exit record", 30
+    )
 
     restarted = ContainerDriver(guests.driver.tag)  # as after a test-cloud restart: nothing in memory
     guests.driver = restarted
     assert restarted.recover(12, alive) == GuestState.RUNNING
     assert guests.run(12, "cat", "/root/marker") == "survived\n"
-    assert restarted.recover(13, dying) == GuestState.FAILED
+    assert restarted.recover(13, orphaned) == GuestState.RUNNING, "an orphaned container is still the guest"
+    assert guests.run(13, "true") == ""
+    assert restarted.recover(14, dying) == GuestState.FAILED
     assert mounts_under(dying.vm_dir) == [] and not Path("/run/netns", doomed_namespace).exists()
+    assert _find_nspawn(doomed_machine) is None
     assert restarted.recover(99, guests.spec(99)) == GuestState.STOPPED, "never launched: nothing to recover"
+
+    orphan_machine = restarted._get(13).machine
+    restarted.terminate(13)
+    assert _find_nspawn(orphan_machine) is None, "terminate finds the container without its supervisor"
+    assert mounts_under(orphaned.vm_dir) == []
 
 
 def test_a_qcow2_image_boots_through_the_raw_cache(guests: Guests, tmp_path: Path) -> None:
@@ -332,3 +342,21 @@ def test_username_password_and_key_go_to_the_context_user(guests: Guests, ssh_ke
     assert keys == ["flower", "600"]
     assert "s3cret-pw" not in guests.run(16, "cat", "/var/log/one-context.log"), "no password in a log"
     assert _ssh(spec.nics[0].ip, ssh_key, "id -un", user="flower").strip() == "flower"
+
+
+def test_sweep_finds_guests_of_a_lost_driver_even_without_their_supervisor(guests: Guests) -> None:
+    first, second = guests.spec(17), guests.spec(18)
+    guests.driver.launch(first)
+    guests.driver.launch(second)
+    guests.wait(17)
+    guests.wait(18)
+    machines = [guests.driver._get(vm_id).machine for vm_id in (17, 18)]
+    os.kill(guests.driver._get(18).supervisor.pid, 9)  # VM 18's container is now an orphan
+
+    fresh = ContainerDriver(guests.driver.tag)  # knows nothing: finds everything on the host by name
+    removed = fresh.sweep()
+    assert any("VM 17" in entry for entry in removed) and any("VM 18" in entry for entry in removed)
+    assert [_find_nspawn(machine) for machine in machines] == [None, None]
+    assert mounts_under(first.vm_dir) == [] and mounts_under(second.vm_dir) == []
+    assert network.links_with_prefix(network.link_prefix(fresh.tag)) == []
+    assert network.namespaces_with_prefix(network.namespace_prefix(fresh.tag)) == []
