@@ -234,6 +234,10 @@ class FlowEngine:
         return json.loads(doc.template.get("BODY") or "{}")
 
     def save_body(self, doc: Document, body: dict[str, Any]) -> None:
+        if doc.type == DOC_SERVICE:  # what Role/VMRole.new add to every role of a loaded service
+            for role in self._roles(body).values():
+                if role.get("cooldown") is None:
+                    role["cooldown"] = self.cloud.config.flow_cooldown
         doc.template.replace("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))
         self.cloud.save(doc)
 

@@ -310,26 +310,26 @@ class OneGate:
         if method == "GET" and route == "/":
             self.authenticate(headers)
             host = headers.get("Host") or ""
-            return 200, json.dumps({"vm_info": f"http://{host}/vm", "service_info": f"http://{host}/service"})
+            return 200, _json({"vm_info": f"http://{host}/vm", "service_info": f"http://{host}/service"})
         if method == "GET" and route == "/vm":
             vm = self.source_vm(headers)
             with self.cloud.lock:
                 data = build_vm_hash(xml_to_hash(_vm_tree(vm)))
-            return 200, json.dumps(data)
+            return 200, _json(data)
         if method == "PUT" and route == "/vm":
             self.update(self.source_vm(headers), params, raw)
             return 200, ""
         if method == "GET" and route == "/service":
             vm = self.source_vm(headers)
             response = self.check_vm_in_service(vm.id, vm.user_template.get("SERVICE_ID"))
-            return 200, json.dumps(response)
+            return 200, _json(response)
         match = re.fullmatch(r"/vms/([^/]+)", route)
         if match and method in ("GET", "PUT"):
             requested = self.requested_vm(_to_i(match.group(1)), headers)
             if method == "GET":
                 with self.cloud.lock:
                     data = build_vm_hash(xml_to_hash(_vm_tree(requested)))
-                return 200, json.dumps(data)
+                return 200, _json(data)
             self.update(requested, params, raw)
             return 200, ""
         match = re.fullmatch(r"/vms/([^/]+)/action", route)
@@ -352,6 +352,11 @@ class OneGate:
                 raise Halt(400, f"Error performing action on service {service_id} role {role}")
             return 200, ""
         return 400, "OneGate server doesn't support this feature"
+
+
+def _json(data: Any) -> str:
+    """Ruby's ``to_json``: compact."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def _to_i(text_in: str) -> int:
