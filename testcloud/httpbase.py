@@ -32,7 +32,7 @@ class Server(ThreadingHTTPServer):
 
     def start(self, name: str) -> None:
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
         )
         self._thread.start()
 

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,11 @@ class CloudHandle:
             stop_daemon(self.state_dir, keep_guests=keep_guests)
             self.pid = None
             return
-        for server in self.servers:
-            server.stop()
+        stoppers = [threading.Thread(target=server.stop) for server in self.servers]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         self.servers = []
         if self.cloud is not None:
             self.cloud.shutdown(keep_guests=keep_guests)

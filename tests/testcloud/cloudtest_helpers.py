@@ -1,0 +1,142 @@
+"""Helpers of the test cloud's fidelity tests (imported by conftest.py and the tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+from factory.paths import SHARED_DIR
+from testcloud.config import Timings
+
+XSD_DIR = SHARED_DIR / "xsd"
+NAMESPACE = "http://opennebula.org/XMLSchema"
+FAST = Timings(pending=0.05, prolog=0.05, boot=0.05, epilog=0.05, image_lock=0.05, app_lock=0.05, tick=0.02)
+SLOW = Timings(pending=0.4, prolog=0.4, boot=0.4, epilog=0.4, image_lock=0.4, app_lock=0.4, tick=0.02)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def make_qcow2(path: Path, size: str = "64M") -> Path:
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(path), size], check=True, capture_output=True)
+    return path
+
+
+def make_raw(path: Path, size_bytes: int = 3 * 2**20, fill: bytes = b"flower") -> Path:
+    with open(path, "wb") as handle:
+        handle.write(fill * 1000)
+        handle.truncate(size_bytes)
+    return path
+
+
+def ready_image(one: Any, path: Path, name: str = "img") -> int:
+    image_id = one.image.allocate(f'NAME="{name}"\nPATH="{path}"\nTYPE="OS"', 1)
+    wait_for(lambda: one.image.info(image_id).STATE == 1)
+    return image_id
+
+
+def running_vm(one: Any, template: str = 'NAME="vm"\nCPU="1"\nMEMORY="128"') -> int:
+    vm_id = one.vm.allocate(template)
+    wait_for(lambda: one.vm.info(vm_id).LCM_STATE == 3)
+    return vm_id
+
+
+# ---------------------------------------------------------------------------------------------- XSD
+@cache
+def schema(name: str) -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(XSD_DIR / name)))
+
+
+def with_namespace(xml: str) -> etree._Element:
+    """oned sends no namespace; the XSDs declare one: qualify every element before validating."""
+    root = etree.fromstring(xml.encode())
+    for element in root.iter():
+        if isinstance(element.tag, str) and not element.tag.startswith("{"):
+            element.tag = f"{{{NAMESPACE}}}{element.tag}"
+    return root
+
+
+def assert_valid(xml: str, xsd: str) -> None:
+    validator = schema(xsd)
+    if not validator.validate(with_namespace(xml)):
+        raise AssertionError(f"{xsd}: {validator.error_log}\n{xml[:3000]}")
+
+
+# ---------------------------------------------------------------------------------------------- pyone
+TEMPLATED = {"TEMPLATE", "USER_TEMPLATE"}
+
+
+def _template_dict(element: etree._Element) -> Any:
+    """What pyone gives for a template element: strings (None for empty), dicts, lists for repeats."""
+    children = list(element)
+    if not children:
+        return element.text or None
+    result: dict[str, Any] = {}
+    for child in children:
+        value = _template_dict(child)
+        if child.tag in result:
+            if not isinstance(result[child.tag], list):
+                result[child.tag] = [result[child.tag]]
+            result[child.tag].append(value)
+        else:
+            result[child.tag] = value
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value == "":
+        return None
+    return value
+
+
+def assert_lossless(xml: str, parsed: Any) -> None:
+    """Every element of our answer is in pyone's object, with the same value."""
+    _compare(etree.fromstring(xml.encode()), parsed, etree.fromstring(xml.encode()).tag)
+
+
+def _compare(element: etree._Element, obj: Any, path: str) -> None:
+    seen: dict[str, int] = {}
+    for child in element:
+        name = child.tag
+        index = seen.get(name, 0)
+        seen[name] = index + 1
+        where = f"{path}/{name}[{index}]"
+        assert hasattr(obj, name), f"pyone lost {where}"
+        value = getattr(obj, name)
+        if isinstance(value, list) and not isinstance(value, str):
+            assert index < len(value), f"pyone lost {where}"
+            value = value[index]
+        if name in TEMPLATED and isinstance(value, dict):
+            expected = _template_dict(child)
+            assert _plain(dict(value)) == _plain(expected if isinstance(expected, dict) else {}), where
+            continue
+        if len(child):
+            _compare(child, value, where)
+        else:
+            text = child.text or ""
+            if isinstance(value, int) and not isinstance(value, bool):
+                assert value == int(text), where
+            elif isinstance(value, float):
+                assert value == float(text), where
+            else:
+                assert (value or "") == text or (value is None and text == ""), (
+                    f"{where}: {value!r} != {text!r}"
+                )
