@@ -99,7 +99,7 @@ def test_pool_filters_and_ranges(one: Any, tmp_path: Path) -> None:
 def test_template_allocate_info_delete(one: Any) -> None:
     template_id = one.template.allocate('NAME="web"\nCPU="0.5"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\nLOGO="x"')
     info = one.template.info(template_id)
-    assert (info.ID, info.NAME, info.UNAME) == (template_id, "web", "oneadmin")
+    assert (template_id, "web", "oneadmin") == (info.ID, info.NAME, info.UNAME)
     assert info.TEMPLATE["CPU"] == "0.5" and info.TEMPLATE["NIC"] == {"NETWORK_ID": "0"}
     assert "NAME" not in info.TEMPLATE
     with pytest.raises(pyone.OneInternalException) as error:
@@ -125,7 +125,7 @@ def test_template_instantiate(one: Any) -> None:
     template_id = one.template.allocate('NAME="base"\nCPU="1"\nMEMORY="128"\nCONTEXT=[A="1"]\nLABELS="x"')
     vm_id = one.template.instantiate(template_id, "", False, 'MEMORY="256"\nCONTEXT=[B="2"]', False)
     vm = one.vm.info(vm_id)
-    assert vm.NAME == f"base-{vm_id}"
+    assert f"base-{vm_id}" == vm.NAME
     assert vm.TEMPLATE["MEMORY"] == "256"
     assert vm.TEMPLATE["TEMPLATE_ID"] == str(template_id)
     assert vm.TEMPLATE["CONTEXT"]["B"] == "2" and "A" not in vm.TEMPLATE["CONTEXT"]  # merge replaces vectors
@@ -173,7 +173,7 @@ def test_vm_full_and_short_forms(one: Any) -> None:
     extended = one.vmpool.infoextended(-2, -1, -1, -1).VM[0]
     assert extended.USER_TEMPLATE["READY"] == "YES" and "CONTEXT" in extended.TEMPLATE
     assert full.HISTORY_RECORDS.HISTORY[0].VM_MAD == "dummy"
-    assert full.DEPLOY_ID == f"one-{vm_id}"
+    assert f"one-{vm_id}" == full.DEPLOY_ID
 
 
 def test_vmpool_state_filter(one: Any) -> None:
@@ -233,7 +233,7 @@ def test_vm_actions_and_wrong_states(one: Any) -> None:
         ("resume", 3, 3),
     ):
         one.vm.action(action, vm_id)
-        wait_for(lambda s=state, l=lcm: (one.vm.info(vm_id).STATE, one.vm.info(vm_id).LCM_STATE) == (s, l))
+        wait_for(lambda s=state, w=lcm: (s, w) == (one.vm.info(vm_id).STATE, one.vm.info(vm_id).LCM_STATE))
     one.vm.action("reboot", vm_id)
     one.vm.action("resched", vm_id)
     assert one.vm.info(vm_id).RESCHED == 1
