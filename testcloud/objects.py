@@ -599,6 +599,12 @@ class VM(PoolObject):
             f"<NETTX>0</NETTX><TIMESTAMP>{self.last_poll}</TIMESTAMP></MONITORING>"
         )
 
+    def monitoring_xml_short(self) -> str:
+        if self.state != ACTIVE or self.lcm_state != RUNNING:
+            return "<MONITORING/>"
+        memory_kb = int(self.template.get("MEMORY", "0") or 0) * 1024
+        return f"<MONITORING><CPU>0</CPU><MEMORY>{memory_kb}</MEMORY></MONITORING>"
+
     def history_xml(self, short: bool) -> str:
         if not self.history:
             return "<HISTORY_RECORDS/>"
@@ -675,7 +681,7 @@ class VM(PoolObject):
             + nics
             + (attribute_xml("GRAPHICS", graphics) if graphics is not None else "")
             + "</TEMPLATE>"
-            + self.monitoring_xml()
+            + self.monitoring_xml_short()
             + (f"<USER_TEMPLATE>{user}</USER_TEMPLATE>" if user else "<USER_TEMPLATE/>")
             + self.history_xml(short=True)
             + "</VM>"
