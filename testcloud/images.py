@@ -407,4 +407,6 @@ class ImageOps:
         image: Image | None = self.pools["image"].get(image_id)
         if image is None or image.state in (IMG_ERROR, IMG_DISABLED):
             return False
-        return image.state not in (IMG_LOCKED, IMG_LOCKED_USED)
+        if image.state in (IMG_LOCKED, IMG_LOCKED_USED):
+            return None
+        return True
