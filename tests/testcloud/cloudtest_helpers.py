@@ -121,8 +121,10 @@ def _compare(element: etree._Element, obj: Any, path: str) -> None:
         where = f"{path}/{name}[{index}]"
         if not hasattr(obj, name) and hasattr(obj, "anytypeobjs_"):  # xs:any content: kept as XML strings
             serialized = etree.tostring(child, encoding="unicode", with_tail=False)
-            assert any(etree.tostring(etree.fromstring(s), encoding="unicode") == serialized
-                       for s in obj.anytypeobjs_), f"pyone lost {where}"  # fmt: skip
+            assert any(
+                etree.tostring(etree.fromstring(s), encoding="unicode") == serialized
+                for s in obj.anytypeobjs_
+            ), f"pyone lost {where}"
             continue
         assert hasattr(obj, name), f"pyone lost {where}"
         value = getattr(obj, name)
@@ -145,3 +147,84 @@ def _compare(element: etree._Element, obj: Any, path: str) -> None:
                 assert (value or "") == text or (value is None and text == ""), (
                     f"{where}: {value!r} != {text!r}"
                 )
+
+
+# ------------------------------------------------------------------------------------ OneFlow, OneGate
+def flow(cloud: Any, method: str, path: str, body: Any = None, auth: tuple[str, str] | None = None) -> Any:
+    """A OneFlow call as the oneflow CLI makes it: Basic auth, JSON body."""
+    import requests
+
+    user, password = cloud.auth.split(":", 1)
+    return requests.request(
+        method, cloud.endpoints["oneflow"] + path, json=body, auth=auth or (user, password), timeout=30
+    )
+
+
+def service_body(cloud: Any, service_id: int) -> dict[str, Any]:
+    reply = flow(cloud, "GET", f"/service/{service_id}")
+    assert reply.status_code == 200, reply.text
+    return reply.json()["DOCUMENT"]["TEMPLATE"]["BODY"]
+
+
+def gate_headers(cloud: Any, vm_id: int) -> dict[str, str]:
+    """What one-context exports for a guest: the token of its context and its VM id."""
+    token = (cloud.state_dir / "vms" / str(vm_id) / "context" / "token.txt").read_text().strip()
+    return {"X-ONEGATE-TOKEN": token, "X-ONEGATE-VMID": str(vm_id)}
+
+
+def two_role_service(cloud: Any, one: Any, ready_gate: bool = True, cardinality: int = 2) -> int:
+    """Instantiate a SuperLink + SuperNodes service (straight, ready gate); returns its id."""
+    context = 'CONTEXT=[NETWORK="YES", TOKEN="YES", REPORT_READY="YES"]'
+    server = one.template.allocate(f'NAME="server"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\n{context}')
+    client = one.template.allocate(f'NAME="client"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\n{context}')
+    parent_ip = {"ONEAPP_FL_SUPERLINK": "${superlink.template.context.eth0_ip}"}
+    template = {
+        "name": "flower",
+        "deployment": "straight",
+        "ready_status_gate": ready_gate,
+        "roles": [
+            {
+                "name": "superlink",
+                "type": "vm",
+                "template_id": server,
+                "cardinality": 1,
+                "template_contents": {"CONTEXT": {"ONEAPP_ROLE": "server"}},
+            },
+            {
+                "name": "supernode",
+                "type": "vm",
+                "template_id": client,
+                "cardinality": cardinality,
+                "min_vms": 1,
+                "max_vms": 5,
+                "parents": ["superlink"],
+                "template_contents": {"CONTEXT": parent_ip},
+            },
+        ],
+    }
+    reply = flow(cloud, "POST", "/service_template", template)
+    assert reply.status_code == 201, reply.text
+    template_id = int(reply.json()["DOCUMENT"]["ID"])
+    action = {"action": {"perform": "instantiate", "params": {"merge_template": {"name": "fl-test"}}}}
+    reply = flow(cloud, "POST", f"/service_template/{template_id}/action", action)
+    assert reply.status_code == 201, reply.text
+    return int(reply.json()["DOCUMENT"]["ID"])
+
+
+def role_nodes(cloud: Any, service_id: int, role: str) -> list[int]:
+    body = service_body(cloud, service_id)
+    found = next(r for r in body["roles"] if r["name"] == role)
+    return [int(n["deploy_id"]) for n in found.get("nodes", [])]
+
+
+def report_ready(cloud: Any, vm_id: int) -> None:
+    """What one-context's net-99-report-ready does: PUT READY=YES through OneGate."""
+    import requests
+
+    reply = requests.put(
+        cloud.endpoints["onegate"] + "/vm",
+        data={"data": "READY=YES"},
+        headers=gate_headers(cloud, vm_id),
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text

@@ -104,26 +104,58 @@ def test_allocate_errors(one: Any, tmp_path: Path) -> None:
     path = make_qcow2(tmp_path / "x.qcow2")
     image_id = ready_image(one, path, "taken")
     cases = [
-        (f'NAME="taken"\nPATH="{path}"', 1, pyone.OneException,
-         f"[one.image.allocate] Error allocating a new image. NAME is already taken by IMAGE {image_id}."),
-        (f'PATH="{path}"', 1, pyone.OneException,
-         "[one.image.allocate] Error allocating a new image. Invalid NAME, it cannot be empty"),
-        (f'NAME="s"\nPATH="{path}"', 0, pyone.OneException,
-         "[one.image.allocate] Error allocating a new image. "
-         "New images can only be allocated in a files or image datastore."),
-        (f'NAME="n"\nPATH="{path}"', 9, pyone.OneNoExistsException,
-         "[one.image.allocate] Error getting datastore [9]."),
-        (f'NAME="k"\nPATH="{path}"\nTYPE="KERNEL"', 1, pyone.OneException,
-         "[one.image.allocate] Error allocating a new image. "
-         "IMAGES of type KERNEL, RAMDISK and CONTEXT cannot be registered in an IMAGE_DS datastore"),
-        ('NAME="src"\nSOURCE="/x"', 1, pyone.OneInternalException,
-         "[one.image.allocate] Cannot parse image SIZE: Wrong number or missing SIZE attribute."),
-        (f'NAME="both"\nSOURCE="/x"\nSIZE="1"\nPATH="{path}"', 1, pyone.OneException,
-         "[one.image.allocate] Error allocating a new image. PATH and SOURCE cannot be both set."),
-        ('NAME="cd"\nTYPE="CDROM"', 1, pyone.OneInternalException,
-         "[one.image.allocate] Cannot parse image SIZE: Either PATH or SOURCE are required for CDROM"),
-        ('NAME = [', 1, pyone.OneInternalException, "[one.image.allocate] Parse error: syntax error"),
-    ]  # fmt: skip
+        (
+            f'NAME="taken"\nPATH="{path}"',
+            1,
+            pyone.OneException,
+            f"[one.image.allocate] Error allocating a new image. NAME is already taken by IMAGE {image_id}.",
+        ),
+        (
+            f'PATH="{path}"',
+            1,
+            pyone.OneException,
+            "[one.image.allocate] Error allocating a new image. Invalid NAME, it cannot be empty",
+        ),
+        (
+            f'NAME="s"\nPATH="{path}"',
+            0,
+            pyone.OneException,
+            "[one.image.allocate] Error allocating a new image. "
+            "New images can only be allocated in a files or image datastore.",
+        ),
+        (
+            f'NAME="n"\nPATH="{path}"',
+            9,
+            pyone.OneNoExistsException,
+            "[one.image.allocate] Error getting datastore [9].",
+        ),
+        (
+            f'NAME="k"\nPATH="{path}"\nTYPE="KERNEL"',
+            1,
+            pyone.OneException,
+            "[one.image.allocate] Error allocating a new image. "
+            "IMAGES of type KERNEL, RAMDISK and CONTEXT cannot be registered in an IMAGE_DS datastore",
+        ),
+        (
+            'NAME="src"\nSOURCE="/x"',
+            1,
+            pyone.OneInternalException,
+            "[one.image.allocate] Cannot parse image SIZE: Wrong number or missing SIZE attribute.",
+        ),
+        (
+            f'NAME="both"\nSOURCE="/x"\nSIZE="1"\nPATH="{path}"',
+            1,
+            pyone.OneException,
+            "[one.image.allocate] Error allocating a new image. PATH and SOURCE cannot be both set.",
+        ),
+        (
+            'NAME="cd"\nTYPE="CDROM"',
+            1,
+            pyone.OneInternalException,
+            "[one.image.allocate] Cannot parse image SIZE: Either PATH or SOURCE are required for CDROM",
+        ),
+        ("NAME = [", 1, pyone.OneInternalException, "[one.image.allocate] Parse error: syntax error"),
+    ]
     for template, ds_id, kind, message in cases:
         with pytest.raises(kind) as error:
             one.image.allocate(template, ds_id)
