@@ -25,6 +25,7 @@ class Timings:
     pending: float = 0.1
     prolog: float = 0.1
     boot: float = 0.1
+    shutdown: float = 0.1
     epilog: float = 0.1
     image_lock: float = 0.1
     app_lock: float = 0.1

@@ -81,7 +81,8 @@ A_POWEROFF, A_POWEROFF_HARD, A_TERMINATE, A_TERMINATE_HARD = 19, 20, 27, 28
 PROLOG_TO_BOOT = {PROLOG: BOOT, PROLOG_UNDEPLOY: BOOT_UNDEPLOY, PROLOG_RESUME: BOOT_STOPPED}
 BOOT_STATES = {BOOT, BOOT_UNDEPLOY, BOOT_STOPPED, BOOT_POWEROFF, BOOT_SUSPENDED, BOOT_UNKNOWN}
 STOPPING_STATES = {SHUTDOWN, SHUTDOWN_POWEROFF, SHUTDOWN_UNDEPLOY, SAVE_STOP, SAVE_SUSPEND, CLEANUP_DELETE}
-RUNNING_POLL_S = 2.0
+RUNNING_POLL_S = 2.0  # how often a running guest is asked whether it still runs
+BOOT_POLL_S = 0.2  # and a booting one whether it is up
 
 _INT_PREFIX = re.compile(r"^\s*[+-]?\d+")
 _FLOAT_PREFIX = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -863,12 +864,14 @@ class VMOps:
             self._enter(vm, ACTIVE, PROLOG_TO_BOOT[vm.lcm_state])
             self._submit(vm, "launch", self._launch_work)
         elif vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
-            polls.append((vm.id, vm.host_id, "boot"))
+            if now - self._last_running_poll.get(vm.id, 0.0) >= BOOT_POLL_S:
+                self._last_running_poll[vm.id] = now
+                polls.append((vm.id, vm.host_id, "boot"))
         elif vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
             if now - self._last_running_poll.get(vm.id, 0.0) >= RUNNING_POLL_S:
                 self._last_running_poll[vm.id] = now
                 polls.append((vm.id, vm.host_id, "running"))
-        elif vm.lcm_state in STOPPING_STATES and vm.pending_op == "stopped":
+        elif vm.lcm_state in STOPPING_STATES and vm.pending_op == "stopped" and elapsed >= timings.shutdown:
             self._after_stop(vm)
         elif vm.lcm_state in (EPILOG, EPILOG_UNDEPLOY, EPILOG_STOP) and elapsed >= timings.epilog:
             if vm.history:

@@ -16,8 +16,19 @@ from testcloud.config import Timings
 
 XSD_DIR = SHARED_DIR / "xsd"
 NAMESPACE = "http://opennebula.org/XMLSchema"
-FAST = Timings(pending=0.05, prolog=0.05, boot=0.05, epilog=0.05, image_lock=0.05, app_lock=0.05, tick=0.02)
-SLOW = Timings(pending=0.4, prolog=0.4, boot=0.4, epilog=0.4, image_lock=0.4, app_lock=0.4, tick=0.02)
+FAST = Timings(
+    pending=0.05,
+    prolog=0.05,
+    boot=0.05,
+    shutdown=0.05,
+    epilog=0.05,
+    image_lock=0.05,
+    app_lock=0.05,
+    tick=0.02,
+)
+SLOW = Timings(
+    pending=0.6, prolog=0.6, boot=0.6, shutdown=0.6, epilog=0.6, image_lock=0.6, app_lock=0.6, tick=0.02
+)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
