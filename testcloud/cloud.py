@@ -334,4 +334,5 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps):
             self._engine.join(timeout=10)
         if not keep_guests:
             self.power_off_all()
-        self.workers.shutdown(wait=True, cancel_futures=False)
+        # work not yet started is dropped: it is recorded in the objects and resumes at the next start
+        self.workers.shutdown(wait=True, cancel_futures=True)

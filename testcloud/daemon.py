@@ -7,7 +7,6 @@ SIGUSR1: stop but leave the guests running, for the next start to re-attach them
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -46,12 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stop.wait()
     finally:
-        handle.stop(keep_guests=keep_guests["value"])
-        if not keep_guests["value"] and args.driver != "dummy":
-            try:
-                importlib.import_module("testcloud.network").remove_bridge_if_unused()
-            except (ImportError, AttributeError, OSError) as error:
-                logging.getLogger("testcloud").warning("bridge cleanup: %s", error)
+        handle.stop(keep_guests=keep_guests["value"])  # and the bridge, when no other cloud uses it
         (state_dir / "daemon.pid").unlink(missing_ok=True)
     return 0
 

@@ -49,6 +49,13 @@ def _bridge(driver: str) -> None:
     network.ensure_bridge()
 
 
+def _remove_bridge_if_unused() -> None:
+    try:
+        importlib.import_module("testcloud.network").remove_bridge_if_unused()
+    except (ImportError, AttributeError, OSError) as error:
+        log.warning("bridge cleanup: %s", error)
+
+
 def _bind(make, preferred: int | None) -> Server:
     """Bind the preferred port, else any free one."""
     if preferred:
@@ -84,8 +91,11 @@ class CloudHandle:
             stopper.join()
         self.servers = []
         if self.cloud is not None:
+            driver = self.cloud.config.driver
             self.cloud.shutdown(keep_guests=keep_guests)
             self.cloud = None
+            if not keep_guests and driver != "dummy":
+                _remove_bridge_if_unused()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "endpoints.json").unlink()
 
