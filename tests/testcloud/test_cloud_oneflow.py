@@ -373,3 +373,20 @@ def test_service_template_body_round_trips_untouched(cloud: Any, one: Any) -> No
     original = copy.deepcopy(template)
     body = flow(cloud, "POST", "/service_template", template).json()["DOCUMENT"]["TEMPLATE"]["BODY"]
     assert body["custom"] == original["custom"]  # extra keys are allowed and kept
+
+
+def test_failing_node_turns_the_running_service_to_warning_and_back(cloud: Any, one: Any) -> None:
+    from testcloud.drivers.base import GuestState
+
+    service_id = two_role_service(cloud, one, ready_gate=False)
+    wait_for(lambda: service_body(cloud, service_id)["state"] == SERVICE["RUNNING"])
+    node = role_nodes(cloud, service_id, "supernode")[0]
+    driver = cloud.cloud.driver_for(0)
+    driver._states[node] = GuestState.FAILED
+    wait_for(lambda: service_body(cloud, service_id)["state"] == SERVICE["WARNING"], timeout=15)
+    assert service_body(cloud, service_id)["roles"][1]["state"] == 4  # the role too
+    driver._states[node] = GuestState.RUNNING
+    wait_for(lambda: service_body(cloud, service_id)["state"] == SERVICE["RUNNING"], timeout=15)
+    one.vm.action("terminate-hard", node)  # a node terminated behind OneFlow's back leaves the role
+    wait_for(lambda: node not in role_nodes(cloud, service_id, "supernode"), timeout=15)
+    assert service_body(cloud, service_id)["roles"][1]["cardinality"] == 1

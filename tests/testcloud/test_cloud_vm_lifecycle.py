@@ -84,3 +84,32 @@ def test_undeploy_and_resume_make_a_new_history_record(one: Any) -> None:
     records = one.vm.info(vm_id).HISTORY_RECORDS.HISTORY
     assert [r.SEQ for r in records] == [0, 1]
     assert records[0].ACTION == 5 and records[0].ETIME > 0  # UNDEPLOY
+
+
+def test_driver_failures_become_oned_failure_states(cloud: Any, one: Any) -> None:
+    """When the hypervisor fails: BOOT_FAILURE with the reason, UNKNOWN for a dead guest."""
+    from testcloud.drivers.base import GuestState
+
+    driver = cloud.cloud.driver_for(0)
+    original = driver.launch
+
+    def broken(spec: Any) -> None:
+        raise RuntimeError("no space left on the hypervisor")
+
+    driver.launch = broken
+    try:
+        vm_id = one.vm.allocate('NAME="f"\nCPU="1"\nMEMORY="64"\nNIC=[NETWORK_ID="0"]')
+        wait_for(lambda: one.vm.info(vm_id).LCM_STATE == 36)  # BOOT_FAILURE
+    finally:
+        driver.launch = original
+    assert "no space left on the hypervisor" in one.vm.info(vm_id).USER_TEMPLATE["ERROR"]
+    one.vm.action("terminate", vm_id)  # a failed VM is cleaned up (CLEANUP_DELETE) and DONE
+    wait_for(lambda: one.vm.info(vm_id).STATE == DONE)
+    assert one.vn.info(0).USED_LEASES == 0
+    alive = running_vm(one)
+    driver._states[alive] = GuestState.FAILED  # the guest dies under the running VM
+    wait_for(lambda: one.vm.info(alive).LCM_STATE == 16, timeout=15)  # UNKNOWN
+    driver._states[alive] = GuestState.RUNNING
+    wait_for(lambda: one.vm.info(alive).LCM_STATE == RUNNING, timeout=15)
+    driver._states[alive] = GuestState.STOPPED  # it shut itself down
+    wait_for(lambda: one.vm.info(alive).STATE == POWEROFF, timeout=15)
