@@ -293,3 +293,7 @@ def test_documents(one: Any) -> None:
         pyone.OneNoExistsException, match=r"\[one.document.info\] Error getting document \[55\]"
     ):
         one.document.info(55)
+    unnamed = one.document.allocate('BODY="{}"', 100)
+    assert f"document-{unnamed}" == one.document.info(unnamed).NAME
+    with pytest.raises(pyone.OneInternalException, match=r"NAME is too long; max length is 128 chars\."):
+        one.document.allocate(f'NAME="{"n" * 129}"', 100)
