@@ -162,7 +162,12 @@ class VMOps:
 
         tmpl = parse_template(text_in)
         with self.lock:
-            return self._create_vm(tmpl, hold).id
+            try:
+                return self._create_vm(tmpl, hold).id
+            except OneError as error:  # VirtualMachineAllocateAPI answers a refused VM with INTERNAL
+                if error.code == errors.ALLOCATE:
+                    raise errors.internal(error.reason) from None
+                raise
 
     def template_instantiate(
         self: Cloud, tid: int, name: str, hold: bool, extra: str, persistent: bool

@@ -138,9 +138,7 @@ def test_no_token_without_token_yes(one: Any, cloud: Any) -> None:
 def test_bad_context_variable_refuses_the_vm(one: Any, cloud: Any) -> None:
     import pyone
 
-    with pytest.raises(
-        pyone.OneException, match=r"\[one.vm.allocate\] Error allocating a new virtual machine"
-    ):
+    with pytest.raises(pyone.OneException, match=r"\[one.vm.allocate\] Cannot parse CONTEXT: syntax error"):
         one.vm.allocate('NAME="bad"\nCPU="1"\nMEMORY="64"\nCONTEXT=[PRICE="costs $ 5"]')
     assert one.vmpool.info(-2, -1, -1, -2).VM == []
     assert cloud.cloud.pools["vm"] == {}

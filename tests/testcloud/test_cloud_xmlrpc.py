@@ -156,7 +156,8 @@ def test_vm_allocate_checks_cpu_memory_and_name(one: Any) -> None:
     for template, reason in cases.items():
         with pytest.raises(pyone.OneException) as error:
             one.vm.allocate(template)
-        assert str(error.value) == f"[one.vm.allocate] Error allocating a new virtual machine. {reason}"
+        assert str(error.value) == f"[one.vm.allocate] {reason}"
+        assert isinstance(error.value, pyone.OneInternalException)
     assert one.vmpool.info(-2, -1, -1, -2).VM == []
 
 
