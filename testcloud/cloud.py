@@ -320,9 +320,7 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps):
                 log.exception("lifecycle step failed")
 
     def tick(self) -> None:
-        self.tick_images()
-        self.tick_apps()
-        self.tick_vms()
+        self.tick_vms()  # images and apps change state in their copy workers
         if self.flow is not None:
             self.flow.tick()
 

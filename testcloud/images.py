@@ -399,9 +399,6 @@ class ImageOps:
             if image.state in (IMG_LOCKED, IMG_LOCKED_USED):
                 self.workers.submit(self._register_file, image.id)
 
-    def tick_images(self: Cloud) -> None:
-        """Images change state in their copy workers; nothing to advance here."""
-
     def image_is_ready_for(self: Cloud, image_id: int) -> bool | None:
         """For a CLONING VM: True when its image is usable, False when it failed, None while locked."""
         image: Image | None = self.pools["image"].get(image_id)

@@ -206,6 +206,3 @@ class MarketOps:
         for app in list(self.pools["marketapp"].values()):
             if app.state == APP_LOCKED:
                 self.workers.submit(self._export_app, app.id)
-
-    def tick_apps(self: Cloud) -> None:
-        """Apps change state in their export workers; nothing to advance here."""
