@@ -113,3 +113,32 @@ def test_driver_failures_become_oned_failure_states(cloud: Any, one: Any) -> Non
     wait_for(lambda: one.vm.info(alive).LCM_STATE == RUNNING, timeout=15)
     driver._states[alive] = GuestState.STOPPED  # it shut itself down
     wait_for(lambda: one.vm.info(alive).STATE == POWEROFF, timeout=15)
+
+
+def test_state_numbers_are_oneds() -> None:
+    """The core's state numbers are those of OpenNebula's enums (as pyone carries them)."""
+    from testcloud import objects
+
+    assert [pyone.LCM_STATE[name].value for name in objects.LCM_STATE_NAMES] == list(
+        range(len(objects.LCM_STATE_NAMES))
+    )
+    for number, name in objects.VM_STATE_NAMES.items():
+        assert pyone.VM_STATE[name].value == number
+    for name in (
+        "PROLOG",
+        "BOOT",
+        "RUNNING",
+        "EPILOG",
+        "SHUTDOWN",
+        "CLEANUP_DELETE",
+        "UNKNOWN",
+        "BOOT_FAILURE",
+        "PROLOG_FAILURE",
+        "SHUTDOWN_POWEROFF",
+        "SHUTDOWN_UNDEPLOY",
+        "BOOT_UNDEPLOY",
+        "PROLOG_RESUME",
+    ):
+        assert getattr(objects, name) == pyone.LCM_STATE[name].value, name
+    for number, name in enumerate(objects.IMAGE_STATE_NAMES):
+        assert pyone.IMAGE_STATES[name].value == number
