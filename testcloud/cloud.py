@@ -24,6 +24,7 @@ from testcloud.config import (
     BRIDGE,
     NETWORK_ADDRESS,
     NETWORK_MASK,
+    VERSION,
     CloudConfig,
 )
 from testcloud.documents import DocumentOps
@@ -43,34 +44,14 @@ from testcloud.objects import (
     VNet,
 )
 from testcloud.store import Store, write_atomic
-from testcloud.template import Template, TemplateParseError
+from testcloud.template import Template
+from testcloud.validate import check_name, parse_template
 from testcloud.vms import VMOps
 from testcloud.vnets import VNetOps
 
 log = logging.getLogger("testcloud")
 
 T = TypeVar("T", bound=PoolObject)
-
-INVALID_NAME_CHARS = "&|:\\\";/'#{}$<>\t\n\v\f\r"
-
-
-def check_name(name: str) -> str | None:
-    """``PoolObjectSQL::name_is_valid``: the reason the name is refused, or None."""
-    if not name:
-        return "Invalid NAME, it cannot be empty"
-    for char in name:
-        if char in INVALID_NAME_CHARS:
-            return f"Invalid NAME, char '{char}' is not allowed"
-    if len(name) > 128:
-        return "Invalid NAME, max length is 128 chars"
-    return None
-
-
-def parse_template(text_in: str, code: int = errors.INTERNAL) -> Template:
-    try:
-        return Template.parse(text_in)
-    except TemplateParseError as error:
-        raise OneError(code, str(error)) from None
 
 
 class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps):
@@ -231,8 +212,6 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps):
 
     # ------------------------------------------------------------------ system, datastores
     def system_version(self) -> str:
-        from testcloud.config import VERSION
-
         return VERSION
 
     def datastore_space(self, ds: Datastore) -> tuple[int, int, int]:

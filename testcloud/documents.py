@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from testcloud import errors
 from testcloud.errors import OneError
 from testcloud.objects import Document
+from testcloud.validate import parse_template
 
 if TYPE_CHECKING:
     from testcloud.cloud import Cloud
@@ -15,8 +16,6 @@ if TYPE_CHECKING:
 
 class DocumentOps:
     def document_allocate(self: Cloud, text_in: str, doc_type: int) -> int:
-        from testcloud.cloud import parse_template
-
         tmpl = parse_template(text_in)
         with self.lock:
             name = tmpl.get("NAME") or ""
@@ -33,8 +32,6 @@ class DocumentOps:
             return self.get("document", oid, errors.DOCUMENT).to_xml()
 
     def document_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
-        from testcloud.cloud import parse_template
-
         if append not in (0, 1):
             raise OneError(errors.RPC_API, "Wrong update type")
         with self.lock:

@@ -36,6 +36,7 @@ from testcloud.objects import (
     Image,
 )
 from testcloud.template import Template
+from testcloud.validate import check_name, parse_template
 
 if TYPE_CHECKING:
     from testcloud.cloud import Cloud
@@ -148,8 +149,6 @@ def copy_into(source: str, destination: Path) -> tuple[str, str]:
 class ImageOps:
     # ------------------------------------------------------------------ one.image.*
     def image_allocate(self: Cloud, text_in: str, ds_id: int, skip_capacity_check: bool = False) -> int:
-        from testcloud.cloud import check_name, parse_template
-
         tmpl = parse_template(text_in)
         with self.lock:
             ds: Datastore = self.get("datastore", ds_id, errors.DATASTORE)
@@ -170,7 +169,7 @@ class ImageOps:
             _, free, _ = self.datastore_space(ds)
             if not skip_capacity_check and size_mb > free:
                 raise errors.action("Not enough space in datastore")
-            image = self._new_image(tmpl, ds, size_mb, check_name)
+            image = self._new_image(tmpl, ds, size_mb)
             self._insert(image, "image")
             self.workers.submit(self._register_file, image.id)
             return image.id
@@ -202,7 +201,7 @@ class ImageOps:
         except SizeError as error:
             raise errors.internal(f"Cannot parse image SIZE: {error}") from None
 
-    def _new_image(self: Cloud, tmpl: Template, ds: Datastore, size_mb: int, check_name) -> Image:
+    def _new_image(self: Cloud, tmpl: Template, ds: Datastore, size_mb: int) -> Image:
         name = tmpl.get("NAME") or ""
         reason = check_name(name)
         if reason:

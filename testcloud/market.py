@@ -29,6 +29,7 @@ from testcloud.objects import (
     MarketApp,
     Marketplace,
 )
+from testcloud.validate import check_name, parse_template
 
 if TYPE_CHECKING:
     from testcloud.cloud import Cloud
@@ -77,8 +78,6 @@ class MarketOps:
 
     # ------------------------------------------------------------------ apps
     def marketapp_allocate(self: Cloud, text_in: str, market_id: int) -> int:
-        from testcloud.cloud import check_name, parse_template
-
         tmpl = parse_template(text_in)
         with self.lock:
             market: Marketplace = self.get("market", market_id, errors.MARKETPLACE)

@@ -65,6 +65,7 @@ from testcloud.objects import (
     VMTemplate,
 )
 from testcloud.template import Template
+from testcloud.validate import check_name, parse_template
 
 if TYPE_CHECKING:
     from testcloud.cloud import Cloud
@@ -158,8 +159,6 @@ class VMOps:
 
     # ------------------------------------------------------------------ creation
     def vm_allocate(self: Cloud, text_in: str, hold: bool = False) -> int:
-        from testcloud.cloud import parse_template
-
         tmpl = parse_template(text_in)
         with self.lock:
             try:
@@ -172,8 +171,6 @@ class VMOps:
     def template_instantiate(
         self: Cloud, tid: int, name: str, hold: bool, extra: str, persistent: bool
     ) -> int:
-        from testcloud.cloud import parse_template
-
         with self.lock:
             source: VMTemplate = self.get("template", tid, errors.TEMPLATE)
             if persistent:
@@ -194,8 +191,6 @@ class VMOps:
             return self._create_vm(tmpl, hold).id
 
     def _create_vm(self: Cloud, utmpl: Template, hold: bool) -> VM:
-        from testcloud.cloud import check_name
-
         oid = self.counters.get("vm", 0)
         acquired: list[int] = []
         leased = False
@@ -441,8 +436,6 @@ class VMOps:
             )
 
     def vm_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
-        from testcloud.cloud import parse_template
-
         with self.lock:
             vm: VM = self.get("vm", oid, errors.VM)
             if append not in (0, 1):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from testcloud import errors
 from testcloud.errors import OneError
 from testcloud.httpbase import BodyTooLarge, Handler, Server
-from testcloud.template import xml_safe
+from testcloud.template import text
 
 if TYPE_CHECKING:
     from testcloud.cloud import Cloud
@@ -126,8 +126,7 @@ def _value(value: Any) -> str:
         return f"<value><boolean>{int(value)}</boolean></value>"
     if isinstance(value, int):
         return f"<value><int>{value}</int></value>"
-    text = xml_safe(str(value)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return f"<value><string>{text}</string></value>"
+    return f"<value><string>{text(value)}</string></value>"
 
 
 def response_xml(items: list[Any], replication: bool) -> bytes:
