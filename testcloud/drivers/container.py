@@ -455,7 +455,9 @@ class ContainerDriver:
             time.sleep(0.05)
 
     def _clean_host_side(self, container: _Container) -> None:
-        """Remove links, namespace, mounts, loop device and overlay (keep console.log); try every step."""
+        """Remove links, namespace, mounts and loop device; try every step. The VM's disk layer
+        (``container/upper``) and console.log stay: a VM powered off and resumed keeps its disk, as on a
+        hypervisor; the core deletes ``vm_dir`` when the VM is DONE."""
         for link in container.links:
             network.delete_link(link)
         with contextlib.suppress(HostError):
@@ -464,7 +466,9 @@ class ContainerDriver:
             _unmount(mount_point)
         if container.loop:
             diskimage.detach_loop(container.loop)
-        shutil.rmtree(container.base, ignore_errors=True)
+        for mount_point in (container.rootfs, container.lower):
+            with contextlib.suppress(OSError):  # rmdir, never rmtree: refuses if anything is still mounted
+                mount_point.rmdir()
         shutil.rmtree(container.context_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # an empty directory; never anything mounted in this namespace
             (container.vm_dir / "container.cgroup").rmdir()

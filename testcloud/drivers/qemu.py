@@ -267,7 +267,9 @@ class QemuDriver:
             machine.disks.append(str(overlay))
             machine.save()
             image = str(Path(disk.image_path).resolve())
-            run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", image, str(overlay)])
+            if not overlay.exists() or diskimage.image_info(overlay).backing_file != image:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", image, str(overlay)])
+            # else: a VM resumed after a poweroff boots on the overlay it left
             drive = f"file={_option(str(overlay))},if=none,id=disk{index},format=qcow2,discard=unmap"
             if disk.read_only:
                 drive += ",readonly=on"
@@ -420,10 +422,11 @@ class QemuDriver:
             time.sleep(0.2)
 
     def _clean_host_side(self, machine: _Machine) -> None:
-        """Remove taps, overlays, ISOs and sockets (keep console.log); every step is tried."""
+        """Remove taps, ISOs and sockets; every step is tried. The disk overlays and console.log stay: a VM
+        powered off and resumed keeps its disks; the core deletes ``vm_dir`` when the VM is DONE."""
         for tap in machine.taps:
             network.delete_link(tap)
-        for path in [*machine.disks, machine.iso, *machine.vm_dir.glob("context*.iso")]:
+        for path in [machine.iso, *machine.vm_dir.glob("context*.iso")]:
             if path:
                 Path(path).unlink(missing_ok=True)
         for path in (

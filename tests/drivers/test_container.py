@@ -158,7 +158,8 @@ def test_terminate_leaves_nothing_behind(guests: Guests) -> None:
     assert all(process_start_time(pid) is None for pid in pids)
     if loop in diskimage.loops_backed_by(spec.disks[0].image_path):
         assert loop in _mounted_devices(), "only if another test's container has taken that loop device since"
-    assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log"]
+    assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log", "container"]
+    assert sorted(path.name for path in (spec.vm_dir / "container").iterdir()) == ["upper", "work"]
     assert "Halting system" in guests.driver.logs(4), "terminate shuts the guest down cleanly first"
 
 
@@ -360,3 +361,15 @@ def test_sweep_finds_guests_of_a_lost_driver_even_without_their_supervisor(guest
     assert mounts_under(first.vm_dir) == [] and mounts_under(second.vm_dir) == []
     assert network.links_with_prefix(network.link_prefix(fresh.tag)) == []
     assert network.namespaces_with_prefix(network.namespace_prefix(fresh.tag)) == []
+
+
+def test_a_powered_off_guest_resumes_on_the_disk_it_left(guests: Guests) -> None:
+    spec = guests.spec(19)
+    guests.driver.launch(spec)
+    guests.wait(19)
+    guests.run(19, "sh", "-c", "echo before-poweroff >/root/marker && sync")
+    guests.driver.terminate(19)  # what the core does on poweroff, stop, suspend and undeploy
+    assert mounts_under(spec.vm_dir) == []
+    guests.driver.launch(spec)  # resume: the same vm_dir
+    guests.wait(19)
+    assert guests.run(19, "cat", "/root/marker") == "before-poweroff\n"

@@ -109,7 +109,12 @@ def test_a_machine_is_controlled_through_qmp_and_cleaned_up(machines, tmp_path: 
     assert driver.state(1) == GuestState.STOPPED
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert not Path("/sys/class/net", tap).exists()
-    assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log"]
+    assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log", "disk-vda.qcow2"]
+
+    overlay_inode = overlay.stat().st_ino
+    driver.launch(spec)  # resume after a poweroff: the same overlay
+    assert driver._get(1).disks == [str(overlay)] and overlay.stat().st_ino == overlay_inode
+    driver.terminate(1, hard=True)
     assert not machine.monitor_path.exists() and not machine.agent_path.exists()
     assert diskimage.sha256_file(blank) == before
 
@@ -191,7 +196,7 @@ def test_the_test_qcow2_boots_with_its_context_cd(machines, tmp_path: Path, ssh_
 
         driver.terminate(3)
         assert "Power down" in driver.logs(3) or "reboot: Power down" in driver.logs(3)
-        assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log"]
+        assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log", "disk-vda.qcow2"]
         assert diskimage.sha256_file(image) == before
     finally:
         server.shutdown()
