@@ -443,11 +443,24 @@ class ContainerDriver:
                 _signal(container.leader_pid(), signal.SIGKILL)
                 self._wait_stopped(container, 5.0)
             if container.running():
-                _signal(container.nspawn_pid(), signal.SIGKILL)
-                _signal(container.supervisor.pid if container.supervisor_alive() else None, signal.SIGKILL)
+                self._kill_everything(container)
                 self._wait_stopped(container, 5.0)
             self._clean_host_side(container)
             container.gone = True
+
+    def _kill_everything(self, container: _Container) -> None:
+        """SIGKILL nspawn without orphaning its container: nspawn is stopped first so that it cannot start
+        a guest any more, then all its children (the guest's init, a half-started helper) are killed,
+        twice to catch one being cloned meanwhile, then nspawn and the supervisor."""
+        nspawn = container.nspawn_pid()
+        _signal(nspawn, signal.SIGSTOP)
+        if nspawn is not None:
+            for _ in range(2):
+                for child in children(nspawn):
+                    _signal(child, signal.SIGKILL)
+                time.sleep(0.1)
+        _signal(container.supervisor.pid if container.supervisor_alive() else None, signal.SIGKILL)
+        _signal(nspawn, signal.SIGKILL)
 
     def _wait_stopped(self, container: _Container, timeout: float) -> None:
         deadline = time.monotonic() + timeout

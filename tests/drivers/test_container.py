@@ -156,11 +156,24 @@ def test_terminate_leaves_nothing_behind(guests: Guests) -> None:
     assert not Path("/run/netns", namespace).exists()
     assert not Path("/sys/class/net", link).exists()
     assert all(process_start_time(pid) is None for pid in pids)
+    assert _processes_using(spec.vm_dir) == []
     if loop in diskimage.loops_backed_by(spec.disks[0].image_path):
         assert loop in _mounted_devices(), "only if another test's container has taken that loop device since"
     assert sorted(path.name for path in spec.vm_dir.iterdir()) == ["console.log", "container"]
     assert sorted(path.name for path in (spec.vm_dir / "container").iterdir()) == ["upper", "work"]
     assert "Halting system" in guests.driver.logs(4), "terminate shuts the guest down cleanly first"
+
+
+def _processes_using(directory: Path) -> list[int]:
+    """Processes, in any mount namespace, that still see a mount under ``directory`` (an orphaned guest)."""
+    found = []
+    for mountinfo in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            if str(directory) in mountinfo.read_text():
+                found.append(int(mountinfo.parent.name))
+        except OSError:  # gone, or exiting (EINVAL)
+            continue
+    return found
 
 
 def _mounted_devices() -> set[str]:
@@ -373,3 +386,14 @@ def test_a_powered_off_guest_resumes_on_the_disk_it_left(guests: Guests) -> None
     guests.driver.launch(spec)  # resume: the same vm_dir
     guests.wait(19)
     assert guests.run(19, "cat", "/root/marker") == "before-poweroff\n"
+
+
+def test_terminating_a_guest_that_is_still_starting_orphans_nothing(guests: Guests) -> None:
+    specs = [guests.spec(vm_id) for vm_id in (20, 21, 22)]
+    for delay, spec in zip((0.0, 0.05, 0.3), specs, strict=True):
+        guests.driver.launch(spec)
+        time.sleep(delay)
+        guests.driver.terminate(spec.vm_id, hard=True)
+        assert _processes_using(spec.vm_dir) == [], f"a guest outlived its nspawn (delay {delay} s)"
+        assert mounts_under(spec.vm_dir) == []
+        assert _find_nspawn(network.namespace_name(guests.driver.tag, spec.vm_id)) is None
