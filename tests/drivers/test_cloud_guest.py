@@ -29,6 +29,13 @@ def _wait(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
     return value
 
 
+def _ssh_diagnostics(cloud: Any, vm_id: int) -> str:
+    driver = cloud.cloud.driver_for(0)
+    script = "systemctl status --no-pager ssh.service 2>&1 | tail -n 15; ss -ltn; ip -4 -br addr"
+    result = driver.execute(vm_id, ["sh", "-c", script], timeout=20)
+    return f"rc={result.returncode}\n{result.stdout}{result.stderr}"
+
+
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[Any]:
     handle = launcher.start(tmp_path / "cloud", driver="container")
@@ -58,7 +65,12 @@ def test_a_cloud_guest_reports_ready_through_the_real_onegate(
     nic = vm.TEMPLATE["NIC"]
     nic = nic[0] if isinstance(nic, list) else nic
     assert network.SUBNET.overlaps(network.ipaddress.ip_network(nic["IP"] + "/32"))
-    assert _ssh(nic["IP"], ssh_key, "hostname").strip() == "ready-test"
+    try:
+        hostname = _ssh(nic["IP"], ssh_key, "hostname", timeout=120)
+    except OSError as error:  # say what the guest's sshd was doing, not only that port 22 refused
+        guest = _ssh_diagnostics(cloud, vm_id)
+        raise AssertionError(f"SSH to {nic['IP']} failed ({error}); guest: {guest}") from error
+    assert hostname.strip() == "ready-test"
 
     tag = network.cloud_tag(tmp_path / "cloud" / "drivers" / "container")
     assert len(network.links_with_prefix(network.link_prefix(tag))) == 1, "the guest's veth, by its name"
