@@ -3,7 +3,7 @@
 # SuperNode key sync, certificates, state database and what it publishes through OneGate.
 
 FL_SUPERLINK_UNITS=(flower-superlink.service flower-superexec.service flower-fleet-proxy.service
-    flower-keysync.service flower-keysync.timer)
+    flower-keysync.service)
 
 : "${FL_START_DEADLINE:=300}"
 
@@ -335,12 +335,9 @@ superlink_bootstrap() {
     fi
 
     if [[ "${ONEAPP_FL_NODE_AUTH}" == YES ]]; then
-        if fl_systemd_running; then
-            systemctl start flower-keysync.service || fl_warn "the first SuperNode key sync failed (the timer retries)"
-            systemctl start flower-keysync.timer
-        fi
+        fl_unit_apply flower-keysync.service
     elif fl_systemd_running; then
-        systemctl stop flower-keysync.timer >/dev/null 2>&1 || true
+        systemctl stop flower-keysync.service >/dev/null 2>&1 || true
     fi
 
     endpoint_address=$(fl_primary_address)

@@ -73,7 +73,7 @@ supernode_configure() {
     supernode_validate
     install -d -m 0755 "${FL_ETC}"
     install -d -m 0750 "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
-    fl_chown_service_user "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/.flwr"
+    fl_chown_service_user "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
     supernode_check_gpu
     if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
         supernode_ensure_key

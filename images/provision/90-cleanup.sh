@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Image hygiene: no SSH host keys, empty machine-id, no package caches, logs, temporary files or shell
+# history; edge images also drop documentation.
+set -euo pipefail
+FL_PROVISION_STEP=90-cleanup
+# shellcheck source=lib/distro.sh
+. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+
+distro_allow_service_starts
+distro_cleanup
+rm -f /etc/ssh/ssh_host_*
+: >/etc/machine-id
+rm -f /var/lib/dbus/machine-id
+rm -rf /root/.cache /root/.bash_history /root/.wget-hsts /home/*/.bash_history /var/cache/pip
+rm -rf /var/lib/flower/.cache /var/lib/one-appliance-build 2>/dev/null || true
+if [[ "${FL_PROFILE:-standard}" == edge ]]; then
+    rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*
+fi
+find /var/log -type f -exec truncate -s 0 {} +
+rm -rf /var/log/journal/* /var/tmp/* 2>/dev/null || true
+# /tmp last but one: the Packer shell provisioner runs the scripts from there.
+find /tmp -mindepth 1 -maxdepth 1 ! -name 'script_*' ! -name 'fl-*' -exec rm -rf {} + 2>/dev/null || true
