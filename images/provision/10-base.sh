@@ -3,7 +3,7 @@
 # The SuperLink also needs nginx (Fleet proxy) and sqlite3 (state database backups).
 set -euo pipefail
 FL_PROVISION_STEP=10-base
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 distro_block_service_starts

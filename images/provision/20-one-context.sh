@@ -3,7 +3,7 @@
 # one-context-lite (local Debian images, where the package cannot be downloaded).
 set -euo pipefail
 FL_PROVISION_STEP=20-one-context
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 log "installing one-context (${FL_ONE_CONTEXT:-package})"

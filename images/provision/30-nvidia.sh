@@ -2,7 +2,7 @@
 # GPU variants: the NVIDIA driver (CPU variants: nothing to do).
 set -euo pipefail
 FL_PROVISION_STEP=30-nvidia
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 if [[ "${FL_ACCEL:-cpu}" != gpu ]]; then

@@ -3,7 +3,7 @@
 # framework baked in (the appliances never install anything at run time).
 set -euo pipefail
 FL_PROVISION_STEP=40-flower
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 venv=/opt/flower/venv

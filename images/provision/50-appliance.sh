@@ -3,7 +3,7 @@
 # the one-context hooks, then `service install`.
 set -euo pipefail
 FL_PROVISION_STEP=50-appliance
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 payload=${FL_PAYLOAD:?}

@@ -3,7 +3,7 @@
 # (none are baked into the image), only ed25519 and ECDSA host keys (quick to make under emulation).
 set -euo pipefail
 FL_PROVISION_STEP=60-ssh
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 distro_sshd_dropin "# Flower appliance (provisioning step 60-ssh)

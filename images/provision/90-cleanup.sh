@@ -3,7 +3,7 @@
 # history; edge images also drop documentation.
 set -euo pipefail
 FL_PROVISION_STEP=90-cleanup
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 distro_allow_service_starts

@@ -2,7 +2,7 @@
 # Checks that fail the build: the appliance is installed as designed and the image is clean.
 set -euo pipefail
 FL_PROVISION_STEP=99-verify
-# shellcheck source=lib/distro.sh
+# shellcheck source-path=SCRIPTDIR source=lib/distro.sh
 . "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
 
 failures=()

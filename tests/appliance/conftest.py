@@ -1,0 +1,150 @@
+"""Helpers for the appliance tests: run the in-guest code on this host in a sandbox directory.
+
+The appliance scripts take every path from the environment (FL_ETC, FL_STATE, ...), so the same code that
+runs in the guest runs here against a temporary directory, with the real openssl, ssh-keygen, jq and curl,
+and a real flwr installation (the shared host venv) for the version checks. Without systemd on the host,
+the stages write their configuration but start no unit; booted appliances are tested in containers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from factory.paths import CONTEXT_DIR, REPO_ROOT
+
+APPLIANCE_DIR = CONTEXT_DIR / "appliance"
+FIXTURES = Path(__file__).parent / "fixtures"
+FLOWER_VERSION = "1.42.0"
+
+
+def params_file(role: str) -> Path:
+    """The in-guest parameter declaration of a role (hand-written fixture until factory/params.py lands)."""
+    return FIXTURES / f"params-{role}.sh"
+
+
+@pytest.fixture(scope="session")
+def flower_venv() -> Path:
+    from factory.flwrenv import ensure_flower
+
+    return ensure_flower(FLOWER_VERSION).root
+
+
+@dataclass
+class Sandbox:
+    """One appliance's files under ``root``; ``service()`` runs /etc/one-appliance/service against them."""
+
+    root: Path
+    role: str
+    venv: Path
+    accel: str = "cpu"
+    profile: str = "standard"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "build.env").write_text(
+            f"FL_ROLE={self.role}\nFL_VARIANT={self.role}-{FLOWER_VERSION}-debian12-{self.accel}-{self.profile}"
+            f"-sklearn-x86_64\nFL_FLOWER_VERSION={FLOWER_VERSION}\nFL_ACCEL={self.accel}\n"
+            f"FL_PROFILE={self.profile}\n"
+        )
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def env(self, **parameters: str) -> dict[str, str]:
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("ONEAPP_", "ETH", "FL_", "ONEGATE", "TOKENTXT", "VMID"))
+        }
+        environment.update(
+            FL_APPLIANCE_DIR=str(APPLIANCE_DIR),
+            FL_BUILD_ENV=str(self.root / "build.env"),
+            FL_PARAMS_FILE=str(params_file(self.role)),
+            FL_STATUS_FILE=str(self.root / "status"),
+            FL_LOG_DIR=str(self.root / "log"),
+            FL_ETC=str(self.etc),
+            FL_STATE=str(self.state),
+            FL_VENV=str(self.venv),
+            FL_MOTD=str(self.root / "motd"),
+            FL_RUN=str(self.root / "run"),
+            FL_SERVICE_USER="fl-no-such-user",
+            FL_ADMIN_FLWR_HOME=str(self.root / "admin-flwr"),
+            ENV_FILE=str(self.root / "one_env"),
+            FL_ONEGATE_DEADLINE="5",
+        )
+        environment.update(self.extra_env)
+        environment.update(parameters)
+        return environment
+
+    def service(self, *stages: str, **parameters: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(APPLIANCE_DIR / "service"), *stages],
+            env=self.env(**parameters),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def bash(self, script: str, **parameters: str) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` with the appliance libraries and the role's declaration loaded."""
+        prologue = (
+            "set -euo pipefail\n"
+            f'. "{params_file(self.role)}"\n'
+            "for lib in common onegate params tls flower superlink supernode; do\n"
+            '    . "$FL_APPLIANCE_DIR/lib/$lib.sh"\n'
+            "done\n"
+            "fl_load_build_env\n"
+        )
+        return subprocess.run(
+            ["bash", "-c", prologue + script],
+            env=self.env(**parameters),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    @property
+    def status(self) -> str:
+        path = self.root / "status"
+        return path.read_text().strip() if path.exists() else ""
+
+    @property
+    def reason(self) -> str:
+        path = self.root / "run" / "failure-reason"
+        return path.read_text().strip() if path.exists() else ""
+
+    @property
+    def motd(self) -> str:
+        return (self.root / "motd").read_text()
+
+    def log(self, stage: str) -> str:
+        path = self.root / "log" / f"{stage}.log"
+        return path.read_text() if path.exists() else ""
+
+    def args(self, name: str) -> list[str]:
+        return (self.etc / f"{name}.args").read_text().splitlines()
+
+
+@pytest.fixture
+def make_sandbox(tmp_path: Path, flower_venv: Path):
+    def make(role: str, **options: object) -> Sandbox:
+        return Sandbox(tmp_path / role, role, flower_venv, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+def repo_path(*parts: str) -> Path:
+    return REPO_ROOT.joinpath(*parts)
