@@ -2,10 +2,12 @@
 
 - Base: a Debian 12 (bookworm + -updates + -security) root filesystem made with ``mmdebstrap``, and a
   bootable qcow2 of it with one-context-lite (Packer's ``file://`` base for the debian12 HCL).
-- Appliance: a copy of the base with the provisioning scripts (``images/provision/NN-*.sh``, the same
-  scripts the generated Packer HCL runs) executed inside ``systemd-nspawn`` without booting
-  (``FL_BUILD_TARGET=chroot``), written as a raw ext4 filesystem image for the container driver, with a
-  manifest (sha256, md5, virtual size, os-release, component versions).
+- Appliance: a copy of the base with the payload the Packer build uploads (``provision/``, ``appliance/``,
+  ``one-context-lite/``, ``params/params-<role>.sh``) and the same steps it runs: the provisioning
+  scripts (``images/provision/NN-*.sh``), then ``collect-facts.sh`` (fails on a pin mismatch) and
+  ``sysprep.sh`` from ``packer/scripts``, all inside ``systemd-nspawn`` without booting
+  (``FL_BUILD_TARGET=chroot``). The result is written as a raw ext4 filesystem image for the container
+  driver, with the manifest every build path writes (factory/manifest.py).
 
 Everything is cached by content under ``CACHE_DIR/images``: the key of an output is a digest of every
 input that shapes it (package lists, mirrors, provisioning scripts, appliance code, parameter
@@ -20,17 +22,18 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from factory import manifest as manifest_module
 from factory.errors import ConfigError, FactoryError
-from factory.paths import CACHE_DIR, CONTEXT_DIR, PROVISION_DIR
+from factory.matrix import Variant
+from factory.paths import CACHE_DIR, CONTEXT_DIR, PACKER_DIR, PROVISION_DIR
 from factory.progress import DEFAULT, Progress
 
 # Bump when the build procedure changes in a way the hashed inputs do not show.
@@ -69,42 +72,6 @@ BUILD_TIMEOUT_S = 3600
 
 
 @dataclass(frozen=True)
-class LocalVariant:
-    """What the local builder needs to know about one image variant (see docs/architecture.md)."""
-
-    name: str
-    role: str
-    flower: str
-    os: str
-    accel: str
-    profile: str
-    framework: str
-    arch: str
-    framework_packages: tuple[str, ...] = ()
-    framework_index_url: str | None = None
-
-    def provision_environment(self, payload: str, provision_dir: str) -> dict[str, str]:
-        environment = {
-            "FL_ROLE": self.role,
-            "FL_VARIANT": self.name,
-            "FL_FLOWER_VERSION": self.flower,
-            "FL_OS": self.os,
-            "FL_ACCEL": self.accel,
-            "FL_PROFILE": self.profile,
-            "FL_FRAMEWORK": self.framework,
-            "FL_FRAMEWORK_PACKAGES": " ".join(self.framework_packages),
-            "FL_ARCH": self.arch,
-            "FL_ONE_CONTEXT": "lite",
-            "FL_PAYLOAD": payload,
-            "FL_PROVISION_DIR": provision_dir,
-            "FL_BUILD_TARGET": "chroot",
-        }
-        if self.framework_index_url:
-            environment["FL_FRAMEWORK_INDEX_URL"] = self.framework_index_url
-        return environment
-
-
-@dataclass(frozen=True)
 class BaseImage:
     key: str
     directory: Path
@@ -128,9 +95,9 @@ def images_cache() -> Path:
     return CACHE_DIR / "images"
 
 
-def check_buildable(variant: LocalVariant) -> None:
-    """Only debian12 x86_64 CPU variants can be built on these machines."""
-    if variant.os != LOCAL_OS:
+def check_buildable(variant: Variant) -> None:
+    """Only debian12 x86_64 CPU variants (local base) can be built on these machines."""
+    if variant.os != LOCAL_OS or not variant.pins.base_image.local:
         raise ConfigError(
             "images",
             variant.name,
@@ -175,12 +142,16 @@ def base_key() -> str:
     return _digest([json.dumps(description, sort_keys=True).encode()])
 
 
-def appliance_key(variant: LocalVariant, base: BaseImage, params_text: str) -> str:
+HYGIENE_SCRIPTS = ("collect-facts.sh", "sysprep.sh")
+
+
+def appliance_key(variant: Variant, base: BaseImage, params_text: str) -> str:
     description = {
         "builder": BUILDER_VERSION,
         "base": base.key,
-        "variant": asdict(variant),
+        "variant": variant.as_dict(),
         "provision": tree_digest(PROVISION_DIR),
+        "hygiene": [(PACKER_DIR / "scripts" / name).read_text() for name in HYGIENE_SCRIPTS],
         "appliance": tree_digest(CONTEXT_DIR / "appliance"),
         "one-context-lite": tree_digest(CONTEXT_DIR / "one-context-lite"),
         "params": hashlib.sha256(params_text.encode()).hexdigest(),
@@ -282,9 +253,9 @@ def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseImage:
                     "--variant=apt",
                     "--components=main",
                     f"--include={','.join(BASE_PACKAGES)}",
-                    "--aptopt=Acquire::Retries \"3\"",
-                    "--customize-hook=echo localhost >\"$1/etc/hostname\"",
-                    "--customize-hook=: >\"$1/etc/machine-id\"",
+                    '--aptopt=Acquire::Retries "3"',
+                    '--customize-hook=echo localhost >"$1/etc/hostname"',
+                    '--customize-hook=: >"$1/etc/machine-id"',
                     DEBIAN_SUITE,
                     str(rootfs),
                     *DEBIAN_SOURCES,
@@ -350,19 +321,31 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
 # appliance images
 
 
-def _payload(work: Path, variant: LocalVariant, params_text: str) -> Path:
-    """FL_PAYLOAD: appliance/, one-context-lite/, params/params-<role>.sh."""
+GUEST_PAYLOAD = "/run/fl-payload"
+GUEST_FACTS = "/run/fl-facts"
+
+
+def _payload(work: Path, variant: Variant, params_text: str) -> Path:
+    """The payload in the layout the Packer build uploads (factory/hcl.py), plus the hygiene scripts."""
     payload = work / "payload"
     (payload / "params").mkdir(parents=True)
-    shutil.copytree(CONTEXT_DIR / "appliance", payload / "appliance", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(CONTEXT_DIR / "one-context-lite", payload / "one-context-lite")
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(PROVISION_DIR, payload / "provision", ignore=ignore)
+    shutil.copytree(CONTEXT_DIR / "appliance", payload / "appliance", ignore=ignore)
+    shutil.copytree(CONTEXT_DIR / "one-context-lite", payload / "one-context-lite", ignore=ignore)
     (payload / "params" / f"params-{variant.role}.sh").write_text(params_text)
+    (payload / "hygiene").mkdir()
+    for name in HYGIENE_SCRIPTS:
+        shutil.copy2(PACKER_DIR / "scripts" / name, payload / "hygiene" / name)
     return payload
 
 
-def provision_rootfs(rootfs: Path, variant: LocalVariant, payload: Path, log: Path, progress: Progress) -> None:
-    """Run images/provision/NN-*.sh inside ``rootfs`` with systemd-nspawn (no boot), as Packer would."""
-    environment = variant.provision_environment("/run/fl-payload", "/run/fl-provision")
+def provision_rootfs(
+    rootfs: Path, variant: Variant, payload: Path, facts: Path, log: Path, progress: Progress
+) -> None:
+    """Run the provisioning scripts, collect-facts.sh and sysprep.sh inside ``rootfs`` with
+    systemd-nspawn (no boot), in the order and with the environment of the Packer build."""
+    environment = variant.provision_env(payload=GUEST_PAYLOAD, build_target="chroot")
     machine = f"fl-wt-appliance-build-{os.getpid()}"
     argv = [
         "systemd-nspawn",
@@ -372,153 +355,161 @@ def provision_rootfs(rootfs: Path, variant: LocalVariant, payload: Path, log: Pa
         "--as-pid2",
         f"--machine={machine}",
         f"--directory={rootfs}",
-        f"--bind-ro={PROVISION_DIR}:/run/fl-provision",
-        f"--bind-ro={payload}:/run/fl-payload",
+        f"--bind-ro={payload}:{GUEST_PAYLOAD}",
+        f"--bind={facts}:{GUEST_FACTS}",
     ]
     if HOST_CA_BUNDLE.exists():
         argv += [f"--bind-ro={HOST_CA_BUNDLE}:/run/fl-host-ca.pem"]
         environment |= {"PIP_CERT": "/run/fl-host-ca.pem", "SSL_CERT_FILE": "/run/fl-host-ca.pem"}
     argv += [f"--setenv={key}={value}" for key, value in sorted(environment.items())]
     script = (
-        "set -euo pipefail; for step in /run/fl-provision/[0-9][0-9]-*.sh; do "
-        'echo "==> ${step##*/}"; "${step}"; done'
+        "set -euo pipefail\n"
+        f"for step in {GUEST_PAYLOAD}/provision/[0-9][0-9]-*.sh; do\n"
+        '    echo "==> ${step##*/}"; bash "${step}"\n'
+        "done\n"
+        'echo "==> collect-facts.sh"\n'
+        f"FL_FACTS={GUEST_FACTS} bash {GUEST_PAYLOAD}/hygiene/collect-facts.sh\n"
+        'echo "==> sysprep.sh"\n'
+        f"bash {GUEST_PAYLOAD}/hygiene/sysprep.sh\n"
     )
     argv += ["/bin/bash", "-c", script]
     _run_logged(argv, log, progress, variant.name, env=build_environment())
 
 
-def _os_release(rootfs: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    path = rootfs / "etc" / "os-release"
-    if not path.exists():
-        path = rootfs / "usr" / "lib" / "os-release"
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            values[key] = value.strip().strip('"')
-    return values
-
-
-def _dpkg_versions(rootfs: Path, packages: Iterable[str]) -> dict[str, str]:
-    result = subprocess.run(
-        ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f=${Package} ${Version}\n", *packages],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    versions = {}
-    for line in result.stdout.splitlines():
-        name, _, version = line.partition(" ")
-        if version:
-            versions[name] = version
-    return versions
-
-
-def component_versions(rootfs: Path) -> dict[str, object]:
-    """Versions baked into a provisioned root filesystem (for the manifest)."""
-    components_file = rootfs / "etc" / "one-appliance" / "flower" / "components.json"
-    python_side = json.loads(components_file.read_text())
-    kernels = sorted(
-        (path.name.removeprefix("vmlinuz-") for path in (rootfs / "boot").glob("vmlinuz-*")),
-        key=lambda name: [int(part) for part in re.findall(r"\d+", name)],
-    )
-    lite_files = rootfs / "usr" / "share" / "one-context-lite" / "files.sha256"
-    return {
-        "flwr": python_side.get("flwr"),
-        "python": python_side.get("python"),
-        "python_packages": python_side.get("packages", {}),
-        "kernel": kernels[-1] if kernels else None,
-        "one_context": {
-            "kind": "lite",
-            "digest": hashlib.sha256(lite_files.read_bytes()).hexdigest()[:16] if lite_files.exists() else None,
-        },
-        "system_packages": _dpkg_versions(
-            rootfs, ["systemd", "openssh-server", "openssl", "nginx", "python3", "curl", "jq", "sqlite3"]
-        ),
-    }
-
-
-def appliance_directory(variant: LocalVariant, key: str) -> Path:
+def appliance_directory(variant: Variant, key: str) -> Path:
     return images_cache() / "appliances" / f"{variant.name}-{key[:16]}"
 
 
+def cached_appliance(variant: Variant, params_text: str) -> ApplianceImage | None:
+    """The complete cached image of the variant for the current inputs, if there is one."""
+    key = appliance_key(variant, base_image(), params_text)
+    directory = appliance_directory(variant, key)
+    image = directory / f"{variant.name}.img"
+    manifest_path = manifest_module.manifest_path(image)
+    if not (directory / ".complete").exists():
+        return None
+    return ApplianceImage(
+        variant.name, key, image, manifest_path, True, json.loads(manifest_path.read_text())
+    )
+
+
 def build_appliance(
-    variant: LocalVariant,
-    params_text: str,
+    variant: Variant,
+    params_text: str | None = None,
     progress: Progress = DEFAULT,
     force: bool = False,
 ) -> ApplianceImage:
-    """Build (or reuse) the raw ext4 appliance image of a debian12 variant and its manifest.
+    """Build (or reuse) the raw ext4 appliance image of a debian12 variant, and its manifest.
 
-    ``params_text`` is the generated in-guest parameter defaults file of the variant's role
-    (``params-<role>.sh`` from factory/params.py).
+    ``params_text`` is the in-guest parameter declaration of the role (default: generated from
+    images/params.yaml by factory/params.py).
     """
     from factory import diskimage
+    from factory import params as params_module
 
     check_buildable(variant)
+    if params_text is None:
+        params_text = params_module.guest_defaults(variant.role)
     base = build_base(progress)
+    if not force and (cached := cached_appliance(variant, params_text)) is not None:
+        progress.line(f"{variant.name}: reusing {cached.image} (unchanged inputs, key {cached.key[:16]})")
+        return cached
     key = appliance_key(variant, base, params_text)
     directory = appliance_directory(variant, key)
     image = directory / f"{variant.name}.img"
-    manifest_path = directory / f"{variant.name}.manifest.json"
-    marker = directory / ".complete"
-    if marker.exists() and not force:
-        progress.line(f"{variant.name}: reusing {image} (unchanged inputs, key {key[:16]})")
-        return ApplianceImage(variant.name, key, image, manifest_path, True, json.loads(manifest_path.read_text()))
     with _locked(directory.with_name(f".{directory.name}.lock")):
-        if marker.exists() and not force:
-            progress.line(f"{variant.name}: reusing {image} (built meanwhile)")
-            manifest = json.loads(manifest_path.read_text())
-            return ApplianceImage(variant.name, key, image, manifest_path, True, manifest)
+        if not force and (cached := cached_appliance(variant, params_text)) is not None:
+            progress.line(f"{variant.name}: reusing {cached.image} (built meanwhile)")
+            return cached
         started = time.monotonic()
         work = _work_dir(f"{variant.name}-{key[:16]}")
         try:
             rootfs = work / "rootfs"
+            facts = work / "facts"
+            facts.mkdir()
             with progress.stage(f"{variant.name}: copy the {LOCAL_OS} base"):
                 _copy_tree(base.rootfs, rootfs)
             payload = _payload(work, variant, params_text)
-            with progress.stage(f"{variant.name}: provisioning scripts in systemd-nspawn"):
-                provision_rootfs(rootfs, variant, payload, work / "build.log", progress)
-            components = component_versions(rootfs)
-            os_release = _os_release(rootfs)
+            with progress.stage(f"{variant.name}: provisioning, facts and hygiene in systemd-nspawn"):
+                provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress)
             with progress.stage(f"{variant.name}: raw ext4 image"):
                 diskimage.make_ext4_image(rootfs, work / image.name)
             _remove_tree(rootfs)
             _remove_tree(payload)
-            sums = diskimage.checksums(work / image.name)
-            manifest = {
-                "variant": variant.name,
-                "role": variant.role,
-                "flower": variant.flower,
-                "os": variant.os,
-                "accel": variant.accel,
-                "profile": variant.profile,
-                "framework": variant.framework,
-                "arch": variant.arch,
-                "file": image.name,
-                "format": "raw",
-                "filesystem": "ext4",
-                "virtual_size": (work / image.name).stat().st_size,
-                "sha256": sums["sha256"],
-                "md5": sums["md5"],
-                "os_id": os_release.get("ID"),
-                "os_release": os_release.get("VERSION_ID"),
-                "os_pretty_name": os_release.get("PRETTY_NAME"),
-                "components": components,
-                "build": {
-                    "builder": "localbuild/nspawn",
-                    "key": key,
-                    "base_key": base.key,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "duration_s": round(time.monotonic() - started, 1),
-                },
+            manifest = manifest_module.build_manifest(
+                work / image.name,
+                variant.as_dict(),
+                manifest_module.parse_os_release((facts / "os-release").read_text()),
+                manifest_module.parse_facts((facts / "facts.env").read_text()),
+                tool="localbuild-nspawn",
+            )
+            manifest["build"] |= {
+                "key": key,
+                "base_key": base.key,
+                "seconds": round(time.monotonic() - started),
             }
-            (work / manifest_path.name).write_text(json.dumps(manifest, indent=2) + "\n")
+            manifest_module.write_manifest(work / image.name, manifest)
             (work / ".complete").write_text(key + "\n")
             _remove_tree(directory)
             directory.parent.mkdir(parents=True, exist_ok=True)
             work.rename(directory)
         finally:
             _remove_tree(work)
-    progress.line(f"{variant.name}: built {image} in {manifest['build']['duration_s']} s")  # type: ignore[index]
-    return ApplianceImage(variant.name, key, image, manifest_path, False, manifest)
+    progress.line(f"{variant.name}: built {image} in {manifest['build']['seconds']} s")
+    return ApplianceImage(variant.name, key, image, manifest_module.manifest_path(image), False, manifest)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the qcow2 through a real `packer build` (slow without KVM: opt-in)
+
+
+@dataclass(frozen=True)
+class Qcow2Image:
+    variant: str
+    image: Path
+    manifest: Path
+    reused: bool
+    seconds: float
+
+
+def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = False) -> Qcow2Image:
+    """The variant's qcow2 from a real ``packer build`` of its rendered debian12 HCL, started from the
+    local base qcow2. Cached by content (the appliance key plus the base qcow2's checksum)."""
+    from factory.hcl import render_variant
+    from factory.matrix import load_matrix
+    from factory.packer import build_variant
+
+    check_buildable(variant)
+    from factory import params as params_module
+
+    params_text = params_module.guest_defaults(variant.role)
+    base_qcow2 = build_base_qcow2(progress)
+    base_sha256 = (base_qcow2.parent / f"{base_qcow2.name}.sha256").read_text().split()[0]
+    key = _digest([appliance_key(variant, base_image(), params_text).encode(), base_sha256.encode()])
+    directory = images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
+    image = directory / f"{variant.name}.qcow2"
+    manifest = manifest_module.manifest_path(image)
+    if (directory / ".complete").exists() and not force:
+        progress.line(f"{variant.name}: reusing {image} (unchanged inputs)")
+        return Qcow2Image(variant.name, image, manifest, True, 0.0)
+    with _locked(directory.with_name(f".{directory.name}.lock")):
+        if (directory / ".complete").exists() and not force:
+            return Qcow2Image(variant.name, image, manifest, True, 0.0)
+        render_variant(load_matrix(), variant)
+        overrides = {"base_image_url": f"file://{base_qcow2}", "base_image_checksum": f"sha256:{base_sha256}"}
+        result = build_variant(variant, overrides, progress=progress)
+        work = _work_dir(f"qcow2-{variant.name}-{key[:16]}")
+        try:
+            for source in (result.image, result.manifest):
+                target = work / source.name
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+            (work / ".complete").write_text(key + "\n")
+            _remove_tree(directory)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            work.rename(directory)
+        finally:
+            _remove_tree(work)
+    return Qcow2Image(variant.name, image, manifest, False, result.seconds)

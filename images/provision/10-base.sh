@@ -4,7 +4,7 @@
 set -euo pipefail
 FL_PROVISION_STEP=10-base
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
-. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+. "$(dirname "$0")/lib/distro.sh"
 
 distro_block_service_starts
 distro_refresh

@@ -4,7 +4,7 @@
 set -euo pipefail
 FL_PROVISION_STEP=20-one-context
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
-. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+. "$(dirname "$0")/lib/distro.sh"
 
 log "installing one-context (${FL_ONE_CONTEXT:-package})"
 distro_install_one_context

@@ -3,7 +3,7 @@
 set -euo pipefail
 FL_PROVISION_STEP=30-nvidia
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
-. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+. "$(dirname "$0")/lib/distro.sh"
 
 if [[ "${FL_ACCEL:-cpu}" != gpu ]]; then
     log "CPU variant: no GPU driver"

@@ -4,7 +4,7 @@
 set -euo pipefail
 FL_PROVISION_STEP=40-flower
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
-. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+. "$(dirname "$0")/lib/distro.sh"
 
 venv=/opt/flower/venv
 python=$(distro_python)

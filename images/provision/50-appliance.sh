@@ -4,7 +4,7 @@
 set -euo pipefail
 FL_PROVISION_STEP=50-appliance
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
-. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+. "$(dirname "$0")/lib/distro.sh"
 
 payload=${FL_PAYLOAD:?}
 params="${payload}/params/params-${FL_ROLE:?}.sh"

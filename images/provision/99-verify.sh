@@ -3,7 +3,7 @@
 set -euo pipefail
 FL_PROVISION_STEP=99-verify
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
-. "${FL_PROVISION_DIR:-$(dirname "$0")}/lib/distro.sh"
+. "$(dirname "$0")/lib/distro.sh"
 
 failures=()
 check() {

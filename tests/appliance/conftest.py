@@ -18,13 +18,20 @@ import pytest
 from factory.paths import CONTEXT_DIR, REPO_ROOT
 
 APPLIANCE_DIR = CONTEXT_DIR / "appliance"
-FIXTURES = Path(__file__).parent / "fixtures"
 FLOWER_VERSION = "1.42.0"
 
 
-def params_file(role: str) -> Path:
-    """The in-guest parameter declaration of a role (hand-written fixture until factory/params.py lands)."""
-    return FIXTURES / f"params-{role}.sh"
+@pytest.fixture(scope="session")
+def params_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The in-guest parameter declarations, generated from images/params.yaml (factory/params.py)."""
+    from factory import params
+
+    directory = tmp_path_factory.mktemp("params")
+    files = {}
+    for role in ("superlink", "supernode"):
+        files[role] = directory / f"params-{role}.sh"
+        files[role].write_text(params.guest_defaults(role))
+    return files
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +48,7 @@ class Sandbox:
     root: Path
     role: str
     venv: Path
+    params: Path
     accel: str = "cpu"
     profile: str = "standard"
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -70,7 +78,7 @@ class Sandbox:
         environment.update(
             FL_APPLIANCE_DIR=str(APPLIANCE_DIR),
             FL_BUILD_ENV=str(self.root / "build.env"),
-            FL_PARAMS_FILE=str(params_file(self.role)),
+            FL_PARAMS_FILE=str(self.params),
             FL_STATUS_FILE=str(self.root / "status"),
             FL_LOG_DIR=str(self.root / "log"),
             FL_ETC=str(self.etc),
@@ -101,7 +109,7 @@ class Sandbox:
         """Run ``script`` with the appliance libraries and the role's declaration loaded."""
         prologue = (
             "set -euo pipefail\n"
-            f'. "{params_file(self.role)}"\n'
+            f'. "{self.params}"\n'
             "for lib in common onegate params tls flower superlink supernode; do\n"
             '    . "$FL_APPLIANCE_DIR/lib/$lib.sh"\n'
             "done\n"
@@ -139,9 +147,9 @@ class Sandbox:
 
 
 @pytest.fixture
-def make_sandbox(tmp_path: Path, flower_venv: Path):
+def make_sandbox(tmp_path: Path, flower_venv: Path, params_files: dict[str, Path]):
     def make(role: str, **options: object) -> Sandbox:
-        return Sandbox(tmp_path / role, role, flower_venv, **options)  # type: ignore[arg-type]
+        return Sandbox(tmp_path / role, role, flower_venv, params_files[role], **options)  # type: ignore[arg-type]
 
     return make
 

@@ -189,16 +189,12 @@ distro_sshd_dropin() {
     fi
 }
 
-# The sshd unit name, and whether the distribution regenerates missing host keys by itself.
+# The sshd unit name.
 distro_sshd_unit() {
     case "${DISTRO_FAMILY}" in
         debian) printf 'ssh.service\n' ;;
         suse) printf 'sshd.service\n' ;;
     esac
-}
-
-distro_regenerates_host_keys() {
-    [[ "${DISTRO_FAMILY}" == suse ]] # sshd.service runs sshd-gen-keys-start
 }
 
 distro_enable() {
