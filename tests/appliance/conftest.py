@@ -156,3 +156,49 @@ def make_sandbox(tmp_path: Path, flower_venv: Path, params_files: dict[str, Path
 
 def repo_path(*parts: str) -> Path:
     return REPO_ROOT.joinpath(*parts)
+
+
+# --- the test cloud ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def appliance_images() -> dict[str, object]:
+    """The SuperLink and SuperNode debian12 images (built once, then reused from the content cache)."""
+    from appliance_cloud import SUPERLINK_VARIANT, SUPERNODE_VARIANT
+
+    from factory.localbuild import build_appliance
+    from factory.matrix import load_matrix
+
+    matrix = load_matrix()
+    return {
+        "superlink": build_appliance(matrix.variant(SUPERLINK_VARIANT)),
+        "supernode": build_appliance(matrix.variant(SUPERNODE_VARIANT)),
+    }
+
+
+@pytest.fixture(scope="session")
+def appliance_cloud(tmp_path_factory: pytest.TempPathFactory, appliance_images: dict[str, object]):
+    """A test cloud (container driver) with both appliance images imported; stopped at the end."""
+    import pyone
+    from appliance_cloud import ApplianceCloud, wait_for
+
+    from testcloud import launcher
+
+    state = tmp_path_factory.mktemp("cloud")
+    key = state / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ssh_config = state / "ssh_config"
+    ssh_config.write_text(
+        f"Host *\n  User root\n  IdentityFile {key}\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+    )
+    cloud = ApplianceCloud(launcher.start(state / "cloud", driver="container"), None, key, ssh_config, {})
+    try:
+        one = cloud.one = pyone.OneServer(cloud.handle.endpoints["xmlrpc"], session=cloud.handle.auth)
+        for role, built in appliance_images.items():
+            image_id = one.image.allocate(f'NAME="{role}"\nPATH="{built.image}"\nTYPE="OS"', 1)  # type: ignore[attr-defined]
+            wait_for(lambda image_id=image_id: one.image.info(image_id).STATE == 1, 600, what=f"image {role}")
+            cloud.images[role] = image_id
+        yield cloud
+    finally:
+        cloud.handle.stop()  # a test may have restarted the cloud: stop the current handle
