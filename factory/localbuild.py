@@ -272,8 +272,25 @@ def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseImage:
     return base
 
 
+BUILD_TRUST_DIR = "etc/fl-build"
+BUILD_TRUST_MARK = "# fl-build: build-time trust, removed by images/provision/90-cleanup.sh"
+
+
+def add_build_trust(rootfs: Path, bundle: bytes) -> None:
+    """Let pip in a Packer build VM trust what this host trusts (a TLS-inspecting proxy in front of PyPI
+    is trusted by the host only), as the chroot build does with a bind mount. Build time only: the
+    provisioning's cleanup removes the bundle and the variable, and its checks fail the build otherwise."""
+    directory = rootfs / BUILD_TRUST_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca-bundle.crt").write_bytes(bundle)
+    environment = rootfs / "etc" / "environment"
+    existing = environment.read_text() if environment.exists() else ""
+    environment.write_text(f"{existing}{BUILD_TRUST_MARK}\nPIP_CERT=/{BUILD_TRUST_DIR}/ca-bundle.crt\n")
+
+
 def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
-    """``debian12-base.qcow2``: the base plus one-context-lite, bootable (Packer's file:// base image).
+    """``debian12-base.qcow2``: the base plus one-context-lite, bootable (Packer's file:// base image),
+    plus the host's trust store for pip during the build (``add_build_trust``).
 
     Next to it, ``debian12-base.qcow2.sha256`` holds the checksum Packer is given.
     """
@@ -281,7 +298,8 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
 
     base = build_base(progress)
     lite_digest = tree_digest(CONTEXT_DIR / "one-context-lite")
-    key = _digest([base.key.encode(), lite_digest.encode(), BUILDER_VERSION.encode()])
+    trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
+    key = _digest([base.key.encode(), lite_digest.encode(), BUILDER_VERSION.encode(), trust])
     directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
     image = directory / f"{LOCAL_OS}-base.qcow2"
     marker = directory / ".complete"
@@ -303,6 +321,8 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
                     "one-context-lite",
                     env=build_environment(),
                 )
+                if trust:
+                    add_build_trust(rootfs, trust)
                 output = work / image.name
                 diskimage.make_bootable_qcow2(rootfs, output)
                 _remove_tree(rootfs)

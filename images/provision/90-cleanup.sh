@@ -8,6 +8,11 @@ FL_PROVISION_STEP=90-cleanup
 
 distro_allow_service_starts
 distro_cleanup
+# Build-time trust that a local base image may carry (factory/localbuild.py, add_build_trust).
+rm -rf /etc/fl-build
+if [[ -f /etc/environment ]]; then
+    sed -i -e '/^# fl-build: /d' -e '/^PIP_CERT=\/etc\/fl-build\//d' /etc/environment
+fi
 rm -f /etc/ssh/ssh_host_*
 : >/etc/machine-id
 rm -f /var/lib/dbus/machine-id

@@ -38,6 +38,8 @@ check "no SSH host keys" not compgen -G '/etc/ssh/ssh_host_*'
 check "empty machine-id" not test -s /etc/machine-id
 check "no root shell history" not test -e /root/.bash_history
 check "no policy-rc.d left" not test -e /usr/sbin/policy-rc.d
+check "no build-time trust left" not test -e /etc/fl-build
+check "no build-time PIP_CERT left" not grep -q fl-build /etc/environment
 
 if ((${#failures[@]})); then
     printf 'image check failed: %s\n' "${failures[@]}" >&2

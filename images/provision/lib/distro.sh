@@ -16,6 +16,9 @@ case "${FL_OS:?FL_OS is not set}" in
 esac
 export DISTRO_FAMILY
 : "${FL_BUILD_TARGET:=packer}"
+if [[ "${DISTRO_FAMILY}" == debian ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+fi
 
 log() {
     printf '==> [%s] %s\n' "${FL_PROVISION_STEP:-provision}" "$*" >&2
