@@ -46,23 +46,26 @@ fl_onegate_get() {
     return 1
 }
 
-# A value as a quoted string of OpenNebula's template syntax, on one line.
-fl_onegate_quote() {
+# A value as OneGate takes it in a KEY=VALUE body: one line, unquoted (OneGate's escape_attr quotes
+# it), without the characters escape_attr treats as structure: , [ ] \ and double quotes.
+fl_onegate_value() {
     local value
     value=$(fl_one_line "$1" 65536)
+    value=${value//,/;}
+    value=${value//[/(}
+    value=${value//]/)}
     value=${value//\\//}
     value=${value//\"/\'}
-    printf '"%s"' "${value}"
+    printf '%s' "${value}"
 }
 
 # Build the PUT /vm body from KEY=VALUE arguments.
 fl_onegate_body() {
-    local pair key value body=""
+    local pair key body=""
     for pair in "$@"; do
         key=${pair%%=*}
-        value=${pair#*=}
         [[ "${key}" =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
-        body+="${key}=$(fl_onegate_quote "${value}")"$'\n'
+        body+="${key}=$(fl_onegate_value "${pair#*=}")"$'\n'
     done
     printf '%s' "${body}"
 }
@@ -87,4 +90,26 @@ fl_onegate_publish() {
     fi
     fl_warn "OneGate at ${ONEGATE_ENDPOINT} did not accept the update within ${deadline} s"
     return 1
+}
+
+# GET /service with every node's VM as GET /vms/:id shows it (USER_TEMPLATE, NICs) in place of the
+# service document's minimal vm_info: what other VMs of the service published. (OpenNebula 7 can do
+# this in one call with ?extended=true; /vms/:id works on every version.) Prints the JSON; returns 0
+# when every node was read, 3 when some could not be (the document is printed all the same), 1 when
+# the service itself could not be read.
+fl_onegate_service_vms() {
+    local deadline=${1:-${FL_ONEGATE_DEADLINE}} document ids id vm status=0
+    document=$(fl_onegate_get /service "${deadline}") || return 1
+    ids=$(jq -r '.SERVICE.roles[]?.nodes[]?.deploy_id' <<<"${document}") || return 1
+    for id in ${ids}; do
+        if ! vm=$(fl_onegate_get "/vms/${id}" 5) || ! jq -e '.VM.USER_TEMPLATE' >/dev/null 2>&1 <<<"${vm}"; then
+            status=3
+            continue
+        fi
+        document=$(jq --argjson id "${id}" --argjson vm "${vm}" \
+            '(.SERVICE.roles[].nodes[] | select((.deploy_id | tostring) == ($id | tostring)) | .vm_info) = $vm' \
+            <<<"${document}") || return 1
+    done
+    printf '%s\n' "${document}"
+    return "${status}"
 }

@@ -94,7 +94,7 @@ supernode_configure() {
 # FL_SL_FINGERPRINT, FL_SL_VERSION and FL_SERVICE_JSON. Returns 1 when none is published (yet).
 supernode_lookup_service() {
     local deadline=$1 document
-    document=$(fl_onegate_get /service "${deadline}") || return 1
+    document=$(fl_onegate_service_vms "${deadline}") || [[ $? -eq 3 ]] || return 1
     FL_SERVICE_JSON=${document}
     {
         IFS= read -r FL_SL_ENDPOINT
@@ -201,7 +201,7 @@ supernode_node_config() {
         return
     fi
     if [[ -z "${FL_SERVICE_JSON}" ]] && fl_onegate_configured; then
-        FL_SERVICE_JSON=$(fl_onegate_get /service 10 || true)
+        FL_SERVICE_JSON=$(fl_onegate_get /service 10 || true)  # ids and cardinality are enough here
     fi
     local derived=""
     if [[ -n "${FL_SERVICE_JSON}" && -n "${VMID:-}" ]]; then
