@@ -288,6 +288,18 @@ def add_build_trust(rootfs: Path, bundle: bytes) -> None:
     environment.write_text(f"{existing}{BUILD_TRUST_MARK}\nPIP_CERT=/{BUILD_TRUST_DIR}/ca-bundle.crt\n")
 
 
+def base_qcow2_size() -> int:
+    """The base qcow2's disk size: the debian12 ``disk_size`` of matrix.yaml's Packer layers (the
+    image's filesystem fills the disk: nothing in it grows the root filesystem at boot)."""
+    from factory.matrix import load_matrix
+
+    text = str(load_matrix().packer.os.get(LOCAL_OS, {}).get("disk_size", "4G"))
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    if text[-1:].upper() in units:
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(text)
+
+
 def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     """``debian12-base.qcow2``: the base plus one-context-lite, bootable (Packer's file:// base image),
     plus the host's trust store for pip during the build (``add_build_trust``).
@@ -299,7 +311,8 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     base = build_base(progress)
     lite_digest = tree_digest(CONTEXT_DIR / "one-context-lite")
     trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
-    key = _digest([base.key.encode(), lite_digest.encode(), BUILDER_VERSION.encode(), trust])
+    size = str(base_qcow2_size()).encode()
+    key = _digest([base.key.encode(), lite_digest.encode(), BUILDER_VERSION.encode(), trust, size])
     directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
     image = directory / f"{LOCAL_OS}-base.qcow2"
     marker = directory / ".complete"
@@ -324,7 +337,7 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
                 if trust:
                     add_build_trust(rootfs, trust)
                 output = work / image.name
-                diskimage.make_bootable_qcow2(rootfs, output)
+                diskimage.make_bootable_qcow2(rootfs, output, size=base_qcow2_size())
                 _remove_tree(rootfs)
                 sha256 = diskimage.sha256_file(output)
                 (work / f"{image.name}.sha256").write_text(f"{sha256}  {image.name}\n")
