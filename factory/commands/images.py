@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from factory.progress import DEFAULT as progress
 
     matrix = load_matrix(args.matrix)
-    only = args.only or [f"os={localbuild.LOCAL_OS}"]
+    # Only debian12 is built here: a clause that does not name an OS means debian12.
+    only = [clause if "os=" in clause else f"{clause},os={localbuild.LOCAL_OS}" for clause in args.only]
+    only = only or [f"os={localbuild.LOCAL_OS}"]
     variants = matrix.select(Selection.parse(only, args.exclude, axes=matrix.axes))
     if not args.base:
         if not variants:
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             problem = (
                 f"only {localbuild.LOCAL_OS} variants are built on this machine; the selection includes "
                 f"{', '.join(elsewhere)} variants, which need their vendor cloud image and "
-                "`python build.py build` (add --only os=debian12)"
+                "`python build.py build`"
             )
             raise ConfigError("command line", "--only", problem)
 
