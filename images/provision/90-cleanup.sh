@@ -22,6 +22,8 @@ if [[ "${FL_PROFILE:-standard}" == edge ]]; then
     rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*
 fi
 find /var/log -type f -exec truncate -s 0 {} +
-rm -rf /var/log/journal/* /var/tmp/* 2>/dev/null || true
-# /tmp last but one: the Packer shell provisioner runs the scripts from there.
-find /tmp -mindepth 1 -maxdepth 1 ! -name 'script_*' ! -name 'fl-*' -exec rm -rf {} + 2>/dev/null || true
+rm -rf /var/log/journal/* 2>/dev/null || true
+# Temporary files, but not the build's own: Packer runs the scripts from /tmp (script_*) and keeps the
+# payload in /var/tmp/fl-payload until sysprep.sh, which removes it last.
+find /tmp /var/tmp -mindepth 1 -maxdepth 1 ! -name 'script_*' ! -name 'fl-*' ! -name 'packer-*' \
+    -exec rm -rf {} + 2>/dev/null || true
