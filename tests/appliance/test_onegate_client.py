@@ -97,6 +97,17 @@ def test_publish_and_read_back(make_sandbox, dummy_cloud, service) -> None:
     assert published["ONEAPP_FL_ENDPOINT"] == "10.231.64.9:9092"
     # OneGate's escape_attr reads , [ ] as structure: the client replaces them
     assert published["ONEAPP_FL_ERROR"] == "a 'quoted' reason; (with) structure"
+
+
+def test_empty_values_clear_attributes(make_sandbox, dummy_cloud, service) -> None:
+    environment = gate_environment(dummy_cloud, service["supernodes"][2])
+    script = "fl_onegate_publish ONEAPP_FL_STAGE=configure ONEAPP_FL_ERROR=oops\n"
+    script += "fl_onegate_publish ONEAPP_FL_STATUS=ready ONEAPP_FL_STAGE= ONEAPP_FL_ERROR=\n"
+    result = run(make_sandbox, "supernode", script, environment)
+    assert result.returncode == 0, result.stderr
+    published = service["one"].vm.info(service["supernodes"][2]).USER_TEMPLATE
+    assert published["ONEAPP_FL_STATUS"] == "ready"
+    assert not published.get("ONEAPP_FL_STAGE") and not published.get("ONEAPP_FL_ERROR")
     assert (
         service["one"].vm.info(service["superlink"]).USER_TEMPLATE["ONEAPP_FL_ENDPOINT"] == "10.231.64.9:9092"
     )

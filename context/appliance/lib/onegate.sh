@@ -24,7 +24,8 @@ fl_onegate_request() {
     local args=(--silent --show-error --fail --connect-timeout 5 --max-time 20 -X "${method}"
         -H "X-ONEGATE-TOKEN: ${TOKENTXT}" -H "X-ONEGATE-VMID: ${VMID}" -H "Accept: application/json")
     if [[ -n "${body}" ]]; then
-        printf '%s' "${body}" | curl "${args[@]}" --data-binary @- "${ONEGATE_ENDPOINT%/}${path}"
+        # Always end with a newline: OneGate's escape_attr leaves a last empty "KEY=" unterminated.
+        printf '%s\n' "${body%$'\n'}" | curl "${args[@]}" --data-binary @- "${ONEGATE_ENDPOINT%/}${path}"
     else
         curl "${args[@]}" "${ONEGATE_ENDPOINT%/}${path}"
     fi
