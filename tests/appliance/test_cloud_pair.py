@@ -152,6 +152,7 @@ def test_superlink_motd_and_logs(pair: Pair) -> None:
 
 
 def test_supernodes_run_with_their_key_the_pinned_ca_and_distinct_partitions(pair: Pair) -> None:
+    wait_online(pair, 2)  # until its key is registered a SuperNode exits and restarts (backoff)
     superlink_ca = pair.cloud.host(pair.superlink).file("/etc/flower/tls/ca.pem").content
     partitions = set()
     for vm in pair.supernodes:
