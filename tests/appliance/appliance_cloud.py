@@ -200,12 +200,18 @@ class ApplianceCloud:
     # --- inside the guest -----------------------------------------------------------------------------
 
     def host(self, vm_id: int) -> Any:
-        return testinfra.get_host(f"paramiko://root@{self.ip(vm_id)}", ssh_config=str(self.ssh_config))
+        return self.host_at(self.ip(vm_id))
 
-    def wait_ssh(self, vm_id: int, timeout: float = 300) -> Any:
+    def host_at(self, ip: str) -> Any:
+        return testinfra.get_host(f"paramiko://root@{ip}", ssh_config=str(self.ssh_config))
+
+    def wait_ssh(self, vm_id: int, timeout: float = 300, ip: str | None = None) -> Any:
+        """SSH to the VM once it answers; give ``ip`` when the cloud itself is down."""
+        address = ip or self.ip(vm_id)
+
         def connected() -> Any:
             try:
-                host = self.host(vm_id)
+                host = self.host_at(address)
                 return host if host.run("true").rc == 0 else None
             except Exception:  # not up yet: any connection error means "try again"
                 return None

@@ -25,7 +25,7 @@ def test_configure_failure_is_reported_through_onegate(
     appliance_cloud: ApplianceCloud, context: dict[str, str], stage: str, reason: str
 ) -> None:
     cloud = appliance_cloud
-    vm = cloud.instantiate("superlink", f"failing-{stage}", context)
+    vm = cloud.instantiate("superlink", f"failing-{'-'.join(context).lower().replace('_', '-')}", context)
     try:
         cloud.wait_status(vm, {"failed"})
         attributes = cloud.user_template(vm)
@@ -48,11 +48,12 @@ def test_onegate_down_at_boot_is_retried(appliance_cloud: ApplianceCloud) -> Non
     vm = cloud.instantiate("superlink", "onegate-outage")
     try:
         wait_for(lambda: cloud.one.vm.info(vm).LCM_STATE == LCM_RUNNING, 300, what="VM RUNNING")
+        ip = cloud.ip(vm)
         state_dir = cloud.handle.state_dir
         cloud.handle.stop(keep_guests=True)  # the whole front-end, OneGate included, goes away
         try:
             # The guest boots and bootstraps while OneGate cannot be reached.
-            host = cloud.wait_ssh(vm)
+            host = cloud.wait_ssh(vm, ip=ip)
             wait_for(lambda: host.service("flower-superlink").is_running, 300, what="SuperLink started")
             time.sleep(20)
             assert host.file("/etc/one-appliance/status").content_string.strip() == "bootstrap_started"
