@@ -158,7 +158,7 @@ def test_supernodes_run_with_their_key_the_pinned_ca_and_distinct_partitions(pai
     for vm in pair.supernodes:
         host = pair.cloud.host(vm)
         assert host.service("flower-supernode").is_running
-        assert {entry.user for entry in host.process.filter(comm="flower-superno")} == {"flower"}
+        assert {entry.user for entry in host.process.filter(comm="flower-supernode"[:15])} == {"flower"}
         key = host.file("/var/lib/flower/keys/supernode")
         assert key.mode == 0o600 and key.user == "flower"
         assert host.file("/var/lib/flower/tls/superlink-ca.pem").content == superlink_ca
