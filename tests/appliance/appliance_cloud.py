@@ -21,6 +21,7 @@ import testinfra
 
 SUPERLINK_VARIANT = "superlink-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 SUPERNODE_VARIANT = "supernode-1.42.0-debian12-cpu-standard-sklearn-x86_64"
+DEFAULT_VARIANTS = {"superlink": SUPERLINK_VARIANT, "supernode": SUPERNODE_VARIANT}
 VM_STATE_DONE = 6
 LCM_RUNNING = 3
 SERVICE_RUNNING = 2
@@ -66,24 +67,44 @@ class ApplianceCloud:
             "SSH_PUBLIC_KEY": self.ssh_key.with_suffix(".pub").read_text().strip(),
         }
 
+    def image_for(self, variant: str) -> int:
+        """The image of a variant, built (or taken from the cache) and imported on first use."""
+        if variant not in self.images:
+            from factory.localbuild import build_appliance
+            from factory.matrix import load_matrix
+
+            built = build_appliance(load_matrix().variant(variant))
+            image_id = self.one.image.allocate(f'NAME="{variant}"\nPATH="{built.image}"\nTYPE="OS"', 1)
+            wait_for(lambda: self.one.image.info(image_id).STATE == 1, 600, what=f"image {variant}")
+            self.images[variant] = image_id
+        return self.images[variant]
+
     def template(
-        self, role: str, name: str, context: dict[str, str] | None = None, memory: int = 1024
+        self,
+        role: str,
+        name: str,
+        context: dict[str, str] | None = None,
+        memory: int = 1024,
+        variant: str | None = None,
     ) -> int:
         values = self.base_context(name) | (context or {})
+        image = self.image_for(variant or DEFAULT_VARIANTS[role])
         body = "\n".join(
             [
                 f'NAME="{name}"',
                 'CPU="1"',
                 f'MEMORY="{memory}"',
-                f'DISK=[IMAGE_ID="{self.images[role]}"]',
+                f'DISK=[IMAGE_ID="{image}"]',
                 'NIC=[NETWORK_ID="0"]',
                 context_section(values),
             ]
         )
         return self.one.template.allocate(body)
 
-    def instantiate(self, role: str, name: str, context: dict[str, str] | None = None) -> int:
-        template_id = self.template(role, name, context)
+    def instantiate(
+        self, role: str, name: str, context: dict[str, str] | None = None, variant: str | None = None
+    ) -> int:
+        template_id = self.template(role, name, context, variant=variant)
         return self.one.template.instantiate(template_id, name, False, "", False)
 
     def flow(self, method: str, path: str, body: Any = None) -> requests.Response:
@@ -102,9 +123,15 @@ class ApplianceCloud:
         superlink_context: dict[str, str] | None = None,
         supernode_context: dict[str, str] | None = None,
         cardinality: int = 2,
+        variants: dict[str, str] | None = None,
     ) -> int:
-        superlink = self.template("superlink", f"{name}-superlink", superlink_context)
-        supernode = self.template("supernode", f"{name}-supernode", supernode_context)
+        chosen = DEFAULT_VARIANTS | (variants or {})
+        superlink = self.template(
+            "superlink", f"{name}-superlink", superlink_context, variant=chosen["superlink"]
+        )
+        supernode = self.template(
+            "supernode", f"{name}-supernode", supernode_context, variant=chosen["supernode"]
+        )
         document = {
             "name": name,
             "deployment": "straight",

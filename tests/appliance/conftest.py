@@ -195,10 +195,12 @@ def appliance_cloud(tmp_path_factory: pytest.TempPathFactory, appliance_images: 
     cloud = ApplianceCloud(launcher.start(state / "cloud", driver="container"), None, key, ssh_config, {})
     try:
         one = cloud.one = pyone.OneServer(cloud.handle.endpoints["xmlrpc"], session=cloud.handle.auth)
-        for role, built in appliance_images.items():
-            image_id = one.image.allocate(f'NAME="{role}"\nPATH="{built.image}"\nTYPE="OS"', 1)  # type: ignore[attr-defined]
-            wait_for(lambda image_id=image_id: one.image.info(image_id).STATE == 1, 600, what=f"image {role}")
-            cloud.images[role] = image_id
+        for built in appliance_images.values():
+            name = built.variant  # type: ignore[attr-defined]
+            path = built.image  # type: ignore[attr-defined]
+            image_id = one.image.allocate(f'NAME="{name}"\nPATH="{path}"\nTYPE="OS"', 1)
+            wait_for(lambda image_id=image_id: one.image.info(image_id).STATE == 1, 600, what=f"image {name}")
+            cloud.images[name] = image_id
         yield cloud
     finally:
         cloud.handle.stop()  # a test may have restarted the cloud: stop the current handle
