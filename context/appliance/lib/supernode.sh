@@ -1,0 +1,290 @@
+# shellcheck shell=bash
+# The SuperNode role: its key pair, finding the SuperLink (OneGate or an explicit address), pinning the
+# SuperLink's CA (fail closed), the version policy, the node config, the GPU check, the unit.
+
+FL_SUPERNODE_UNITS=(flower-supernode.service flower-superexec.service)
+: "${FL_SUPERNODE_RUNTIME_PORT:=9094}"
+
+supernode_install() {
+    fl_install_units "${FL_SUPERNODE_UNITS[@]}"
+}
+
+supernode_validate() {
+    local name token
+    if [[ -n "${ONEAPP_FL_SUPERLINK}" ]] && ! fl_is_host_port "${ONEAPP_FL_SUPERLINK}"; then
+        fl_fail "ONEAPP_FL_SUPERLINK: '$(fl_one_line "${ONEAPP_FL_SUPERLINK}" 80)' is not HOST:PORT"
+    fi
+    for name in ONEAPP_FL_DISCOVERY_TIMEOUT ONEAPP_FL_MAX_RETRIES; do
+        ((${!name} >= 0)) || fl_fail "${name}: '${!name}' must not be negative"
+    done
+    for token in ${ONEAPP_FL_NODE_CONFIG}; do
+        [[ "${token}" =~ ^[A-Za-z_][A-Za-z0-9_.-]*=[^=]*$ ]] ||
+            fl_fail "ONEAPP_FL_NODE_CONFIG: '$(fl_one_line "${token}" 60)' is not key=value"
+    done
+    if [[ "${ONEAPP_FL_TLS}" == NO ]]; then
+        fl_warn "ONEAPP_FL_TLS=NO: this SuperNode talks to the SuperLink without encryption or authentication"
+        [[ -z "${ONEAPP_FL_SUPERLINK_CA}" ]] || fl_warn "ONEAPP_FL_SUPERLINK_CA is ignored: ONEAPP_FL_TLS=NO"
+    fi
+}
+
+# HOST:PORT with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535.
+fl_is_host_port() {
+    local value=$1 port
+    if [[ "${value}" =~ ^\[[0-9A-Fa-f:]+\]:([0-9]+)$ || "${value}" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:([0-9]+)$ ]]; then
+        port=${BASH_REMATCH[-1]}
+        ((10#${port} >= 1 && 10#${port} <= 65535))
+    else
+        return 1
+    fi
+}
+
+# The GPU policy: GPU images need the GPU unless ONEAPP_FL_GPU=off; CPU images ignore the parameter.
+supernode_check_gpu() {
+    if [[ "${FL_ACCEL}" != gpu ]]; then
+        return 0
+    fi
+    if [[ "${ONEAPP_FL_GPU}" == off ]]; then
+        fl_log "ONEAPP_FL_GPU=off: training on the CPU although this is a GPU image"
+        return 0
+    fi
+    if ! fl_gpu_present; then
+        fl_fail "no NVIDIA GPU found (nvidia-smi lists none, no /proc/driver/nvidia/gpus): this GPU image needs one; attach a GPU (PCI passthrough) or set ONEAPP_FL_GPU=off to train on the CPU"
+    fi
+    fl_log "GPU: $(fl_gpu_names)"
+}
+
+# The SuperNode's ECDSA P-384 key pair (OpenSSH format, as Flower expects), made once and kept.
+supernode_ensure_key() {
+    local dir="${FL_STATE}/keys"
+    install -d -m 0700 "${dir}"
+    fl_chown_service_user "${dir}"
+    if [[ ! -s "${dir}/supernode" || ! -s "${dir}/supernode.pub" ]]; then
+        rm -f "${dir}/supernode" "${dir}/supernode.pub"
+        (umask 077 && ssh-keygen -q -t ecdsa -b 384 -N '' -C "flower-supernode@$(hostname)" -f "${dir}/supernode") ||
+            fl_fail "could not create the SuperNode key in ${dir}"
+        fl_log "created the SuperNode key pair ${dir}/supernode"
+    fi
+    chmod 0600 "${dir}/supernode"
+    chmod 0644 "${dir}/supernode.pub"
+    fl_chown_service_user "${dir}/supernode" "${dir}/supernode.pub"
+}
+
+supernode_configure() {
+    supernode_validate
+    install -d -m 0755 "${FL_ETC}"
+    install -d -m 0750 "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
+    fl_chown_service_user "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
+    supernode_check_gpu
+    if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
+        supernode_ensure_key
+        local pubkey
+        pubkey=$(cat "${FL_STATE}/keys/supernode.pub")
+        fl_log "SuperNode public key: ${pubkey}"
+        # Published now so that the SuperLink can register it before this node first connects.
+        if fl_onegate_configured; then
+            fl_onegate_publish "ONEAPP_FL_NODE_PUBKEY=${pubkey}" ||
+                fl_fail "could not publish the SuperNode public key through OneGate at ${ONEGATE_ENDPOINT}"
+        else
+            fl_warn "no OneGate: register this SuperNode's public key on the SuperLink yourself (ONEAPP_FL_NODE_KEYS)"
+        fi
+    fi
+}
+
+# Find the SuperLink in this VM's OneFlow service. Sets FL_SL_ENDPOINT, FL_SL_CA (base64),
+# FL_SL_FINGERPRINT, FL_SL_VERSION and FL_SERVICE_JSON. Returns 1 when none is published (yet).
+supernode_lookup_service() {
+    local deadline=$1 document
+    document=$(fl_onegate_service_vms "${deadline}") || [[ $? -eq 3 ]] || return 1
+    FL_SERVICE_JSON=${document}
+    {
+        IFS= read -r FL_SL_ENDPOINT
+        IFS= read -r FL_SL_CA
+        IFS= read -r FL_SL_FINGERPRINT
+        IFS= read -r FL_SL_VERSION
+    } < <(jq -r '
+        [ .SERVICE.roles[]?.nodes[]?.vm_info.VM
+          | select((.USER_TEMPLATE.ONEAPP_FL_ENDPOINT // "") != "") ]
+        | sort_by(.ID | tonumber) | first // {} | .USER_TEMPLATE // {}
+        | (.ONEAPP_FL_ENDPOINT // ""), (.ONEAPP_FL_CA_CERT // ""),
+          (.ONEAPP_FL_CA_FINGERPRINT // ""), (.ONEAPP_FL_FLOWER_VERSION // "")
+    ' <<<"${document}" 2>/dev/null || true) || true
+    [[ -n "${FL_SL_ENDPOINT}" ]]
+}
+
+supernode_discover() {
+    FL_SL_ENDPOINT="" FL_SL_CA="" FL_SL_FINGERPRINT="" FL_SL_VERSION="" FL_SERVICE_JSON=""
+    if [[ -n "${ONEAPP_FL_SUPERLINK}" ]]; then
+        # Explicit address; the service (if any) may still tell the CA and the version.
+        if fl_onegate_configured; then
+            supernode_lookup_service 10 || true
+        fi
+        FL_SL_ENDPOINT=${ONEAPP_FL_SUPERLINK}
+        fl_log "SuperLink given by ONEAPP_FL_SUPERLINK: ${FL_SL_ENDPOINT}"
+        return 0
+    fi
+    fl_onegate_configured ||
+        fl_fail "ONEAPP_FL_SUPERLINK is empty and there is no OneGate to discover the SuperLink (TOKEN=YES missing from the context?)"
+    fl_log "looking for the SuperLink of this service through OneGate (up to ${ONEAPP_FL_DISCOVERY_TIMEOUT} s)"
+    # shellcheck disable=SC2317  # called through fl_retry_until
+    _fl_lookup_once() { supernode_lookup_service 5; }
+    if ! fl_retry_until "${ONEAPP_FL_DISCOVERY_TIMEOUT}" 15 _fl_lookup_once; then
+        fl_fail "no SuperLink published ONEAPP_FL_ENDPOINT in this VM's OneFlow service within ${ONEAPP_FL_DISCOVERY_TIMEOUT} s (set ONEAPP_FL_SUPERLINK to give it explicitly)"
+    fi
+    fl_log "found the SuperLink at ${FL_SL_ENDPOINT} (Flower ${FL_SL_VERSION:-unknown})"
+}
+
+# Decide the CA to trust and pin it in FL_STATE/tls/superlink-ca.pem. Fails closed.
+supernode_pin_ca() {
+    local pinned="${FL_STATE}/tls/superlink-ca.pem" published fingerprint
+    if [[ -n "${ONEAPP_FL_SUPERLINK_CA}" ]]; then
+        fl_param_decode_to ONEAPP_FL_SUPERLINK_CA "${pinned}" 0644
+        openssl x509 -in "${pinned}" -noout 2>/dev/null ||
+            fl_fail "ONEAPP_FL_SUPERLINK_CA: not a PEM certificate"
+        fl_log "trusting the CA from ONEAPP_FL_SUPERLINK_CA ($(fl_tls_fingerprint "${pinned}"))"
+        return 0
+    fi
+    if [[ -n "${FL_SL_CA}" ]]; then
+        published=$(mktemp)
+        printf '%s' "${FL_SL_CA}" | base64 -d >"${published}" 2>/dev/null || true
+        if ! openssl x509 -in "${published}" -noout 2>/dev/null; then
+            rm -f "${published}"
+            fl_fail "the SuperLink published an ONEAPP_FL_CA_CERT that is not a PEM certificate"
+        fi
+        fingerprint=$(fl_tls_fingerprint "${published}")
+        if [[ -n "${FL_SL_FINGERPRINT}" && "${FL_SL_FINGERPRINT}" != "${fingerprint}" ]]; then
+            rm -f "${published}"
+            fl_fail "the SuperLink's published CA does not match its published fingerprint ${FL_SL_FINGERPRINT}"
+        fi
+        if [[ -s "${pinned}" ]]; then
+            if ! cmp -s "${published}" "${pinned}"; then
+                rm -f "${published}"
+                fl_fail "the SuperLink now publishes another CA (${fingerprint}) than the one pinned at first contact ($(fl_tls_fingerprint "${pinned}")); refusing to switch (set ONEAPP_FL_SUPERLINK_CA to trust a new CA)"
+            fi
+            rm -f "${published}"
+        else
+            fl_write_file "${pinned}" 0644 <"${published}" || true
+            rm -f "${published}"
+            fl_log "pinned the SuperLink CA ${fingerprint}"
+        fi
+        return 0
+    fi
+    if [[ -s "${pinned}" ]]; then
+        fl_log "using the pinned SuperLink CA ($(fl_tls_fingerprint "${pinned}"))"
+        return 0
+    fi
+    fl_fail "no CA certificate for the SuperLink at ${FL_SL_ENDPOINT}: set ONEAPP_FL_SUPERLINK_CA (or ONEAPP_FL_TLS=NO to run insecure on purpose)"
+}
+
+# Version policy: Flower requires equal major.minor but does not enforce it; we report and act.
+supernode_check_version() {
+    local ours=$1
+    FL_COMPAT=unknown
+    if [[ -z "${FL_SL_VERSION}" ]]; then
+        fl_warn "the SuperLink's Flower version is unknown (not published): cannot check compatibility"
+        return 0
+    fi
+    FL_COMPAT=$(fl_version_compat "${ours}" "${FL_SL_VERSION}") || FL_COMPAT=unknown
+    if [[ "${FL_COMPAT}" == mismatched ]]; then
+        if [[ "${ONEAPP_FL_VERSION_POLICY}" == strict ]]; then
+            fl_publish_later "ONEAPP_FL_COMPAT=mismatched"
+            fl_fail "Flower version mismatch: SuperNode ${ours}, SuperLink ${FL_SL_VERSION} (major.minor differ) and ONEAPP_FL_VERSION_POLICY=strict"
+        fi
+        fl_warn "Flower version mismatch: SuperNode ${ours}, SuperLink ${FL_SL_VERSION}; running anyway (ONEAPP_FL_VERSION_POLICY=warn)"
+    else
+        fl_log "Flower versions ${FL_COMPAT}: SuperNode ${ours}, SuperLink ${FL_SL_VERSION}"
+    fi
+}
+
+supernode_node_config() {
+    if [[ -n "${ONEAPP_FL_NODE_CONFIG}" ]]; then
+        printf '%s\n' "${ONEAPP_FL_NODE_CONFIG}"
+        return
+    fi
+    if [[ -z "${FL_SERVICE_JSON}" ]] && fl_onegate_configured; then
+        FL_SERVICE_JSON=$(fl_onegate_get /service 10 || true)  # ids and cardinality are enough here
+    fi
+    local derived=""
+    if [[ -n "${FL_SERVICE_JSON}" && -n "${VMID:-}" ]]; then
+        derived=$(fl_node_config_from_service "${FL_SERVICE_JSON}" "${VMID}" 2>/dev/null || true)
+    fi
+    if [[ -z "${derived}" ]]; then
+        fl_warn "not in a OneFlow service and no ONEAPP_FL_NODE_CONFIG: using partition-id=0 num-partitions=1"
+        derived="partition-id=0 num-partitions=1"
+    fi
+    printf '%s\n' "${derived}"
+}
+
+# Try the SuperLink's /health with the pinned CA. A TLS failure fails closed; an unreachable SuperLink
+# is only reported (Flower keeps retrying, and the edge profile is made for that).
+supernode_preflight() {
+    local scheme=https status=0 options=()
+    if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
+        options=(--cacert "${FL_STATE}/tls/superlink-ca.pem")
+    else
+        scheme=http
+    fi
+    curl --silent --show-error --output /dev/null --connect-timeout 5 --max-time 15 "${options[@]}" \
+        "${scheme}://${FL_SL_ENDPOINT}/health" 2>"${FL_RUN}/preflight.err" || status=$?
+    case "${status}" in
+        0) fl_log "the SuperLink at ${FL_SL_ENDPOINT} answers and its certificate verifies" ;;
+        35 | 51 | 53 | 54 | 58 | 59 | 60 | 64 | 66 | 77 | 80 | 82 | 83 | 90 | 91)
+            fl_fail "TLS verification of the SuperLink at ${FL_SL_ENDPOINT} failed with the trusted CA ($(fl_tls_fingerprint "${FL_STATE}/tls/superlink-ca.pem")): $(fl_one_line "$(cat "${FL_RUN}/preflight.err")" 160)"
+            ;;
+        *) fl_warn "the SuperLink at ${FL_SL_ENDPOINT} is not reachable now (curl status ${status}); the SuperNode keeps retrying" ;;
+    esac
+}
+
+supernode_bootstrap() {
+    local ours node_config args=() changed=NO
+    ours=$(fl_flower_version) || fl_fail "no flwr installation found in ${FL_VENV}"
+    mkdir -p "${FL_RUN}"
+    supernode_discover
+    if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
+        supernode_pin_ca
+    fi
+    supernode_check_version "${ours}"
+    node_config=$(supernode_node_config)
+    fl_log "node config: ${node_config}"
+    supernode_preflight
+
+    args=(--superlink "${FL_SL_ENDPOINT}")
+    if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
+        args+=(--root-certificates "${FL_STATE}/tls/superlink-ca.pem"
+            --auth-supernode-private-key "${FL_STATE}/keys/supernode")
+    else
+        args+=(--insecure)
+    fi
+    args+=(--node-config "${node_config}" --isolation "${ONEAPP_FL_ISOLATION}"
+        --host 127.0.0.1 --port "${FL_SUPERNODE_RUNTIME_PORT}")
+    if [[ "${FL_PROFILE}" != edge && "${ONEAPP_FL_MAX_RETRIES}" -gt 0 ]]; then
+        args+=(--max-retries "${ONEAPP_FL_MAX_RETRIES}")
+    fi
+    fl_write_args "${FL_ETC}/supernode.args" "${args[@]}" && changed=YES
+    fl_write_args "${FL_ETC}/superexec.args" --runtime-api-address "127.0.0.1:${FL_SUPERNODE_RUNTIME_PORT}" \
+        --insecure && changed=YES
+    {
+        printf 'FLWR_LOG_LEVEL=%s\n' "${ONEAPP_FL_LOG_LEVEL}"
+        if [[ "${FL_PROFILE}" == edge ]]; then
+            printf 'FL_BACKOFF_MAX=300\n'
+        fi
+        if [[ "${FL_ACCEL}" == gpu && "${ONEAPP_FL_GPU}" == off ]]; then
+            printf 'CUDA_VISIBLE_DEVICES=\n'
+        fi
+    } | fl_write_file "${FL_ETC}/supernode.env" 0644 && changed=YES
+    if [[ "${changed}" == YES ]]; then
+        fl_mark_restart flower-supernode.service
+        fl_mark_restart flower-superexec.service
+    fi
+
+    fl_unit_apply flower-supernode.service
+    if [[ "${ONEAPP_FL_ISOLATION}" == process ]]; then
+        fl_unit_apply flower-superexec.service
+    elif fl_systemd_running; then
+        systemctl stop flower-superexec.service >/dev/null 2>&1 || true
+    fi
+
+    fl_publish_later "ONEAPP_FL_FLOWER_VERSION=${ours}" "ONEAPP_FL_COMPAT=${FL_COMPAT}"
+    if [[ -s "${FL_STATE}/keys/supernode.pub" ]]; then
+        fl_publish_later "ONEAPP_FL_NODE_PUBKEY=$(cat "${FL_STATE}/keys/supernode.pub")"
+    fi
+}

@@ -1,0 +1,219 @@
+# shellcheck shell=bash
+# Every difference between the distributions the appliances are built on lives here: package manager
+# and package names, the Python for Flower, the one-context package, the NVIDIA driver, grub, sshd,
+# cleanup. The numbered provisioning scripts only call these functions.
+#
+#   FL_OS            ubuntu2404 | opensuse156 | debian12
+#   FL_BUILD_TARGET  packer (a booted VM with systemd) | chroot (no running systemd: enable, don't start)
+
+case "${FL_OS:?FL_OS is not set}" in
+    debian12 | ubuntu2404) DISTRO_FAMILY=debian ;;
+    opensuse156) DISTRO_FAMILY=suse ;;
+    *)
+        echo "distro.sh: unsupported FL_OS '${FL_OS}' (known: debian12, ubuntu2404, opensuse156)" >&2
+        exit 2
+        ;;
+esac
+export DISTRO_FAMILY
+: "${FL_BUILD_TARGET:=packer}"
+if [[ "${DISTRO_FAMILY}" == debian ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+fi
+
+log() {
+    printf '==> [%s] %s\n' "${FL_PROVISION_STEP:-provision}" "$*" >&2
+}
+
+die() {
+    printf 'ERROR: [%s] %s\n' "${FL_PROVISION_STEP:-provision}" "$*" >&2
+    exit 1
+}
+
+# Generic package names -> this distribution's names.
+distro_package_names() {
+    local name
+    for name in "$@"; do
+        case "${DISTRO_FAMILY}:${name}" in
+            debian:python) printf '%s\n' python3 python3-venv ;;
+            suse:python) printf '%s\n' python311 ;;
+            debian:ca-certificates) printf '%s\n' ca-certificates ;;
+            suse:ca-certificates) printf '%s\n' ca-certificates ca-certificates-mozilla ;;
+            debian:openssh-server) printf '%s\n' openssh-server openssh-client ;;
+            suse:openssh-server) printf '%s\n' openssh-server openssh-clients ;;
+            *:*) printf '%s\n' "${name}" ;;
+        esac
+    done
+}
+
+distro_refresh() {
+    case "${DISTRO_FAMILY}" in
+        debian) apt-get -q update ;;
+        suse) zypper --non-interactive --gpg-auto-import-keys refresh ;;
+    esac
+}
+
+distro_upgrade() {
+    case "${DISTRO_FAMILY}" in
+        debian)
+            apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold dist-upgrade
+            ;;
+        suse) zypper --non-interactive --gpg-auto-import-keys update --no-recommends ;;
+    esac
+}
+
+# distro_install GENERIC_NAME... (see distro_package_names)
+distro_install() {
+    local packages
+    mapfile -t packages < <(distro_package_names "$@")
+    log "installing ${packages[*]}"
+    case "${DISTRO_FAMILY}" in
+        debian)
+            apt-get -q -y --no-install-recommends -o Dpkg::Options::=--force-confdef \
+                -o Dpkg::Options::=--force-confold install "${packages[@]}"
+            ;;
+        suse) zypper --non-interactive --gpg-auto-import-keys install --no-recommends "${packages[@]}" ;;
+    esac
+}
+
+# Debian-family package scripts start services on install; the image build must not (no systemd in a
+# chroot, and nothing should run inside the Packer VM but the provisioning).
+distro_block_service_starts() {
+    if [[ "${DISTRO_FAMILY}" == debian ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+    fi
+}
+
+distro_allow_service_starts() {
+    rm -f /usr/sbin/policy-rc.d
+}
+
+# The Python interpreter Flower's virtualenv is made from (Flower needs >= 3.11; Leap's python3 is 3.6).
+distro_python() {
+    case "${DISTRO_FAMILY}" in
+        debian) printf '/usr/bin/python3\n' ;;
+        suse) printf '/usr/bin/python3.11\n' ;;
+    esac
+}
+
+distro_nologin_shell() {
+    command -v nologin 2>/dev/null || printf '/usr/sbin/nologin\n'
+}
+
+# The guest agent: the real one-context package (FL_ONE_CONTEXT=package, FL_ONE_CONTEXT_URL) or the
+# small compatible agent shipped for local Debian images (FL_ONE_CONTEXT=lite).
+distro_install_one_context() {
+    case "${FL_ONE_CONTEXT:-package}" in
+        lite)
+            [[ -x "${FL_PAYLOAD}/one-context-lite/install.sh" ]] ||
+                die "FL_ONE_CONTEXT=lite but ${FL_PAYLOAD}/one-context-lite/install.sh is missing"
+            "${FL_PAYLOAD}/one-context-lite/install.sh" /
+            ;;
+        package)
+            [[ -n "${FL_ONE_CONTEXT_URL:-}" ]] || die "FL_ONE_CONTEXT=package needs FL_ONE_CONTEXT_URL"
+            local file
+            case "${DISTRO_FAMILY}" in
+                debian)
+                    file=/tmp/one-context.deb
+                    curl -fsSL --retry 3 -o "${file}" "${FL_ONE_CONTEXT_URL}"
+                    apt-get -q -y --no-install-recommends install "${file}"
+                    if [[ "${FL_OS}" == ubuntu2404 ]]; then
+                        # one-context replaces cloud-init (it would fight over the network and SSH keys).
+                        apt-get -q -y purge cloud-init || true
+                        rm -rf /etc/cloud /var/lib/cloud
+                    fi
+                    ;;
+                suse)
+                    file=/tmp/one-context.rpm
+                    curl -fsSL --retry 3 -o "${file}" "${FL_ONE_CONTEXT_URL}"
+                    zypper --non-interactive --no-gpg-checks install --no-recommends "${file}"
+                    zypper --non-interactive remove cloud-init >/dev/null 2>&1 || true
+                    ;;
+            esac
+            rm -f "${file}"
+            ;;
+        *) die "unknown FL_ONE_CONTEXT '${FL_ONE_CONTEXT}' (package or lite)" ;;
+    esac
+}
+
+# NVIDIA driver from NVIDIA's CUDA repositories (the CUDA user-space libraries come with the
+# framework's pip wheels). FL_NVIDIA_DRIVER is the driver branch (e.g. 570).
+distro_install_nvidia() {
+    [[ -n "${FL_NVIDIA_DRIVER:-}" ]] || die "GPU variant without FL_NVIDIA_DRIVER"
+    local base=https://developer.download.nvidia.com/compute/cuda/repos
+    case "${FL_OS}" in
+        debian12 | ubuntu2404)
+            curl -fsSL --retry 3 -o /tmp/cuda-keyring.deb "${base}/${FL_OS}/x86_64/cuda-keyring_1.1-1_all.deb"
+            apt-get -q -y install /tmp/cuda-keyring.deb
+            rm -f /tmp/cuda-keyring.deb
+            apt-get -q update
+            if [[ "${FL_OS}" == debian12 ]]; then
+                distro_install linux-headers-amd64
+            else
+                distro_install linux-headers-generic
+            fi
+            apt-get -q -y --no-install-recommends install "cuda-drivers-${FL_NVIDIA_DRIVER}"
+            ;;
+        opensuse156)
+            zypper --non-interactive addrepo --refresh "${base}/opensuse15/x86_64/cuda-opensuse15.repo"
+            zypper --non-interactive --gpg-auto-import-keys refresh
+            distro_install kernel-default-devel
+            zypper --non-interactive --gpg-auto-import-keys install --no-recommends "cuda-drivers-${FL_NVIDIA_DRIVER}"
+            ;;
+    esac
+    # The open-source nouveau driver must not grab the GPU first.
+    printf 'blacklist nouveau\noptions nouveau modeset=0\n' >/etc/modprobe.d/blacklist-nouveau.conf
+}
+
+# Regenerate the boot configuration (kernel or driver changes). Only for disk images that boot with
+# grub (Packer); the local container rootfs and its qcow2 boot without it.
+distro_update_boot() {
+    [[ "${FL_BUILD_TARGET}" == packer ]] || return 0
+    case "${DISTRO_FAMILY}" in
+        debian)
+            if command -v update-initramfs >/dev/null 2>&1; then update-initramfs -u -k all; fi
+            if command -v update-grub >/dev/null 2>&1; then update-grub; fi
+            ;;
+        suse)
+            if command -v dracut >/dev/null 2>&1; then dracut --force --regenerate-all; fi
+            if [[ -d /boot/grub2 ]]; then grub2-mkconfig -o /boot/grub2/grub.cfg; fi
+            ;;
+    esac
+}
+
+# sshd: our settings as a drop-in; make sure the main configuration includes the drop-in directory.
+distro_sshd_dropin() {
+    local content=$1
+    install -d -m 0755 /etc/ssh/sshd_config.d
+    printf '%s\n' "${content}" >/etc/ssh/sshd_config.d/50-flower-appliance.conf
+    chmod 0644 /etc/ssh/sshd_config.d/50-flower-appliance.conf
+    if [[ -f /etc/ssh/sshd_config ]] && ! grep -qE '^Include /etc/ssh/sshd_config\.d/\*\.conf' /etc/ssh/sshd_config; then
+        sed -i '1i Include /etc/ssh/sshd_config.d/*.conf' /etc/ssh/sshd_config
+    fi
+}
+
+# The sshd unit name.
+distro_sshd_unit() {
+    case "${DISTRO_FAMILY}" in
+        debian) printf 'ssh.service\n' ;;
+        suse) printf 'sshd.service\n' ;;
+    esac
+}
+
+distro_enable() {
+    systemctl enable "$@"
+}
+
+distro_cleanup() {
+    case "${DISTRO_FAMILY}" in
+        debian)
+            apt-get -q -y autoremove --purge
+            apt-get -q clean
+            rm -rf /var/lib/apt/lists/*
+            ;;
+        suse)
+            zypper --non-interactive clean --all
+            if command -v purge-kernels >/dev/null 2>&1; then purge-kernels || true; fi
+            ;;
+    esac
+}

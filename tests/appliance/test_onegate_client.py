@@ -1,0 +1,164 @@
+"""The appliance's OneGate client against the test cloud's real OneGate (dummy driver: no guests, the
+client runs here with a VM's own token): publishing, reading what the other VMs of the service
+published, SuperLink discovery, the key sync's wanted keys, node config, and failures."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyone
+import pytest
+import requests
+from appliance_cloud import wait_for
+
+KEY_A = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABh" + "B" * 128 + "== node-a@x"
+
+
+@pytest.fixture(scope="module")
+def dummy_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from testcloud import launcher
+
+    handle = launcher.start(tmp_path_factory.mktemp("cloud") / "state", driver="dummy")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def service(dummy_cloud: Any) -> dict[str, Any]:
+    """A running 1 + 3 service of dummy VMs; returns the VM ids."""
+    one = pyone.OneServer(dummy_cloud.endpoints["xmlrpc"], session=dummy_cloud.auth)
+    template = one.template.allocate('NAME="vm"\nCPU="1"\nMEMORY="64"\nCONTEXT=[TOKEN="YES"]')
+    user, _, password = dummy_cloud.auth.partition(":")
+    url = dummy_cloud.endpoints["oneflow"]
+    body = {
+        "name": "gate",
+        "deployment": "straight",
+        "roles": [
+            {"name": "superlink", "type": "vm", "template_id": template, "cardinality": 1},
+            {
+                "name": "supernode",
+                "type": "vm",
+                "template_id": template,
+                "cardinality": 3,
+                "parents": ["superlink"],
+            },
+        ],
+    }
+    reply = requests.post(f"{url}/service_template", json=body, auth=(user, password), timeout=30)
+    template_id = reply.json()["DOCUMENT"]["ID"]
+    reply = requests.post(
+        f"{url}/service_template/{template_id}/action",
+        json={"action": {"perform": "instantiate"}},
+        auth=(user, password),
+        timeout=30,
+    )
+    service_id = reply.json()["DOCUMENT"]["ID"]
+
+    def body_of() -> dict[str, Any]:
+        return requests.get(f"{url}/service/{service_id}", auth=(user, password), timeout=30).json()[
+            "DOCUMENT"
+        ]["TEMPLATE"]["BODY"]
+
+    wait_for(lambda: body_of()["state"] == 2, 120, interval=0.2, what="service RUNNING")
+    roles = {role["name"]: sorted(int(n["deploy_id"]) for n in role["nodes"]) for role in body_of()["roles"]}
+    return {"one": one, "superlink": roles["superlink"][0], "supernodes": roles["supernode"]}
+
+
+def gate_environment(cloud: Any, vm_id: int) -> dict[str, str]:
+    """ONEGATE_ENDPOINT, VMID and TOKENTXT as one-context would export them in that VM."""
+    context_dir = Path(cloud.state_dir) / "vms" / str(vm_id) / "context"
+    text = (context_dir / "context.sh").read_text()
+    values = dict(re.findall(r"^(\w+)='(.*)'$", text, flags=re.MULTILINE))
+    return {
+        "ONEGATE_ENDPOINT": values["ONEGATE_ENDPOINT"],
+        "VMID": values["VMID"],
+        "TOKENTXT": (context_dir / "token.txt").read_text().strip(),
+    }
+
+
+def run(
+    make_sandbox, role: str, script: str, environment: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return make_sandbox(role).bash(script, FL_ONEGATE_DEADLINE="10", **environment)
+
+
+def test_publish_and_read_back(make_sandbox, dummy_cloud, service) -> None:
+    environment = gate_environment(dummy_cloud, service["superlink"])
+    reason = 'ONEAPP_FL_ERROR=a \\"quoted\\" reason, [with] structure'
+    script = f'fl_onegate_publish "ONEAPP_FL_ENDPOINT=10.231.64.9:9092" "{reason}"\nfl_onegate_get /vm 5\n'
+    result = run(make_sandbox, "superlink", script, environment)
+    assert result.returncode == 0, result.stderr
+    published = json.loads(result.stdout)["VM"]["USER_TEMPLATE"]
+    assert published["ONEAPP_FL_ENDPOINT"] == "10.231.64.9:9092"
+    # OneGate's escape_attr reads , [ ] as structure: the client replaces them
+    assert published["ONEAPP_FL_ERROR"] == "a 'quoted' reason; (with) structure"
+
+
+def test_empty_values_clear_attributes(make_sandbox, dummy_cloud, service) -> None:
+    environment = gate_environment(dummy_cloud, service["supernodes"][2])
+    script = "fl_onegate_publish ONEAPP_FL_STAGE=configure ONEAPP_FL_ERROR=oops\n"
+    script += "fl_onegate_publish ONEAPP_FL_STATUS=ready ONEAPP_FL_STAGE= ONEAPP_FL_ERROR=\n"
+    result = run(make_sandbox, "supernode", script, environment)
+    assert result.returncode == 0, result.stderr
+    published = service["one"].vm.info(service["supernodes"][2]).USER_TEMPLATE
+    assert published["ONEAPP_FL_STATUS"] == "ready"
+    assert not published.get("ONEAPP_FL_STAGE") and not published.get("ONEAPP_FL_ERROR")
+    assert (
+        service["one"].vm.info(service["superlink"]).USER_TEMPLATE["ONEAPP_FL_ENDPOINT"] == "10.231.64.9:9092"
+    )
+
+
+def test_a_supernode_discovers_what_the_superlink_published(make_sandbox, dummy_cloud, service) -> None:
+    one = service["one"]
+    one.vm.update(
+        service["superlink"],
+        'ONEAPP_FL_ENDPOINT="10.231.64.9:9092"\nONEAPP_FL_CA_CERT="Q0E="\nONEAPP_FL_FLOWER_VERSION="1.42.0"',
+        1,
+    )
+    me = service["supernodes"][1]
+    script = (
+        "supernode_lookup_service 10\n"
+        'printf "%s|%s|%s\\n" "$FL_SL_ENDPOINT" "$FL_SL_CA" "$FL_SL_VERSION"\n'
+        'fl_node_config_from_service "$FL_SERVICE_JSON" "$VMID"\n'
+    )
+    result = run(make_sandbox, "supernode", script, gate_environment(dummy_cloud, me))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "10.231.64.9:9092|Q0E=|1.42.0"
+    assert lines[1] == "partition-id=1 num-partitions=3"
+
+
+def test_the_superlink_sees_the_keys_its_supernodes_published(make_sandbox, dummy_cloud, service) -> None:
+    one = service["one"]
+    one.vm.update(service["supernodes"][0], f'ONEAPP_FL_NODE_PUBKEY="{KEY_A}"', 1)
+    keys = ".SERVICE.roles[].nodes[].vm_info.VM.USER_TEMPLATE.ONEAPP_FL_NODE_PUBKEY // empty"
+    script = f"document=$(fl_onegate_service_vms 10)\njq -r '{keys}' <<<\"$document\"\n"
+    result = run(make_sandbox, "superlink", script, gate_environment(dummy_cloud, service["superlink"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == KEY_A
+
+
+def test_onegate_unreachable_is_retried_until_the_deadline(make_sandbox, dummy_cloud, service) -> None:
+    environment = gate_environment(dummy_cloud, service["superlink"])
+    environment["ONEGATE_ENDPOINT"] = "http://127.0.0.1:9"  # discard port: nothing answers
+    result = run(
+        make_sandbox,
+        "superlink",
+        "SECONDS=0; fl_onegate_publish --deadline 3 A=B || echo failed=$SECONDS",
+        environment,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in {"failed=3", "failed=4"}
+    assert "did not accept the update within 3 s" in result.stderr
+
+
+def test_a_wrong_token_is_refused(make_sandbox, dummy_cloud, service) -> None:
+    environment = gate_environment(dummy_cloud, service["superlink"])
+    environment["VMID"] = str(service["supernodes"][0])  # the token belongs to another VM
+    result = run(make_sandbox, "superlink", "fl_onegate_get /vm 1 || echo refused", environment)
+    assert result.stdout.strip() == "refused"
