@@ -17,7 +17,6 @@ import itertools
 import json
 import math
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -397,7 +396,3 @@ class FederationRunner:
             outcome.first_round_finished_at = outcome.rounds[0].finished
         outcome.checks = evaluate_checks(outcome, loss_must_decrease=task in LOSS_MUST_DECREASE)
         return outcome
-
-
-def clean(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
