@@ -23,7 +23,7 @@ from typing import Any
 from factory.bareflower import BareFederation, SecurityMode
 from factory.errors import ConfigError, FactoryError
 from factory.federation import FederationOutcome, FederationRunner
-from factory.flwrenv import FlowerEnv, ensure_flower
+from factory.flwrenv import ensure_flower
 from factory.progress import DEFAULT as PROGRESS
 from factory.progress import Progress
 from factory.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, Side
@@ -116,10 +116,6 @@ def _finish(result: PairResult, spec: PairSpec, error: str = "") -> PairResult:
     result.warnings = version_warnings(spec) + result.warnings
     result.status = PASSED_WITH_WARNING if result.warnings else PASSED
     return result
-
-
-def flower_for(version: str, framework: str | None = None) -> FlowerEnv:
-    return ensure_flower(version)
 
 
 # -- bare Flower ---------------------------------------------------------------------------------------------
