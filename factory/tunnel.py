@@ -29,6 +29,10 @@ def _load_private_key(path: Path) -> paramiko.PKey:
     raise FactoryError(f"{path}: not an OpenSSH private key paramiko can read (ed25519, ecdsa, rsa)")
 
 
+class HostKeyMismatch(paramiko.SSHException):
+    """The server's host key is not the expected one: never retried."""
+
+
 class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
     def __init__(self, expected: str) -> None:
         parts = expected.split()
@@ -38,7 +42,7 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         if key.get_name() != self.expected_type or key.get_base64() != self.expected_blob:
-            raise paramiko.SSHException(f"host key of {hostname} does not match the published key")
+            raise HostKeyMismatch(f"host key of {hostname} does not match the expected key")
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
@@ -78,7 +82,11 @@ class SSHSession:
                     allow_agent=False,
                     look_for_keys=False,
                 )
+            except HostKeyMismatch as error:
+                client.close()
+                raise FactoryError(f"SSH to {self.user}@{self.host}:{self.port} refused: {error}") from None
             except (OSError, paramiko.SSHException) as error:
+                # not up yet, or the guest has not installed our key yet: try again until the deadline
                 last_error = error
                 client.close()
                 time.sleep(2.0)
