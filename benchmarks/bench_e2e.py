@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory.bareflower import BareFederation  # noqa: E402
-from factory.federation import FederationRunner  # noqa: E402
-from factory.flwrenv import ensure_flower  # noqa: E402
-from factory.paths import RESULTS_DIR  # noqa: E402
-from factory.progress import Progress  # noqa: E402
+from factory.bareflower import BareFederation
+from factory.federation import FederationRunner
+from factory.flwrenv import ensure_flower
+from factory.paths import RESULTS_DIR
+from factory.progress import Progress
 
 PROGRESS = Progress()
 
@@ -65,20 +65,29 @@ def scaling(version: str, counts: list[int], rounds: int, workdir: Path) -> list
         extra = row["nodes"] - rows[0]["nodes"]
         per_node = (row["mean_round_seconds"] - base) / extra if extra else 0.0
         row["ratio_to_smallest"] = row["mean_round_seconds"] / base
-        print(f"{row['nodes']:>10} {row['mean_round_seconds']:>15.1f} {row['ratio_to_smallest']:>14.2f} {per_node:>17.2f}")
+        mean, ratio = row["mean_round_seconds"], row["ratio_to_smallest"]
+        print(f"{row['nodes']:>10} {mean:>15.1f} {ratio:>14.2f} {per_node:>17.2f}")
     return rows
 
 
 def cloud_run(pair_name: str, rounds: int, workdir: Path) -> dict:
     """The pair in the test cloud (or the OpenNebula ONE_XMLRPC names), through the real pair test."""
     from factory.commands.test import cloud_context, find_pair_specs
-    from factory.pairtest import TestOptions, run_pair_in_cloud
+
+    from factory.pairtest import PairTestOptions, run_pair_in_cloud
 
     specs = find_pair_specs([pair_name])
     with cloud_context() as (cloud, target, images_for):
         spec = specs[0]
         result = run_pair_in_cloud(
-            spec, "bench", workdir, TestOptions(rounds=rounds), cloud, images_for(spec), target=target, progress=PROGRESS
+            spec,
+            "bench",
+            workdir,
+            PairTestOptions(rounds=rounds),
+            cloud,
+            images_for(spec),
+            target=target,
+            progress=PROGRESS,
         )
     if not result.passed:
         raise SystemExit(f"cloud run of {pair_name} failed: {result.error}")
@@ -116,7 +125,9 @@ def overhead(pair_name: str, rounds: int, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("part", choices=["overhead", "scaling", "all"])
     parser.add_argument("--pair", help="pair name for the overhead part (see `build.py matrix --pairs`)")
     parser.add_argument("--nodes", default="2,10,30", help="SuperNode counts for the scaling part")

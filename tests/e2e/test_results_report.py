@@ -41,14 +41,20 @@ def _rounds(losses: list[float], seconds: float = 13.0) -> list[dict]:
     ]
 
 
-def _result(link: str, node: str, status: str, os: str = "debian12", error: str = "", losses=(1.5, 0.2)) -> PairResult:
+def _result(
+    link: str, node: str, status: str, os: str = "debian12", error: str = "", losses=(1.5, 0.2)
+) -> PairResult:
     result = PairResult(
         pair=f"pair-sl{link}-sn{node}-{os}-cpu-standard-sklearn",
         run=RUN,
         target="testcloud",
         security="tls-auth",
-        superlink=Side(variant=f"superlink-{link}-{os}", flower=link, os=os, accel="cpu", framework="sklearn"),
-        supernodes=Side(variant=f"supernode-{node}-{os}", flower=node, os=os, accel="cpu", framework="sklearn", count=2),
+        superlink=Side(
+            variant=f"superlink-{link}-{os}", flower=link, os=os, accel="cpu", framework="sklearn"
+        ),
+        supernodes=Side(
+            variant=f"supernode-{node}-{os}", flower=node, os=os, accel="cpu", framework="sklearn", count=2
+        ),
         status=status,
         error=error,
         warnings=["major.minor differs"] if status == PASSED_WITH_WARNING else [],
@@ -85,11 +91,11 @@ def test_results_round_trip_and_latest(results: Path) -> None:
 
 def test_bad_records_and_runs_are_refused(results: Path, tmp_path: Path) -> None:
     (results / RUN / "broken.json").write_text(json.dumps({"pair": "x", "schema": 1, "status": "great"}))
-    with pytest.raises(ConfigError, match="broken.json"):
+    with pytest.raises(ConfigError, match=r"broken\.json"):
         load_results(RUN, results)
     with pytest.raises(ConfigError, match="--run"):
         resolve_run("../etc", results)
-    with pytest.raises(FactoryError, match="build.py test"):
+    with pytest.raises(FactoryError, match=r"build\.py test"):
         resolve_run(None, tmp_path / "empty")
 
 
