@@ -1,1 +1,1 @@
-"""Flower appliance factory: matrix -> Packer HCL -> images -> OpenNebula -> federation rounds -> publish/report."""
+"""Flower appliance factory: matrix -> Packer HCL -> images -> OpenNebula -> federation -> publish/report."""

@@ -71,7 +71,8 @@ def ensure_flower(version: str, extra_packages: tuple[str, ...] = ()) -> FlowerE
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise FactoryError(
-                f"could not install flwr=={version} {' '.join(extras)} into {root}: {result.stderr.strip()[-2000:]}"
+                f"could not install flwr=={version} {' '.join(extras)} into {root}: "
+                f"{result.stderr.strip()[-2000:]}"
             )
         marker.write_text(version + "\n")
     return FlowerEnv(version, root)

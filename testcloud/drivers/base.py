@@ -39,7 +39,7 @@ class NicSpec:
 
 @dataclass(frozen=True)
 class ContextSpec:
-    """Files oned would put on the CONTEXT CD: ``context.sh``, ``token.txt`` when TOKEN=YES, FILES_DS files."""
+    """Files oned puts on the CONTEXT CD: ``context.sh``, ``token.txt`` (TOKEN=YES), FILES_DS files."""
 
     files: dict[str, bytes]
     label: str = "CONTEXT"

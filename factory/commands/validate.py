@@ -1,0 +1,57 @@
+"""``python build.py validate``: render the selected variants and check each with python-hcl2,
+``packer fmt -check`` and ``packer validate`` of the installed Packer."""
+
+from __future__ import annotations
+
+import argparse
+
+from factory.commands._selection import add_packer_variable_arguments, add_selection_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="render and validate the selected variants with python-hcl2, packer fmt and packer validate",
+        description=(
+            "Render every selected variant, parse its HCL with python-hcl2, check packer fmt -check and run "
+            "packer validate. A failure names the variant and gives Packer's message; exit status 1."
+        ),
+    )
+    add_selection_arguments(parser)
+    add_packer_variable_arguments(parser)
+    parser.add_argument("--jobs", type=int, default=None, help="parallel packer runs (default: CPUs)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from factory.commands._selection import load_selection, parse_vars, render_sources
+    from factory.hcl import HCL_DIR, render_variants
+    from factory.packer import check_directories, packer_version
+
+    overrides = parse_vars(args.var, args.var_file)
+    matrix, variants, _selection = load_selection(args)
+    out_root = args.out if args.out is not None else HCL_DIR
+    started = time.perf_counter()
+    directories = render_variants(matrix, variants, out_root, render_sources(args))
+    entries = [(d, v.pins.base_image.local) for d, v in zip(directories, variants, strict=True)]
+    results = check_directories(entries, overrides, args.var_file, jobs=args.jobs)
+    failed = [result for result in results if not result.ok]
+    for result in results:
+        if result.ok:
+            print(f"ok      {result.name}")
+        else:
+            print(f"FAILED  {result.name}")
+            for problem in result.problems:
+                print("        " + problem.replace("\n", "\n        "))
+    version = ".".join(str(part) for part in packer_version())
+    elapsed = time.perf_counter() - started
+    valid = len(results) - len(failed)
+    print(f"{valid} of {len(results)} variants valid (Packer {version}, {elapsed:.1f} s)")
+    if failed:
+        names = ", ".join(result.name for result in failed)
+        print(f"validate: {len(failed)} variant(s) failed: {names}", file=sys.stderr)
+        return 1
+    return 0
