@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, FactoryError
+from factory.fileio import write_atomic
 from factory.paths import RESULTS_DIR
 
 SCHEMA_VERSION = 1
@@ -105,16 +105,8 @@ def run_dir(run: str, root: Path = RESULTS_DIR) -> Path:
     return root / run
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def atomic_write(path: Path, text: str) -> None:
+    write_atomic(path, text)
 
 
 def _json_safe(value: Any) -> Any:
@@ -129,7 +121,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
 
 
 def write_result(result: PairResult, root: Path = RESULTS_DIR) -> Path:
@@ -215,5 +207,5 @@ def junit_xml(results: list[PairResult], suite: str) -> str:
 def write_junit(run: str, root: Path = RESULTS_DIR) -> Path:
     results = load_results(run, root)
     path = run_dir(run, root) / "junit.xml"
-    _atomic_write(path, junit_xml(results, suite=f"flower-factory.{run}"))
+    atomic_write(path, junit_xml(results, suite=f"flower-factory.{run}"))
     return path

@@ -312,6 +312,10 @@ class OneCloud:
         with self._call(f"marketapp.info {app_id}"):
             return self.one.marketapp.info(app_id)
 
+    def delete_marketapp(self, app_id: int) -> None:
+        with self._call(f"marketapp.delete {app_id}"):
+            self.one.marketapp.delete(app_id)
+
     def find_marketapp(self, name: str, market_id: int) -> Any | None:
         with self._call("marketapppool.info"):
             pool = self.one.marketapppool.info(-2, -1, -1)
