@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -35,13 +36,21 @@ from factory.progress import Progress
 PROGRESS = Progress()
 
 
-def bare_run(version: str, nodes: int, rounds: int, workdir: Path) -> dict:
+def bare_run(version: str, nodes: int, rounds: int, workdir: Path, persistent: bool = True) -> dict:
     """Start SuperLink + ``nodes`` SuperNodes, run the numpy app, return start-to-first-round and rounds."""
     env = ensure_flower(version)
     started = time.time()
-    with BareFederation(workdir, env, num_supernodes=nodes, start_timeout=300) as federation:
+    with BareFederation(
+        workdir, env, num_supernodes=nodes, start_timeout=300, persistent_state=persistent
+    ) as federation:
         runner = FederationRunner(env, workdir / "runner", federation.connection(), progress=PROGRESS)
-        outcome = runner.run(rounds=rounds, strategy="fedavg", expected_supernodes=nodes, timeout=3600)
+        outcome = runner.run(
+            rounds=rounds,
+            strategy="fedavg",
+            expected_supernodes=nodes,
+            timeout=3600,
+            extra_config={"round-timeout": 900},
+        )
     if not outcome.passed:
         raise SystemExit(f"bare run with {nodes} SuperNodes failed: {outcome.failures()}")
     seconds = [record.seconds for record in outcome.rounds]
@@ -53,13 +62,16 @@ def bare_run(version: str, nodes: int, rounds: int, workdir: Path) -> dict:
     }
 
 
-def scaling(version: str, counts: list[int], rounds: int, workdir: Path) -> list[dict]:
+def scaling(version: str, counts: list[int], rounds: int, workdir: Path, persistent: bool) -> list[dict]:
     rows = []
     for count in counts:
         with PROGRESS.stage(f"scaling: {count} SuperNodes"):
-            rows.append(bare_run(version, count, rounds, workdir / f"scale-{count}"))
+            rows.append(bare_run(version, count, rounds, workdir / f"scale-{count}", persistent))
     base = rows[0]["mean_round_seconds"]
-    print(f"\nRound time vs number of SuperNodes (bare Flower {version}, numpy app, {rounds} rounds)")
+    state = "SQLite state" if persistent else "in-memory state"
+    print(
+        f"\nRound time vs number of SuperNodes (bare Flower {version}, {state}, numpy app, {rounds} rounds)"
+    )
     print(f"{'SuperNodes':>10} {'mean round (s)':>15} {'x of smallest':>14} {'s per extra node':>17}")
     for row in rows:
         extra = row["nodes"] - rows[0]["nodes"]
@@ -73,7 +85,6 @@ def scaling(version: str, counts: list[int], rounds: int, workdir: Path) -> list
 def cloud_run(pair_name: str, rounds: int, workdir: Path) -> dict:
     """The pair in the test cloud (or the OpenNebula ONE_XMLRPC names), through the real pair test."""
     from factory.commands.test import cloud_context, find_pair_specs
-
     from factory.pairtest import PairTestOptions, run_pair_in_cloud
 
     specs = find_pair_specs([pair_name])
@@ -133,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", default="2,10,30", help="SuperNode counts for the scaling part")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flower", default="1.42.0", help="Flower version of the scaling part")
+    parser.add_argument(
+        "--state", choices=("persistent", "memory"), default="persistent",
+        help="SuperLink state of the scaling part: SQLite (the appliances' default) or in memory",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    # Stopped from outside: unwind, so that every Flower process started here is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.part in ("overhead", "all") and not args.pair:
         parser.error("the overhead part needs --pair")
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds}
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             report["overhead"] = overhead(args.pair, args.rounds, workdir)
         if args.part in ("scaling", "all"):
             counts = [int(value) for value in args.nodes.split(",")]
-            report["scaling"] = scaling(args.flower, counts, args.rounds, workdir)
+            report["scaling"] = scaling(args.flower, counts, args.rounds, workdir, args.state == "persistent")
     out = RESULTS_DIR / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

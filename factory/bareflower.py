@@ -84,6 +84,7 @@ class BareFederation:
     num_supernodes: int = 2
     security: SecurityMode = SecurityMode.TLS_AUTH
     isolation: str = "subprocess"
+    persistent_state: bool = True  # SuperLink state in SQLite (as the appliances default), else in memory
     start_timeout: float = 90.0
     superlink: FlowerProcess | None = field(default=None, init=False)
     supernodes: list[FlowerProcess] = field(default_factory=list, init=False)

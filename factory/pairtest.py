@@ -451,3 +451,12 @@ def _teardown(cloud: Any, created: _Created, progress: Progress) -> None:
                 problems.append(str(error))
     for problem in problems:
         progress.line(f"teardown: {problem}")
+
+
+def failed_result(spec: PairSpec, run: str, target: str, options: PairTestOptions, error: str) -> PairResult:
+    """The record of a pair that could not even start (e.g. its images are missing)."""
+    result = PairResult(
+        pair=spec.name, run=run, target=target, security=options.security.value,
+        superlink=spec.superlink, supernodes=spec.supernode,
+    )  # fmt: skip
+    return _finish(result, spec, error)
