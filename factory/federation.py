@@ -308,7 +308,7 @@ class FederationRunner:
     workdir: Path
     connection: Connection
     progress: Progress = PROGRESS
-    poll_interval: float = 3.0
+    poll_interval: float = 5.0
 
     def __post_init__(self) -> None:
         self.cli = FlowerCLI(self.flower, self.workdir / "flwr-home", self.connection)
@@ -351,6 +351,12 @@ class FederationRunner:
         outcome.supernodes = self.wait_for_supernodes(
             expected_supernodes, min(deadline, time.monotonic() + 300)
         )
+        online = sum(1 for node in outcome.supernodes if supernode_is_online(node))
+        if online < expected_supernodes:
+            # The ServerApp would only wait for them until its round timeout: fail now, and say why.
+            outcome.status = f"not submitted: {online} of {expected_supernodes} SuperNodes online"
+            outcome.checks = evaluate_checks(outcome, loss_must_decrease=task in LOSS_MUST_DECREASE)
+            return outcome
         config = {
             "task": task,
             "strategy": strategy,

@@ -186,10 +186,11 @@ def packer_image(variant: str) -> Any:
 
 def local_image(variant_name: str) -> Any:
     """The container-bootable raw image of a debian12 variant, built here (cached by content)."""
-    from factory.localbuild import build_variant_image
+    from factory.localbuild import build_appliance
+    from factory.matrix import load_matrix
     from factory.pairtest import ImageFile
 
-    built = build_variant_image(variant_name)
+    built = build_appliance(load_matrix().variant(variant_name))
     return ImageFile(built.image, dict(built.manifest))
 
 
