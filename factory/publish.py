@@ -481,6 +481,29 @@ def _marketapp_template(image: ImageToPublish, title: str, stamp: str, origin_id
     }
 
 
+def _market_app(
+    cloud: Any,
+    template: dict[str, Any],
+    market_id: int,
+    made: list[int],
+    publication: Publication,
+    progress: Progress,
+) -> int:
+    """Create the app, or reuse the one of the same name (publishing a run again changes nothing)."""
+    existing = cloud.find_marketapp(template["NAME"], market_id)
+    if existing is not None:
+        app_id, reused = int(existing.ID), True
+        progress.line(f"marketplace app {app_id} {template['NAME']!r} exists: reused")
+    else:
+        with progress.stage(f"marketplace app {template['NAME']!r}"):
+            app_id, reused = cloud.create_marketapp(template, market_id), False
+        made.append(app_id)
+    publication.apps.append(
+        {"id": app_id, "type": template["TYPE"], "name": template["NAME"], "reused": reused}
+    )
+    return app_id
+
+
 def publish(
     run: str,
     cloud: Any | None,
@@ -509,7 +532,6 @@ def publish(
     try:
         market_id = cloud.marketplace_id() if cloud is not None else None
         titles: dict[str, str] = {}
-        image_entries: dict[str, dict[str, Any]] = {}
         for image in chosen.images:
             title = _title(image)
             titles[image.variant] = title
@@ -522,19 +544,12 @@ def publish(
                     image.side.image["sha256"],
                     image.side.image.get("format", "raw"),
                 )
-                with progress.stage(f"marketplace app for {image.variant}"):
-                    app_id = cloud.create_marketapp(
-                        _marketapp_template(image, title, stamp, reference.id), market_id
-                    )
-                made_apps.append(app_id)
-                publication.apps.append(
-                    {"id": app_id, "type": "IMAGE", "variant": image.variant, "name": f"{title} {stamp}"}
-                )
+                template = _marketapp_template(image, title, stamp, reference.id)
+                app_id = _market_app(cloud, template, market_id, made_apps, publication, progress)
             result = next(
                 r for r in chosen.pairs if image.variant in (r.superlink.variant, r.supernodes.variant)
             )
             document = appliance_yaml(image, stamp, _image_url(cloud, app_id, image), created, result)
-            image_entries[image.variant] = document
             (staging / "marketplace").mkdir(exist_ok=True)
             (staging / "marketplace" / f"{image.app_id}.yaml").write_text(dump_yaml(document))
             app_dir = staging / "certification" / f"flower-{image.line}"
@@ -563,17 +578,7 @@ def publish(
                     ).decode(),
                     "ROLE": roles,
                 }
-                with progress.stage(f"marketplace service app for {result.pair}"):
-                    app_id = cloud.create_marketapp(app_template, market_id)
-                made_apps.append(app_id)
-                publication.apps.append(
-                    {
-                        "id": app_id,
-                        "type": "SERVICE_TEMPLATE",
-                        "pair": result.pair,
-                        "name": app_template["NAME"],
-                    }
-                )
+                _market_app(cloud, app_template, market_id, made_apps, publication, progress)
         publication.files = sorted(
             str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()
         )
