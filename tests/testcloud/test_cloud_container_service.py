@@ -1,0 +1,92 @@
+"""A two-role OneFlow service booted for real in systemd-nspawn containers, in order, through the ready gate.
+
+Needs the container driver (``testcloud.drivers.container``) and a small rootfs image whose guest agent
+reports READY through OneGate (REPORT_READY=YES): give its path in ``FLOWER_TESTCLOUD_ROOTFS``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyone
+import pytest
+from cloudtest_helpers import flow, role_nodes, service_body, wait_for
+
+from testcloud import launcher
+
+ROOTFS = os.environ.get("FLOWER_TESTCLOUD_ROOTFS", "")
+
+pytestmark = [
+    pytest.mark.cloud,
+    pytest.mark.skipif(
+        importlib.util.find_spec("testcloud.drivers.container") is None
+        or importlib.util.find_spec("testcloud.network") is None,
+        reason="the container driver and testcloud.network are not in this checkout",
+    ),
+    pytest.mark.skipif(
+        not ROOTFS, reason="set FLOWER_TESTCLOUD_ROOTFS to a rootfs image with the guest agent"
+    ),
+]
+
+
+@pytest.fixture
+def container_cloud(tmp_path: Path) -> Iterator[Any]:
+    handle = launcher.start(tmp_path / "cloud", driver="container")
+    yield handle
+    handle.stop()
+
+
+def test_two_role_service_boots_in_order_with_the_ready_gate(container_cloud: Any) -> None:
+    one = pyone.OneServer(container_cloud.endpoints["xmlrpc"], session=container_cloud.auth)
+    image_id = one.image.allocate(f'NAME="rootfs"\nPATH="{ROOTFS}"\nTYPE="OS"', 1)
+    wait_for(lambda: one.image.info(image_id).STATE == 1, timeout=300)
+    context = 'CONTEXT=[NETWORK="YES", TOKEN="YES", REPORT_READY="YES"]'
+    base = f'CPU="1"\nMEMORY="256"\nDISK=[IMAGE_ID="{image_id}"]\nNIC=[NETWORK_ID="0"]\n{context}'
+    server = one.template.allocate(f'NAME="server"\n{base}')
+    client = one.template.allocate(f'NAME="client"\n{base}')
+    template = {
+        "name": "two-roles",
+        "deployment": "straight",
+        "ready_status_gate": True,
+        "roles": [
+            {"name": "superlink", "type": "vm", "template_id": server, "cardinality": 1},
+            {
+                "name": "supernode",
+                "type": "vm",
+                "template_id": client,
+                "cardinality": 2,
+                "parents": ["superlink"],
+                "template_contents": {"CONTEXT": {"SUPERLINK_IP": "${superlink.template.context.eth0_ip}"}},
+            },
+        ],
+    }
+    template_id = flow(container_cloud, "POST", "/service_template", template).json()["DOCUMENT"]["ID"]
+    reply = flow(
+        container_cloud,
+        "POST",
+        f"/service_template/{template_id}/action",
+        {"action": {"perform": "instantiate"}},
+    )
+    service_id = int(reply.json()["DOCUMENT"]["ID"])
+    wait_for(lambda: service_body(container_cloud, service_id)["state"] == 2, timeout=600, interval=1)
+    server_vm = role_nodes(container_cloud, service_id, "superlink")[0]
+    server_ip = one.vm.info(server_vm).TEMPLATE["NIC"]["IP"]
+    driver = container_cloud.cloud.driver_for(0)
+    for vm_id in [server_vm, *role_nodes(container_cloud, service_id, "supernode")]:
+        vm = one.vm.info(vm_id)
+        assert vm.USER_TEMPLATE["READY"] == "YES"  # sent by the guest itself
+        assert driver.execute(vm_id, ["cat", "/proc/1/comm"]).stdout.strip() == "systemd"  # real units run
+    client_vm = role_nodes(container_cloud, service_id, "supernode")[0]
+    assert one.vm.info(client_vm).TEMPLATE["CONTEXT"]["SUPERLINK_IP"] == server_ip
+    ping = driver.execute(client_vm, ["ping", "-c", "1", "-W", "5", server_ip])
+    assert ping.returncode == 0, ping.stderr
+    server_stime = one.vm.info(server_vm).HISTORY_RECORDS.HISTORY[0].RSTIME
+    client_stime = one.vm.info(client_vm).HISTORY_RECORDS.HISTORY[0].STIME
+    assert client_stime >= server_stime  # the clients were deployed after the server was ready
+    assert flow(container_cloud, "DELETE", f"/service/{service_id}").status_code == 204
+    wait_for(lambda: flow(container_cloud, "GET", f"/service/{service_id}").status_code == 404, timeout=300)
+    assert all(one.vm.info(v).STATE == 6 for v in [server_vm, client_vm])
