@@ -417,17 +417,22 @@ class ServiceDeployment:
         return logs
 
     def delete(self, timeout: float = 300.0) -> None:
-        """Undeploy the service and wait until OneFlow reports it DONE (or it is gone)."""
+        """Undeploy the service and wait until OneFlow reports it DONE (or it is gone).
+
+        OneFlow refuses to undeploy a service still DEPLOYING (or failed): ``recover --delete`` forces it.
+        """
         try:
             state = self.state()
         except FactoryError:
             return
         if state == "DONE":
             return
-        if state in FAILED_STATES:
-            self.cloud.flow.recover_delete(self.id)
-        else:
+        try:
+            if state in FAILED_STATES:
+                raise FactoryError(f"service {self.id} is {state}")
             self.cloud.flow.delete_service(self.id)
+        except FactoryError:
+            self.cloud.flow.recover_delete(self.id)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
