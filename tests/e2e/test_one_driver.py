@@ -19,6 +19,8 @@ from factory.errors import FactoryError
 from factory.one import OneCloud, load_settings
 from factory.progress import Progress
 
+from .conftest import RUN, make_pair_result
+
 
 @pytest.fixture(scope="module")
 def cloud_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OneCloud, Path]]:
@@ -156,3 +158,34 @@ def test_marketplace_apps(cloud_state: tuple[OneCloud, Path]) -> None:
         cloud.create_marketapp({"NAME": "no origin", "TYPE": "IMAGE"}, market)
     cloud.delete_marketapp(app_id)
     assert cloud.find_marketapp("flower test app", market) is None
+
+
+def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
+    cloud_state: tuple[OneCloud, Path], tmp_path: Path
+) -> None:
+    from factory.publish import publish
+    from factory.results import write_result
+
+    cloud, _ = cloud_state
+    images = tmp_path / "images"
+    images.mkdir()
+    root = tmp_path / "results"
+    write_result(make_pair_result(images, "1.42.0", "1.42.0"), root)
+    first = publish(RUN, cloud, results_root=root)
+    assert sorted(app["type"] for app in first.apps) == ["IMAGE", "IMAGE", "SERVICE_TEMPLATE"]
+    assert not any(app["reused"] for app in first.apps)
+    for app in first.apps:
+        info = cloud.marketapp_info(app["id"])
+        assert int(info.STATE) == 1, app  # READY
+    service = next(app for app in first.apps if app["type"] == "SERVICE_TEMPLATE")
+    roles = cloud.marketapp_info(service["id"]).TEMPLATE["ROLE"]
+    assert {role["NAME"] for role in roles} == {"superlink", "supernode"}
+    # the YAML points at the file the marketplace serves
+    import yaml
+
+    document = yaml.safe_load(next((first.directory / "marketplace").glob("*.yaml")).read_text())
+    if document.get("images"):
+        assert document["images"][0]["url"].startswith("http://127.0.0.1:")
+    again = publish(RUN, cloud, results_root=root)
+    assert all(app["reused"] for app in again.apps)
+    assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]

@@ -13,56 +13,11 @@ from factory.errors import FactoryError
 from factory.manifest import digests
 from factory.paths import SHARED_DIR
 from factory.publish import ChecksumMismatch, plan, publish
-from factory.results import FAILED, PASSED, PairResult, Side, load_results, write_result
+from factory.results import FAILED, PairResult, load_results, write_result
 
-RUN = "20261128-130000"
+from .conftest import RUN, make_pair_result
+
 SAMPLES = SHARED_DIR / "samples" / "marketplace"
-
-
-def _image(directory: Path, variant: str, content: bytes) -> dict:
-    path = directory / f"{variant}.img"
-    path.write_bytes(content)
-    sha256, md5 = digests(path)
-    manifest = {
-        "sha256": sha256,
-        "md5": md5,
-        "format": "raw",
-        "size": len(content),
-        "virtual_size": len(content),
-        "os_release": {"ID": "debian", "VERSION_ID": "12", "NAME": "Debian GNU/Linux"},
-    }
-    path.with_name(f"{variant}.manifest.json").write_text(json.dumps(manifest))
-    return {"path": str(path), **manifest}
-
-
-def _result(
-    images: Path, link: str, node: str, status: str = PASSED, target: str = "testcloud"
-) -> PairResult:
-    sides = {}
-    for role, version in (("superlink", link), ("supernode", node)):
-        variant = f"{role}-{version}-debian12-cpu-standard-sklearn-x86_64"
-        sides[role] = Side(
-            variant=variant,
-            flower=version,
-            os="debian12",
-            accel="cpu",
-            profile="standard",
-            framework="sklearn",
-            arch="x86_64",
-            count=2 if role == "supernode" else 1,
-            image=_image(images, variant, variant.encode() * 50),
-        )
-    return PairResult(
-        pair=f"pair-sl{link}-sn{node}-debian12-cpu-standard-sklearn",
-        run=RUN,
-        target=target,
-        security="tls-auth",
-        superlink=sides["superlink"],
-        supernodes=sides["supernode"],
-        status=status,
-        error="" if status == PASSED else "all_rounds_finished: rounds reported [1]",
-        federations=[{"task": "numpy", "rounds": [{"round": 1}, {"round": 2}]}],
-    )
 
 
 def _release_pair(root: Path) -> PairResult:
@@ -76,9 +31,9 @@ def run_root(tmp_path: Path) -> Path:
     images = tmp_path / "images"
     images.mkdir()
     root = tmp_path / "results"
-    write_result(_result(images, "1.42.0", "1.42.0"), root)  # publishable
-    write_result(_result(images, "1.42.0", "1.41.0"), root)  # cross-version: report only
-    write_result(_result(images, "1.41.0", "1.41.0", status=FAILED), root)  # failed: never published
+    write_result(make_pair_result(images, "1.42.0", "1.42.0"), root)  # publishable
+    write_result(make_pair_result(images, "1.42.0", "1.41.0"), root)  # cross-version: report only
+    write_result(make_pair_result(images, "1.41.0", "1.41.0", status=FAILED), root)  # failed: never published
     return root
 
 
@@ -97,7 +52,7 @@ def test_only_passing_release_pairs_are_chosen(run_root: Path) -> None:
 
 
 def test_a_pair_with_one_failed_test_is_not_published(run_root: Path, tmp_path: Path) -> None:
-    again = _result(tmp_path / "images", "1.42.0", "1.42.0", status=FAILED)
+    again = make_pair_result(tmp_path / "images", "1.42.0", "1.42.0", status=FAILED)
     again.security = "tls"
     results = [*load_results(RUN, run_root), again]
     assert plan(results, RUN).pairs == []
@@ -161,6 +116,6 @@ def test_nothing_to_publish_is_an_error_that_says_why(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
     root = tmp_path / "results"
-    write_result(_result(images, "1.42.0", "1.42.0", status=FAILED), root)
+    write_result(make_pair_result(images, "1.42.0", "1.42.0", status=FAILED), root)
     with pytest.raises(FactoryError, match=r"(?s)nothing to publish.*failed"):
         publish(RUN, cloud=None, results_root=root)
