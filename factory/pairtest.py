@@ -125,22 +125,29 @@ def _finish(result: PairResult, spec: PairSpec, error: str = "") -> PairResult:
 def run_pair_bare(
     spec: PairSpec, run: str, workdir: Path, options: PairTestOptions, progress: Progress = PROGRESS
 ) -> PairResult:
+    """The pair's Flower versions as plain processes on loopback: same app, checks and record as the cloud."""
     options.check()
     result = PairResult(
         pair=spec.name, run=run, target="bare", security=options.security.value,
         superlink=spec.superlink, supernodes=spec.supernode,
     )  # fmt: skip
     started = time.monotonic()
+    error = ""
+    link_env = node_env = None
     try:
         link_env = ensure_flower(spec.superlink.flower)
         node_env = ensure_flower(spec.supernode.flower)
-        with BareFederation(
-            workdir / "federation",
-            link_env,
-            supernode_env=node_env,
-            num_supernodes=spec.supernode.count,
-            security=options.security,
-        ) as federation:
+    except FactoryError as failure:
+        return _finish(result, spec, str(failure))
+    federation = BareFederation(
+        workdir / "federation",
+        link_env,
+        supernode_env=node_env,
+        num_supernodes=spec.supernode.count,
+        security=options.security,
+    )
+    try:
+        with federation:
             result.timings["deploy_seconds"] = time.monotonic() - started
             rogue = federation.start_rogue_supernode() if options.rogue_supernode else None
             runner = FederationRunner(
@@ -156,20 +163,18 @@ def run_pair_bare(
                     extra_config=options.extra_config,
                 )
                 _record_outcome(result, outcome)
-                _timings(result, outcome, started)
+                _timings(result, outcome)
             if rogue is not None:
                 result.checks.append(_rogue_check_bare(rogue, runner, spec.supernode.count))
-            logs = federation.logs()
-        if not all(check["passed"] for check in result.checks):
-            result.logs = logs
-            result.error = "; ".join(error_lines(logs))
-            return _finish(result, spec, result.error)
-        return _finish(result, spec)
     except FactoryError as failure:
-        return _finish(result, spec, str(failure))
+        error = str(failure)
+    if error or not all(check["passed"] for check in result.checks):
+        result.logs = federation.logs()
+        error = error or "; ".join(error_lines(result.logs))
+    return _finish(result, spec, error)
 
 
-def _timings(result: PairResult, outcome: FederationOutcome, started_monotonic: float) -> None:
+def _timings(result: PairResult, outcome: FederationOutcome) -> None:
     if outcome.task != "numpy":
         return
     rounds = [record.seconds for record in outcome.rounds]
@@ -365,7 +370,7 @@ def run_pair_in_cloud(
                 )
                 _record_outcome(result, outcome)
                 if task == "numpy":
-                    _timings(result, outcome, started)
+                    _timings(result, outcome)
                     if outcome.rounds:
                         result.timings["instantiate_to_first_round_seconds"] = (
                             outcome.rounds[0].finished - instantiated_wall

@@ -137,10 +137,11 @@ def pair_specs(pairs: Any, supernodes: int = 2) -> list[Any]:
 
 
 def selected_pairs(args: argparse.Namespace) -> list[Any]:
-    from factory.commands._selection import load_selection
     from factory.errors import ConfigError
+    from factory.matrix import Selection, load_matrix
 
-    matrix, _variants, selection = load_selection(args)
+    matrix = load_matrix(args.matrix)
+    selection = Selection.parse(args.only, args.exclude, matrix.axes)
     pairs = matrix.select_pairs(selection, cross=not args.no_cross)
     specs = pair_specs(pairs, args.supernodes)
     if not specs:
@@ -314,8 +315,9 @@ def run(args: argparse.Namespace) -> int:
     from factory.progress import DEFAULT as progress
     from factory.results import new_run_name, run_dir
 
+    pair_test_options(args)  # bad options are refused before anything runs
     run_name = args.run or new_run_name()
-    run_dir(run_name)  # validates the name before anything runs
+    run_dir(run_name)
     specs = selected_pairs(args)
     progress.line(f"run {run_name}: {len(specs)} pair(s), target {args.target}")
     results, junit = test_pairs(args, specs, run_name)
