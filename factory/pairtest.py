@@ -29,7 +29,11 @@ from factory.progress import DEFAULT as PROGRESS
 from factory.progress import Progress
 from factory.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, Side
 
-ERROR_LINE = re.compile(r"(ERROR|Error|error|Exit Code|code: \d+|missing selected ALPN)[^\n]*")
+# What makes a log line worth quoting in a failure: Flower's and the appliance's error lines, exit codes.
+ERROR_LINE = re.compile(
+    r"\bERROR\b(?!=)|\bCRITICAL\b|Exit Code: \d+|\[code: \d+\]|Traceback|missing selected ALPN"
+    r"|Failed to [a-z]"
+)
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,18 @@ def version_warnings(spec: PairSpec) -> list[str]:
 
 
 def error_lines(logs: dict[str, str], limit: int = 6) -> list[str]:
-    """The first distinct error-looking lines of the SuperNode/SuperLink logs, for the failure message."""
+    """The first distinct error lines of the collected logs (one per line, without colours), for the
+    failure message. uvicorn's ``uvicorn.error`` logger prints ordinary start-up lines: not errors."""
+    from factory.federation import strip_ansi
+
     found: list[str] = []
     for name, text in sorted(logs.items()):
-        for match in ERROR_LINE.finditer(text):
-            line = f"{name}: {match.group(0).strip()[:200]}"
-            if line not in found:
-                found.append(line)
+        for line in strip_ansi(text).splitlines():
+            if "uvicorn.error" in line or not ERROR_LINE.search(line):
+                continue
+            quoted = f"{name}: {line.strip()[:200]}"
+            if quoted not in found:
+                found.append(quoted)
             if len(found) >= limit:
                 return found
     return found
