@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the whole job: build images, test every pair in the cloud, publish what passed, report",
         description=(
             "images -> cloud -> test -> publish -> report. Without ONE_XMLRPC it runs on the embedded local "
-            "test cloud (started if none is up) with the pairs that can be built on this machine (debian12); "
+            "test cloud (started, and left running, if none is up: `build.py cloud down` stops it) with the "
+            "pairs that can be built on this machine (debian12); "
             "with ONE_XMLRPC/ONE_AUTH/ONEFLOW_URL it tests the Packer-built images of the selected pairs in "
             "that OpenNebula. Passing pairs are published to the http marketplace; results and the "
             "compatibility report land in results/. Exit status 1 when a pair failed (the rest is still "
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             )
     progress.line(f"release run {run_name}: {len(specs)} pair(s)")
     failures = 0
-    with cloud_context(args.images) as (cloud, target, images_for):
+    with cloud_context(args.images, keep_running=True) as (cloud, target, images_for):
         with progress.stage("images"):
             images = {}
             for spec in progress.iterate(specs, "images of pair"):

@@ -208,9 +208,12 @@ def image_resolver(source: str) -> Callable[[Any], dict[str, Any]]:
 
 
 @contextmanager
-def cloud_context(images: str = "auto") -> Iterator[tuple[Any, str, Callable[[Any], dict[str, Any]]]]:
-    """(OneCloud, target name, image resolver): the OpenNebula ONE_XMLRPC names, else the local test cloud
-    (the one `build.py cloud up` started, or one started here for the duration)."""
+def cloud_context(
+    images: str = "auto", keep_running: bool = False
+) -> Iterator[tuple[Any, str, Callable[[Any], dict[str, Any]]]]:
+    """(OneCloud, target name, image resolver): the OpenNebula ONE_XMLRPC names, else the local test cloud:
+    the one `build.py cloud up` started, or one started here, stopped at the end unless ``keep_running``
+    (then it stays up as a daemon, like `build.py cloud up`, so that what was published can be looked at)."""
     import os
 
     from factory.one import OneCloud, load_settings
@@ -240,8 +243,13 @@ def cloud_context(images: str = "auto") -> Iterator[tuple[Any, str, Callable[[An
             return
     from testcloud.launcher import start
 
-    with progress.stage("start the local test cloud"):
-        handle = start(CLOUD_DIR, "auto")
+    with progress.stage("start the local test cloud" + (" (it stays up)" if keep_running else "")):
+        handle = start(CLOUD_DIR, "auto", background=keep_running)
+    if keep_running:
+        settings = load_settings()
+        progress.line(f"local test cloud: {settings.describe()}; stop it with `python build.py cloud down`")
+        yield OneCloud(settings, progress), "testcloud", image_resolver(source)
+        return
     try:
         settings = load_settings()
         progress.line(f"local test cloud: {settings.describe()}")
