@@ -9,7 +9,6 @@ it loses nothing.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testcloud import network
 from testcloud.cloud import Cloud
 from testcloud.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
 from testcloud.flow import FlowEngine
@@ -38,21 +38,16 @@ class LaunchError(RuntimeError):
     pass
 
 
-def _bridge(driver: str) -> None:
-    """Real guests need the test bridge (and OneGate listens on it)."""
-    try:
-        network = importlib.import_module("testcloud.network")
-    except ImportError as error:
-        raise LaunchError(
-            f"driver '{driver}' needs the test bridge, but testcloud.network is missing: {error}"
-        ) from error
-    network.ensure_bridge()
+def _bridge(state_dir: Path) -> None:
+    """Real guests need the test bridge (and OneGate listens on it); this cloud is one of its users."""
+    network.ensure_bridge(user=str(state_dir))
 
 
-def _remove_bridge_if_unused() -> None:
+def _remove_bridge_if_unused(state_dir: Path) -> None:
+    """Drop this cloud's claim on the bridge; the bridge goes only when no other cloud or guest needs it."""
     try:
-        importlib.import_module("testcloud.network").remove_bridge_if_unused()
-    except (ImportError, AttributeError, OSError) as error:
+        network.remove_bridge_if_unused(user=str(state_dir))
+    except OSError as error:
         log.warning("bridge cleanup: %s", error)
 
 
@@ -95,7 +90,7 @@ class CloudHandle:
             self.cloud.shutdown(keep_guests=keep_guests)
             self.cloud = None
             if not keep_guests and driver != "dummy":
-                _remove_bridge_if_unused()
+                _remove_bridge_if_unused(self.state_dir)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "endpoints.json").unlink()
 
@@ -133,7 +128,7 @@ def start(
     if background:
         return _start_daemon(state_dir, ports, driver, ssh_public_key)
     if driver != "dummy":
-        _bridge(driver)
+        _bridge(state_dir)
     onegate_host = "127.0.0.1" if driver == "dummy" else BRIDGE_ADDRESS
     config = CloudConfig(
         state_dir=state_dir,

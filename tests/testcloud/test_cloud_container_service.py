@@ -1,12 +1,11 @@
 """A two-role OneFlow service booted for real in systemd-nspawn containers, in order, through the ready gate.
 
-Needs the container driver (``testcloud.drivers.container``) and a small rootfs image whose guest agent
-reports READY through OneGate (REPORT_READY=YES): give its path in ``FLOWER_TESTCLOUD_ROOTFS``.
+Boots the tiny test image (``testcloud.testimage``, built once into the shared cache; its guest agent reports
+READY through OneGate) unless ``FLOWER_TESTCLOUD_ROOTFS`` names another rootfs image.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,21 +15,14 @@ import pyone
 import pytest
 from cloudtest_helpers import flow, role_nodes, service_body, wait_for
 
-from testcloud import launcher
+from testcloud import launcher, testimage
 
-ROOTFS = os.environ.get("FLOWER_TESTCLOUD_ROOTFS", "")
+pytestmark = [pytest.mark.cloud]
 
-pytestmark = [
-    pytest.mark.cloud,
-    pytest.mark.skipif(
-        importlib.util.find_spec("testcloud.drivers.container") is None
-        or importlib.util.find_spec("testcloud.network") is None,
-        reason="the container driver and testcloud.network are not in this checkout",
-    ),
-    pytest.mark.skipif(
-        not ROOTFS, reason="set FLOWER_TESTCLOUD_ROOTFS to a rootfs image with the guest agent"
-    ),
-]
+
+@pytest.fixture(scope="module")
+def rootfs() -> str:
+    return os.environ.get("FLOWER_TESTCLOUD_ROOTFS") or str(testimage.ext4_image())
 
 
 @pytest.fixture
@@ -40,9 +32,9 @@ def container_cloud(tmp_path: Path) -> Iterator[Any]:
     handle.stop()
 
 
-def test_two_role_service_boots_in_order_with_the_ready_gate(container_cloud: Any) -> None:
+def test_two_role_service_boots_in_order_with_the_ready_gate(container_cloud: Any, rootfs: str) -> None:
     one = pyone.OneServer(container_cloud.endpoints["xmlrpc"], session=container_cloud.auth)
-    image_id = one.image.allocate(f'NAME="rootfs"\nPATH="{ROOTFS}"\nTYPE="OS"', 1)
+    image_id = one.image.allocate(f'NAME="rootfs"\nPATH="{rootfs}"\nTYPE="OS"', 1)
     wait_for(lambda: one.image.info(image_id).STATE == 1, timeout=300)
     context = 'CONTEXT=[NETWORK="YES", TOKEN="YES", REPORT_READY="YES"]'
     base = f'CPU="1"\nMEMORY="256"\nDISK=[IMAGE_ID="{image_id}"]\nNIC=[NETWORK_ID="0"]\n{context}'

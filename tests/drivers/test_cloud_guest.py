@@ -1,0 +1,71 @@
+"""A guest of the real test cloud (core from main + container driver + test image + one-context-lite):
+pyone instantiates it, the guest reports READY through the cloud's own OneGate (real token auth), SSH
+works with the context's key, and terminate leaves nothing on the host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyone
+import pytest
+
+from testcloud import launcher, network
+from testcloud.host import mounts_under
+
+from .conftest import SshKey
+from .test_container import _ssh
+
+pytestmark = pytest.mark.cloud
+
+
+def _wait(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+    return value
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Any]:
+    handle = launcher.start(tmp_path / "cloud", driver="container")
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def test_a_cloud_guest_reports_ready_through_the_real_onegate(
+    cloud: Any, test_image: Path, ssh_key: SshKey, tmp_path: Path
+) -> None:
+    one = pyone.OneServer(cloud.endpoints["xmlrpc"], session=cloud.auth)
+    image_id = one.image.allocate(f'NAME="drivers-test"\nPATH="{test_image}"\nTYPE="OS"', 1)
+    _wait(lambda: one.image.info(image_id).STATE == 1, "image READY")
+    template = (
+        'NAME="ready-test"\nCPU="1"\nMEMORY="256"\n'
+        f'DISK=[IMAGE_ID="{image_id}"]\nNIC=[NETWORK_ID="0"]\n'
+        'CONTEXT=[NETWORK="YES", TOKEN="YES", REPORT_READY="YES", SET_HOSTNAME="$NAME",\n'
+        f'  SSH_PUBLIC_KEY="{ssh_key.public_line}"]'
+    )
+    vm_id = one.vm.allocate(template, False)
+    _wait(lambda: one.vm.info(vm_id).LCM_STATE == 3, "VM RUNNING")
+    _wait(lambda: (one.vm.info(vm_id).USER_TEMPLATE or {}).get("READY") == "YES", "READY=YES via OneGate")
+
+    vm = one.vm.info(vm_id)
+    nic = vm.TEMPLATE["NIC"]
+    nic = nic[0] if isinstance(nic, list) else nic
+    assert network.SUBNET.overlaps(network.ipaddress.ip_network(nic["IP"] + "/32"))
+    assert _ssh(nic["IP"], ssh_key, "hostname").strip() == "ready-test"
+
+    tag = network.cloud_tag(tmp_path / "cloud" / "drivers" / "container")
+    assert len(network.links_with_prefix(network.link_prefix(tag))) == 1, "the guest's veth, by its name"
+    assert mounts_under(tmp_path) != []
+
+    one.vm.action("terminate-hard", vm_id)
+    _wait(lambda: one.vm.info(vm_id).STATE == 6, "VM DONE")
+    assert mounts_under(tmp_path) == []
+    assert network.links_with_prefix(network.link_prefix(tag)) == []
+    assert network.namespaces_with_prefix(network.namespace_prefix(tag)) == []
