@@ -28,21 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _local_specs(specs: list, progress: object) -> list:
-    """Pairs whose images this machine can build (the local builder's OS); the others are left out."""
-    from factory.localbuild import LOCAL_OS
-
-    kept = [spec for spec in specs if spec.superlink.os == LOCAL_OS and spec.supernode.os == LOCAL_OS]
-    left = len(specs) - len(kept)
-    if left:
-        progress.line(f"{left} selected pair(s) need vendor images that cannot be built here: left out")
-    return kept
-
-
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from factory.commands.test import cloud_context, pair_test_options, selected_pairs
+    from factory.commands.test import (
+        cloud_context,
+        locally_buildable,
+        pair_test_options,
+        selected_pairs,
+        uses_local_images,
+    )
     from factory.errors import ConfigError, FactoryError
     from factory.paths import RESULTS_DIR
     from factory.progress import DEFAULT as progress
@@ -60,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
     run_name = args.run or new_run_name()
     run_dir(run_name)
     specs = selected_pairs(args)
-    local = not os.environ.get("ONE_XMLRPC")
-    if local:
-        specs = _local_specs(specs, progress)
+    if uses_local_images(args):
+        specs = locally_buildable(specs)
         if not specs:
             raise ConfigError(
                 "command line", "--only/--except", "no selected pair can be built on this machine"
