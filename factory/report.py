@@ -75,6 +75,19 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "deploy_seconds": _number(result.timings.get("deploy_seconds")),
         "strategies": sorted({str(federation.get("strategy")) for federation in result.federations}),
         "tasks": [str(federation.get("task")) for federation in result.federations],
+        "framework_eval_loss": _framework_losses(result),
+    }
+
+
+def _framework_losses(result: PairResult) -> dict[str, list[float | None]]:
+    """Evaluation loss per round of the ML framework tasks (``--framework-app``), by task."""
+    return {
+        str(federation["task"]): [
+            _number(record.get("evaluate_metrics", {}).get("eval_loss"))
+            for record in federation.get("rounds", [])
+        ]
+        for federation in result.federations
+        if federation.get("task") not in (None, "numpy")
     }
 
 
@@ -212,19 +225,27 @@ def _plots(data: dict[str, Any]) -> dict[str, str]:
     pairs = data["pairs"]
     width = max(6.0, min(14.0, 4.0 + 0.6 * len(pairs)))
 
-    figure, axis = plt.subplots(figsize=(width, 4))
+    framework_runs = [
+        (pair, task, losses) for pair in pairs for task, losses in pair["framework_eval_loss"].items()
+    ]
+    panels = 2 if framework_runs else 1
+    figure, axes = plt.subplots(1, panels, figsize=(width * (1 + 0.6 * (panels - 1)), 4), squeeze=False)
     line_style = {PASSED: "-", PASSED_WITH_WARNING: "--", FAILED: ":"}
-    for pair in pairs:
-        points = [(index + 1, value) for index, value in enumerate(pair["eval_loss"]) if value is not None]
-        if points:
-            rounds, losses = zip(*points, strict=True)
-            axis.plot(rounds, losses, marker="o", linestyle=line_style[pair["status"]], label=pair["pair"])
-    axis.set(xlabel="round", ylabel="evaluation loss (numpy task)", title="Convergence per pair")
-    axis.xaxis.get_major_locator().set_params(integer=True)
-    axis.grid(alpha=0.3)
-    if any(pair["eval_loss"] for pair in pairs):
-        axis.legend(fontsize=7, loc="upper right", title="solid: works, dashed: warning, dotted: fails",
-                    title_fontsize=7)  # fmt: skip
+    curves = [[(pair, "numpy", pair["eval_loss"]) for pair in pairs], framework_runs]
+    titles = ["numpy task (every pair)", "ML framework task (--framework-app)"]
+    for axis, runs, title in zip(axes[0], curves, titles, strict=False):
+        for pair, task, losses in runs:
+            points = [(index + 1, value) for index, value in enumerate(losses) if value is not None]
+            if points:
+                rounds, values = zip(*points, strict=True)
+                label = pair["pair"] if task == "numpy" else f"{pair['pair']} ({task})"
+                axis.plot(rounds, values, marker="o", linestyle=line_style[pair["status"]], label=label)
+        axis.set(xlabel="round", ylabel="evaluation loss", title=f"Convergence per pair: {title}")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        if axis.get_lines():
+            axis.legend(fontsize=7, loc="upper right", title="solid: works, dashed: warning, dotted: fails",
+                        title_fontsize=7)  # fmt: skip
     plots["convergence"] = _png(figure)
 
     figure, axis = plt.subplots(figsize=(width, 4))

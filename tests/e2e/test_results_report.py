@@ -70,7 +70,9 @@ def _result(
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     root = tmp_path / "results"
-    write_result(_result("1.42.0", "1.42.0", PASSED), root)
+    release = _result("1.42.0", "1.42.0", PASSED)
+    release.federations.append({"task": "sklearn", "strategy": "fedavg", "rounds": _rounds([2.1, 0.9, 0.5])})
+    write_result(release, root)
     write_result(_result("1.42.0", "1.41.0", PASSED_WITH_WARNING), root)
     write_result(_result("1.41.0", "1.42.0", FAILED, error="[code: 2004] Failed to activate SuperNode"), root)
     write_result(_result("1.41.0", "1.41.0", PASSED, os="ubuntu2404", losses=(2.0, math.nan)), root)
@@ -127,6 +129,9 @@ def test_compat_grid_takes_the_worst_outcome_per_cell(results: Path) -> None:
     assert debian["cells"]["1.41.0|1.42.0"]["status"] == FAILED
     assert "2004" in debian["cells"]["1.41.0|1.42.0"]["errors"][0]
     assert "1.41.0|1.41.0" not in debian["cells"]  # that pair ran on another OS
+    release = next(pair for pair in data["pairs"] if pair["pair"].startswith("pair-sl1.42.0-sn1.42.0"))
+    assert release["framework_eval_loss"] == {"sklearn": [2.1, 0.9, 0.5]}
+    assert release["eval_loss"] == [1.5, 0.2]  # the numpy task's own curve
     ubuntu_pair = next(pair for pair in data["pairs"] if pair["os"] == "ubuntu2404")
     assert ubuntu_pair["eval_loss"] == [2.0, None]  # non-finite values are not plotted
 
