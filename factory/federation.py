@@ -37,6 +37,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "krum", "multikrum", 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 REPORT_LINE = re.compile(r"FF-(START|ROUND|END) (\{.*\})")
 CONNECTION_NAME = "factory"
+MAX_FAILED_POLLS = 5
 
 
 @dataclass(frozen=True)
@@ -370,10 +371,22 @@ class FederationRunner:
             f"run {outcome.run_id}: {task}/{strategy}, {rounds} rounds, {expected_supernodes} nodes"
         )
         seen = 0
+        failed_polls = 0
         while True:
-            status = self.cli.run_status(outcome.run_id)
+            try:
+                status = self.cli.run_status(outcome.run_id)
+                log_text = self.cli.run_log(outcome.run_id)
+            except FactoryError as error:
+                # A dropped tunnel connection or a busy SuperLink: poll again, up to a point.
+                failed_polls += 1
+                if failed_polls >= MAX_FAILED_POLLS:
+                    raise FactoryError(
+                        f"run {outcome.run_id}: {failed_polls} polls failed in a row: {error}"
+                    ) from None
+                time.sleep(self.poll_interval)
+                continue
+            failed_polls = 0
             outcome.status = str(status.get("status", ""))
-            log_text = self.cli.run_log(outcome.run_id)
             outcome.start_info, outcome.rounds, _ = parse_report_lines(log_text)
             for record in outcome.rounds[seen:]:
                 if outcome.first_round_finished_at is None:
