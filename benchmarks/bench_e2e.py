@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""End-to-end benchmarks, measured side by side in one run (no timed assertions anywhere).
+
+1. ``overhead``: a 1 SuperLink + 2 SuperNode pair in the test cloud (OneFlow service from the pair's images,
+   numpy app over the SSH tunnel) next to the same app on bare Flower processes on loopback: time from
+   instantiate (or process start) to the first finished round, and the mean round time. Prints the
+   appliance overhead ratios (target: round-time ratio <= 1.2).
+2. ``scaling``: round time with 2, 10 and 30 SuperNodes (bare processes) on one SuperLink, and how it grows.
+
+    python benchmarks/bench_e2e.py scaling [--nodes 2,10,30] [--rounds 3]
+    python benchmarks/bench_e2e.py overhead --pair NAME [--rounds 3]     # needs the cloud and built images
+    python benchmarks/bench_e2e.py all --pair NAME
+
+Results also go to ``results/bench/bench-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from factory.bareflower import BareFederation
+from factory.federation import FederationRunner
+from factory.flwrenv import ensure_flower
+from factory.paths import RESULTS_DIR
+from factory.progress import Progress
+
+PROGRESS = Progress()
+
+
+def bare_run(version: str, nodes: int, rounds: int, workdir: Path, persistent: bool = True) -> dict:
+    """Start SuperLink + ``nodes`` SuperNodes, run the numpy app: start-to-first-round, rounds, failures.
+
+    A run that fails its checks is reported (with why), not hidden: at 30 SuperNodes on a small machine the
+    SuperLink's SQLite state can refuse a SuperNode's reply ("database is locked"), and that round then waits
+    for its timeout.
+    """
+    env = ensure_flower(version)
+    started = time.time()
+    with BareFederation(
+        workdir, env, num_supernodes=nodes, start_timeout=300, persistent_state=persistent
+    ) as federation:
+        runner = FederationRunner(env, workdir / "runner", federation.connection(), progress=PROGRESS)
+        outcome = runner.run(
+            rounds=rounds,
+            strategy="fedavg",
+            expected_supernodes=nodes,
+            timeout=3600,
+            extra_config={"round-timeout": 300},
+        )
+        locked = sum(text.count("database is locked") for text in federation.logs().values())
+    seconds = [record.seconds for record in outcome.rounds]
+    return {
+        "nodes": nodes,
+        "passed": outcome.passed,
+        "failures": outcome.failures(),
+        "database_locked_errors": locked,
+        "start_to_first_round_seconds": outcome.rounds[0].finished - started if outcome.rounds else None,
+        "round_seconds": seconds,
+        "replies_per_round": [
+            min(record.train_replies, record.evaluate_replies) for record in outcome.rounds
+        ],
+        "mean_round_seconds": statistics.mean(seconds) if seconds else None,
+    }
+
+
+def scaling(version: str, counts: list[int], rounds: int, workdir: Path, persistent: bool) -> list[dict]:
+    rows = []
+    for count in counts:
+        with PROGRESS.stage(f"scaling: {count} SuperNodes"):
+            rows.append(bare_run(version, count, rounds, workdir / f"scale-{count}", persistent))
+    base = rows[0]["mean_round_seconds"] or float("nan")
+    state = "SQLite state" if persistent else "in-memory state"
+    print(
+        f"\nRound time vs number of SuperNodes (bare Flower {version}, {state}, numpy app, {rounds} rounds)"
+    )
+    print(f"{'SuperNodes':>10} {'mean round (s)':>15} {'x of smallest':>14} {'s per extra node':>17}  notes")
+    for row in rows:
+        mean = row["mean_round_seconds"]
+        extra = row["nodes"] - rows[0]["nodes"]
+        per_node = (mean - base) / extra if extra and mean is not None else 0.0
+        row["ratio_to_smallest"] = mean / base if mean is not None else None
+        notes = "ok" if row["passed"] else "; ".join(row["failures"])[:160]
+        if row["database_locked_errors"]:
+            notes += f" ({row['database_locked_errors']} 'database is locked' errors at the SuperLink)"
+        if mean is None:
+            print(f"{row['nodes']:>10} {'-':>15} {'-':>14} {'-':>17}  {notes}")
+        else:
+            ratio = row["ratio_to_smallest"]
+            print(f"{row['nodes']:>10} {mean:>15.1f} {ratio:>14.2f} {per_node:>17.2f}  {notes}")
+    return rows
+
+
+def cloud_run(pair_name: str, rounds: int, workdir: Path) -> dict:
+    """The pair in the test cloud (or the OpenNebula ONE_XMLRPC names), through the real pair test."""
+    from factory.commands.test import cloud_context, find_pair_specs
+    from factory.pairtest import PairTestOptions, run_pair_in_cloud
+
+    specs = find_pair_specs([pair_name])
+    with cloud_context() as (cloud, target, images_for):
+        spec = specs[0]
+        result = run_pair_in_cloud(
+            spec,
+            "bench",
+            workdir,
+            PairTestOptions(rounds=rounds),
+            cloud,
+            images_for(spec),
+            target=target,
+            progress=PROGRESS,
+        )
+    if not result.passed:
+        raise SystemExit(f"cloud run of {pair_name} failed: {result.error}")
+    seconds = list(result.timings["round_seconds"])  # type: ignore[arg-type]
+    return {
+        "pair": pair_name,
+        "supernode_flower": result.supernodes.flower,
+        "start_to_first_round_seconds": result.timings["instantiate_to_first_round_seconds"],
+        "deploy_seconds": result.timings.get("deploy_seconds"),
+        "round_seconds": seconds,
+        "mean_round_seconds": statistics.mean(seconds),
+    }
+
+
+def overhead(pair_name: str, rounds: int, workdir: Path) -> dict:
+    with PROGRESS.stage(f"overhead: {pair_name} in the cloud"):
+        cloud = cloud_run(pair_name, rounds, workdir / "cloud")
+    with PROGRESS.stage("overhead: the same app on bare Flower"):
+        bare = bare_run(cloud["supernode_flower"], 2, rounds, workdir / "bare")
+    if not bare["passed"]:
+        raise SystemExit(f"the bare baseline failed: {bare['failures']}")
+    ratios = {
+        "first_round": cloud["start_to_first_round_seconds"] / bare["start_to_first_round_seconds"],
+        "round": cloud["mean_round_seconds"] / bare["mean_round_seconds"],
+    }
+    print(f"\nAppliance overhead, 1 SuperLink + 2 SuperNodes, numpy app, {rounds} rounds")
+    print(f"{'':34} {'appliance pair':>15} {'bare Flower':>12} {'ratio':>7}")
+    print(
+        f"{'instantiate -> first round (s)':34} {cloud['start_to_first_round_seconds']:>15.1f} "
+        f"{bare['start_to_first_round_seconds']:>12.1f} {ratios['first_round']:>7.2f}"
+    )
+    print(
+        f"{'mean round (s)':34} {cloud['mean_round_seconds']:>15.1f} {bare['mean_round_seconds']:>12.1f} "
+        f"{ratios['round']:>7.2f}   (target <= 1.2)"
+    )
+    return {"cloud": cloud, "bare": bare, "ratios": ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("part", choices=["overhead", "scaling", "all"])
+    parser.add_argument("--pair", help="pair name for the overhead part (see `build.py matrix --pairs`)")
+    parser.add_argument("--nodes", default="2,10,30", help="SuperNode counts for the scaling part")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--flower", default="1.42.0", help="Flower version of the scaling part")
+    parser.add_argument(
+        "--state", choices=("persistent", "memory"), default="persistent",
+        help="SuperLink state of the scaling part: SQLite (the appliances' default) or in memory",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    # Stopped from outside: unwind, so that every Flower process started here is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.part in ("overhead", "all") and not args.pair:
+        parser.error("the overhead part needs --pair")
+    report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds}
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as scratch:
+        workdir = Path(scratch)
+        if args.part in ("overhead", "all"):
+            report["overhead"] = overhead(args.pair, args.rounds, workdir)
+        if args.part in ("scaling", "all"):
+            counts = [int(value) for value in args.nodes.split(",")]
+            report["scaling"] = scaling(args.flower, counts, args.rounds, workdir, args.state == "persistent")
+    out = RESULTS_DIR / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""The OpenNebula driver: every OpenNebula call of the factory goes through this module (and flow.py).
+
+A small, pycloudlib-like interface over OpenNebula's documented APIs (XML-RPC through pyone, OneFlow over
+HTTP), the same against a real OpenNebula 7 and the local test cloud:
+
+- :meth:`OneCloud.ensure_image` imports an image file, or reuses the image already registered with the
+  same sha256 (kept in the image's ``FLOWER_FACTORY_SHA256`` attribute);
+- :meth:`OneCloud.create_vm_template` / :meth:`OneCloud.create_service_template` register templates;
+- :meth:`OneCloud.launch_service` instantiates a OneFlow service and returns a :class:`ServiceDeployment`
+  that waits (with progress and a deadline), lists its VMs, collects every VM's appliance logs, and is torn
+  down by :meth:`ServiceDeployment.delete`;
+- :meth:`OneCloud.create_marketapp` publishes to an ``http`` marketplace.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyone
+
+from factory.errors import FactoryError
+from factory.one import xmltemplate
+from factory.one.flow import FAILED_STATES, OneFlow, service_body, state_name
+from factory.one.settings import OneSettings
+from factory.progress import DEFAULT as PROGRESS
+from factory.progress import Progress
+
+CHECKSUM_ATTRIBUTE = "FLOWER_FACTORY_SHA256"
+CREATED_BY_ATTRIBUTE = "FLOWER_FACTORY"
+IMAGE_STATES = [
+    "INIT", "READY", "USED", "DISABLED", "LOCKED", "ERROR", "CLONE", "DELETE", "USED_PERS", "LOCKED_USED",
+    "LOCKED_USED_PERS",
+]  # fmt: skip
+VM_STATES = [
+    "INIT", "PENDING", "HOLD", "ACTIVE", "STOPPED", "SUSPENDED", "DONE", "FAILED", "POWEROFF", "UNDEPLOYED",
+    "CLONING", "CLONING_FAILURE",
+]  # fmt: skip
+# LCM states that mean the VM failed (oned's *_FAILURE states, and UNKNOWN).
+LCM_FAILURES = {
+    14: "FAILURE", 16: "UNKNOWN", 36: "BOOT_FAILURE", 37: "BOOT_MIGRATE_FAILURE", 39: "PROLOG_FAILURE",
+    40: "EPILOG_FAILURE", 44: "PROLOG_MIGRATE_FAILURE", 47: "PROLOG_RESUME_FAILURE",
+    48: "BOOT_UNDEPLOY_FAILURE", 49: "BOOT_STOPPED_FAILURE", 50: "PROLOG_UNDEPLOY_FAILURE",
+}  # fmt: skip
+MARKETAPP_STATES = ["INIT", "READY", "LOCKED", "ERROR", "DISABLED"]
+APPLIANCE_LOG_COMMAND = (
+    "cat /etc/one-appliance/status 2>/dev/null; echo; "
+    'for f in /var/log/one-appliance/*.log; do [ -f "$f" ] && { echo "=== $f"; tail -n 200 "$f"; }; done; '
+    "echo '=== journal (flower units)'; journalctl --no-pager -n 200 -u 'flower*' 2>/dev/null || true"
+)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    id: int
+    name: str
+    sha256: str
+    reused: bool
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    id: int
+    name: str
+    role: str
+    state: str
+    lcm_state: int
+    ip: str | None
+    user_template: dict[str, str]
+
+    @property
+    def failed(self) -> bool:
+        return self.lcm_state in LCM_FAILURES or self.state in {"FAILED", "CLONING_FAILURE"}
+
+    @property
+    def ready(self) -> bool:
+        return str(self.user_template.get("READY", "")).upper() == "YES"
+
+    def describe(self) -> str:
+        lcm = LCM_FAILURES.get(self.lcm_state, str(self.lcm_state))
+        status = self.user_template.get("ONEAPP_FL_STATUS", "")
+        error = self.user_template.get("ONEAPP_FL_ERROR", "")
+        text = f"VM {self.id} {self.name} ({self.role}) {self.state}/{lcm} ip={self.ip or '-'}"
+        if status:
+            text += f" appliance={status}"
+        if error:
+            text += f" error={error!r}"
+        return text
+
+
+class OneCloud:
+    """One connection to an OpenNebula front-end (oned + OneFlow)."""
+
+    def __init__(self, settings: OneSettings, progress: Progress = PROGRESS) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.one = pyone.OneServer(settings.xmlrpc, session=settings.auth, timeout=60)
+        self.flow = OneFlow(settings.oneflow, settings.auth)
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Turn pyone/transport errors into FactoryError naming the operation (never the credentials)."""
+        try:
+            yield
+        except pyone.OneAuthenticationException as error:
+            raise FactoryError(
+                f"OpenNebula refused the credentials for {self.settings.user} ({what}): {error}"
+            ) from None
+        except pyone.OneException as error:
+            raise FactoryError(f"OpenNebula {what}: {error}") from None
+        except OSError as error:
+            raise FactoryError(f"OpenNebula {what}: cannot reach {self.settings.xmlrpc}: {error}") from None
+
+    # -- front-end facts ---------------------------------------------------------------------------------
+
+    def version(self) -> str:
+        with self._call("system.version"):
+            return str(self.one.system.version())
+
+    def _pick(self, items: list[Any], wanted: str | None, what: str, accept: Callable[[Any], bool]) -> Any:
+        candidates = [item for item in items if accept(item)]
+        if wanted is not None:
+            for item in candidates:
+                if str(item.ID) == wanted or wanted == item.NAME:
+                    return item
+            names = ", ".join(f"{item.ID}:{item.NAME}" for item in candidates) or "none"
+            raise FactoryError(f"{what} {wanted!r} not found (available: {names})")
+        if not candidates:
+            raise FactoryError(f"no {what} available on {self.settings.xmlrpc}")
+        return candidates[0]
+
+    def network_id(self) -> int:
+        with self._call("vnpool.info"):
+            pool = self.one.vnpool.info(-2, -1, -1)
+        return int(
+            self._pick(_as_list(pool.VNET), self.settings.network, "virtual network", lambda net: True).ID
+        )
+
+    def image_datastore_id(self) -> int:
+        with self._call("datastorepool.info"):
+            pool = self.one.datastorepool.info()
+        stores = [store for store in _as_list(pool.DATASTORE) if int(store.TYPE) == 0]
+        wanted = self.settings.datastore
+        if wanted is None and any(store.NAME == "default" for store in stores):
+            wanted = "default"
+        return int(self._pick(stores, wanted, "image datastore", lambda store: True).ID)
+
+    def marketplace_id(self) -> int:
+        with self._call("marketpool.info"):
+            pool = self.one.marketpool.info()
+        return int(
+            self._pick(
+                _as_list(pool.MARKETPLACE),
+                self.settings.marketplace,
+                "http marketplace",
+                lambda market: str(market.MARKET_MAD) == "http",
+            ).ID
+        )
+
+    # -- images ----------------------------------------------------------------------------------------------
+
+    def find_image_by_checksum(self, sha256: str) -> Any | None:
+        with self._call("imagepool.info"):
+            pool = self.one.imagepool.info(-3, -1, -1)
+        for image in _as_list(pool.IMAGE):
+            template = image.TEMPLATE or {}
+            if template.get(CHECKSUM_ATTRIBUTE) == sha256 and IMAGE_STATES[int(image.STATE)] != "ERROR":
+                return image
+        return None
+
+    def image_source(self, path: Path) -> str:
+        """Where oned fetches the file from: ONE_IMAGE_URL_BASE/<name>, or the local path (same host)."""
+        if self.settings.image_url_base:
+            return f"{self.settings.image_url_base}/{path.name}"
+        return str(path.resolve())
+
+    def ensure_image(
+        self, path: Path, name: str, sha256: str, image_format: str, timeout: float = 1800.0
+    ) -> ImageRef:
+        """The READY image holding ``path`` (by sha256), importing it first when no such image exists."""
+        existing = self.find_image_by_checksum(sha256)
+        if existing is not None:
+            self.wait_image(int(existing.ID), timeout)
+            return ImageRef(int(existing.ID), str(existing.NAME), sha256, reused=True)
+        template = {
+            "NAME": name,
+            "PATH": self.image_source(path),
+            "TYPE": "OS",
+            "DEV_PREFIX": "vd",
+            "FORMAT": image_format,
+            "DRIVER": image_format,
+            "PERSISTENT": "NO",
+            CHECKSUM_ATTRIBUTE: sha256,
+            CREATED_BY_ATTRIBUTE: "YES",
+            "DESCRIPTION": f"Flower appliance image {name} (sha256 {sha256})",
+        }
+        with self._call(f"image.allocate {name}"):
+            image_id = int(self.one.image.allocate(xmltemplate.render(template), self.image_datastore_id()))
+        self.progress.line(f"image {name}: importing as image {image_id}")
+        self.wait_image(image_id, timeout)
+        return ImageRef(image_id, name, sha256, reused=False)
+
+    def wait_image(self, image_id: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._call(f"image.info {image_id}"):
+                image = self.one.image.info(image_id)
+            state = IMAGE_STATES[int(image.STATE)]
+            if state in {"READY", "USED", "USED_PERS"}:
+                return
+            if state == "ERROR":
+                reason = (image.TEMPLATE or {}).get("ERROR", "no reason given")
+                raise FactoryError(f"image {image_id} ({image.NAME}) failed to import: {reason}")
+            if time.monotonic() > deadline:
+                raise FactoryError(f"image {image_id} ({image.NAME}) still {state} after {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def delete_image(self, image_id: int) -> None:
+        with self._call(f"image.delete {image_id}"):
+            self.one.image.delete(image_id)
+
+    # -- templates -------------------------------------------------------------------------------------------
+
+    def create_vm_template(self, template: dict[str, Any]) -> int:
+        with self._call(f"template.allocate {template.get('NAME')}"):
+            return int(
+                self.one.template.allocate(xmltemplate.render({**template, CREATED_BY_ATTRIBUTE: "YES"}))
+            )
+
+    def delete_vm_template(self, template_id: int) -> None:
+        with self._call(f"template.delete {template_id}"):
+            self.one.template.delete(template_id)
+
+    def create_service_template(self, body: dict[str, Any]) -> int:
+        return self.flow.create_service_template(body)
+
+    def delete_service_template(self, template_id: int) -> None:
+        self.flow.delete_service_template(template_id)
+
+    # -- VMs and services ------------------------------------------------------------------------------------
+
+    def vm_info(self, vm_id: int, role: str = "") -> VMInfo:
+        with self._call(f"vm.info {vm_id}"):
+            vm = self.one.vm.info(vm_id)
+        template = vm.TEMPLATE or {}
+        nics = _as_list(template.get("NIC"))
+        user_template = {
+            str(key): str(value) for key, value in (vm.USER_TEMPLATE or {}).items() if value is not None
+        }
+        return VMInfo(
+            id=int(vm.ID),
+            name=str(vm.NAME),
+            role=role or str(user_template.get("ROLE_NAME", template.get("ROLE_NAME", ""))),
+            state=VM_STATES[int(vm.STATE)] if int(vm.STATE) < len(VM_STATES) else str(vm.STATE),
+            lcm_state=int(vm.LCM_STATE),
+            ip=str(nics[0].get("IP")) if nics and nics[0].get("IP") else None,
+            user_template=user_template,
+        )
+
+    def instantiate_vm(self, template_id: int, name: str, extra: dict[str, Any] | None = None) -> int:
+        with self._call(f"template.instantiate {template_id}"):
+            extra_template = xmltemplate.render(extra) if extra else ""
+            return int(self.one.template.instantiate(template_id, name, False, extra_template, False))
+
+    def terminate_vm(self, vm_id: int) -> None:
+        with self._call(f"vm.action terminate-hard {vm_id}"):
+            self.one.vm.action("terminate-hard", vm_id)
+
+    def launch_service(
+        self, template_id: int, name: str, merge_template: dict[str, Any] | None = None
+    ) -> ServiceDeployment:
+        service_id = self.flow.instantiate(template_id, {"name": name, **(merge_template or {})})
+        self.progress.line(f"service {name}: instantiated as OneFlow service {service_id}")
+        return ServiceDeployment(self, service_id, name, started=time.monotonic())
+
+    # -- marketplace -----------------------------------------------------------------------------------------
+
+    def create_marketapp(
+        self, template: dict[str, Any], market_id: int | None = None, timeout: float = 1800.0
+    ) -> int:
+        """Allocate a marketplace app (IMAGE apps need ORIGIN_ID = the image) and wait until it is READY."""
+        market = self.marketplace_id() if market_id is None else market_id
+        with self._call(f"marketapp.allocate {template.get('NAME')}"):
+            app_id = int(self.one.marketapp.allocate(xmltemplate.render(template), market))
+        deadline = time.monotonic() + timeout
+        while True:
+            app = self.marketapp_info(app_id)
+            state = (
+                MARKETAPP_STATES[int(app.STATE)] if int(app.STATE) < len(MARKETAPP_STATES) else str(app.STATE)
+            )
+            if state == "READY":
+                return app_id
+            if state == "ERROR":
+                reason = (app.TEMPLATE or {}).get("ERROR", "no reason given")
+                raise FactoryError(f"marketplace app {app_id} ({template.get('NAME')}) failed: {reason}")
+            if time.monotonic() > deadline:
+                raise FactoryError(f"marketplace app {app_id} still {state} after {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def marketapp_info(self, app_id: int) -> Any:
+        with self._call(f"marketapp.info {app_id}"):
+            return self.one.marketapp.info(app_id)
+
+    def delete_marketapp(self, app_id: int) -> None:
+        with self._call(f"marketapp.delete {app_id}"):
+            self.one.marketapp.delete(app_id)
+
+    def find_marketapp(self, name: str, market_id: int) -> Any | None:
+        with self._call("marketapppool.info"):
+            pool = self.one.marketapppool.info(-2, -1, -1)
+        for app in _as_list(pool.MARKETPLACEAPP):
+            if name == app.NAME and int(app.MARKETPLACE_ID) == market_id:
+                return app
+        return None
+
+
+@dataclass
+class ServiceDeployment:
+    """A OneFlow service being deployed or running; pycloudlib's "instance" for a whole appliance pair."""
+
+    cloud: OneCloud
+    id: int
+    name: str
+    started: float
+    running_at: float | None = None
+    history: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        return self.cloud.flow.service(self.id)
+
+    def body(self) -> dict[str, Any]:
+        return service_body(self.document())
+
+    def state(self) -> str:
+        return state_name(self.body().get("state", -1))
+
+    def vms(self) -> list[VMInfo]:
+        result = []
+        for role in self.body().get("roles", []):
+            for node in role.get("nodes", []) or []:
+                try:
+                    result.append(self.cloud.vm_info(int(node["deploy_id"]), role=str(role.get("name", ""))))
+                except FactoryError as error:
+                    self.history.append(f"VM {node.get('deploy_id')}: {error}")
+        return result
+
+    def wait_running(self, timeout: float) -> None:
+        """Until the service is RUNNING (with the ready gate: every VM reported READY=YES).
+
+        Fails early, naming the VMs, when the service or a VM fails; fails at the deadline otherwise.
+        """
+        deadline = self.started + timeout
+        last = ""
+        while True:
+            state = self.state()
+            vms = self.vms() if state != "PENDING" else []
+            summary = f"{state}; " + ", ".join(
+                f"{vm.role}/{vm.id}:{vm.state}{'+READY' if vm.ready else ''}" for vm in vms
+            )
+            if summary != last:
+                elapsed = time.monotonic() - self.started
+                self.cloud.progress.line(f"service {self.id} [{elapsed:5.0f} s] {summary}")
+                self.history.append(f"{elapsed:.0f}s {summary}")
+                last = summary
+            if state == "RUNNING":
+                self.running_at = time.monotonic()
+                return
+            failed_vms = [
+                vm for vm in vms if vm.failed or vm.user_template.get("ONEAPP_FL_STATUS") == "failed"
+            ]
+            if state in FAILED_STATES or failed_vms:
+                detail = "; ".join(vm.describe() for vm in failed_vms) or "no VM reported why"
+                raise FactoryError(f"service {self.id} ({self.name}) failed to deploy ({state}): {detail}")
+            if time.monotonic() > deadline:
+                detail = "; ".join(vm.describe() for vm in vms) or "no VMs yet"
+                raise FactoryError(
+                    f"service {self.id} ({self.name}) not RUNNING after {timeout:.0f} s ({state}): {detail}"
+                )
+            time.sleep(2.0)
+
+    def role_vms(self, role: str) -> list[VMInfo]:
+        return [vm for vm in self.vms() if vm.role == role]
+
+    def collect_logs(self, ssh_key: Path | None, known_hosts: Path | None = None) -> dict[str, str]:
+        """Every VM's state, published attributes and (over SSH, when reachable) appliance logs."""
+        from factory.tunnel import SSHSession
+
+        logs: dict[str, str] = {"service": "\n".join(self.history)}
+        for vm in self.vms():
+            lines = [vm.describe()]
+            lines += [
+                f"{key}={value}"
+                for key, value in sorted(vm.user_template.items())
+                if key.startswith(("ONEAPP_FL_", "READY"))
+            ]
+            if ssh_key is not None and vm.ip:
+                try:
+                    with SSHSession(
+                        vm.ip, self.cloud.settings.ssh_user, ssh_key, known_hosts=known_hosts
+                    ).connect(timeout=20) as session:
+                        _, out, err = session.execute(APPLIANCE_LOG_COMMAND, timeout=60)
+                        lines.append(out + err)
+                except (FactoryError, OSError) as error:
+                    lines.append(f"(appliance logs not collected: {error})")
+            logs[f"{vm.role}-{vm.id}"] = "\n".join(lines)
+        return logs
+
+    def delete(self, timeout: float = 300.0) -> None:
+        """Undeploy the service and wait until OneFlow reports it DONE (or it is gone).
+
+        OneFlow refuses to undeploy a service still DEPLOYING (or failed): ``recover --delete`` forces it.
+        """
+        try:
+            state = self.state()
+        except FactoryError:
+            return
+        if state == "DONE":
+            return
+        try:
+            if state in FAILED_STATES:
+                raise FactoryError(f"service {self.id} is {state}")
+            self.cloud.flow.delete_service(self.id)
+        except FactoryError:
+            self.cloud.flow.recover_delete(self.id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = self.state()
+            except FactoryError:
+                return  # the document is gone: deleted
+            if state == "DONE":
+                return
+            if state == "FAILED_UNDEPLOYING":
+                self.cloud.flow.recover_delete(self.id)
+            time.sleep(2.0)
+        raise FactoryError(f"service {self.id} not deleted after {timeout:.0f} s (state {state})")
+
+
+def encode64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

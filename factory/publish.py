@@ -1,0 +1,598 @@
+"""Publish what passed: re-verified images as marketplace apps, appliance YAMLs, certification files.
+
+Rules, in order:
+
+1. Only release pairs (SuperLink and SuperNodes of one Flower version) tested in a cloud are candidates;
+   a pair with any failed result in the run is never published (cross-version results only inform the
+   compatibility report).
+2. Every image of every candidate is hashed again and compared with the sha256 recorded when it was tested
+   (and with its manifest). One mismatch blocks the whole publication: nothing is written, nothing created.
+3. Files are written into a staging directory; marketplace apps are created through the API (IMAGE apps with
+   ORIGIN_ID = the image, a SERVICE_TEMPLATE app for the OneFlow service); only when all of that succeeded
+   does the staging directory become ``results/<run>/publish``. A failure deletes the apps made so far.
+
+Outputs under ``results/<run>/publish/``: ``marketplace/<uuid>.yaml`` (OpenNebula marketplace appliance
+format, one per image plus one ``SERVICE_TEMPLATE``), ``certification/<app>/`` (community marketplace
+``metadata.yaml``, ``tests.yaml``, ``tests/00-*.rb``) and ``published.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from factory import appliance_templates, params
+from factory.errors import FactoryError
+from factory.fileio import replace_directory
+from factory.manifest import digests
+from factory.progress import DEFAULT as PROGRESS
+from factory.progress import Progress
+from factory.results import PairResult, Side, load_results, run_dir, write_json
+
+PUBLISHER = "Flower appliance factory"
+OPENNEBULA_VERSIONS = "7.0, 7.2"
+# Stable appliance ids: the same image line keeps its UUID from release to release.
+UUID_NAMESPACE = uuid.UUID("5f2b1c1e-6a0e-4d57-9a51-2f0c3f6f1a42")
+OS_NAMES = {"debian": "Debian", "ubuntu": "Ubuntu", "opensuse-leap": "openSUSE Leap", "sles": "SLES"}
+
+
+class ChecksumMismatch(FactoryError):
+    """An image changed (or vanished) since it was tested: publishing is blocked."""
+
+
+@dataclass(frozen=True)
+class ImageToPublish:
+    role: str
+    side: Side
+
+    @property
+    def variant(self) -> str:
+        return self.side.variant
+
+    @property
+    def path(self) -> Path:
+        return Path(self.side.image["path"])
+
+    @property
+    def line(self) -> str:
+        """The appliance line, without the Flower version: its marketplace id stays stable."""
+        side = self.side
+        return f"{self.role}-{side.os}-{side.accel}-{side.profile}-{side.framework}-{side.arch}"
+
+    @property
+    def app_id(self) -> str:
+        return str(uuid.uuid5(UUID_NAMESPACE, self.line))
+
+
+@dataclass
+class PublishPlan:
+    run: str
+    pairs: list[PairResult]
+    images: list[ImageToPublish]
+    skipped: list[str] = field(default_factory=list)
+
+
+def plan(results: list[PairResult], run: str) -> PublishPlan:
+    """Which pairs and images may be published, and why the others may not."""
+    by_pair: dict[str, list[PairResult]] = defaultdict(list)
+    for result in results:
+        by_pair[result.pair].append(result)
+    pairs: list[PairResult] = []
+    skipped: list[str] = []
+    for name, group in sorted(by_pair.items()):
+        failed = [result for result in group if not result.passed]
+        if failed:
+            skipped.append(f"{name}: failed ({failed[0].error[:200] or 'see its result'})")
+        elif any(result.cross_version for result in group):
+            skipped.append(f"{name}: cross-version pair (compatibility information only)")
+        elif any(result.target == "bare" for result in group):
+            skipped.append(f"{name}: tested on bare Flower, not as images in a cloud")
+        elif not all(
+            result.superlink.image.get("path") and result.supernodes.image.get("path") for result in group
+        ):
+            skipped.append(f"{name}: the result does not record which image files were tested")
+        else:
+            pairs.append(group[0])
+    images: dict[str, ImageToPublish] = {}
+    for result in pairs:
+        for role, side in (("superlink", result.superlink), ("supernode", result.supernodes)):
+            images.setdefault(side.variant, ImageToPublish(role, side))
+    return PublishPlan(run=run, pairs=pairs, images=list(images.values()), skipped=skipped)
+
+
+def verify_checksums(images: list[ImageToPublish], progress: Progress = PROGRESS) -> None:
+    """Hash every image again; any difference from what was tested (or from its manifest) blocks all."""
+    problems: list[str] = []
+    for image in progress.iterate(images, "verifying image checksums"):
+        recorded = image.side.image.get("sha256", "")
+        if not image.path.is_file():
+            problems.append(f"{image.variant}: {image.path} is missing")
+            continue
+        sha256, md5 = digests(image.path)
+        if sha256 != recorded:
+            problems.append(f"{image.variant}: sha256 {sha256} differs from the tested image's {recorded}")
+        if image.side.image.get("md5") and md5 != image.side.image["md5"]:
+            problems.append(
+                f"{image.variant}: md5 {md5} differs from the tested image's {image.side.image['md5']}"
+            )
+        manifest = image.path.with_name(f"{image.path.stem}.manifest.json")
+        if manifest.is_file():
+            try:
+                listed = json.loads(manifest.read_text()).get("sha256")
+            except json.JSONDecodeError:
+                listed = None
+            if listed != sha256:
+                problems.append(
+                    f"{image.variant}: manifest {manifest.name} lists sha256 {listed}, file has {sha256}"
+                )
+    if problems:
+        raise ChecksumMismatch("checksum verification failed, nothing published:\n  " + "\n  ".join(problems))
+
+
+# -- marketplace appliance YAML ------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+class SingleQuoted(str):
+    """A string the marketplace files write in single quotes (ids)."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    """As OpenNebula's marketplace files write strings: block text as ``|-``, ``$VARIABLE`` references in
+    double quotes, the rest plain (PyYAML still quotes what would otherwise not read back as a string)."""
+    style = None
+    if "\n" in value:
+        style = "|"
+    elif isinstance(value, SingleQuoted):
+        style = "'"
+    elif value.startswith("$"):
+        style = '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+_Dumper.add_representer(SingleQuoted, _str)
+
+
+def dump_yaml(data: Any) -> str:
+    return "---\n" + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
+
+
+def version_stamp(flower: str, release: int, when: float) -> str:
+    """Marketplace app version ``X.Y.Z-R-YYYYMMDD``: the Flower version, the factory release, the date."""
+    return f"{flower}-{release}-{time.strftime('%Y%m%d', time.gmtime(when))}"
+
+
+def _os_fields(side: Side) -> tuple[str, str]:
+    os_release = side.image.get("os_release", {}) or {}
+    os_id = OS_NAMES.get(str(os_release.get("ID", "")), str(os_release.get("NAME", side.os)))
+    return os_id, str(os_release.get("VERSION_ID", ""))
+
+
+def _title(image: ImageToPublish) -> str:
+    side = image.side
+    role = appliance_templates.ROLE_TITLES[image.role]
+    axes = f"{side.os}, {side.accel}, {side.profile}, {side.framework}, {side.arch}"
+    return f"Flower {role} {side.flower} ({axes})"
+
+
+def _lower_template(role: str) -> dict[str, Any]:
+    """The VM template part of the YAML: lower-case keys, as the marketplace writes them."""
+    inputs = appliance_templates.role_inputs(role)
+    context: dict[str, str] = {"network": "YES", "token": "YES", "report_ready": "YES"}
+    context.update({key.lower(): value for key, value in inputs.context.items()})
+    context["ssh_public_key"] = "$USER[SSH_PUBLIC_KEY]"
+    size = appliance_templates.SIZES[role]
+    return {
+        "context": context,
+        "cpu": size["CPU"],
+        "vcpu": size["VCPU"],
+        "graphics": {"listen": "0.0.0.0", "type": "vnc"},
+        "inputs_order": inputs.inputs_order,
+        "memory": size["MEMORY"],
+        "os": {"arch": "x86_64"},
+        "user_inputs": {key.lower(): value for key, value in inputs.user_inputs.items()},
+    }
+
+
+def _describe_parameters(role: str) -> str:
+    lines = [f"- `{param.name}`: {param.description}" for param in params.load_params().for_role(role)]
+    return "\n".join(lines)
+
+
+def appliance_yaml(
+    image: ImageToPublish, stamp: str, url: str, created: float, result: PairResult
+) -> dict[str, Any]:
+    side = image.side
+    os_id, os_release = _os_fields(side)
+    template = _lower_template(image.role)
+    template["os"] = {"arch": side.arch}
+    rounds = [r for f in result.federations if f.get("task") == "numpy" for r in f.get("rounds", [])]
+    tested = f"{len(rounds)} rounds ({result.security}) with SuperNodes of Flower {result.supernodes.flower}"
+    role_title = appliance_templates.ROLE_TITLES[image.role]
+    description = (
+        f"Flower {role_title} appliance (Flower {side.flower}, {side.framework}), built and tested as a pair "
+        f"by the Flower appliance factory: {tested} passed in run {result.run}.\n\n"
+        f"Parameters:\n\n{_describe_parameters(image.role)}"
+    )
+    return {
+        "id": SingleQuoted(image.app_id),
+        "name": _title(image),
+        "version": stamp,
+        "publisher": PUBLISHER,
+        "description": description,
+        "short_description": f"Flower {role_title} {side.flower} for federated learning ({side.accel})",
+        "tags": ["flower", "federated-learning", image.role, side.os, side.framework, "service"],
+        "format": side.image.get("format", "qcow2"),
+        "creation_time": int(created),
+        "os-id": os_id,
+        "os-release": os_release,
+        "os-arch": side.arch,
+        "hypervisor": "KVM",
+        "opennebula_version": OPENNEBULA_VERSIONS,
+        "opennebula_template": template,
+        "logo": "flower.png",
+        "images": [
+            {
+                "name": f"flower_{image.role}_{side.os}_{side.accel}_{side.profile}_{side.framework}",
+                "url": url,
+                "type": "OS",
+                "dev_prefix": "vd",
+                "driver": side.image.get("format", "qcow2"),
+                "size": int(side.image.get("virtual_size") or side.image.get("size") or 0),
+                "checksum": {"md5": side.image.get("md5", ""), "sha256": side.image.get("sha256", "")},
+            }
+        ],
+    }
+
+
+def service_yaml(result: PairResult, titles: dict[str, str], stamp: str, created: float) -> dict[str, Any]:
+    node = result.supernodes
+    line = f"service-{node.os}-{node.accel}-{node.profile}-{node.framework}"
+    body = appliance_templates.service_template(
+        name=f"Flower {node.flower} federation ({node.os}, {node.accel}, {node.profile}, {node.framework})",
+        superlink_template_id=None,
+        supernode_template_id=None,
+        supernodes=node.count,
+        security=None,
+        description="1 Flower SuperLink and N SuperNodes; TLS and SuperNode authentication on by default.",
+    )
+    os_id, os_release = _os_fields(result.superlink)
+    return {
+        "id": SingleQuoted(uuid.uuid5(UUID_NAMESPACE, line)),
+        "name": f"Service Flower {node.flower} ({node.os}, {node.accel}, {node.profile}, {node.framework})",
+        "version": stamp,
+        "publisher": PUBLISHER,
+        "description": (
+            "A Flower federated-learning service orchestrated by OneFlow: one SuperLink, then the "
+            "SuperNodes, "
+            "which find it through OneGate, pin its CA and authenticate with their own keys.\n\n"
+            f"Tested as a pair in run {result.run}. Based on the appliances\n"
+            f"- {titles['superlink']}\n- {titles['supernode']}"
+        ),
+        "short_description": f"Flower {node.flower} federation (SuperLink + SuperNodes) on OneFlow",
+        "tags": ["flower", "federated-learning", "oneflow", "service", node.os],
+        "creation_time": int(created),
+        "os-id": os_id,
+        "os-release": os_release,
+        "os-arch": node.arch,
+        "hypervisor": "KVM",
+        "type": "SERVICE_TEMPLATE",
+        "opennebula_version": OPENNEBULA_VERSIONS,
+        "roles": {"superlink": titles["superlink"], "supernode": titles["supernode"]},
+        "opennebula_template": body,
+        "logo": "flower.png",
+        "images": [],
+    }
+
+
+# -- community marketplace certification --------------------------------------------------------------------
+
+CERTIFICATION_TEST = {
+    "superlink": """\
+require_relative '../../../lib/community/app_handler'
+
+# Flower SuperLink appliance: installed, bootstrapped, serving; the Control API stays on loopback.
+describe 'Flower SuperLink appliance certification' do
+    include_context('vm_handler')
+
+    def wait_for(cmd, timeout, what)
+        start = Time.now
+        loop do
+            result = @info[:vm].ssh(cmd)
+            return result if result.success?
+            raise "#{what} not true after #{timeout} s" if Time.now - start > timeout
+
+            sleep 5
+        end
+    end
+
+    it 'has Flower {flower} in its virtualenv' do
+        result = @info[:vm].ssh('/opt/flower/venv/bin/flower-superlink --version')
+        expect(result.exitstatus).to eq(0)
+        expect(result.stdout + result.stderr).to include('{flower}')
+    end
+
+    it 'finished its bootstrap' do
+        wait_for("grep -qx bootstrap_success /etc/one-appliance/status", 600, 'bootstrap_success')
+        expect(@info[:vm].ssh('cat /etc/motd').stdout).to include('All set and ready to serve')
+    end
+
+    it 'runs the SuperLink as a service' do
+        wait_for('systemctl is-active flower-superlink', 120, 'flower-superlink active').expect_success
+    end
+
+    it 'answers on its Fleet port with TLS and keeps the Control API on loopback' do
+        wait_for("curl -sk --max-time 5 https://127.0.0.1:{fleet_port}/health", 120, 'Fleet /health')
+        listeners = @info[:vm].ssh("ss -ltnH '( sport = :{api_port} )'").stdout
+        expect(listeners).not_to be_empty
+        listeners.each_line do |line|
+            expect(line.split[3]).to start_with('127.0.0.1:')
+        end
+    end
+end
+""",
+    "supernode": """\
+require_relative '../../../lib/community/app_handler'
+
+# Flower SuperNode appliance: installed; without a SuperLink to find it fails closed and says why.
+describe 'Flower SuperNode appliance certification' do
+    include_context('vm_handler')
+
+    it 'has Flower {flower} in its virtualenv' do
+        result = @info[:vm].ssh('/opt/flower/venv/bin/flower-supernode --version')
+        expect(result.exitstatus).to eq(0)
+        expect(result.stdout + result.stderr).to include('{flower}')
+    end
+
+    it 'ships the SuperNode service unit' do
+        @info[:vm].ssh('systemctl cat flower-supernode.service').expect_success
+    end
+
+    it 'reports a clear failure when no SuperLink can be found' do
+        start = Time.now
+        status = ''
+        loop do
+            status = @info[:vm].ssh('cat /etc/one-appliance/status').stdout.strip
+            break if status.end_with?('_failure', '_success')
+            raise 'the appliance never finished bootstrapping' if Time.now - start > 600
+
+            sleep 5
+        end
+        expect(status).to eq('bootstrap_failure')
+        expect(@info[:vm].ssh('cat /etc/motd').stdout).to match(/SuperLink/i)
+    end
+end
+""",
+}
+
+
+def _metadata_yaml(image: ImageToPublish) -> str:
+    """Community ``metadata.yaml`` (Ruby symbol keys, as app_readiness.rb reads them)."""
+    side = image.side
+    if image.role == "superlink":
+        test_params = {"FL_TLS": "YES", "FL_NODE_AUTH": "YES"}
+    else:
+        test_params = {"FL_TLS": "YES", "FL_SUPERLINK": "", "FL_DISCOVERY_TIMEOUT": "30"}
+    lines = [
+        "---",
+        ":app:",
+        f"  :name: flower-{image.role}-{side.os}-{side.accel}-{side.profile}-{side.framework}",
+        "  :type: service",
+        "  :os:",
+        "    :type: linux",
+        f"    :base: {side.os}",
+        "  :hypervisor: KVM",
+        "  :context:",
+        "    :prefixed: true",
+        "    :params:",
+        *[f"      :{key}: '{value}'" for key, value in test_params.items()],
+        "",
+        ":one:",
+        "  :template:",
+        "    NAME: base",
+        "    TEMPLATE:",
+        f"      ARCH: {side.arch}",
+        "      CONTEXT:",
+        "        NETWORK: 'YES'",
+        "        TOKEN: 'YES'",
+        "        REPORT_READY: 'YES'",
+        '        SSH_PUBLIC_KEY: "$USER[SSH_PUBLIC_KEY]"',
+        f"      CPU: '{appliance_templates.SIZES[image.role]['CPU']}'",
+        f"      MEMORY: '{appliance_templates.SIZES[image.role]['MEMORY']}'",
+        "      NIC:",
+        "        NETWORK: service",
+        "  :datastore_name: default",
+        "  :timeout: '90'",
+        "",
+        ":infra:",
+        f"  :disk_format: {side.image.get('format', 'qcow2')}",
+        "  :apps_path: /opt/one-apps/export",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def certification_files(image: ImageToPublish) -> dict[str, str]:
+    defaults = {param.name: param.default for param in params.load_params().for_role("superlink")}
+    test = CERTIFICATION_TEST[image.role]
+    for key, value in {
+        "{flower}": image.side.flower,
+        "{fleet_port}": defaults.get("ONEAPP_FL_FLEET_PORT", "9092"),
+        "{api_port}": defaults.get("ONEAPP_FL_API_PORT", "9093"),
+    }.items():
+        test = test.replace(key, value)
+    name = f"00-flower_{image.role}_basic.rb"
+    return {"metadata.yaml": _metadata_yaml(image), "tests.yaml": f"---\n- {name}\n", f"tests/{name}": test}
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Publication:
+    run: str
+    directory: Path
+    apps: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _image_url(cloud: Any, app_id: int | None, image: ImageToPublish) -> str:
+    if cloud is not None and app_id is not None:
+        source = str(cloud.marketapp_info(app_id).SOURCE or "")
+        if source.startswith(("http://", "https://")):
+            return source
+    if cloud is not None and cloud.settings.image_url_base:
+        return f"{cloud.settings.image_url_base}/{image.path.name}"
+    return image.path.name
+
+
+def _marketapp_template(image: ImageToPublish, title: str, stamp: str, origin_id: int) -> dict[str, Any]:
+    vm = appliance_templates.vm_template(image.role, title, image_id=0, network_id=None, arch=image.side.arch)
+    vm.pop("DISK")  # the importer attaches the image made from this app
+    vm.pop("NAME")
+    from factory.one.xmltemplate import render
+
+    image_template = f'DEV_PREFIX="vd"\nTYPE="OS"\nFORMAT="{image.side.image.get("format", "qcow2")}"\n'
+    return {
+        "NAME": f"{title} {stamp}",
+        "TYPE": "IMAGE",
+        "ORIGIN_ID": str(origin_id),
+        "DESCRIPTION": f"{title}: tested as a pair by the Flower appliance factory",
+        "VERSION": stamp,
+        "PUBLISHER": PUBLISHER,
+        "APPTEMPLATE64": base64.b64encode(image_template.encode()).decode(),
+        "VMTEMPLATE64": base64.b64encode(render(vm).encode()).decode(),
+    }
+
+
+def _market_app(
+    cloud: Any,
+    template: dict[str, Any],
+    market_id: int,
+    made: list[int],
+    publication: Publication,
+    progress: Progress,
+) -> int:
+    """Create the app, or reuse the one of the same name (publishing a run again changes nothing)."""
+    existing = cloud.find_marketapp(template["NAME"], market_id)
+    if existing is not None:
+        app_id, reused = int(existing.ID), True
+        progress.line(f"marketplace app {app_id} {template['NAME']!r} exists: reused")
+    else:
+        with progress.stage(f"marketplace app {template['NAME']!r}"):
+            app_id, reused = cloud.create_marketapp(template, market_id), False
+        made.append(app_id)
+    publication.apps.append(
+        {"id": app_id, "type": template["TYPE"], "name": template["NAME"], "reused": reused}
+    )
+    return app_id
+
+
+def publish(
+    run: str,
+    cloud: Any | None,
+    release: int = 1,
+    results_root: Path | None = None,
+    progress: Progress = PROGRESS,
+) -> Publication:
+    """Publish the passing release pairs of ``run``. ``cloud`` (a factory.one.OneCloud) creates the
+    marketplace apps; without it only the files are written (for a marketplace pull request)."""
+    from factory.paths import RESULTS_DIR
+
+    root = results_root or RESULTS_DIR
+    results = load_results(run, root)
+    chosen = plan(results, run)
+    if not chosen.pairs:
+        reasons = "\n  ".join(chosen.skipped) or "no results in the run"
+        raise FactoryError(
+            f"nothing to publish from run {run}: no passing release pair tested in a cloud:\n  {reasons}"
+        )
+    verify_checksums(chosen.images, progress)
+    created = time.time()
+    final = run_dir(run, root) / "publish"
+    staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=run_dir(run, root)))
+    publication = Publication(run=run, directory=final, skipped=chosen.skipped)
+    made_apps: list[int] = []
+    try:
+        market_id = cloud.marketplace_id() if cloud is not None else None
+        titles: dict[str, str] = {}
+        for image in chosen.images:
+            title = _title(image)
+            titles[image.variant] = title
+            stamp = version_stamp(image.side.flower, release, created)
+            app_id = None
+            if cloud is not None:
+                reference = cloud.ensure_image(
+                    image.path,
+                    f"flower-{image.variant}",
+                    image.side.image["sha256"],
+                    image.side.image.get("format", "raw"),
+                )
+                template = _marketapp_template(image, title, stamp, reference.id)
+                app_id = _market_app(cloud, template, market_id, made_apps, publication, progress)
+            result = next(
+                r for r in chosen.pairs if image.variant in (r.superlink.variant, r.supernodes.variant)
+            )
+            document = appliance_yaml(image, stamp, _image_url(cloud, app_id, image), created, result)
+            (staging / "marketplace").mkdir(exist_ok=True)
+            (staging / "marketplace" / f"{image.app_id}.yaml").write_text(dump_yaml(document))
+            app_dir = staging / "certification" / f"flower-{image.line}"
+            for relative, text in certification_files(image).items():
+                (app_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                (app_dir / relative).write_text(text)
+        for result in chosen.pairs:
+            names = {
+                "superlink": titles[result.superlink.variant],
+                "supernode": titles[result.supernodes.variant],
+            }
+            stamp = version_stamp(result.superlink.flower, release, created)
+            document = service_yaml(result, names, stamp, created)
+            (staging / "marketplace" / f"{document['id']}.yaml").write_text(dump_yaml(document))
+            if cloud is not None:
+                roles = [{"NAME": role, "APP": f"{title} {stamp}"} for role, title in names.items()]
+                app_template = {
+                    "NAME": f"{document['name']} {stamp}",
+                    "TYPE": "SERVICE_TEMPLATE",
+                    "ORIGIN_ID": "-1",
+                    "DESCRIPTION": document["short_description"],
+                    "VERSION": stamp,
+                    "PUBLISHER": PUBLISHER,
+                    "APPTEMPLATE64": base64.b64encode(
+                        json.dumps(document["opennebula_template"]).encode()
+                    ).decode(),
+                    "ROLE": roles,
+                }
+                _market_app(cloud, app_template, market_id, made_apps, publication, progress)
+        publication.files = sorted(
+            str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()
+        )
+        write_json(
+            staging / "published.json",
+            {"run": run, "created": created, "apps": publication.apps, "files": publication.files,
+             "pairs": [result.pair for result in chosen.pairs], "skipped": chosen.skipped},
+        )  # fmt: skip
+        replace_directory(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if cloud is not None:
+            for app_id in made_apps:
+                with contextlib.suppress(FactoryError):
+                    cloud.delete_marketapp(app_id)
+        raise
+    return publication

@@ -1,0 +1,99 @@
+"""A full appliance pair in the local test cloud: the images built here, a OneFlow service (1 SuperLink +
+2 SuperNodes booted as containers), real federation rounds over TLS with SuperNode authentication through
+an SSH tunnel, the result recorded, then published to the test cloud's http marketplace.
+
+Needs root, systemd-nspawn and the test bridge (marker ``cloud``). The heavier variants (the security-mode
+matrix, a rogue SuperNode, cross-version pairs) are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from factory.bareflower import SecurityMode
+from factory.commands.test import find_pair_specs, local_image
+from factory.one import OneCloud, load_settings
+from factory.pairtest import PairTestOptions, run_pair_in_cloud
+from factory.progress import Progress
+from factory.results import PASSED, PASSED_WITH_WARNING, write_result
+
+pytestmark = pytest.mark.cloud
+
+PAIR = "pair-sl1.42.0-sn1.42.0-debian12-cpu-edge-numpy"
+CROSS = "pair-sl1.42.0-sn1.41.0-debian12-cpu-edge-numpy"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneCloud]:
+    from testcloud.launcher import start
+
+    state = tmp_path_factory.mktemp("cloud")
+    with start(state, "auto") as handle:
+        settings = load_settings(environ={}, cloud_dir=state)
+        assert handle.endpoints["xmlrpc"] == settings.xmlrpc
+        yield OneCloud(settings, Progress())
+
+
+def _images(pair: str) -> dict:
+    spec = find_pair_specs([pair])[0]
+    return spec, {
+        "superlink": local_image(spec.superlink.variant),
+        "supernode": local_image(spec.supernode.variant),
+    }
+
+
+def test_a_full_pair_with_real_rounds(cloud: OneCloud, tmp_path: Path) -> None:
+    spec, images = _images(PAIR)
+    result = run_pair_in_cloud(spec, "ci", tmp_path / "work", PairTestOptions(rounds=2), cloud, images)
+    assert result.status == PASSED, (result.error, json.dumps(result.logs, indent=1)[-6000:])
+    numpy_run = result.federations[0]
+    assert [record["round"] for record in numpy_run["rounds"]] == [1, 2]
+    assert all(check["passed"] for check in result.checks)
+    assert len([node for node in numpy_run["supernodes"] if node["status"] == "online"]) == 2
+    assert result.timings["instantiate_to_first_round_seconds"] > result.timings["deploy_seconds"]
+    # the pair's image files are recorded for publishing, with the checksums of the tested files
+    assert result.superlink.image["sha256"] == images["superlink"].manifest["sha256"]
+    # nothing is left behind in the cloud
+    pool = cloud.one.vmpool.info(-2, -1, -1, -1)
+    assert not [vm for vm in (pool.VM or []) if "edge-numpy" in vm.NAME]
+    # and it publishes: marketplace apps through the API
+    from factory.publish import publish
+
+    root = tmp_path / "results"
+    write_result(result, root)
+    publication = publish("ci", cloud, results_root=root)
+    assert {app["type"] for app in publication.apps} == {"IMAGE", "SERVICE_TEMPLATE"}
+    for app in publication.apps:
+        assert int(cloud.marketapp_info(app["id"]).STATE) == 1  # READY
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("security", [SecurityMode.TLS, SecurityMode.INSECURE])
+def test_security_modes_in_the_cloud(security: SecurityMode, cloud: OneCloud, tmp_path: Path) -> None:
+    spec, images = _images(PAIR)
+    options = PairTestOptions(rounds=2, security=security, allow_insecure=True)
+    result = run_pair_in_cloud(spec, "ci", tmp_path / "work", options, cloud, images)
+    assert result.status == PASSED, result.error
+
+
+@pytest.mark.slow
+def test_a_rogue_supernode_is_refused_and_the_run_finishes(cloud: OneCloud, tmp_path: Path) -> None:
+    spec, images = _images(PAIR)
+    options = PairTestOptions(rounds=2, rogue_supernode=True)
+    result = run_pair_in_cloud(spec, "ci", tmp_path / "work", options, cloud, images)
+    assert result.status == PASSED, result.error
+    rogue = next(check for check in result.checks if check["name"] == "rogue_supernode_rejected")
+    assert rogue["passed"], rogue
+
+
+@pytest.mark.slow
+def test_cross_version_pair_is_recorded_as_it_behaves(cloud: OneCloud, tmp_path: Path) -> None:
+    spec, images = _images(CROSS)
+    result = run_pair_in_cloud(spec, "ci", tmp_path / "work", PairTestOptions(rounds=2), cloud, images)
+    # 1.42 SuperLink with 1.41 SuperNodes: Flower's rule says mismatch, the wire protocol works (flower.md)
+    assert result.status == PASSED_WITH_WARNING, result.error
+    assert any("major.minor" in warning for warning in result.warnings)

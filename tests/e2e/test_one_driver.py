@@ -1,0 +1,191 @@
+"""The OpenNebula driver (factory/one) against the local test cloud with oned's dummy driver: VMs go
+RUNNING without a guest, and this test plays the guests' part the way one-context does (READY=YES, or a
+failure report, through OneGate with each VM's own token)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from factory import appliance_templates
+from factory.errors import FactoryError
+from factory.one import OneCloud, load_settings
+from factory.progress import Progress
+
+from .conftest import RUN, make_pair_result
+
+
+@pytest.fixture(scope="module")
+def cloud_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OneCloud, Path]]:
+    from testcloud import launcher
+
+    state = tmp_path_factory.mktemp("testcloud")
+    with launcher.start(state, ports="auto", driver="dummy"):
+        yield OneCloud(load_settings(environ={}, cloud_dir=state), Progress()), state
+
+
+def _image(directory: Path, content: bytes) -> tuple[Path, str]:
+    path = directory / f"disk-{hashlib.md5(content).hexdigest()[:8]}.img"
+    path.write_bytes(content)
+    return path, hashlib.sha256(content).hexdigest()
+
+
+class Guests:
+    """Reports through OneGate for every VM that appears, as its guest would once bootstrapped."""
+
+    def __init__(self, state: Path, attributes: dict[str, str]) -> None:
+        self.state, self.attributes = state, attributes
+        self.done: set[str] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _report(self, context_dir: Path) -> None:
+        text = (context_dir / "context.sh").read_text()
+        values = dict(re.findall(r"^(\w+)='(.*)'$", text, re.MULTILINE))
+        body = "\n".join(f"{key}={value}" for key, value in self.attributes.items()).encode()
+        request = urllib.request.Request(f"{values['ONEGATE_ENDPOINT']}/vm", data=body, method="PUT")
+        request.add_header("X-ONEGATE-TOKEN", (context_dir / "token.txt").read_text().strip())
+        request.add_header("X-ONEGATE-VMID", values["VMID"])
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 200
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            for context_dir in sorted(self.state.glob("vms/*/context")):
+                if context_dir.name not in self.done and (context_dir / "token.txt").exists():
+                    try:
+                        self._report(context_dir)
+                    except OSError:
+                        continue  # the VM is not RUNNING yet: OneGate refuses it; try again
+                    self.done.add(str(context_dir))
+            time.sleep(0.5)
+
+    def __enter__(self) -> Guests:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _service(cloud: OneCloud, image_id: int, name: str) -> int:
+    network = cloud.network_id()
+    link = cloud.create_vm_template(
+        appliance_templates.vm_template("superlink", f"{name}-sl", image_id, network)
+    )
+    node = cloud.create_vm_template(
+        appliance_templates.vm_template("supernode", f"{name}-sn", image_id, network)
+    )
+    return cloud.create_service_template(
+        appliance_templates.service_template(name, link, node, 2, "tls-auth")
+    )
+
+
+def test_images_are_imported_once_and_reused_by_checksum(cloud_state: tuple[OneCloud, Path]) -> None:
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"flower" * 4096)
+    first = cloud.ensure_image(path, "flower-reuse", sha256, "raw")
+    again = cloud.ensure_image(path, "flower-reuse-again", sha256, "raw")
+    assert (first.reused, again.reused, again.id) == (False, True, first.id)
+    with pytest.raises(FactoryError, match="image"):
+        cloud.ensure_image(state / "missing.img", "flower-missing", "0" * 64, "raw")
+
+
+def test_a_service_deploys_behind_the_ready_gate_and_is_torn_down(cloud_state: tuple[OneCloud, Path]) -> None:
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"service" * 4096)
+    image = cloud.ensure_image(path, "flower-service", sha256, "raw")
+    template_id = _service(cloud, image.id, "ready")
+    with Guests(state, {"READY": "YES", "ONEAPP_FL_STATUS": "ready"}):
+        deployment = cloud.launch_service(template_id, "ready-1")
+        deployment.wait_running(120)
+    vms = deployment.vms()
+    assert sorted(vm.role for vm in vms) == ["superlink", "supernode", "supernode"]
+    assert all(vm.ready and vm.ip and vm.ip.startswith("10.231.64.") for vm in vms)
+    context = {vm.id: vm for vm in vms}
+    link = deployment.role_vms("superlink")[0]
+    assert link.user_template["SERVICE_ID"] == str(deployment.id) and link.id in context
+    logs = deployment.collect_logs(ssh_key=None)
+    assert "RUNNING" in logs["service"] and f"superlink-{link.id}" in logs
+    deployment.delete()
+    try:
+        assert deployment.state() == "DONE"
+    except FactoryError as gone:  # OneFlow removes the document of an undeployed service
+        assert "404" in str(gone)
+    for vm in vms:  # every VM was terminated
+        assert cloud.vm_info(vm.id).state == "DONE"
+
+
+def test_a_failing_appliance_fails_the_deployment_early_naming_why(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"failing" * 4096)
+    image = cloud.ensure_image(path, "flower-failing", sha256, "raw")
+    template_id = _service(cloud, image.id, "failing")
+    report = {"ONEAPP_FL_STATUS": "failed", "ONEAPP_FL_ERROR": "no SuperLink certificate"}
+    with Guests(state, report):
+        deployment = cloud.launch_service(template_id, "failing-1")
+        started = time.monotonic()
+        with pytest.raises(FactoryError, match="no SuperLink certificate"):
+            deployment.wait_running(300)
+    assert time.monotonic() - started < 120, "a reported failure ends the wait before the deadline"
+    deployment.delete()  # a service still DEPLOYING is removed with recover --delete
+
+
+def test_marketplace_apps(cloud_state: tuple[OneCloud, Path]) -> None:
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"market" * 4096)
+    image = cloud.ensure_image(path, "flower-market", sha256, "raw")
+    market = cloud.marketplace_id()
+    app_id = cloud.create_marketapp(
+        {"NAME": "flower test app", "TYPE": "IMAGE", "ORIGIN_ID": str(image.id)}, market
+    )
+    info = cloud.marketapp_info(app_id)
+    assert int(info.STATE) == 1 and str(info.SOURCE).startswith("http://")
+    with urllib.request.urlopen(str(info.SOURCE), timeout=10) as reply:
+        assert hashlib.sha256(reply.read()).hexdigest() == sha256
+    assert int(cloud.find_marketapp("flower test app", market).ID) == app_id
+    with pytest.raises(FactoryError, match="ORIGIN_ID"):
+        cloud.create_marketapp({"NAME": "no origin", "TYPE": "IMAGE"}, market)
+    cloud.delete_marketapp(app_id)
+    assert cloud.find_marketapp("flower test app", market) is None
+
+
+def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
+    cloud_state: tuple[OneCloud, Path], tmp_path: Path
+) -> None:
+    from factory.publish import publish
+    from factory.results import write_result
+
+    cloud, _ = cloud_state
+    images = tmp_path / "images"
+    images.mkdir()
+    root = tmp_path / "results"
+    write_result(make_pair_result(images, "1.42.0", "1.42.0"), root)
+    first = publish(RUN, cloud, results_root=root)
+    assert sorted(app["type"] for app in first.apps) == ["IMAGE", "IMAGE", "SERVICE_TEMPLATE"]
+    assert not any(app["reused"] for app in first.apps)
+    for app in first.apps:
+        info = cloud.marketapp_info(app["id"])
+        assert int(info.STATE) == 1, app  # READY
+    service = next(app for app in first.apps if app["type"] == "SERVICE_TEMPLATE")
+    roles = cloud.marketapp_info(service["id"]).TEMPLATE["ROLE"]
+    assert {role["NAME"] for role in roles} == {"superlink", "supernode"}
+    # the YAML points at the file the marketplace serves
+    import yaml
+
+    document = yaml.safe_load(next((first.directory / "marketplace").glob("*.yaml")).read_text())
+    if document.get("images"):
+        assert document["images"][0]["url"].startswith("http://127.0.0.1:")
+    again = publish(RUN, cloud, results_root=root)
+    assert all(app["reused"] for app in again.apps)
+    assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]
