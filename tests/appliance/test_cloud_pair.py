@@ -81,6 +81,7 @@ def test_superlink_publishes_endpoint_ca_fingerprint_and_version(pair: Pair) -> 
     attributes = pair.cloud.user_template(pair.superlink)
     assert attributes["ONEAPP_FL_ENDPOINT"] == f"{pair.superlink_ip}:9092"
     assert attributes["ONEAPP_FL_FLOWER_VERSION"] == "1.42.0"
+    assert attributes["ONEAPP_FL_NODE_AUTH"] == "YES"
     published = base64.b64decode(attributes["ONEAPP_FL_CA_CERT"])
     in_guest = pair.cloud.host(pair.superlink).file("/etc/flower/tls/ca.pem").content
     assert published == in_guest

@@ -256,3 +256,24 @@ def test_insecure_supernode_only_when_chosen(make_sandbox) -> None:
     assert "--root-certificates" not in args and "--auth-supernode-private-key" not in args
     assert "not reachable now" in sandbox.log("bootstrap")
     assert "partition-id=0 num-partitions=1" in args
+
+
+@pytest.mark.parametrize(
+    ("published", "own", "expected"),
+    [
+        ("YES", "YES", "YES"),
+        ("NO", "YES", "NO"),  # a TLS-only SuperLink refuses a key it does not know (2004)
+        ("YES", "NO", "YES"),  # one with node auth refuses a node without a key (2001)
+        ("", "NO", "NO"),  # nothing published (explicit ONEAPP_FL_SUPERLINK): this VM's parameter
+        ("", "YES", "YES"),
+    ],
+)
+def test_the_key_is_presented_as_the_superlink_requires(
+    make_sandbox, published: str, own: str, expected: str
+) -> None:
+    result = make_sandbox("supernode").bash(
+        'FL_SL_NODE_AUTH="$PUBLISHED"; supernode_node_auth', PUBLISHED=published, ONEAPP_FL_NODE_AUTH=own
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+    assert ("following it" in result.stderr) == (published not in ("", own))

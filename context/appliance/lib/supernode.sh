@@ -101,18 +101,20 @@ supernode_lookup_service() {
         IFS= read -r FL_SL_CA
         IFS= read -r FL_SL_FINGERPRINT
         IFS= read -r FL_SL_VERSION
+        IFS= read -r FL_SL_NODE_AUTH
     } < <(jq -r '
         [ .SERVICE.roles[]?.nodes[]?.vm_info.VM
           | select((.USER_TEMPLATE.ONEAPP_FL_ENDPOINT // "") != "") ]
         | sort_by(.ID | tonumber) | first // {} | .USER_TEMPLATE // {}
         | (.ONEAPP_FL_ENDPOINT // ""), (.ONEAPP_FL_CA_CERT // ""),
-          (.ONEAPP_FL_CA_FINGERPRINT // ""), (.ONEAPP_FL_FLOWER_VERSION // "")
+          (.ONEAPP_FL_CA_FINGERPRINT // ""), (.ONEAPP_FL_FLOWER_VERSION // ""),
+          (.ONEAPP_FL_NODE_AUTH // "")
     ' <<<"${document}" 2>/dev/null || true) || true
     [[ -n "${FL_SL_ENDPOINT}" ]]
 }
 
 supernode_discover() {
-    FL_SL_ENDPOINT="" FL_SL_CA="" FL_SL_FINGERPRINT="" FL_SL_VERSION="" FL_SERVICE_JSON=""
+    FL_SL_ENDPOINT="" FL_SL_CA="" FL_SL_FINGERPRINT="" FL_SL_VERSION="" FL_SL_NODE_AUTH="" FL_SERVICE_JSON=""
     if [[ -n "${ONEAPP_FL_SUPERLINK}" ]]; then
         # Explicit address; the service (if any) may still tell the CA and the version.
         if fl_onegate_configured; then
@@ -234,6 +236,20 @@ supernode_preflight() {
     esac
 }
 
+# Whether to present this node's key: a Flower SuperLink without --enable-supernode-auth refuses a key it
+# does not know (2004) but takes a node with none, and one with auth on refuses a node without a key (2001).
+# The SuperLink of the service publishes its setting; ONEAPP_FL_NODE_AUTH covers an explicit SuperLink.
+supernode_node_auth() {
+    case "${FL_SL_NODE_AUTH}" in
+        YES | NO)
+            [[ "${FL_SL_NODE_AUTH}" == "${ONEAPP_FL_NODE_AUTH}" ]] ||
+                fl_warn "the SuperLink publishes ONEAPP_FL_NODE_AUTH=${FL_SL_NODE_AUTH}; following it, not this VM's ${ONEAPP_FL_NODE_AUTH}"
+            printf '%s\n' "${FL_SL_NODE_AUTH}"
+            ;;
+        *) printf '%s\n' "${ONEAPP_FL_NODE_AUTH}" ;;
+    esac
+}
+
 supernode_bootstrap() {
     local ours node_config args=() changed=NO
     ours=$(fl_flower_version) || fl_fail "no flwr installation found in ${FL_VENV}"
@@ -249,8 +265,10 @@ supernode_bootstrap() {
 
     args=(--superlink "${FL_SL_ENDPOINT}")
     if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
-        args+=(--root-certificates "${FL_STATE}/tls/superlink-ca.pem"
-            --auth-supernode-private-key "${FL_STATE}/keys/supernode")
+        args+=(--root-certificates "${FL_STATE}/tls/superlink-ca.pem")
+        if [[ "$(supernode_node_auth)" == YES ]]; then
+            args+=(--auth-supernode-private-key "${FL_STATE}/keys/supernode")
+        fi
     else
         args+=(--insecure)
     fi
