@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the factory, the local builds and the test cloud use.
 DEBIAN_PACKAGES=(
   packer qemu-system-x86 qemu-utils mmdebstrap xorriso systemd-container e2fsprogs fdisk extlinux
-  syslinux-common iproute2 nftables sqlite3 openssh-client openssl shellcheck ca-certificates
+  syslinux-common iproute2 nftables sqlite3 openssh-client openssh-server openssl shellcheck ca-certificates
+  jq curl
 )
 
 missing=()
