@@ -17,7 +17,8 @@ from typing import Any
 
 import pyone
 import requests
-import testinfra
+import testinfra.backend
+import testinfra.host
 
 SUPERLINK_VARIANT = "superlink-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 SUPERNODE_VARIANT = "supernode-1.42.0-debian12-cpu-standard-sklearn-x86_64"
@@ -55,6 +56,7 @@ class ApplianceCloud:
     ssh_config: Path
     images: dict[str, int]
     templates: dict[str, int] = field(default_factory=dict)
+    hosts: dict[str, Any] = field(default_factory=dict)  # SSH connections by address
 
     # --- objects --------------------------------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class ApplianceCloud:
         self.flow("DELETE", f"/service/{service_id}")
 
     def terminate(self, vm_id: int) -> None:
+        with contextlib.suppress(Exception):  # its address goes to the next VM: forget the connection
+            self._forget(self.ip(vm_id))
         with contextlib.suppress(pyone.OneException):
             self.one.vm.action("terminate-hard", vm_id)
 
@@ -229,21 +233,45 @@ class ApplianceCloud:
     def host(self, vm_id: int) -> Any:
         return self.host_at(self.ip(vm_id))
 
+    def _new_host(self, ip: str) -> Any:
+        # Not testinfra.get_host: its process-wide cache would hand a later VM that reuses an address
+        # the dead connection to the earlier one.
+        backend = testinfra.backend.get_backend(f"paramiko://root@{ip}", ssh_config=str(self.ssh_config))
+        host = testinfra.host.Host(backend)
+        backend.set_host(host)
+        return host
+
+    def _forget(self, ip: str) -> None:
+        host = self.hosts.pop(ip, None)
+        if host is not None and "client" in vars(host.backend):
+            with contextlib.suppress(Exception):
+                host.backend.client.close()
+
     def host_at(self, ip: str) -> Any:
-        return testinfra.get_host(f"paramiko://root@{ip}", ssh_config=str(self.ssh_config))
+        if ip not in self.hosts:
+            self.hosts[ip] = self._new_host(ip)
+        return self.hosts[ip]
 
     def wait_ssh(self, vm_id: int, timeout: float = 300, ip: str | None = None) -> Any:
-        """SSH to the VM once it answers; give ``ip`` when the cloud itself is down."""
+        """SSH to the VM once it answers (a new connection each try); give ``ip`` when the cloud is down."""
         address = ip or self.ip(vm_id)
+        self._forget(address)
+        errors: list[str] = []
 
         def connected() -> Any:
+            host = self._new_host(address)
             try:
-                host = self.host_at(address)
-                return host if host.run("true").rc == 0 else None
-            except Exception:  # not up yet: any connection error means "try again"
-                return None
+                if host.run("true").rc == 0:
+                    self.hosts[address] = host
+                    return host
+            except Exception as error:  # not up yet: any connection error means "try again"
+                errors[:] = [f"{type(error).__name__}: {error}"]
+            return None
 
-        return wait_for(connected, timeout, what=f"SSH to VM {vm_id}")
+        try:
+            return wait_for(connected, timeout, what=f"SSH to VM {vm_id} at {address}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last error: {errors}; {self.diagnose(vm_id)}") from None
 
     def sh(self, vm_id: int, command: str) -> Any:
         return self.host(vm_id).run(command)
@@ -263,7 +291,7 @@ class ApplianceCloud:
             for key, value in sorted(dict(vm.USER_TEMPLATE or {}).items()):
                 if key.startswith(("ONEAPP_FL_STATUS", "ONEAPP_FL_STAGE", "ONEAPP_FL_ERROR", "READY")):
                     lines.append(f"  {key}={value}")
-        except pyone.OneException as error:
+        except Exception as error:  # the cloud may be down on purpose
             lines.append(f"VM {vm_id}: {error}")
         try:
             logs = self.sh(
@@ -275,7 +303,11 @@ class ApplianceCloud:
             cloud = getattr(self.handle, "cloud", None)
             if cloud is not None:
                 try:
-                    lines.append(cloud.driver_for(0).logs(vm_id)[-4000:])
+                    driver = cloud.driver_for(0)
+                    probe = "systemctl --no-pager status ssh | tail -n 12; ss -ltn; ip -br -4 a"
+                    inside = driver.execute(vm_id, ["sh", "-c", probe])
+                    lines.append(f"in the guest: {inside.stdout}{inside.stderr}")
+                    lines.append(driver.logs(vm_id)[-4000:])
                 except Exception as console_error:
                     lines.append(f"(no console: {console_error})")
         return "\n".join(lines)
