@@ -29,13 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from factory.commands.test import (
-        cloud_context,
-        locally_buildable,
-        pair_test_options,
-        selected_pairs,
-        uses_local_images,
-    )
+    from factory.commands.test import cloud_context, pair_test_options, pairs_to_test
     from factory.errors import ConfigError, FactoryError
     from factory.paths import RESULTS_DIR
     from factory.progress import DEFAULT as progress
@@ -52,13 +46,7 @@ def run(args: argparse.Namespace) -> int:
     options = pair_test_options(args)
     run_name = args.run or new_run_name()
     run_dir(run_name)
-    specs = selected_pairs(args)
-    if uses_local_images(args):
-        specs = locally_buildable(specs)
-        if not specs:
-            raise ConfigError(
-                "command line", "--only/--except", "no selected pair can be built on this machine"
-            )
+    specs = pairs_to_test(args)
     progress.line(f"release run {run_name}: {len(specs)} pair(s)")
     failures = 0
     with cloud_context(args.images, keep_running=True) as (cloud, target, images_for):

@@ -284,6 +284,20 @@ def cloud_context(
 # -- the command ---------------------------------------------------------------------------------------------
 
 
+def pairs_to_test(args: argparse.Namespace) -> list[Any]:
+    """The selected pairs; with local images, only those this machine can build (none is an error)."""
+    from factory.errors import ConfigError
+
+    specs = selected_pairs(args)
+    if uses_local_images(args):
+        specs = locally_buildable(specs)
+        if not specs:
+            raise ConfigError(
+                "command line", "--only/--except", "no selected pair can be built on this machine"
+            )
+    return specs
+
+
 def test_pairs(args: argparse.Namespace, specs: list[Any], run_name: str) -> tuple[list[Any], Path]:
     import tempfile
 
@@ -342,20 +356,13 @@ class _StopAfterFailure(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from factory.errors import ConfigError
     from factory.progress import DEFAULT as progress
     from factory.results import new_run_name, run_dir
 
     pair_test_options(args)  # bad options are refused before anything runs
     run_name = args.run or new_run_name()
     run_dir(run_name)
-    specs = selected_pairs(args)
-    if uses_local_images(args):
-        specs = locally_buildable(specs)
-        if not specs:
-            raise ConfigError(
-                "command line", "--only/--except", "no selected pair can be built on this machine"
-            )
+    specs = pairs_to_test(args)
     progress.line(f"run {run_name}: {len(specs)} pair(s), target {args.target}")
     results, junit = test_pairs(args, specs, run_name)
     passed = sum(1 for result in results if result.passed)
