@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from testcloud.host import HostError, ProcessIdentity, run
 BRIDGE = "flbr0"
 SUBNET = ipaddress.IPv4Network("10.231.64.0/24")
 HOST_ADDRESS = "10.231.64.1"
+BRIDGE_MAC = "02:00:0a:e7:40:01"  # locally administered, OpenNebula's 02:00:<IP> form for the host address
 NETMASK = str(SUBNET.netmask)
 PREFIX_LENGTH = SUBNET.prefixlen
 STATE_ROOT = Path(os.environ.get("FLOWER_TESTCLOUD_RUN", "/run/flower-testcloud"))
@@ -77,6 +79,9 @@ def link_prefix(tag: str) -> str:
 def namespace_name(tag: str, vm_id: int) -> str:
     """Network namespace (and nspawn machine name) of one VM."""
     return f"flower-{_check_tag(tag)}-vm{vm_id}"
+
+
+NAMESPACE_PATTERN = re.compile(r"^flower-[0-9a-f]{6}-vm[0-9]+$")
 
 
 def namespace_prefix(tag: str) -> str:
@@ -278,10 +283,14 @@ class Bridge:
     def _ensure_locked(self) -> None:
         if not self.exists():
             try:
-                run(["ip", "link", "add", self.name, "type", "bridge"])
+                # A fixed address: a bridge without one takes the lowest of its ports' addresses and
+                # changes it as guests come and go, leaving the guests' ARP entries for the host stale.
+                run(["ip", "link", "add", self.name, "address", BRIDGE_MAC, "type", "bridge"])
             except HostError:
                 if not self.exists():  # created meanwhile by a process that does not use our lock
                     raise
+        if Path(f"/sys/class/net/{self.name}/address").read_text().strip() != BRIDGE_MAC:
+            run(["ip", "link", "set", self.name, "address", BRIDGE_MAC])  # a bridge made before it had one
         _write_sysctl(f"net/ipv4/conf/{self.name}/forwarding", "0")
         _write_sysctl(f"net/ipv6/conf/{self.name}/disable_ipv6", "1")
         if self.address and not self.has_address():
@@ -423,6 +432,34 @@ def delete_link(name: str) -> None:
 
 def links_with_prefix(prefix: str) -> list[str]:
     return sorted(entry for entry in os.listdir("/sys/class/net") if entry.startswith(prefix))
+
+
+def orphan_namespaces(min_age: float = 120.0) -> list[str]:
+    """Guest namespaces of any test cloud that no process lives in any more (a cloud killed before it could
+    clean up). Their eth0 still holds a guest's address and answers for it on the bridge, so a new guest
+    given that address would be unreachable. ``min_age`` (seconds) spares one a driver is setting up."""
+    directory = Path("/run/netns")
+    found = []
+    for name in namespaces_with_prefix("flower-"):
+        if not NAMESPACE_PATTERN.match(name):
+            continue
+        try:
+            age = time.time() - (directory / name).stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age >= min_age and not run(["ip", "netns", "pids", name], check=False).split():
+            found.append(name)
+    return found
+
+
+def sweep_orphans(min_age: float = 120.0) -> list[str]:
+    """Delete :func:`orphan_namespaces` (their veth pairs go with them); returns what was removed."""
+    removed = []
+    for name in orphan_namespaces(min_age):
+        if not run(["ip", "netns", "pids", name], check=False).split():  # still empty, just before
+            delete_namespace(name)
+            removed.append(f"netns {name}")
+    return removed
 
 
 def sweep(tag: str) -> list[str]:

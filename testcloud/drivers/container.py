@@ -251,6 +251,7 @@ class ContainerDriver:
                 network.namespace_name(self.tag, spec.vm_id),
             )
             self._containers[spec.vm_id] = container
+        network.sweep_orphans()  # a killed cloud's guest namespace would still answer for its address
         with container.lock:
             try:
                 self._prepare(container, spec)

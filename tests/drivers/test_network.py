@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,56 @@ def test_a_namespace_gets_a_veth_with_the_nics_mac_and_sweep_removes_all() -> No
     finally:
         network.delete_link(host_link)
         network.delete_namespace(namespace)
+
+
+def test_the_bridge_keeps_its_address_as_ports_come_and_go(scratch_bridge: network.Bridge) -> None:
+    # Without a fixed address Linux gives a bridge the lowest of its ports' MACs: guests would keep the
+    # host's old MAC in their ARP tables after a guest with a lower one came or went.
+    scratch_bridge.ensure()
+    address = Path(f"/sys/class/net/{scratch_bridge.name}/address")
+    assert address.read_text().strip() == network.BRIDGE_MAC
+    port = f"{scratch_bridge.name}p"
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            port,
+            "address",
+            "02:00:00:00:00:02",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{port}q",
+        ]
+    )
+    scratch_bridge.attach(port)
+    assert address.read_text().strip() == network.BRIDGE_MAC
+    network.delete_link(port)
+    assert address.read_text().strip() == network.BRIDGE_MAC
+
+
+def test_a_guest_namespace_nothing_lives_in_is_an_orphan() -> None:
+    tag = _unique("orphan")
+    orphan, lived_in = network.namespace_name(tag, 1), network.namespace_name(tag, 2)
+    sleeper = None
+    try:
+        network.create_namespace(orphan)
+        network.create_namespace(lived_in)
+        sleeper = subprocess.Popen(["ip", "netns", "exec", lived_in, "sleep", "60"])
+        deadline = time.monotonic() + 10
+        while not run(["ip", "netns", "pids", lived_in], check=False).split():
+            assert time.monotonic() < deadline, "the sleeper never entered its namespace"
+            time.sleep(0.05)
+        found = network.orphan_namespaces(min_age=0)
+        assert orphan in found and lived_in not in found
+        assert orphan not in network.orphan_namespaces(min_age=3600), "a young one may be a guest starting"
+        assert f"netns {orphan}" not in network.sweep_orphans(min_age=3600)
+        assert Path("/run/netns", orphan).exists()
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        network.delete_namespace(orphan)
+        network.delete_namespace(lived_in)
