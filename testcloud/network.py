@@ -440,6 +440,7 @@ def orphan_namespaces(min_age: float = 120.0) -> list[str]:
     given that address would be unreachable. ``min_age`` (seconds) spares one a driver is setting up."""
     directory = Path("/run/netns")
     found = []
+    named = _command_lines()
     for name in namespaces_with_prefix("flower-"):
         if not NAMESPACE_PATTERN.match(name):
             continue
@@ -447,9 +448,24 @@ def orphan_namespaces(min_age: float = 120.0) -> list[str]:
             age = time.time() - (directory / name).stat().st_mtime
         except FileNotFoundError:
             continue
-        if age >= min_age and not run(["ip", "netns", "pids", name], check=False).split():
+        # Nothing lives in it, and no supervisor names it (between a guest's reboots, for a moment,
+        # nothing lives in a guest's namespace).
+        if (
+            age >= min_age
+            and not any(name.encode() + b"\0" in line for line in named)
+            and not run(["ip", "netns", "pids", name], check=False).split()
+        ):
             found.append(name)
     return found
+
+
+def _command_lines() -> list[bytes]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                lines.append((entry / "cmdline").read_bytes())
+    return lines
 
 
 def sweep_orphans(min_age: float = 120.0) -> list[str]:

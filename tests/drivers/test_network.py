@@ -243,23 +243,26 @@ def test_the_bridge_keeps_its_address_as_ports_come_and_go(scratch_bridge: netwo
 def test_a_guest_namespace_nothing_lives_in_is_an_orphan() -> None:
     tag = _unique("orphan")
     orphan, lived_in = network.namespace_name(tag, 1), network.namespace_name(tag, 2)
-    sleeper = None
+    supervised = network.namespace_name(tag, 3)  # empty, but a (supervisor) process outside names it
+    sleeper = supervisor = None
     try:
-        network.create_namespace(orphan)
-        network.create_namespace(lived_in)
+        for name in (orphan, lived_in, supervised):
+            network.create_namespace(name)
         sleeper = subprocess.Popen(["ip", "netns", "exec", lived_in, "sleep", "60"])
+        supervisor = subprocess.Popen(["sh", "-c", "sleep 60", supervised])
         deadline = time.monotonic() + 10
         while not run(["ip", "netns", "pids", lived_in], check=False).split():
             assert time.monotonic() < deadline, "the sleeper never entered its namespace"
             time.sleep(0.05)
         found = network.orphan_namespaces(min_age=0)
-        assert orphan in found and lived_in not in found
+        assert orphan in found and lived_in not in found and supervised not in found
         assert orphan not in network.orphan_namespaces(min_age=3600), "a young one may be a guest starting"
         assert f"netns {orphan}" not in network.sweep_orphans(min_age=3600)
         assert Path("/run/netns", orphan).exists()
     finally:
-        if sleeper is not None:
-            sleeper.kill()
-            sleeper.wait()
-        network.delete_namespace(orphan)
-        network.delete_namespace(lived_in)
+        for process in (sleeper, supervisor):
+            if process is not None:
+                process.kill()
+                process.wait()
+        for name in (orphan, lived_in, supervised):
+            network.delete_namespace(name)
