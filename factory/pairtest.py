@@ -109,6 +109,26 @@ def _tasks(spec: PairSpec, options: PairTestOptions) -> list[str]:
     return tasks
 
 
+def _run_tasks(
+    runner: FederationRunner, spec: PairSpec, options: PairTestOptions, result: PairResult
+) -> list[FederationOutcome]:
+    """Run each of the pair's tasks as a federation and record its outcome, checks and timings."""
+    outcomes = []
+    for task in _tasks(spec, options):
+        outcome = runner.run(
+            rounds=options.rounds,
+            strategy=options.strategy,
+            task=task,
+            expected_supernodes=spec.supernode.count,
+            timeout=options.federation_timeout,
+            extra_config=options.extra_config,
+        )
+        _record_outcome(result, outcome)
+        _timings(result, outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
 def _record_outcome(result: PairResult, outcome: FederationOutcome) -> None:
     result.federations.append(outcome.to_dict())
     result.checks += [{"task": outcome.task, **check.__dict__} for check in outcome.checks]
@@ -162,17 +182,7 @@ def run_pair_bare(
             runner = FederationRunner(
                 link_env, workdir / "runner", federation.connection(), progress=progress
             )
-            for task in _tasks(spec, options):
-                outcome = runner.run(
-                    rounds=options.rounds,
-                    strategy=options.strategy,
-                    task=task,
-                    expected_supernodes=spec.supernode.count,
-                    timeout=options.federation_timeout,
-                    extra_config=options.extra_config,
-                )
-                _record_outcome(result, outcome)
-                _timings(result, outcome)
+            _run_tasks(runner, spec, options, result)
             if rogue is not None:
                 result.checks.append(_rogue_check_bare(rogue, runner, spec.supernode.count))
     except FactoryError as failure:
@@ -368,22 +378,11 @@ def run_pair_in_cloud(
             )
             if created.rogue_vm is not None:
                 _wait_rogue_settled(cloud, created.rogue_vm, progress)
-            for task in _tasks(spec, options):
-                outcome = runner.run(
-                    rounds=options.rounds,
-                    strategy=options.strategy,
-                    task=task,
-                    expected_supernodes=spec.supernode.count,
-                    timeout=options.federation_timeout,
-                    extra_config=options.extra_config,
-                )
-                _record_outcome(result, outcome)
-                if task == "numpy":
-                    _timings(result, outcome)
-                    if outcome.rounds:
-                        result.timings["instantiate_to_first_round_seconds"] = (
-                            outcome.rounds[0].finished - instantiated_wall
-                        )
+            for outcome in _run_tasks(runner, spec, options, result):
+                if outcome.task == "numpy" and outcome.rounds:  # from the instantiation, not the start
+                    result.timings["instantiate_to_first_round_seconds"] = (
+                        outcome.rounds[0].finished - instantiated_wall
+                    )
             if created.rogue_vm is not None:
                 online = [node for node in runner.cli.supernodes() if str(node.get("status")) == "online"]
                 rogue = cloud.vm_info(created.rogue_vm)
