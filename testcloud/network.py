@@ -439,24 +439,25 @@ def orphan_namespaces(min_age: float = 120.0) -> list[str]:
     clean up). Their eth0 still holds a guest's address and answers for it on the bridge, so a new guest
     given that address would be unreachable. ``min_age`` (seconds) spares one a driver is setting up."""
     directory = Path("/run/netns")
-    found = []
-    named = _command_lines()
+    old_enough = []
     for name in namespaces_with_prefix("flower-"):
-        if not NAMESPACE_PATTERN.match(name):
-            continue
         try:
             age = time.time() - (directory / name).stat().st_mtime
         except FileNotFoundError:
             continue
-        # Nothing lives in it, and no supervisor names it (between a guest's reboots, for a moment,
-        # nothing lives in a guest's namespace).
-        if (
-            age >= min_age
-            and not any(name.encode() + b"\0" in line for line in named)
-            and not run(["ip", "netns", "pids", name], check=False).split()
-        ):
-            found.append(name)
-    return found
+        if NAMESPACE_PATTERN.match(name) and age >= min_age:
+            old_enough.append(name)
+    if not old_enough:  # no guest older than min_age: no need to scan /proc
+        return []
+    named = _command_lines()
+    # Nothing lives in it, and no supervisor names it (between a guest's reboots, for a moment, nothing
+    # lives in a guest's namespace).
+    return [
+        name
+        for name in old_enough
+        if not any(name.encode() + b"\0" in line for line in named)
+        and not run(["ip", "netns", "pids", name], check=False).split()
+    ]
 
 
 def _command_lines() -> list[bytes]:
