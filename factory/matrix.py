@@ -44,6 +44,8 @@ _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TOP_LEVEL = ("axes", "defaults", "roles", "exclude", "pairs", "components", "os", "packer")
 _GITHUB_MATRIX_LIMIT = 256
+# GitHub's architecture labels of self-hosted runners, per matrix arch (.github/workflows/nightly.yml).
+RUNNER_LABELS = {"x86_64": "X64", "aarch64": "ARM64"}
 
 
 @dataclass(frozen=True)
@@ -828,7 +830,8 @@ def github_matrix(variants: Sequence[Variant]) -> dict[str, Any]:
             {
                 "variant": variant.name,
                 **variant.axes(),
-                "runner": "ubuntu-24.04-arm" if variant.arch == "aarch64" else "ubuntu-24.04",
+                # the architecture label of the nightly workflow's self-hosted runners (runs-on)
+                "runner": RUNNER_LABELS[variant.arch],
                 "local_base": variant.pins.base_image.local,
             }
         )
