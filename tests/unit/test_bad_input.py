@@ -109,7 +109,9 @@ def read_only_dir() -> Iterator[tuple[Path, list[str]]]:
     shutil.rmtree(top)
 
 
-@pytest.mark.parametrize("command", [["matrix"], ["params"]])
+@pytest.mark.parametrize(
+    "command", [["matrix"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
+)
 def test_out_that_is_not_writable(read_only_dir: tuple[Path, list[str]], command: list[str]) -> None:
     locked, prefix = read_only_dir
     result = run_cli(*command, "--out", str(locked / "out"), user=prefix)
