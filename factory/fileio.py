@@ -34,3 +34,33 @@ def replace_directory(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_directory(path: Path, option: str) -> None:
+    """ConfigError (exit 2) unless ``path`` is a directory this process may write in, or one it may
+    create: a file in the way, or a nearest existing directory it cannot write in, is named before anything
+    is written."""
+    from factory.errors import ConfigError
+
+    probe = path
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == path:
+            problem = f"{path} is a file, not a directory"
+        else:
+            problem = f"{path} cannot be created: {probe} is a file, not a directory"
+        raise ConfigError("command line", option, problem)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (nearest existing directory: {probe})"
+        raise ConfigError("command line", option, f"{path} is not writable{where}: permission denied")
+
+
+def output_error(error: OSError, option: str) -> Exception:
+    """The ConfigError for an OSError met while writing under a directory given by ``option``."""
+    from factory.errors import ConfigError
+
+    where = f"{error.filename}: " if error.filename else ""
+    return ConfigError("command line", option, f"cannot write {where}{error.strerror or error}")

@@ -18,6 +18,7 @@ written, so a bad file never leaves partial output.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from factory.errors import ConfigError
-from factory.paths import MATRIX_FILE, REPO_ROOT
+from factory.paths import MATRIX_FILE, PROVISION_DIR, REPO_ROOT
+from factory.yamlfile import load_yaml
 
 # Name order of the axes: {role}-{flower}-{os}-{accel}-{profile}-{framework}-{arch}.
 AXES = ("role", "flower", "os", "accel", "profile", "framework", "arch")
@@ -44,6 +44,8 @@ _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TOP_LEVEL = ("axes", "defaults", "roles", "exclude", "pairs", "components", "os", "packer")
 _GITHUB_MATRIX_LIMIT = 256
+# GitHub's architecture labels of self-hosted runners, per matrix arch (.github/workflows/nightly.yml).
+RUNNER_LABELS = {"x86_64": "X64", "aarch64": "ARM64"}
 
 
 @dataclass(frozen=True)
@@ -336,19 +338,7 @@ def load_matrix(path: Path | None = None) -> Matrix:
     """Read, validate and expand a matrix file. Raises ConfigError naming the file, field and problem."""
     path = MATRIX_FILE if path is None else Path(path)
     source = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found") from None
-    except OSError as error:
-        raise ConfigError(source, "", f"cannot read: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(source, where, f"YAML syntax error: {problem}") from None
+    data = load_yaml(path, source)
     return parse_matrix(data, source)
 
 
@@ -561,6 +551,28 @@ def _parse_pairs(read: _Reader, raw: Any) -> bool:
     return cross
 
 
+DISTRO_SCRIPT = PROVISION_DIR / "lib" / "distro.sh"
+_DISTRO_CASE = re.compile(r'^case "\$\{FL_OS[^"]*"\s+in\s*$(?P<body>.*?)^esac', re.MULTILINE | re.DOTALL)
+_CASE_PATTERN = re.compile(r"^\s*(?P<names>[a-z0-9._]+(?:\s*\|\s*[a-z0-9._]+)*)\)", re.MULTILINE)
+
+
+@functools.cache
+def supported_os(script: Path = DISTRO_SCRIPT) -> tuple[str, ...]:
+    """The FL_OS values the provisioning scripts support: the patterns of distro.sh's ``case
+    "${FL_OS}"`` (the one place that knows them; its ``*)`` branch refuses every other value)."""
+    try:
+        text = script.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(_display(script), "", f"cannot read: {error.strerror}") from None
+    match = _DISTRO_CASE.search(text)
+    if match is None:
+        raise ConfigError(_display(script), "", 'no case "${FL_OS}" block: cannot tell the supported OSes')
+    names = [
+        name.strip() for found in _CASE_PATTERN.finditer(match["body"]) for name in found["names"].split("|")
+    ]
+    return tuple(sorted(names))
+
+
 def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> dict[str, OsInfo]:
     raw = read.mapping(raw, "os")
     result: dict[str, OsInfo] = {}
@@ -568,6 +580,13 @@ def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> d
         where = f"os.{name}"
         if name not in raw:
             raise read.fail(where, f"missing: axes.os lists {name!r} but it has no definition here")
+        known = supported_os()
+        if name not in known:
+            raise read.fail(
+                where,
+                f"no provisioning script supports OS {name!r} ({_display(DISTRO_SCRIPT)} knows "
+                f"{', '.join(known)}): the image build would fail at its first step",
+            )
         entry = read.mapping(raw[name], where)
         read.known_keys(entry, where, ("title", "python", "one_context", "seed", "images"))
         python = read.string(entry.get("python"), f"{where}.python")
@@ -811,7 +830,8 @@ def github_matrix(variants: Sequence[Variant]) -> dict[str, Any]:
             {
                 "variant": variant.name,
                 **variant.axes(),
-                "runner": "ubuntu-24.04-arm" if variant.arch == "aarch64" else "ubuntu-24.04",
+                # the architecture label of the nightly workflow's self-hosted runners (runs-on)
+                "runner": RUNNER_LABELS[variant.arch],
                 "local_base": variant.pins.base_image.local,
             }
         )

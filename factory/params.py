@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from factory.errors import ConfigError
 from factory.paths import PARAMS_FILE, REPO_ROOT
+from factory.yamlfile import load_yaml
 
 ROLES = ("superlink", "supernode")
 TYPES = ("text", "text64", "password", "boolean", "number", "list", "range")
@@ -113,19 +112,7 @@ def load_params(path: Path | None = None) -> ParamsDecl:
     """Read and validate the declaration. Raises ConfigError naming the file, field and problem."""
     path = PARAMS_FILE if path is None else Path(path)
     source = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found") from None
-    except OSError as error:
-        raise ConfigError(source, "", f"cannot read: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(source, where, f"YAML syntax error: {problem}") from None
+    data = load_yaml(path, source)
     return parse_params(data, source)
 
 

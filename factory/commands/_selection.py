@@ -1,11 +1,25 @@
-"""Command-line options shared by matrix, validate and build: the matrix file, filters, Packer variables."""
+"""Command-line options shared by matrix, validate and build: the matrix file, filters, Packer variables,
+the output directory, and the checks that run before anything is rendered or built."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import sys
 from pathlib import Path
 
 from factory.errors import ConfigError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse reports a bad one as a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +61,24 @@ def add_packer_variable_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a Packer variable, applied last (wins over every layer and --var-file)",
+        help="a Packer variable, applied last (wins over every layer and --var-file); the name must be "
+        "declared in packer/variables.pkr.hcl",
     )
 
 
-def parse_vars(values: list[str], var_files: list[Path]) -> dict[str, str]:
+def add_offline_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not check the Flower versions against PyPI (also: FLOWER_FACTORY_OFFLINE=1)",
+    )
+
+
+def parse_vars(values: list[str], var_files: list[Path], templates: Path | None = None) -> dict[str, str]:
+    """``--var NAME=VALUE`` overrides, each name checked once against the variables the templates
+    declare (Packer would reject a misspelt one only when it runs, once per variant)."""
+    from factory.hcl import RenderSources, declared_variables
+
     overrides: dict[str, str] = {}
     for text in values:
         name, sep, value = text.partition("=")
@@ -64,6 +91,18 @@ def parse_vars(values: list[str], var_files: list[Path]) -> dict[str, str]:
         if not path.name.endswith((".pkrvars.hcl", ".hcl", ".json")):
             problem = "--var-file: Packer needs a name ending in .pkrvars.hcl or .json"
             raise ConfigError(str(path), "", problem)
+    if overrides:
+        templates = templates if templates is not None else RenderSources().templates
+        declared = declared_variables(templates)
+        for name in overrides:
+            if name not in declared:
+                close = difflib.get_close_matches(name, sorted(declared), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                problem = (
+                    f"{name!r} is not a Packer variable ({hint}declared in "
+                    f"{templates / 'variables.pkr.hcl'}: {', '.join(sorted(declared))})"
+                )
+                raise ConfigError("command line", "--var", problem)
     return overrides
 
 
@@ -88,3 +127,38 @@ def load_selection(args: argparse.Namespace):  # -> tuple[Matrix, tuple[Variant,
     if not variants:
         raise ConfigError("command line", "--only/--except", "the filters select no variant")
     return matrix, variants, selection
+
+
+def check_flower_versions(args: argparse.Namespace, matrix, variants) -> None:
+    """The selected variants' Flower versions exist on PyPI, unless offline (which is said)."""
+    from factory import pypi
+
+    if pypi.offline_requested(getattr(args, "offline", False)):
+        print(
+            "note: Flower versions not checked against PyPI (--offline / FLOWER_FACTORY_OFFLINE)",
+            file=sys.stderr,
+        )
+        return
+    versions = sorted({variant.flower for variant in variants}, key=matrix.axes["flower"].index)
+    pypi.check_versions(versions, matrix.axes["flower"], matrix.source)
+
+
+def output_root(args: argparse.Namespace) -> Path:
+    """The rendered-HCL root (``--out`` or build/hcl), checked to be a writable directory."""
+    from factory.fileio import check_output_directory
+    from factory.hcl import HCL_DIR
+
+    out_root = args.out if args.out is not None else HCL_DIR
+    check_output_directory(out_root, "--out")
+    return out_root
+
+
+def render(args: argparse.Namespace, matrix, variants, out_root: Path) -> list[Path]:
+    """Render the selected variants under ``out_root``; an OSError there is a ConfigError naming it."""
+    from factory.fileio import output_error
+    from factory.hcl import render_variants
+
+    try:
+        return render_variants(matrix, variants, out_root, render_sources(args))
+    except OSError as error:
+        raise output_error(error, "--out") from None

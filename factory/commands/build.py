@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from factory.commands._selection import add_packer_variable_arguments, add_selection_arguments
+from factory.commands._selection import (
+    add_offline_argument,
+    add_packer_variable_arguments,
+    add_selection_arguments,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,25 +26,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_packer_variable_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print what would run and stop")
     parser.add_argument("--keep-going", action="store_true", help="build the rest after a failure")
+    add_offline_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from factory.commands._selection import load_selection, parse_vars, render_sources
+    from factory.commands._selection import (
+        check_flower_versions,
+        load_selection,
+        output_root,
+        parse_vars,
+        render,
+        render_sources,
+    )
     from factory.errors import FactoryError
-    from factory.hcl import HCL_DIR, render_variants
     from factory.packer import build_variant, plan_build
     from factory.progress import DEFAULT as progress
 
-    overrides = parse_vars(args.var, args.var_file)
     matrix, variants, _selection = load_selection(args)
-    out_root = args.out if args.out is not None else HCL_DIR
-    render_variants(matrix, variants, out_root, render_sources(args))
+    overrides = parse_vars(args.var, args.var_file, render_sources(args).templates)
+    out_root = output_root(args)
+    check_flower_versions(args, matrix, variants)
+    render(args, matrix, variants, out_root)
+    # Every variant's command is checked before the first build (a local base without its -var fails
+    # once, here, not after hours of other builds).
+    plans = [plan_build(variant, overrides, args.var_file, hcl_root=out_root) for variant in variants]
     if args.dry_run:
-        for variant in variants:
-            plan = plan_build(variant, overrides, args.var_file, hcl_root=out_root)
+        for variant, plan in zip(variants, plans, strict=True):
             print(f"# {variant.name}: cd {plan.directory} && (log: {plan.log})")
             print(plan.shell())
         return 0

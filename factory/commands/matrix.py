@@ -37,11 +37,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from factory.commands._selection import load_selection, render_sources
-    from factory.hcl import HCL_DIR, render_variants
+    from factory.commands._selection import load_selection, output_root, render
     from factory.matrix import github_matrix
 
     matrix, variants, selection = load_selection(args)
+    out_root = output_root(args) if not args.no_render else None
     pairs = matrix.select_pairs(selection, cross=False)
     cross_pairs = tuple(pair for pair in matrix.select_pairs(selection) if pair.cross_version)
     if args.format == "github":
@@ -77,10 +77,9 @@ def run(args: argparse.Namespace) -> int:
             if rows:
                 parts.append(_table(["PAIR", "SUPERLINK", "SUPERNODES"], rows))
         output = "\n".join(parts)
-    out_root = args.out if args.out is not None else HCL_DIR
-    if not args.no_render:
-        render_variants(matrix, variants, out_root, render_sources(args))
+    if out_root is not None:
+        render(args, matrix, variants, out_root)
     print(output)
-    if not args.no_render and args.format == "table":
+    if out_root is not None and args.format == "table":
         print(f"\nRendered {len(variants)} build directories under {out_root}/")
     return 0

@@ -16,10 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--params", type=Path, default=None, help="declaration file (default images/params.yaml)"
     )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default build/params)")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--readme", action="store_true", help="also rewrite README.md between the params markers"
     )
-    parser.add_argument(
+    mode.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if README.md is not up to date"
     )
     parser.set_defaults(handler=run)
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from factory import params
-    from factory.fileio import write_atomic
+    from factory.fileio import check_output_directory, output_error, write_atomic
     from factory.paths import BUILD_DIR, REPO_ROOT
 
     decl = params.load_params(args.params)
@@ -44,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     files = params.generated_files(decl)
     out = args.out if args.out is not None else BUILD_DIR / "params"
-    for name, content in files.items():
-        write_atomic(out / name, content)
-        print(out / name)
-    if args.readme and updated != readme_text:
-        write_atomic(readme_path, updated)
-        print(readme_path)
+    check_output_directory(out, "--out")
+    try:
+        for name, content in files.items():
+            write_atomic(out / name, content)
+            print(out / name)
+        if args.readme and updated != readme_text:
+            write_atomic(readme_path, updated)
+            print(readme_path)
+    except OSError as error:
+        raise output_error(error, "--out") from None
     return 0

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from factory.commands._selection import add_packer_variable_arguments, add_selection_arguments
+from factory.commands._selection import (
+    add_offline_argument,
+    add_packer_variable_arguments,
+    add_selection_arguments,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_selection_arguments(parser)
     add_packer_variable_arguments(parser)
-    parser.add_argument("--jobs", type=int, default=None, help="parallel packer runs (default: CPUs)")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=None, help="parallel packer runs, >= 1 (default: CPUs)"
+    )
+    add_offline_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -27,15 +35,22 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from factory.commands._selection import load_selection, parse_vars, render_sources
-    from factory.hcl import HCL_DIR, render_variants
+    from factory.commands._selection import (
+        check_flower_versions,
+        load_selection,
+        output_root,
+        parse_vars,
+        render,
+        render_sources,
+    )
     from factory.packer import check_directories, packer_version
 
-    overrides = parse_vars(args.var, args.var_file)
     matrix, variants, _selection = load_selection(args)
-    out_root = args.out if args.out is not None else HCL_DIR
+    overrides = parse_vars(args.var, args.var_file, render_sources(args).templates)
+    out_root = output_root(args)
+    check_flower_versions(args, matrix, variants)
     started = time.perf_counter()
-    directories = render_variants(matrix, variants, out_root, render_sources(args))
+    directories = render(args, matrix, variants, out_root)
     entries = [(d, v.pins.base_image.local) for d, v in zip(directories, variants, strict=True)]
     results = check_directories(entries, overrides, args.var_file, jobs=args.jobs)
     failed = [result for result in results if not result.ok]

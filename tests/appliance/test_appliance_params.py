@@ -18,6 +18,13 @@ BAD_SUPERLINK_VALUES = [
     ("ONEAPP_FL_FLEET_PORT", "90x2", "is not a whole number"),
     ("ONEAPP_FL_FLEET_PORT", "70000", "is not a port number"),
     ("ONEAPP_FL_API_PORT", "0", "is not a port number"),
+    # bash arithmetic wraps 18446744073709560708 to 9092: it must be refused, not "fixed"
+    ("ONEAPP_FL_FLEET_PORT", "18446744073709560708", "is too large"),
+    ("ONEAPP_FL_API_PORT", "99999999999999999999999", "is too large"),
+    ("ONEAPP_FL_FLEET_PORT", "65536", "is not a port number (1-65535)"),
+    ("ONEAPP_FL_FLEET_PORT", "22", "is the SSH port"),
+    ("ONEAPP_FL_API_PORT", "22", "is the SSH port"),
+    ("ONEAPP_FL_API_PORT", "443", "is below 1024"),
     ("ONEAPP_FL_CONTROL_ALLOW", "10.0.0.0/33", "is not an IP address or CIDR"),
     ("ONEAPP_FL_CONTROL_ALLOW", "192.168.1.300", "is not an IP address or CIDR"),
 ]
@@ -26,6 +33,9 @@ BAD_SUPERNODE_VALUES = [
     ("ONEAPP_FL_DISCOVERY_TIMEOUT", "soon", "is not a whole number"),
     ("ONEAPP_FL_DISCOVERY_TIMEOUT", "-5", "must not be negative"),
     ("ONEAPP_FL_MAX_RETRIES", "-1", "must not be negative"),
+    ("ONEAPP_FL_DISCOVERY_TIMEOUT", "18446744073709551617", "is too large"),
+    ("ONEAPP_FL_SUPERLINK", "10.0.0.1:18446744073709560708", "is not HOST:PORT"),
+    ("ONEAPP_FL_SUPERLINK", "10.0.0.1:0", "is not HOST:PORT"),
     ("ONEAPP_FL_VERSION_POLICY", "lenient", "is not one of warn, strict"),
     ("ONEAPP_FL_GPU", "yes", "is not one of auto, off"),
     ("ONEAPP_FL_SUPERLINK", "superlink-without-port", "is not HOST:PORT"),
@@ -201,3 +211,60 @@ def test_declaration_types(make_sandbox, tmp_path, assignments: dict[str, str], 
     result = sandbox.bash(script, **assignments)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_huge_port_is_refused_before_anything_is_written(make_sandbox) -> None:
+    sandbox = make_sandbox("superlink")
+    result = sandbox.service("configure", ETH0_IP="10.231.64.50", ONEAPP_FL_FLEET_PORT="18446744073709560708")
+    assert_configure_failed(sandbox, result, "ONEAPP_FL_FLEET_PORT", "is too large")
+    assert not (sandbox.etc / "superlink.args").exists()
+    assert not (sandbox.etc / "proxy" / "nginx.conf").exists()
+
+
+@pytest.mark.parametrize(
+    ("fleet", "api", "reason"),
+    [
+        ("22", "9093", "ONEAPP_FL_FLEET_PORT: 22 is the SSH port"),
+        ("9092", "022", "ONEAPP_FL_API_PORT: 22 is the SSH port"),
+        ("9093", "0009093", "ONEAPP_FL_FLEET_PORT and ONEAPP_FL_API_PORT must differ (both are 9093)"),
+    ],
+)
+def test_port_collisions_are_refused_with_the_real_reason(
+    make_sandbox, fleet: str, api: str, reason: str
+) -> None:
+    sandbox = make_sandbox("superlink")
+    result = sandbox.service(
+        "configure", ETH0_IP="10.231.64.50", ONEAPP_FL_FLEET_PORT=fleet, ONEAPP_FL_API_PORT=api
+    )
+    assert result.returncode != 0
+    assert sandbox.status == "configure_failure"
+    assert reason in sandbox.reason, sandbox.reason
+    assert not (sandbox.etc / "superlink.args").exists()
+
+
+def test_leading_zeros_are_decimal(make_sandbox) -> None:
+    """09093 is 9093 (bash arithmetic would read it as a bad octal number)."""
+    sandbox = make_sandbox("superlink")
+    result = sandbox.service(
+        "configure", ETH0_IP="10.231.64.50", ONEAPP_FL_API_PORT="09093", ONEAPP_FL_FLEET_PORT="009100"
+    )
+    assert result.returncode == 0, result.stderr + sandbox.reason
+    args = sandbox.args("superlink")
+    assert args[args.index("--port") + 1] == "9093"
+    assert "listen 9100 ssl;" in (sandbox.etc / "proxy" / "nginx.conf").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("ONEAPP_FL_DISCOVERY_TIMEOUT", "08", "8"),
+        ("ONEAPP_FL_DISCOVERY_TIMEOUT", "000", "0"),
+        ("ONEAPP_FL_MAX_RETRIES", "-0", "0"),
+        ("ONEAPP_FL_MAX_RETRIES", "010", "10"),
+    ],
+)
+def test_supernode_numbers_are_decimal(make_sandbox, name: str, value: str, expected: str) -> None:
+    sandbox = make_sandbox("supernode")
+    result = sandbox.bash(f'fl_params_apply\nsupernode_validate\nprintf "%s" "${name}"', **{name: value})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected

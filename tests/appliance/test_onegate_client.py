@@ -162,3 +162,47 @@ def test_a_wrong_token_is_refused(make_sandbox, dummy_cloud, service) -> None:
     environment["VMID"] = str(service["supernodes"][0])  # the token belongs to another VM
     result = run(make_sandbox, "superlink", "fl_onegate_get /vm 1 || echo refused", environment)
     assert result.stdout.strip() == "refused"
+
+
+# Values a careless user or an attacker may put in a parameter that the appliance echoes back through
+# OneGate (a failure reason names the bad value). Each must arrive as exactly one attribute holding exactly
+# that value: an unencoded '&' used to start a new form field ('&data=...' replaced the whole update,
+# '&type=2' turned it into an erase).
+TRICKY_VALUES = {
+    "ampersand": "x&data=HIJACK=1",
+    "erase": "x&type=2",
+    "equals": "a=b==c",
+    "percent_plus": "100% + 1 %41",
+    "single_quotes": "it's 'quoted'",
+    "non_ascii": "héllo wörld ✓ ünïcode",
+    "semicolon_hash": "a;b #c $HOME `id`",
+}
+
+
+@pytest.mark.parametrize("label", sorted(TRICKY_VALUES))
+def test_values_are_form_encoded(make_sandbox, dummy_cloud, service, label: str) -> None:
+    value = TRICKY_VALUES[label]
+    vm_id = service["supernodes"][0]
+    environment = gate_environment(dummy_cloud, vm_id)
+    script = 'fl_onegate_publish "ONEAPP_FL_STATUS=failed" "ONEAPP_FL_ERROR=$VALUE"\n'
+    result = run(make_sandbox, "supernode", script, {**environment, "VALUE": value})
+    assert result.returncode == 0, result.stderr
+    published = service["one"].vm.info(vm_id).USER_TEMPLATE
+    assert published["ONEAPP_FL_ERROR"] == value
+    assert published["ONEAPP_FL_STATUS"] == "failed"
+    assert "HIJACK" not in published
+
+
+def test_newlines_and_double_quotes_stay_inside_one_attribute(make_sandbox, dummy_cloud, service) -> None:
+    """A KEY=VALUE body cannot carry a newline or a double quote inside a value (OneGate's escape_attr
+    reads them as structure): the client folds newlines into spaces and turns double quotes into single
+    ones, and nothing after them becomes an attribute of its own."""
+    vm_id = service["supernodes"][1]
+    environment = gate_environment(dummy_cloud, vm_id)
+    value = 'line one\nINJECTED=1\r\n"quoted" \\ end'
+    script = 'fl_onegate_publish "ONEAPP_FL_ERROR=$VALUE"\n'
+    result = run(make_sandbox, "supernode", script, {**environment, "VALUE": value})
+    assert result.returncode == 0, result.stderr
+    published = service["one"].vm.info(vm_id).USER_TEMPLATE
+    assert published["ONEAPP_FL_ERROR"] == "line one INJECTED=1 'quoted' / end"
+    assert "INJECTED" not in published

@@ -196,7 +196,7 @@ def test_github_format_is_an_actions_matrix() -> None:
     document = github_matrix(matrix.variants)
     assert [entry["variant"] for entry in document["include"]] == [v.name for v in matrix.variants]
     arm = [entry for entry in document["include"] if entry["arch"] == "aarch64"]
-    assert arm and all(entry["runner"] == "ubuntu-24.04-arm" for entry in arm)
+    assert arm and all(entry["runner"] == "ARM64" for entry in arm)
 
 
 def test_matrix_command_formats(tmp_path: Path) -> None:

@@ -24,8 +24,11 @@ fl_onegate_request() {
     local args=(--silent --show-error --fail --connect-timeout 5 --max-time 20 -X "${method}"
         -H "X-ONEGATE-TOKEN: ${TOKENTXT}" -H "X-ONEGATE-VMID: ${VMID}" -H "Accept: application/json")
     if [[ -n "${body}" ]]; then
+        # The body travels as the form field data=..., URL-encoded as upstream's onegate client sends it
+        # (one-apps context-linux src/usr/bin/onegate.rb: URI.encode_www_form(options)): sent raw, a '&'
+        # in a value would start a new field (data=... replaces the update, type=2 makes it an erase).
         # Always end with a newline: OneGate's escape_attr leaves a last empty "KEY=" unterminated.
-        printf '%s\n' "${body%$'\n'}" | curl "${args[@]}" --data-binary @- "${ONEGATE_ENDPOINT%/}${path}"
+        printf '%s\n' "${body%$'\n'}" | curl "${args[@]}" --data-urlencode "data@-" "${ONEGATE_ENDPOINT%/}${path}"
     else
         curl "${args[@]}" "${ONEGATE_ENDPOINT%/}${path}"
     fi
@@ -48,10 +51,14 @@ fl_onegate_get() {
 }
 
 # A value as OneGate takes it in a KEY=VALUE body: one line, unquoted (OneGate's escape_attr quotes
-# it), without the characters escape_attr treats as structure: , [ ] \ and double quotes.
+# it), without the characters escape_attr treats as structure: , [ ] \ and double quotes. Newlines and
+# tabs become spaces, other control characters go; everything else (non-ASCII included) is kept.
 fl_onegate_value() {
-    local value
-    value=$(fl_one_line "$1" 65536)
+    local value=$1
+    value=${value//$'\r\n'/ }
+    value=${value//[$'\n\r\t']/ }
+    value=$(printf '%s' "${value}" | LC_ALL=C tr -d '\000-\037\177')
+    value=${value:0:65536}
     value=${value//,/;}
     value=${value//[/(}
     value=${value//]/)}

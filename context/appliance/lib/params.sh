@@ -35,6 +35,52 @@ fl_is_float() {
     [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]]
 }
 
+# Most digits of a whole number the appliance accepts: bash arithmetic is 64-bit and wraps silently
+# (18446744073709560708 is 9092 to it), so longer numbers are refused before any arithmetic sees them.
+FL_MAX_DIGITS=18
+
+# A whole number in canonical decimal form: leading zeros dropped (bash arithmetic would read 09093 as
+# octal and fail), "-0" is 0. Fails when it is not a whole number or has more than FL_MAX_DIGITS digits.
+fl_decimal() {
+    local value=$1 sign="" digits
+    fl_is_integer "${value}" || return 1
+    if [[ "${value}" == -* ]]; then
+        sign=-
+        value=${value#-}
+    fi
+    digits=${value#"${value%%[!0]*}"}
+    [[ -n "${digits}" ]] || { printf '0' && return 0; }
+    ((${#digits} <= FL_MAX_DIGITS)) || return 1
+    printf '%s%s' "${sign}" "${digits}"
+}
+
+# The port sshd listens on in every appliance: no Flower service may take it.
+FL_SSH_PORT=22
+
+# Check a port parameter (after fl_params_apply): 1-65535 and not the SSH port. Prints the problem and
+# returns 1 otherwise. Extra arguments are NAME=what pairs of ports this one must not share.
+fl_param_port_problem() {
+    local name=$1 value other shown
+    shift
+    shown=$(fl_one_line "${!name-}" 60)
+    if ! value=$(fl_decimal "${!name-}") || ((value < 1 || value > 65535)); then
+        printf "%s: '%s' is not a port number (1-65535)" "${name}" "${shown}"
+        return 1
+    fi
+    if ((value == FL_SSH_PORT)); then
+        printf '%s: %s is the SSH port (sshd listens on it in every appliance): choose another port' \
+            "${name}" "${value}"
+        return 1
+    fi
+    for other in "$@"; do
+        if [[ "$(fl_decimal "${!other-}" 2>/dev/null)" == "${value}" ]]; then
+            printf '%s and %s must differ (both are %s)' "${name}" "${other}" "${value}"
+            return 1
+        fi
+    done
+    return 0
+}
+
 # Validate one value. Prints the normalised value; on a bad value prints the problem and returns 1.
 fl_param_check() {
     local name=$1 value=$2
@@ -50,7 +96,8 @@ fl_param_check() {
             ;;
         number)
             fl_is_integer "${value}" || { printf '%s: %s is not a whole number' "${name}" "${shown}" && return 1; }
-            printf '%s' "${value}"
+            fl_decimal "${value}" ||
+                { printf '%s: %s is too large (at most %s digits)' "${name}" "${shown}" "${FL_MAX_DIGITS}" && return 1; }
             ;;
         number-float)
             fl_is_float "${value}" || { printf '%s: %s is not a number' "${name}" "${shown}" && return 1; }
@@ -61,6 +108,8 @@ fl_param_check() {
             high=${options##*..}
             if [[ "${type}" == range ]]; then
                 fl_is_integer "${value}" || { printf '%s: %s is not a whole number' "${name}" "${shown}" && return 1; }
+                value=$(fl_decimal "${value}") ||
+                    { printf '%s: %s is outside the range %s..%s' "${name}" "${shown}" "${low}" "${high}" && return 1; }
             else
                 fl_is_float "${value}" || { printf '%s: %s is not a number' "${name}" "${shown}" && return 1; }
             fi

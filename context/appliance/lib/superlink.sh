@@ -21,12 +21,12 @@ superlink_install() {
 
 # Semantic checks across parameters (types were checked against the declaration already).
 superlink_validate() {
-    local name cidr
-    for name in ONEAPP_FL_FLEET_PORT ONEAPP_FL_API_PORT; do
-        ((${!name} >= 1 && ${!name} <= 65535)) || fl_fail "${name}: '${!name}' is not a port number (1-65535)"
-    done
-    [[ "${ONEAPP_FL_FLEET_PORT}" != "${ONEAPP_FL_API_PORT}" ]] ||
-        fl_fail "ONEAPP_FL_FLEET_PORT and ONEAPP_FL_API_PORT must differ (both are ${ONEAPP_FL_API_PORT})"
+    local cidr problem
+    problem=$(fl_param_port_problem ONEAPP_FL_FLEET_PORT ONEAPP_FL_API_PORT) || fl_fail "${problem}"
+    problem=$(fl_param_port_problem ONEAPP_FL_API_PORT) || fl_fail "${problem}"
+    # flower-superlink runs as the service user without CAP_NET_BIND_SERVICE (the Fleet proxy has it).
+    ((ONEAPP_FL_API_PORT >= 1024)) ||
+        fl_fail "ONEAPP_FL_API_PORT: ${ONEAPP_FL_API_PORT} is below 1024: the SuperLink runs unprivileged and cannot bind it"
     [[ "${ONEAPP_FL_API_PORT}" != 9094 ]] || fl_warn "ONEAPP_FL_API_PORT 9094 is also the SuperNode runtime port"
     IFS=', ' read -r -a _fl_cidrs <<<"${ONEAPP_FL_CONTROL_ALLOW}"
     for cidr in "${_fl_cidrs[@]}"; do

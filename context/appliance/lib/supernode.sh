@@ -32,7 +32,8 @@ fl_is_host_port() {
     local value=$1 port
     if [[ "${value}" =~ ^\[[0-9A-Fa-f:]+\]:([0-9]+)$ || "${value}" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:([0-9]+)$ ]]; then
         port=${BASH_REMATCH[-1]}
-        ((10#${port} >= 1 && 10#${port} <= 65535))
+        # At most 5 digits before any arithmetic: 10#18446744073709560708 wraps to 9092 in bash.
+        [[ "${port}" =~ ^0*[0-9]{1,5}$ ]] && ((10#${port} >= 1 && 10#${port} <= 65535))
     else
         return 1
     fi
