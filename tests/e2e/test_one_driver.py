@@ -183,9 +183,12 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     # the YAML points at the file the marketplace serves
     import yaml
 
-    document = yaml.safe_load(next((first.directory / "marketplace").glob("*.yaml")).read_text())
-    if document.get("images"):
-        assert document["images"][0]["url"].startswith("http://127.0.0.1:")
+    documents = [
+        yaml.safe_load(path.read_text())
+        for path in (first.directory / "marketplace" / "appliances" / "service").glob("*.yaml")
+    ]
+    urls = [document["images"][0]["url"] for document in documents if document.get("images")]
+    assert len(urls) == 2 and all(url.startswith("http://127.0.0.1:") for url in urls)
     again = publish(RUN, cloud, results_root=root)
     assert all(app["reused"] for app in again.apps)
     assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]
