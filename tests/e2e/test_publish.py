@@ -230,3 +230,26 @@ def test_the_service_app_declares_its_network_and_inputs_with_defaults(run_root:
     assert {"ONEAPP_FL_TLS", "ONEAPP_FL_FLEET_PORT", "ONEAPP_FL_SUPERLINK"} <= set(inputs)
     assert all(len(spec.split("|")) == 5 for spec in inputs.values())
     assert inputs["ONEAPP_FL_TLS"].endswith("|YES") and inputs["ONEAPP_FL_FLEET_PORT"].endswith("|9092")
+
+
+def test_build_py_publish_writes_the_tree(run_root: Path) -> None:
+    """``build.py publish --no-market`` end to end, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from factory.paths import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "build.py", "publish", "--run", RUN, "--release", "2", "--no-market"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, FLOWER_FACTORY_RESULTS=str(run_root)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "not published: pair-sl1.41.0-sn1.41.0" in result.stdout
+    assert len(_yamls(run_root)) == 3
+    assert all(document["version"].startswith("1.42.0-2-") for document in _yamls(run_root))
