@@ -258,10 +258,15 @@ def _describe_parameters(role: str) -> str:
     return "\n".join(lines)
 
 
-def described_rounds(result: PairResult) -> list[dict[str, Any]]:
-    """The federation rounds the appliance description reports: those of the pair's task runs (every
-    federation the pair test recorded with a ``task``)."""
-    return [r for f in result.federations if f.get("task") for r in f.get("rounds", [])]
+def described_rounds(result: PairResult) -> dict[str, int]:
+    """The rounds the appliance description reports, per task: every federation the pair test recorded
+    with a ``task`` (the framework task of the SuperNode image, the numpy canary) and its rounds."""
+    rounds: dict[str, int] = {}
+    for federation in result.federations:
+        task = federation.get("task")
+        if task:
+            rounds[str(task)] = rounds.get(str(task), 0) + len(federation.get("rounds", []))
+    return rounds
 
 
 def appliance_yaml(
@@ -269,12 +274,8 @@ def appliance_yaml(
 ) -> dict[str, Any]:
     side = image.side
     os_id, os_release = _os_fields(side)
-    rounds = described_rounds(result)
-    tasks = sorted({str(f["task"]) for f in result.federations if f.get("task")})
-    tested = (
-        f"{len(rounds)} rounds of {', '.join(tasks) or 'Flower'} ({result.security}) with SuperNodes of "
-        f"Flower {result.supernodes.flower}"
-    )
+    runs = ", ".join(f"{count} rounds of {task}" for task, count in described_rounds(result).items())
+    tested = f"{runs or 'no rounds'} ({result.security}) with SuperNodes of Flower {result.supernodes.flower}"
     role_title = appliance_templates.ROLE_TITLES[image.role]
     description = (
         f"Flower {role_title} appliance (Flower {side.flower}, {side.framework}), built and tested as a pair "

@@ -76,6 +76,7 @@ def test_publish_writes_marketplace_and_certification_files(run_root: Path) -> N
             document["opennebula_template"]
         )
         assert document["version"].startswith("1.42.0-2-")
+        assert "2 rounds of numpy (tls-auth)" in document["description"]  # the task runs the pair recorded
         image = document["images"][0]
         assert set(image) == set(sample["images"][0])
         assert image["name"].startswith("service_flower_")  # as the marketplace's service appliances
