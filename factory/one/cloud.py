@@ -232,7 +232,20 @@ class OneCloud:
             image_id = int(self.one.image.allocate(xmltemplate.render(template), self.image_datastore_id()))
         self.progress.line(f"image {name}: importing as image {image_id}")
         self.wait_image(image_id, timeout)
+        self._remember_import(image_id, sha256)
         return ImageRef(image_id, name, sha256, reused=False)
+
+    def _remember_import(self, image_id: int, sha256: str) -> None:
+        """The datastore file of an image this process just imported from the tested file needs no second
+        hashing when this process reuses it (release: the pair tests, then publishing)."""
+        with self._call(f"image.info {image_id}"):
+            source = Path(str(self.one.image.info(image_id).SOURCE or ""))
+        try:
+            if source.is_absolute() and source.is_file():
+                stat = source.stat()
+                self._hashed[(str(source), stat.st_size, stat.st_mtime_ns)] = sha256
+        except OSError:
+            return
 
     def _verify_content(self, image: Any, sha256: str) -> bool:
         """Hash the image's datastore file when it is readable here; refuse a content that is not ``sha256``.

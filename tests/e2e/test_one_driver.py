@@ -95,6 +95,12 @@ def test_images_are_imported_once_and_reused_by_checksum(cloud_state: tuple[OneC
     first = cloud.ensure_image(path, "flower-reuse", sha256, "raw")
     again = cloud.ensure_image(path, "flower-reuse-again", sha256, "raw")
     assert (first.reused, again.reused, again.id) == (False, True, first.id)
+    # another process finds it by attribute and hashes its datastore file before reusing it
+    fresh = OneCloud(cloud.settings, Progress()).ensure_image(path, "flower-reuse-fresh", sha256, "raw")
+    assert (fresh.id, fresh.reused, fresh.verified) == (first.id, True, True)
+    Path(cloud.one.image.info(first.id).SOURCE).write_bytes(b"changed" * 4096)
+    with pytest.raises(FactoryError, match=rf"image {first.id} \(flower-reuse\) carries .* refusing"):
+        OneCloud(cloud.settings, Progress()).ensure_image(path, "flower-reuse-changed", sha256, "raw")
     with pytest.raises(FactoryError, match="image"):
         cloud.ensure_image(state / "missing.img", "flower-missing", "0" * 64, "raw")
 
