@@ -5,15 +5,35 @@ Rules, in order:
 1. Only release pairs (SuperLink and SuperNodes of one Flower version) tested in a cloud are candidates;
    a pair with any failed result in the run is never published (cross-version results only inform the
    compatibility report).
-2. Every image of every candidate is hashed again and compared with the sha256 recorded when it was tested
-   (and with its manifest). One mismatch blocks the whole publication: nothing is written, nothing created.
+2. Every image of every candidate is hashed again and compared with the sha256/md5 recorded when it was
+   tested and with its manifest (``<image>.manifest.json``; a missing manifest blocks too). One mismatch
+   blocks the whole publication: nothing is written, nothing created.
 3. Files are written into a staging directory; marketplace apps are created through the API (IMAGE apps with
-   ORIGIN_ID = the image, a SERVICE_TEMPLATE app for the OneFlow service); only when all of that succeeded
-   does the staging directory become ``results/<run>/publish``. A failure deletes the apps made so far.
+   ORIGIN_ID = the image, a SERVICE_TEMPLATE app per pair whose ROLE entries name the IMAGE apps); only when
+   all of that succeeded does the staging directory become ``results/<run>/publish``. A failure deletes the
+   apps and the images made so far.
+4. Nothing is reused by name or attribute alone: an IMAGE app (new or found by name) must carry the MD5
+   (and SHA256 where the marketplace records one) of the tested file, computed by the marketplace when it
+   copied the image (upstream's http market driver, ``src/market_mad/remotes/http/import``, records the
+   MD5 of the exported file); a SERVICE_TEMPLATE app found by name must hold the same service body and
+   roles. A mismatch is refused naming the app and both checksums.
 
-Outputs under ``results/<run>/publish/``: ``marketplace/<uuid>.yaml`` (OpenNebula marketplace appliance
-format, one per image plus one ``SERVICE_TEMPLATE``), ``certification/<app>/`` (community marketplace
-``metadata.yaml``, ``tests.yaml``, ``tests/00-*.rb``) and ``published.json``.
+What a marketplace app carries is what OpenNebula's own exporters read (OpenNebula's CLI,
+``src/oca/ruby/opennebula/marketplaceapp_ext.rb``, and pyone's ``marketapp.export``): ``VMTEMPLATE64`` and
+``APPTEMPLATE64`` of IMAGE apps in ONE template syntax (factory/one/onetemplate.py, as upstream's market
+driver writes them), to which the exporters append ``NAME`` and ``DISK`` lines; a SERVICE_TEMPLATE app has
+``ROLE = [ NAME, APP ]`` entries naming its IMAGE apps and the OneFlow 7 service body (JSON) in
+``APPTEMPLATE64``, with a ``networks`` entry and ``user_inputs`` that carry their defaults
+(factory/appliance_templates.py).
+
+Outputs under ``results/<run>/publish/``:
+
+- ``marketplace/appliances/service/<id>.yaml``: OpenNebula marketplace appliance YAMLs laid out as the
+  marketplace repository lays out service appliances (their images named ``service_<name>``), one per
+  published app (an IMAGE app per image, a ``SERVICE_TEMPLATE`` per pair); the tree passes upstream's
+  ``app2 validate`` and yamllint with the marketplace's ``.yamllint.yml``;
+- ``certification/<app>/`` (community marketplace ``metadata.yaml``, ``tests.yaml``, ``tests/00-*.rb``);
+- ``published.json``.
 """
 
 from __future__ import annotations
@@ -35,15 +55,17 @@ import yaml
 from factory import appliance_templates, params
 from factory.errors import FactoryError
 from factory.fileio import replace_directory
-from factory.manifest import digests
+from factory.manifest import digests, manifest_path
+from factory.one import onetemplate
 from factory.progress import DEFAULT as PROGRESS
 from factory.progress import Progress
 from factory.results import PairResult, Side, load_results, run_dir, write_json
 
 PUBLISHER = "Flower appliance factory"
 OPENNEBULA_VERSIONS = "7.0, 7.2"
-# Stable appliance ids: the same image line keeps its UUID from release to release.
 UUID_NAMESPACE = uuid.UUID("5f2b1c1e-6a0e-4d57-9a51-2f0c3f6f1a42")
+# Where the marketplace repository keeps service appliances (app2 applies the OS rules to appliances/os/).
+APPLIANCES_DIR = Path("marketplace") / "appliances" / "service"
 OS_NAMES = {"debian": "Debian", "ubuntu": "Ubuntu", "opensuse-leap": "openSUSE Leap", "sles": "SLES"}
 
 
@@ -70,9 +92,27 @@ class ImageToPublish:
         side = self.side
         return f"{self.role}-{side.os}-{side.accel}-{side.profile}-{side.framework}-{side.arch}"
 
+    def app_id(self, release: int) -> str:
+        return appliance_id(self.line, self.side.flower, release)
+
     @property
-    def app_id(self) -> str:
-        return str(uuid.uuid5(UUID_NAMESPACE, self.line))
+    def image_name(self) -> str:
+        """The YAML's image name: ``service_<name>``, as the marketplace's service appliances name theirs."""
+        side = self.side
+        axes = f"{side.os}_{side.accel}_{side.profile}_{side.framework}_{side.arch}"
+        return f"service_flower_{self.role}_{axes}"
+
+
+def appliance_id(line: str, flower: str, release: int) -> str:
+    """The marketplace ``id`` of one published app: uuid5 of the appliance line, the Flower version and the
+    factory release.
+
+    Stable: publishing the same release of the same line again (a re-run, another day) rewrites the same
+    file and the marketplace sees the same appliance. Unique: every Flower version and every factory
+    release of a line is its own appliance, so 1.41.0 and 1.42.0 (or release 1 and 2) never overwrite
+    each other, and app2's duplicate-id check holds across the whole tree.
+    """
+    return str(uuid.uuid5(UUID_NAMESPACE, f"{line}|flower={flower}|release={release}"))
 
 
 @dataclass
@@ -126,16 +166,19 @@ def verify_checksums(images: list[ImageToPublish], progress: Progress = PROGRESS
             problems.append(
                 f"{image.variant}: md5 {md5} differs from the tested image's {image.side.image['md5']}"
             )
-        manifest = image.path.with_name(f"{image.path.stem}.manifest.json")
-        if manifest.is_file():
-            try:
-                listed = json.loads(manifest.read_text()).get("sha256")
-            except json.JSONDecodeError:
-                listed = None
-            if listed != sha256:
-                problems.append(
-                    f"{image.variant}: manifest {manifest.name} lists sha256 {listed}, file has {sha256}"
-                )
+        manifest = manifest_path(image.path)
+        if not manifest.is_file():
+            problems.append(f"{image.variant}: manifest {manifest} is missing (every built image has one)")
+            continue
+        try:
+            listed = json.loads(manifest.read_text()).get("sha256")
+        except (json.JSONDecodeError, AttributeError):
+            problems.append(f"{image.variant}: manifest {manifest.name} is not a JSON object")
+            continue
+        if listed != sha256:
+            problems.append(
+                f"{image.variant}: manifest {manifest.name} lists sha256 {listed}, file has {sha256}"
+            )
     if problems:
         raise ChecksumMismatch("checksum verification failed, nothing published:\n  " + "\n  ".join(problems))
 
@@ -190,23 +233,24 @@ def _title(image: ImageToPublish) -> str:
     return f"Flower {role} {side.flower} ({axes})"
 
 
-def _lower_template(role: str) -> dict[str, Any]:
-    """The VM template part of the YAML: lower-case keys, as the marketplace writes them."""
-    inputs = appliance_templates.role_inputs(role)
-    context: dict[str, str] = {"network": "YES", "token": "YES", "report_ready": "YES"}
-    context.update({key.lower(): value for key, value in inputs.context.items()})
-    context["ssh_public_key"] = "$USER[SSH_PUBLIC_KEY]"
-    size = appliance_templates.SIZES[role]
+def _lower(template: dict[str, Any]) -> dict[str, Any]:
+    """A template with lower-case names (vector members too), as the marketplace YAML writes it; upstream's
+    market driver upper-cases them again (``template_to_str``)."""
     return {
-        "context": context,
-        "cpu": size["CPU"],
-        "vcpu": size["VCPU"],
-        "graphics": {"listen": "0.0.0.0", "type": "vnc"},
-        "inputs_order": inputs.inputs_order,
-        "memory": size["MEMORY"],
-        "os": {"arch": "x86_64"},
-        "user_inputs": {key.lower(): value for key, value in inputs.user_inputs.items()},
+        key.lower(): _lower(value) if isinstance(value, dict) else value for key, value in template.items()
     }
+
+
+def _upper(template: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key.upper(): _upper(value) if isinstance(value, dict) else value for key, value in template.items()
+    }
+
+
+def vm_template_text(opennebula_template: dict[str, Any]) -> str:
+    """``VMTEMPLATE64`` (decoded) of an IMAGE app from the YAML's ``opennebula_template``: what upstream's
+    market driver (``src/market_mad/remotes/one/monitor``, ``template_to_str``) makes of the same YAML."""
+    return onetemplate.render(_upper(opennebula_template))
 
 
 def _describe_parameters(role: str) -> str:
@@ -214,15 +258,24 @@ def _describe_parameters(role: str) -> str:
     return "\n".join(lines)
 
 
+def described_rounds(result: PairResult) -> dict[str, int]:
+    """The rounds the appliance description reports, per task: every federation the pair test recorded
+    with a ``task`` (the framework task of the SuperNode image, the numpy canary) and its rounds."""
+    rounds: dict[str, int] = {}
+    for federation in result.federations:
+        task = federation.get("task")
+        if task:
+            rounds[str(task)] = rounds.get(str(task), 0) + len(federation.get("rounds", []))
+    return rounds
+
+
 def appliance_yaml(
-    image: ImageToPublish, stamp: str, url: str, created: float, result: PairResult
+    image: ImageToPublish, stamp: str, url: str, created: float, result: PairResult, release: int
 ) -> dict[str, Any]:
     side = image.side
     os_id, os_release = _os_fields(side)
-    template = _lower_template(image.role)
-    template["os"] = {"arch": side.arch}
-    rounds = [r for f in result.federations if f.get("task") == "numpy" for r in f.get("rounds", [])]
-    tested = f"{len(rounds)} rounds ({result.security}) with SuperNodes of Flower {result.supernodes.flower}"
+    runs = ", ".join(f"{count} rounds of {task}" for task, count in described_rounds(result).items())
+    tested = f"{runs or 'no rounds'} ({result.security}) with SuperNodes of Flower {result.supernodes.flower}"
     role_title = appliance_templates.ROLE_TITLES[image.role]
     description = (
         f"Flower {role_title} appliance (Flower {side.flower}, {side.framework}), built and tested as a pair "
@@ -230,7 +283,7 @@ def appliance_yaml(
         f"Parameters:\n\n{_describe_parameters(image.role)}"
     )
     return {
-        "id": SingleQuoted(image.app_id),
+        "id": SingleQuoted(image.app_id(release)),
         "name": _title(image),
         "version": stamp,
         "publisher": PUBLISHER,
@@ -244,11 +297,11 @@ def appliance_yaml(
         "os-arch": side.arch,
         "hypervisor": "KVM",
         "opennebula_version": OPENNEBULA_VERSIONS,
-        "opennebula_template": template,
+        "opennebula_template": _lower(appliance_templates.published_vm_template(image.role, side.arch)),
         "logo": "flower.png",
         "images": [
             {
-                "name": f"flower_{image.role}_{side.os}_{side.accel}_{side.profile}_{side.framework}",
+                "name": image.image_name,
                 "url": url,
                 "type": "OS",
                 "dev_prefix": "vd",
@@ -260,9 +313,17 @@ def appliance_yaml(
     }
 
 
-def service_yaml(result: PairResult, titles: dict[str, str], stamp: str, created: float) -> dict[str, Any]:
+def service_line(result: PairResult) -> str:
     node = result.supernodes
-    line = f"service-{node.os}-{node.accel}-{node.profile}-{node.framework}"
+    return f"service-{node.os}-{node.accel}-{node.profile}-{node.framework}-{node.arch}"
+
+
+def service_yaml(
+    result: PairResult, titles: dict[str, str], stamp: str, created: float, release: int
+) -> dict[str, Any]:
+    """The SERVICE_TEMPLATE appliance: ``roles`` name the IMAGE apps (upstream's market driver turns them
+    into ``ROLE = [ NAME, APP ]``), ``opennebula_template`` is the OneFlow 7 service body."""
+    node = result.supernodes
     body = appliance_templates.service_template(
         name=f"Flower {node.flower} federation ({node.os}, {node.accel}, {node.profile}, {node.framework})",
         superlink_template_id=None,
@@ -273,14 +334,16 @@ def service_yaml(result: PairResult, titles: dict[str, str], stamp: str, created
     )
     os_id, os_release = _os_fields(result.superlink)
     return {
-        "id": SingleQuoted(uuid.uuid5(UUID_NAMESPACE, line)),
+        "id": SingleQuoted(appliance_id(service_line(result), node.flower, release)),
         "name": f"Service Flower {node.flower} ({node.os}, {node.accel}, {node.profile}, {node.framework})",
         "version": stamp,
         "publisher": PUBLISHER,
         "description": (
             "A Flower federated-learning service orchestrated by OneFlow: one SuperLink, then the "
             "SuperNodes, "
-            "which find it through OneGate, pin its CA and authenticate with their own keys.\n\n"
+            "which find it through OneGate, pin its CA and authenticate with their own keys. "
+            f"Pick the network (`{appliance_templates.NETWORK}`) at instantiation; every parameter has a "
+            "default.\n\n"
             f"Tested as a pair in run {result.run}. Based on the appliances\n"
             f"- {titles['superlink']}\n- {titles['supernode']}"
         ),
@@ -462,13 +525,12 @@ def _image_url(cloud: Any, app_id: int | None, image: ImageToPublish) -> str:
     return image.path.name
 
 
-def _marketapp_template(image: ImageToPublish, title: str, stamp: str, origin_id: int) -> dict[str, Any]:
-    vm = appliance_templates.vm_template(image.role, title, image_id=0, network_id=None, arch=image.side.arch)
-    vm.pop("DISK")  # the importer attaches the image made from this app
-    vm.pop("NAME")
-    from factory.one.xmltemplate import render
-
-    image_template = f'DEV_PREFIX="vd"\nTYPE="OS"\nFORMAT="{image.side.image.get("format", "qcow2")}"\n'
+def image_app_template(
+    image: ImageToPublish, title: str, stamp: str, origin_id: int, opennebula_template: dict[str, Any]
+) -> dict[str, Any]:
+    """The IMAGE app: ``APPTEMPLATE64`` (the image template) and ``VMTEMPLATE64`` in ONE syntax, as
+    upstream's market driver writes them (``DEV_PREFIX`` and ``TYPE``; the marketplace sets FORMAT)."""
+    image_template = onetemplate.render({"DEV_PREFIX": "vd", "TYPE": "OS"})
     return {
         "NAME": f"{title} {stamp}",
         "TYPE": "IMAGE",
@@ -476,32 +538,127 @@ def _marketapp_template(image: ImageToPublish, title: str, stamp: str, origin_id
         "DESCRIPTION": f"{title}: tested as a pair by the Flower appliance factory",
         "VERSION": stamp,
         "PUBLISHER": PUBLISHER,
-        "APPTEMPLATE64": base64.b64encode(image_template.encode()).decode(),
-        "VMTEMPLATE64": base64.b64encode(render(vm).encode()).decode(),
+        "APPTEMPLATE64": _b64(image_template),
+        "VMTEMPLATE64": _b64(vm_template_text(opennebula_template)),
     }
+
+
+def service_app_template(document: dict[str, Any], app_names: dict[str, str], stamp: str) -> dict[str, Any]:
+    """The SERVICE_TEMPLATE app as ``export_service_template`` (marketplaceapp_ext.rb) reads it: a
+    ``ROLE = [ NAME = <role>, APP = <IMAGE app name> ]`` per role and the service body (JSON) in
+    ``APPTEMPLATE64``; the exporter exports each named app and sets the role's template from it."""
+    return {
+        "NAME": f"{document['name']} {stamp}",
+        "TYPE": "SERVICE_TEMPLATE",
+        "ORIGIN_ID": "-1",
+        "DESCRIPTION": document["short_description"],
+        "VERSION": stamp,
+        "PUBLISHER": PUBLISHER,
+        "APPTEMPLATE64": _b64(json.dumps(document["opennebula_template"])),
+        "ROLE": [{"NAME": role, "APP": name} for role, name in app_names.items()],
+    }
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _verify_image_app(cloud: Any, app_id: int, image: ImageToPublish) -> None:
+    """The app's content, as the marketplace hashed it when it copied the image, is the tested file's."""
+    info = cloud.marketapp_info(app_id)
+    side = image.side
+    expected = {"MD5": side.image.get("md5", ""), "SHA256": side.image.get("sha256", "")}
+    found = {"MD5": str(info.MD5 or ""), "SHA256": str((info.TEMPLATE or {}).get("SHA256") or "")}
+    where = f"marketplace app {app_id} ({info.NAME}, from image {info.ORIGIN_ID})"
+    if not found["MD5"]:
+        raise ChecksumMismatch(
+            f"{where}: the marketplace recorded no MD5, so its content cannot be compared with the tested "
+            f"image {image.path.name} (md5 {expected['MD5']}): nothing published"
+        )
+    for algorithm, value in found.items():
+        if value and expected[algorithm] and value != expected[algorithm]:
+            raise ChecksumMismatch(
+                f"{where}: {algorithm.lower()} {value} differs from the tested image {image.path.name}'s "
+                f"{expected[algorithm]}: nothing published"
+            )
+
+
+def _decoded(value: Any) -> str:
+    try:
+        return base64.b64decode(str(value or "")).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def _same_service_app(existing: Any, template: dict[str, Any]) -> bool:
+    found = existing.TEMPLATE or {}
+    roles = found.get("ROLE") or []
+    roles = roles if isinstance(roles, list) else [roles]
+    try:
+        body = json.loads(_decoded(found.get("APPTEMPLATE64")))
+    except json.JSONDecodeError:
+        return False
+    return (
+        body == json.loads(_decoded(template["APPTEMPLATE64"]))
+        and [{"NAME": str(role.get("NAME")), "APP": str(role.get("APP"))} for role in roles]
+        == template["ROLE"]
+    )
+
+
+@dataclass
+class _Made:
+    """What this publication created in the cloud, deleted again when it fails."""
+
+    apps: list[int] = field(default_factory=list)
+    images: list[int] = field(default_factory=list)
+
+    def undo(self, cloud: Any) -> None:
+        for app_id in reversed(self.apps):
+            with contextlib.suppress(FactoryError):
+                cloud.delete_marketapp(app_id)
+        for image_id in reversed(self.images):
+            with contextlib.suppress(FactoryError):
+                cloud.delete_image(image_id)
 
 
 def _market_app(
     cloud: Any,
     template: dict[str, Any],
     market_id: int,
-    made: list[int],
+    made: _Made,
     publication: Publication,
     progress: Progress,
+    image: ImageToPublish | None = None,
 ) -> int:
-    """Create the app, or reuse the one of the same name (publishing a run again changes nothing)."""
+    """Create the app, or reuse the one of the same name only when its content is what would be published
+    (publishing a run again changes nothing); refuse an app of that name with other content."""
     existing = cloud.find_marketapp(template["NAME"], market_id)
     if existing is not None:
         app_id, reused = int(existing.ID), True
-        progress.line(f"marketplace app {app_id} {template['NAME']!r} exists: reused")
+        if image is not None:
+            _verify_image_app(cloud, app_id, image)
+        elif not _same_service_app(existing, template):
+            raise ChecksumMismatch(
+                f"marketplace app {app_id} ({template['NAME']}) exists with another service body or other "
+                "roles than this publication's: delete it or publish as another --release; nothing published"
+            )
+        progress.line(f"marketplace app {app_id} {template['NAME']!r} exists with the same content: reused")
     else:
         with progress.stage(f"marketplace app {template['NAME']!r}"):
             app_id, reused = cloud.create_marketapp(template, market_id), False
-        made.append(app_id)
+        made.apps.append(app_id)
+        if image is not None:
+            _verify_image_app(cloud, app_id, image)
     publication.apps.append(
         {"id": app_id, "type": template["TYPE"], "name": template["NAME"], "reused": reused}
     )
     return app_id
+
+
+def _write_yaml(staging: Path, document: dict[str, Any]) -> None:
+    target = staging / APPLIANCES_DIR / f"{document['id']}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(dump_yaml(document))
 
 
 def publish(
@@ -528,14 +685,19 @@ def publish(
     final = run_dir(run, root) / "publish"
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=run_dir(run, root)))
     publication = Publication(run=run, directory=final, skipped=chosen.skipped)
-    made_apps: list[int] = []
+    made = _Made()
     try:
         market_id = cloud.marketplace_id() if cloud is not None else None
         titles: dict[str, str] = {}
+        app_names: dict[str, str] = {}
         for image in chosen.images:
             title = _title(image)
             titles[image.variant] = title
             stamp = version_stamp(image.side.flower, release, created)
+            result = next(
+                r for r in chosen.pairs if image.variant in (r.superlink.variant, r.supernodes.variant)
+            )
+            document = appliance_yaml(image, stamp, "", created, result, release)
             app_id = None
             if cloud is not None:
                 reference = cloud.ensure_image(
@@ -544,14 +706,15 @@ def publish(
                     image.side.image["sha256"],
                     image.side.image.get("format", "raw"),
                 )
-                template = _marketapp_template(image, title, stamp, reference.id)
-                app_id = _market_app(cloud, template, market_id, made_apps, publication, progress)
-            result = next(
-                r for r in chosen.pairs if image.variant in (r.superlink.variant, r.supernodes.variant)
-            )
-            document = appliance_yaml(image, stamp, _image_url(cloud, app_id, image), created, result)
-            (staging / "marketplace").mkdir(exist_ok=True)
-            (staging / "marketplace" / f"{image.app_id}.yaml").write_text(dump_yaml(document))
+                if not reference.reused:
+                    made.images.append(reference.id)
+                template = image_app_template(
+                    image, title, stamp, reference.id, document["opennebula_template"]
+                )
+                app_names[image.variant] = template["NAME"]
+                app_id = _market_app(cloud, template, market_id, made, publication, progress, image)
+            document["images"][0]["url"] = _image_url(cloud, app_id, image)
+            _write_yaml(staging, document)
             app_dir = staging / "certification" / f"flower-{image.line}"
             for relative, text in certification_files(image).items():
                 (app_dir / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -562,37 +725,28 @@ def publish(
                 "supernode": titles[result.supernodes.variant],
             }
             stamp = version_stamp(result.superlink.flower, release, created)
-            document = service_yaml(result, names, stamp, created)
-            (staging / "marketplace" / f"{document['id']}.yaml").write_text(dump_yaml(document))
+            document = service_yaml(result, names, stamp, created, release)
+            _write_yaml(staging, document)
             if cloud is not None:
-                roles = [{"NAME": role, "APP": f"{title} {stamp}"} for role, title in names.items()]
-                app_template = {
-                    "NAME": f"{document['name']} {stamp}",
-                    "TYPE": "SERVICE_TEMPLATE",
-                    "ORIGIN_ID": "-1",
-                    "DESCRIPTION": document["short_description"],
-                    "VERSION": stamp,
-                    "PUBLISHER": PUBLISHER,
-                    "APPTEMPLATE64": base64.b64encode(
-                        json.dumps(document["opennebula_template"]).encode()
-                    ).decode(),
-                    "ROLE": roles,
+                roles = {
+                    "superlink": app_names[result.superlink.variant],
+                    "supernode": app_names[result.supernodes.variant],
                 }
-                _market_app(cloud, app_template, market_id, made_apps, publication, progress)
+                template = service_app_template(document, roles, stamp)
+                _market_app(cloud, template, market_id, made, publication, progress)
         publication.files = sorted(
             str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()
         )
         write_json(
             staging / "published.json",
-            {"run": run, "created": created, "apps": publication.apps, "files": publication.files,
-             "pairs": [result.pair for result in chosen.pairs], "skipped": chosen.skipped},
+            {"run": run, "created": created, "release": release, "apps": publication.apps,
+             "files": publication.files, "pairs": [result.pair for result in chosen.pairs],
+             "skipped": chosen.skipped},
         )  # fmt: skip
         replace_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if cloud is not None:
-            for app_id in made_apps:
-                with contextlib.suppress(FactoryError):
-                    cloud.delete_marketapp(app_id)
+            made.undo(cloud)
         raise
     return publication

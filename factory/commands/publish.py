@@ -11,15 +11,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="publish the passing pairs of a test run to the http marketplace and as appliance YAML",
         description=(
             "For the release pairs that passed in the run (default: the latest): re-verify every "
-            "image's checksum (a mismatch blocks everything), create marketplace apps through the "
-            "OpenNebula API in the http marketplace (IMAGE apps and a SERVICE_TEMPLATE app per pair), and "
-            "write the marketplace appliance YAMLs and community certification files under "
+            "image's checksum and manifest (a mismatch blocks everything), create marketplace apps through "
+            "the OpenNebula API in the http marketplace (IMAGE apps and a SERVICE_TEMPLATE app per pair, "
+            "in the form onemarketapp export and pyone read; an app is reused only when the checksums the "
+            "marketplace computed match the tested image), and write the marketplace appliance YAMLs "
+            "(marketplace/appliances/service/, one per app) and community certification files under "
             "results/<run>/publish/. A failed pair is never published."
         ),
     )
     parser.add_argument("--run", help="results/<run> to publish from (default: the latest run)")
     parser.add_argument(
-        "--release", type=int, default=1, help="factory release R in the version X.Y.Z-R-YYYYMMDD"
+        "--release",
+        type=int,
+        default=1,
+        help="factory release R in the version X.Y.Z-R-YYYYMMDD (each release gets its own appliance ids)",
     )
     parser.add_argument(
         "--no-market",

@@ -3,10 +3,13 @@
 A small, pycloudlib-like interface over OpenNebula's documented APIs (XML-RPC through pyone, OneFlow over
 HTTP), the same against a real OpenNebula 7 and the local test cloud:
 
-- :meth:`OneCloud.ensure_image` imports an image file, or reuses the image already registered with the
-  same sha256 (kept in the image's ``FLOWER_FACTORY_SHA256`` attribute);
+- :meth:`OneCloud.ensure_image` imports an image file, or reuses an image registered earlier for the same
+  sha256 (the ``FLOWER_FACTORY_SHA256`` attribute only finds the candidate: where its datastore file can
+  be read from here, as with the local test cloud, its content is hashed and must match, otherwise the
+  reuse is refused; elsewhere publishing compares the MD5 the marketplace computes, see factory/publish.py);
 - :meth:`OneCloud.create_vm_template` / :meth:`OneCloud.create_service_template` register templates;
-- :meth:`OneCloud.launch_service` instantiates a OneFlow service and returns a :class:`ServiceDeployment`
+- :meth:`OneCloud.launch_service` instantiates a OneFlow service (the networks the template declares bound to
+  the harness's network, checked to exist first) and returns a :class:`ServiceDeployment`
   that waits (with progress and a deadline), lists its VMs, collects every VM's appliance logs, and is torn
   down by :meth:`ServiceDeployment.delete`;
 - :meth:`OneCloud.create_marketapp` publishes to an ``http`` marketplace.
@@ -25,6 +28,7 @@ from typing import Any
 import pyone
 
 from factory.errors import FactoryError
+from factory.manifest import digests
 from factory.one import xmltemplate
 from factory.one.flow import FAILED_STATES, OneFlow, service_body, state_name
 from factory.one.settings import OneSettings
@@ -67,6 +71,7 @@ class ImageRef:
     name: str
     sha256: str
     reused: bool
+    verified: bool = True  # the content was hashed (imported from the file, or a readable reused file)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class OneCloud:
         self.progress = progress
         self.one = pyone.OneServer(settings.xmlrpc, session=settings.auth, timeout=60)
         self.flow = OneFlow(settings.oneflow, settings.auth)
+        self._hashed: dict[tuple[str, int, int], str] = {}
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
@@ -146,6 +152,22 @@ class OneCloud:
         return int(
             self._pick(_as_list(pool.VNET), self.settings.network, "virtual network", lambda net: True).ID
         )
+
+    def check_networks_values(self, values: list[dict[str, Any]]) -> None:
+        """Each ``{"<name>": {"id": "<vnet>"}}`` of OneFlow ``networks_values`` names an existing network."""
+        with self._call("vnpool.info"):
+            pool = self.one.vnpool.info(-2, -1, -1)
+        known = {str(net.ID): str(net.NAME) for net in _as_list(pool.VNET)}
+        for value in values:
+            for key, choice in value.items():
+                if not isinstance(choice, dict) or "id" not in choice:
+                    continue  # reserve_from / template_id: OneFlow creates the network
+                if str(choice["id"]) not in known:
+                    available = ", ".join(f"{i}:{n}" for i, n in known.items()) or "none"
+                    raise FactoryError(
+                        f"network {key!r}: virtual network id {str(choice['id'])!r} does not exist "
+                        f"(available: {available}); no service was instantiated"
+                    )
 
     def image_datastore_id(self) -> int:
         with self._call("datastorepool.info"):
@@ -192,7 +214,8 @@ class OneCloud:
         existing = self.find_image_by_checksum(sha256)
         if existing is not None:
             self.wait_image(int(existing.ID), timeout)
-            return ImageRef(int(existing.ID), str(existing.NAME), sha256, reused=True)
+            verified = self._verify_content(existing, sha256)
+            return ImageRef(int(existing.ID), str(existing.NAME), sha256, reused=True, verified=verified)
         template = {
             "NAME": name,
             "PATH": self.image_source(path),
@@ -209,7 +232,43 @@ class OneCloud:
             image_id = int(self.one.image.allocate(xmltemplate.render(template), self.image_datastore_id()))
         self.progress.line(f"image {name}: importing as image {image_id}")
         self.wait_image(image_id, timeout)
+        self._remember_import(image_id, sha256)
         return ImageRef(image_id, name, sha256, reused=False)
+
+    def _remember_import(self, image_id: int, sha256: str) -> None:
+        """The datastore file of an image this process just imported from the tested file needs no second
+        hashing when this process reuses it (release: the pair tests, then publishing)."""
+        with self._call(f"image.info {image_id}"):
+            source = Path(str(self.one.image.info(image_id).SOURCE or ""))
+        try:
+            if source.is_absolute() and source.is_file():
+                stat = source.stat()
+                self._hashed[(str(source), stat.st_size, stat.st_mtime_ns)] = sha256
+        except OSError:
+            return
+
+    def _verify_content(self, image: Any, sha256: str) -> bool:
+        """Hash the image's datastore file when it is readable here; refuse a content that is not ``sha256``.
+
+        False: the file is not reachable from this host (a remote OpenNebula), nothing was compared.
+        """
+        source = Path(str(image.SOURCE or ""))
+        if not source.is_absolute() or not source.is_file():
+            return False
+        try:
+            stat = source.stat()
+            key = (str(source), stat.st_size, stat.st_mtime_ns)
+            if key not in self._hashed:
+                self._hashed[key] = digests(source)[0]
+        except OSError:
+            return False
+        if self._hashed[key] != sha256:
+            raise FactoryError(
+                f"image {image.ID} ({image.NAME}) carries {CHECKSUM_ATTRIBUTE}={sha256} but its content "
+                f"({source}) has sha256 {self._hashed[key]}: refusing to reuse it; delete the image so that "
+                "the tested file is imported again"
+            )
+        return True
 
     def wait_image(self, image_id: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -280,7 +339,16 @@ class OneCloud:
     def launch_service(
         self, template_id: int, name: str, merge_template: dict[str, Any] | None = None
     ) -> ServiceDeployment:
-        service_id = self.flow.instantiate(template_id, {"name": name, **(merge_template or {})})
+        """Instantiate the service template. The networks it declares (``networks``) are bound to this
+        harness's network (``ONE_NETWORK``) unless ``merge_template`` gives ``networks_values``; every
+        network id is checked to exist first, so a bad one is a clear error and no service is made."""
+        merge = {"name": name, **(merge_template or {})}
+        declared = service_body(self.flow.service_template(template_id)).get("networks") or {}
+        if declared and not merge.get("networks_values"):
+            network = self.network_id()
+            merge["networks_values"] = [{key: {"id": str(network)}} for key in declared]
+        self.check_networks_values(merge.get("networks_values") or [])
+        service_id = self.flow.instantiate(template_id, merge)
         self.progress.line(f"service {name}: instantiated as OneFlow service {service_id}")
         return ServiceDeployment(self, service_id, name, started=time.monotonic())
 

@@ -3,6 +3,9 @@
 XML with CDATA leaves no quoting question open, unlike the ``KEY = "value"`` syntax, for values such as
 base64 certificates or multi-line scripts. A value is a str/int/float, a dict (a vector attribute such as
 NIC or CONTEXT) or a list (the attribute repeated).
+
+Not for text another tool extends: a marketplace app's ``VMTEMPLATE64``/``APPTEMPLATE64`` get ONE-syntax
+lines appended by the exporters, so they are written in ONE syntax (factory/one/onetemplate.py).
 """
 
 from __future__ import annotations

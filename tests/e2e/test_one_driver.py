@@ -95,6 +95,12 @@ def test_images_are_imported_once_and_reused_by_checksum(cloud_state: tuple[OneC
     first = cloud.ensure_image(path, "flower-reuse", sha256, "raw")
     again = cloud.ensure_image(path, "flower-reuse-again", sha256, "raw")
     assert (first.reused, again.reused, again.id) == (False, True, first.id)
+    # another process finds it by attribute and hashes its datastore file before reusing it
+    fresh = OneCloud(cloud.settings, Progress()).ensure_image(path, "flower-reuse-fresh", sha256, "raw")
+    assert (fresh.id, fresh.reused, fresh.verified) == (first.id, True, True)
+    Path(cloud.one.image.info(first.id).SOURCE).write_bytes(b"changed" * 4096)
+    with pytest.raises(FactoryError, match=rf"image {first.id} \(flower-reuse\) carries .* refusing"):
+        OneCloud(cloud.settings, Progress()).ensure_image(path, "flower-reuse-changed", sha256, "raw")
     with pytest.raises(FactoryError, match="image"):
         cloud.ensure_image(state / "missing.img", "flower-missing", "0" * 64, "raw")
 
@@ -183,9 +189,12 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     # the YAML points at the file the marketplace serves
     import yaml
 
-    document = yaml.safe_load(next((first.directory / "marketplace").glob("*.yaml")).read_text())
-    if document.get("images"):
-        assert document["images"][0]["url"].startswith("http://127.0.0.1:")
+    documents = [
+        yaml.safe_load(path.read_text())
+        for path in (first.directory / "marketplace" / "appliances" / "service").glob("*.yaml")
+    ]
+    urls = [document["images"][0]["url"] for document in documents if document.get("images")]
+    assert len(urls) == 2 and all(url.startswith("http://127.0.0.1:") for url in urls)
     again = publish(RUN, cloud, results_root=root)
     assert all(app["reused"] for app in again.apps)
     assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]

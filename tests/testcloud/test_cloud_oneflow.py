@@ -390,3 +390,36 @@ def test_failing_node_turns_the_running_service_to_warning_and_back(cloud: Any, 
     one.vm.action("terminate-hard", node)  # a node terminated behind OneFlow's back leaves the role
     wait_for(lambda: node not in role_nodes(cloud, service_id, "supernode"), timeout=15)
     assert service_body(cloud, service_id)["roles"][1]["cardinality"] == 1
+
+
+def test_the_published_service_body_needs_its_network_and_inputs_and_deploys_with_them(
+    cloud: Any, one: Any
+) -> None:
+    """The body the factory publishes (factory/appliance_templates.py), roles bound to VM templates as the
+    exporter binds them: OneFlow refuses it without input values, deploys it with the picked network."""
+    from factory import appliance_templates
+
+    body = appliance_templates.service_template("published", None, None, 1, security=None)
+    for role in body["roles"]:
+        role["vm_template"] = one.template.allocate(f'NAME="{role["name"]}"\nCPU="1"\nMEMORY="64"')
+    reply = flow(cloud, "POST", "/service_template", body)
+    assert reply.status_code == 201, reply.text
+    template_id = reply.json()["DOCUMENT"]["ID"]
+
+    def instantiate(merge: dict[str, Any]) -> Any:
+        action = {"action": {"perform": "instantiate", "params": {"merge_template": merge}}}
+        return flow(cloud, "POST", f"/service_template/{template_id}/action", action)
+
+    network = {"networks_values": [{appliance_templates.NETWORK: {"id": "0"}}]}
+    reply = instantiate(network)
+    assert (reply.status_code, reply.text) == (
+        400,
+        "The Service template specifies User Inputs but no values have been found",
+    )
+    defaults = {key: spec.split("|")[4] for key, spec in body["user_inputs"].items()}
+    reply = instantiate({**network, "user_inputs_values": defaults})
+    assert reply.status_code == 201, reply.text
+    service_id = int(reply.json()["DOCUMENT"]["ID"])
+    vm = one.vm.info(wait_for(lambda: role_nodes(cloud, service_id, "superlink"))[0])
+    assert vm.TEMPLATE["NIC"]["NETWORK_ID"] == "0"  # $Private: the network picked
+    assert vm.TEMPLATE["CONTEXT"]["ONEAPP_FL_FLEET_PORT"] == "9092"  # the default, through CONTEXT
