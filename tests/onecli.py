@@ -22,8 +22,11 @@ The commands read their endpoints from the environment as upstream documents: ``
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +92,67 @@ class OneCli:
         if not script.exists():
             raise ValueError(f"no such OpenNebula command: {command}")
         return self._ruby([str(script), *args], input, timeout, check)
+
+    def interact(self, *argv: str, dialog: list[tuple[str, str]], timeout: float = 120.0) -> tuple[int, str]:
+        """Run a command on a terminal and answer its prompts: for each ``(prompt, answer)`` wait until
+        ``prompt`` shows, then type ``answer`` and Enter. Returns the exit status and all it printed. A
+        terminal, not a pipe: the CLI reads a pipe whole as a template (``OpenNebulaHelper.read_stdin``)."""
+        command, *args = argv
+        script = self.location / "bin" / command
+        if not script.exists():
+            raise ValueError(f"no such OpenNebula command: {command}")
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(
+            ["ruby", str(script), *args],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env=dict(self.env),
+            cwd=self.home,
+            close_fds=True,
+        )
+        os.close(terminal)
+        deadline = time.monotonic() + timeout
+        transcript = ""
+        position = 0
+        try:
+            for prompt, answer in dialog:
+                while (found := transcript.find(prompt, position)) < 0:
+                    if process.poll() is not None:
+                        transcript += self._drain(controller)
+                        if transcript.find(prompt, position) < 0:
+                            return process.wait(), transcript
+                        continue
+                    transcript += self._read(controller, deadline)
+                position = found + len(prompt)
+                os.write(controller, answer.encode() + b"\n")
+            while process.poll() is None:
+                transcript += self._read(controller, deadline)
+            return process.wait(), transcript + self._drain(controller)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            os.close(controller)
+
+    @classmethod
+    def _drain(cls, fd: int) -> str:
+        text = ""
+        while chunk := cls._read(fd, time.monotonic() + 1):
+            text += chunk
+        return text
+
+    @staticmethod
+    def _read(fd: int, deadline: float) -> str:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the command did not show the expected prompt in time")
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            return ""
+        try:
+            return os.read(fd, 65536).decode(errors="replace")
+        except OSError:  # the terminal closed: the command ended
+            return ""
 
     def ruby(
         self, code: str, *args: str, input: str | None = None, timeout: float = 120.0, check: bool = False
