@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudtest_helpers import running_vm, wait_for
+from cloudtest_helpers import make_qcow2, ready_image, running_vm, wait_for
 from lxml import etree
 from onecli import UPSTREAM_ONE, OneCli
 
@@ -52,8 +52,13 @@ def assert_upstream_valid(xml: str, xsd: str) -> None:
     assert validator.validate(root), f"{xsd}: {validator.error_log}\n{xml[:2000]}"
 
 
-def test_read_commands_answer_without_errors(cloud: launcher.CloudHandle, one: Any, cli: OneCli) -> None:
+def test_read_commands_answer_without_errors(
+    cloud: launcher.CloudHandle, one: Any, cli: OneCli, tmp_path: Path
+) -> None:
     vm_id = running_vm(one, 'NAME="vm"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]')
+    image_id = ready_image(one, make_qcow2(tmp_path / "os.qcow2"), "os")
+    app_id = one.marketapp.allocate(f'NAME="app"\nORIGIN_ID="{image_id}"\nVERSION="1.0"', 1)
+    wait_for(lambda: one.marketapp.info(app_id).STATE == 1)
     shown = ok(cli, "onevm", "show", str(vm_id))
     assert re.search(r"^CLUSTER\s+: default$", shown, re.MULTILINE), shown
     assert re.search(r"^LCM_STATE\s+: RUNNING$", shown, re.MULTILINE)
@@ -67,6 +72,12 @@ def test_read_commands_answer_without_errors(cloud: launcher.CloudHandle, one: A
     assert "oneadmin" in ok(cli, "oneuser", "list")
     for command in ("onetemplate", "oneimage", "onemarket", "onemarketapp", "onedatastore"):
         ok(cli, command, "list")
+    for command in ("oneflow-template", "oneflow"):
+        ok(cli, command, "list")
+    assert "IMAGE 0 INFORMATION" in ok(cli, "oneimage", "show", str(image_id))
+    assert "MARKETPLACE APP 0 INFORMATION" in ok(cli, "onemarketapp", "show", str(app_id))
+    assert "MARKETPLACE 1 INFORMATION" in ok(cli, "onemarket", "show", "1")
+    assert "DATASTORE 1 INFORMATION" in ok(cli, "onedatastore", "show", "1")
     assert "testcloud" in ok(cli, "onevnet", "show", "0")
     # the OCA's VirtualMachine#monitoring (one.vm.monitoring), as Sunstone's graphs use it
     oca = cli.ruby(
