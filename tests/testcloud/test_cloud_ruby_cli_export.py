@@ -190,3 +190,22 @@ def test_failed_exports_leave_nothing_behind(one: Any, cli: OneCli, tmp_path: Pa
         assert done.returncode != 0
         assert "Error getting datastore [99]" in done.stdout + done.stderr
         assert snapshot(one) == before
+
+
+def test_xml_vmtemplate64_fails_as_on_opennebula(one: Any, cli: OneCli, tmp_path: Path) -> None:
+    """Issue 8's first finding, reproduced: a VMTEMPLATE64 written as XML gets ONE-syntax lines appended by
+    the CLI, which oned cannot parse. Upstream's export_image keeps the image it already made (it does not
+    roll back an IMAGE export), and so does the test cloud; the fix is the ONE syntax the monitor writes."""
+    image = ready_image(one, make_qcow2(tmp_path / "x.qcow2"), "src-x")
+    xml = "<VMTEMPLATE><CPU>1</CPU><MEMORY>256</MEMORY></VMTEMPLATE>"
+    app = one.marketapp.allocate(
+        f'NAME="xml-app"\nORIGIN_ID="{image}"\nTYPE="IMAGE"\nVMTEMPLATE64="{b64(xml)}"', 1
+    )
+    wait_for(lambda: one.marketapp.info(app).STATE == 1)
+    images, templates, _ = snapshot(one)
+    done = cli.run("onemarketapp", "export", str(app), "from-xml", "-d", "1")
+    assert done.returncode != 0
+    assert "[one.template.allocate] Parse error: XML Template malformed" in done.stdout + done.stderr
+    after_images, after_templates, _ = snapshot(one)
+    assert after_templates == templates
+    assert len(after_images - images) == 1  # the image upstream's CLI leaves behind
