@@ -140,10 +140,12 @@ def test_ssh_key_set_with_oneuser_update_reaches_the_context(
     assert one.vm.info(vm_id).TEMPLATE["CONTEXT"]["SSH_PUBLIC_KEY"] == key
     context_sh = wait_for(lambda: _context_file(cloud, vm_id, "context.sh"))
     assert f"SSH_PUBLIC_KEY='{key}'" in context_sh
-    # a replace drops what the new template does not hold, as oned's update does
-    keyfile.write_text('SSH_PUBLIC_KEY=""\n')
+    # without --append the template is replaced (update type 0): what the new one lacks is gone
+    keyfile.write_text('NOTE="a"\n')
+    ok(cli, "oneuser", "update", "0", str(keyfile), "--append")
+    keyfile.write_text(f'SSH_PUBLIC_KEY="{key}"\nTOKEN_PASSWORD="{template["TOKEN_PASSWORD"]}"\n')
     ok(cli, "oneuser", "update", "0", str(keyfile))
-    assert "TOKEN_PASSWORD" not in one.user.info(0).TEMPLATE
+    assert "NOTE" not in one.user.info(0).TEMPLATE
 
 
 def _context_file(cloud: launcher.CloudHandle, vm_id: int, name: str) -> str | None:
