@@ -283,17 +283,22 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
             self.drop(template)
             if not recursive:
                 return oid
-            failed = []
-            for disk in template.template.vectors("DISK"):
+            image_ids: set[int] = set()
+            for disk in template.template.vectors("DISK"):  # by IMAGE_ID, or by IMAGE name
                 raw = (disk.get("IMAGE_ID") or "").strip()
-                if not raw.isdigit():
-                    continue
+                named = self.find_by_name("image", disk.get("IMAGE") or "") if not raw else None
+                if raw.isdigit():
+                    image_ids.add(int(raw))
+                elif named is not None:
+                    image_ids.add(named.id)
+            failed = []
+            for image_id in sorted(image_ids):
                 try:
-                    self.image_delete(int(raw))
+                    self.image_delete(image_id)
                 except OneError:
-                    failed.append(raw)
-            if failed:
-                raise errors.action(f"Cannot delete image {', '.join(failed)}")
+                    failed.append(str(image_id))
+            if failed:  # RequestManagerDelete's TemplateDelete: the template is gone, these images are not
+                raise errors.action(f"Cannot delete image: {','.join(failed)}")
             return oid
 
     def template_update(self, oid: int, text_in: str, append: int) -> int:

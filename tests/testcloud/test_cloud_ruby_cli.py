@@ -221,3 +221,27 @@ def test_updateconf_refusals(cloud: launcher.CloudHandle, one: Any) -> None:
     assert answer[:3] == [False, "[one.vm.updateconf] configuration cannot be updated in state DONE", 0x2000]
     answer = raw_call(cloud, "one.vm.updateconf", no_context, 'OS=[ARCH="x86_64"]', 3)
     assert answer[:3] == [False, "[one.vm.updateconf] Wrong update type", 0x1000]
+
+
+def test_onetemplate_delete_recursive_takes_the_images_along(
+    cloud: launcher.CloudHandle, one: Any, cli: OneCli, tmp_path: Path
+) -> None:
+    by_id = ready_image(one, make_qcow2(tmp_path / "a.qcow2"), "a")
+    by_name = ready_image(one, make_qcow2(tmp_path / "b.qcow2"), "b")
+    kept = ready_image(one, make_qcow2(tmp_path / "c.qcow2"), "c")
+    tid = one.template.allocate(
+        f'NAME="t"\nCPU="1"\nMEMORY="64"\nDISK=[IMAGE_ID="{by_id}"]\nDISK=[IMAGE="b"]'
+    )
+    plain = one.template.allocate(f'NAME="plain"\nCPU="1"\nMEMORY="64"\nDISK=[IMAGE_ID="{kept}"]')
+    ok(cli, "onetemplate", "delete", str(plain))
+    ok(cli, "onetemplate", "delete", str(tid), "--recursive")
+    remaining = {i.ID for i in one.imagepool.info(-2, -1, -1).IMAGE}
+    assert remaining == {kept} and not {by_id, by_name} & remaining
+    assert not one.templatepool.info(-2, -1, -1).VMTEMPLATE
+    # an image in use cannot go: the template does, and the answer names the image
+    vm_id = running_vm(one, f'NAME="user"\nCPU="1"\nMEMORY="64"\nDISK=[IMAGE_ID="{kept}"]')
+    used = one.template.allocate(f'NAME="used"\nCPU="1"\nMEMORY="64"\nDISK=[IMAGE_ID="{kept}"]')
+    answer = raw_call(cloud, "one.template.delete", used, True)
+    assert answer[:3] == [False, f"[one.template.delete] Cannot delete image: {kept}", 0x800], answer
+    assert not one.templatepool.info(-2, -1, -1).VMTEMPLATE
+    assert one.vm.info(vm_id).STATE == 3
