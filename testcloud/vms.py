@@ -501,10 +501,12 @@ class VMOps:
             new_context = new.get_vector("CONTEXT")
             if old_context is None and new_context is not None:
                 raise errors.internal("Virtual machine does not have context, cannot add a new one.")
+            updated = vm.template.copy()  # a failure below leaves the VM as it was (oned does not save it)
             for section in UPDATECONF_SECTIONS:
-                _replace_vector_values(vm.template, new, section, append)
+                _replace_vector_values(updated, new, section, append)
             if old_context is not None and new_context is not None:
-                vm.template.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
+                updated.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
+            vm.template = updated
             self.save(vm)
             live = vm.state == ACTIVE and vm.lcm_state == RUNNING and vm.host_id >= 0
             if live:
@@ -520,7 +522,10 @@ class VMOps:
         fresh = {k: v for k, v in new.items() if k not in equal}
         fresh["TARGET"] = old.get("TARGET", "")
         fresh["DISK_ID"] = old.get("DISK_ID", "")
-        parsed = self._parse_context(vm, fresh)
+        try:
+            parsed = self._parse_context(vm, fresh)
+        except OneError as error:  # updateconf answers a context it cannot parse with INTERNAL
+            raise errors.internal(error.reason) from None
         if append:
             return {**old, **parsed}
         return {**parsed, **equal}

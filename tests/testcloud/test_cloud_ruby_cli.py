@@ -208,6 +208,12 @@ def test_onevm_updateconf_regenerates_the_context_and_reaches_the_guest(
 
 
 def test_updateconf_refusals(cloud: launcher.CloudHandle, one: Any) -> None:
+    with_context = running_vm(one, 'NAME="c"\nCPU="1"\nMEMORY="64"\nCONTEXT=[A="1"]')
+    answer = raw_call(cloud, "one.vm.updateconf", with_context, 'CONTEXT=[A="$["]\nOS=[ARCH="x"]', 0)
+    assert answer[0] is False and answer[2] == 0x2000, answer
+    assert answer[1].startswith("[one.vm.updateconf] Cannot parse CONTEXT: syntax error in variable"), answer
+    template = one.vm.info(with_context).TEMPLATE
+    assert template["CONTEXT"]["A"] == "1" and "OS" not in template  # nothing changed
     no_context = running_vm(one)
     answer = raw_call(cloud, "one.vm.updateconf", no_context, 'CONTEXT=[A="1"]', 0)
     assert answer[:3] == [
