@@ -100,8 +100,24 @@ def cpp_float(value: str | None) -> float | None:
     return float(match.group(0)) if match else None
 
 
-# VirtualMachine::updateconf: the vector sections replaced (or merged) as a whole, CONTEXT apart
-UPDATECONF_SECTIONS = ("OS", "FEATURES", "INPUT", "GRAPHICS", "RAW", "CPU_MODEL")
+# VirtualMachine::updateconf: the sections and the attributes of each it changes (VirtualMachineTemplate::
+# UPDATECONF_ATTRS, as `onevm updateconf` lists them in src/cli/onevm); CONTEXT apart, any value
+UPDATECONF_ATTRS: dict[str, tuple[str, ...]] = {
+    "OS": (
+        "ARCH", "MACHINE", "KERNEL", "INITRD", "BOOTLOADER", "BOOT", "KERNEL_CMD", "ROOT", "SD_DISK_BUS",
+        "UUID", "FIRMWARE", "FIRMWARE_FORMAT",
+    ),
+    "FEATURES": (
+        "ACPI", "PAE", "APIC", "LOCALTIME", "HYPERV", "GUEST_AGENT", "VIRTIO_SCSI_QUEUES",
+        "VIRTIO_BLK_QUEUES", "IOTHREADS", "MIGRATE_AUTO_CONVERGE", "MIGRATE_COMPRESSED",
+    ),
+    "INPUT": ("TYPE", "BUS"),
+    "GRAPHICS": ("TYPE", "LISTEN", "PASSWD", "KEYMAP", "COMMAND"),
+    "VIDEO": ("TYPE", "IOMMU", "ATS", "VRAM", "RESOLUTION"),
+    "RAW": ("DATA", "DATA_VMX", "TYPE", "VALIDATE"),
+    "CPU_MODEL": ("MODEL", "FEATURES"),
+}  # fmt: skip
+UPDATECONF_SECTIONS = tuple(UPDATECONF_ATTRS)
 UPDATECONF_STATES = {PENDING, HOLD, POWEROFF, UNDEPLOYED, CLONING, CLONING_FAILURE}
 UPDATECONF_LCM_STATES = {LCM_INIT, PROLOG, RUNNING, EPILOG, SHUTDOWN, 15, SHUTDOWN_POWEROFF, CLEANUP_DELETE}
 UPDATECONF_LCM_STATES |= {27, SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, 33, 34, BOOT_FAILURE}
@@ -116,17 +132,24 @@ def _updateconf_allowed(vm: VM) -> bool:
 
 def _replace_vector_values(old: Template, new: Template, name: str, append: bool) -> None:
     """oned's ``replace_vector_values``: a section absent from ``new`` goes (unless appending), a new one is
-    taken whole, an existing one takes the new values and, unless appending, loses the ones not given."""
-    new_attr = new.get_vector(name)
+    taken (its known attributes), an existing one takes the new values of its known attributes and, unless
+    appending, loses the known ones not given; attributes oned does not update are left alone."""
+    known = UPDATECONF_ATTRS[name]
+    given = new.get_vector(name)
+    new_attr = {k: v for k, v in given.items() if k in known} if given is not None else None
     old_attr = old.get_vector(name)
     if new_attr is None:
         if not append:
             old.erase(name)
     elif old_attr is None:
-        old.add(name, dict(new_attr))
+        old.add(name, new_attr)
     else:
-        merged = dict(old_attr) if append else {}
-        merged.update(new_attr)
+        merged = dict(old_attr)
+        for key in known:
+            if key in new_attr:
+                merged[key] = new_attr[key]
+            elif not append:
+                merged.pop(key, None)
         old.replace(name, merged)
 
 

@@ -251,3 +251,13 @@ def test_onetemplate_delete_recursive_takes_the_images_along(
     assert answer[:3] == [False, f"[one.template.delete] Cannot delete image: {kept}", 0x800], answer
     assert not one.templatepool.info(-2, -1, -1).VMTEMPLATE
     assert one.vm.info(vm_id).STATE == 3
+
+
+def test_updateconf_changes_only_the_attributes_oned_updates(one: Any) -> None:
+    vm_id = running_vm(one, 'NAME="vm"\nCPU="1"\nMEMORY="64"\nOS=[ARCH="x86_64", KEPT="k"]')
+    one.vm.updateconf(vm_id, 'OS=[MACHINE="q35", JUNK="j"]\nGRAPHICS=[TYPE="VNC", JUNK="j"]', 0)
+    template = one.vm.info(vm_id).TEMPLATE
+    assert template["OS"] == {"KEPT": "k", "MACHINE": "q35"}  # ARCH not given: gone; KEPT is not oned's
+    assert template["GRAPHICS"] == {"TYPE": "VNC"}
+    one.vm.updateconf(vm_id, 'OS=[ARCH="aarch64"]', 1)
+    assert one.vm.info(vm_id).TEMPLATE["OS"] == {"ARCH": "aarch64", "KEPT": "k", "MACHINE": "q35"}
