@@ -117,6 +117,8 @@ def test_export_service_app_exports_its_roles_and_deploys(one: Any, cli: OneCli,
     one.template.allocate('NAME="unrelated"\nCPU="1"\nMEMORY="64"')
     image_app(one, tmp_path, "superlink-app")
     image_app(one, tmp_path, "supernode-app")
+    # as the factory publishes it: roles without template_id, bound to the apps by the ROLE entries (the CLI
+    # sets vm_template and the OCA's ServiceTemplate.validate converts it to template_id)
     body = {
         "name": "flower",
         "deployment": "straight",
@@ -126,14 +128,12 @@ def test_export_service_app_exports_its_roles_and_deploys(one: Any, cli: OneCli,
             {
                 "name": "superlink",
                 "type": "vm",
-                "template_id": 0,
                 "cardinality": 1,
                 "template_contents": {"NIC": [{"NETWORK_ID": "$flower_net"}]},
             },
             {
                 "name": "supernode",
                 "type": "vm",
-                "template_id": 0,
                 "cardinality": 2,
                 "parents": ["superlink"],
                 "template_contents": {"NIC": [{"NETWORK_ID": "$flower_net"}]},
