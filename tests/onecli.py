@@ -21,6 +21,7 @@ The commands read their endpoints from the environment as upstream documents: ``
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -70,6 +71,19 @@ def build_one_location(root: Path, upstream: Path = UPSTREAM_ONE) -> Path:
             _link(command, root / "bin" / command.name)
     (root / "var").mkdir()
     return root
+
+
+_VALIDATE_SERVICE_TEMPLATE = """
+require 'opennebula'
+require 'opennebula/flow'
+require 'json'
+body = JSON.parse(STDIN.read)
+begin
+  OpenNebula::ServiceTemplate.validate(body)
+rescue StandardError => e
+  abort(e.message)
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,16 @@ class OneCli:
     ) -> subprocess.CompletedProcess[str]:
         """Run Ruby ``code`` with the OCA on its load path (``require 'opennebula'``; ``ARGV`` = ``args``)."""
         return self._ruby(["-e", code, "--", *args], input, timeout, check)
+
+    def validate_service_template(self, body: Mapping[str, object]) -> str | None:
+        """What the OCA's ``ServiceTemplate.validate`` (``src/oca/ruby/opennebula/flow/service_template.rb``)
+        says of a service template body: None when it passes, else its message. ``onemarketapp export`` of a
+        SERVICE_TEMPLATE app runs it on the app's JSON *after* exporting the roles' apps, and leaves those
+        behind when it fails: a published body must pass it."""
+        done = self._ruby(["-e", _VALIDATE_SERVICE_TEMPLATE], json.dumps(body), 60.0, False)
+        if done.returncode == 0:
+            return None
+        return done.stderr.strip() or f"ruby exited with {done.returncode}"
 
     def _ruby(
         self, argv: list[str], input: str | None, timeout: float, check: bool

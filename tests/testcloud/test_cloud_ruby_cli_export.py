@@ -209,3 +209,23 @@ def test_xml_vmtemplate64_fails_as_on_opennebula(one: Any, cli: OneCli, tmp_path
     after_images, after_templates, _ = snapshot(one)
     assert after_templates == templates
     assert len(after_images - images) == 1  # the image upstream's CLI leaves behind
+
+
+def test_a_service_body_the_oca_refuses_breaks_the_export_after_its_roles(
+    one: Any, cli: OneCli, tmp_path: Path
+) -> None:
+    """The CLI validates the app's JSON (OCA ``ServiceTemplate.validate``) only after exporting the roles'
+    apps, and a validation error is not rolled back: upstream leaves the children, so does the test cloud.
+    ``OneCli.validate_service_template`` lets a publisher check a body first."""
+    bad = {"name": "svc", "roles": [{"name": "super-link", "type": "vm"}]}
+    good = {"name": "svc", "roles": [{"name": "superlink", "type": "vm", "template_id": 3}]}
+    assert cli.validate_service_template(good) is None
+    assert "'name' must match regexp" in (cli.validate_service_template(bad) or "")
+    image_app(one, tmp_path, "img-app")
+    app = service_app(one, "svc-app", {"super-link": "img-app"}, bad)
+    images, templates, documents = snapshot(one)
+    done = cli.run("onemarketapp", "export", str(app), "x", "-d", "1")
+    assert done.returncode != 0
+    assert "'name' must match regexp" in done.stdout + done.stderr
+    after = snapshot(one)
+    assert (len(after[0] - images), len(after[1] - templates), after[2]) == (1, 1, documents)
