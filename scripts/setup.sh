@@ -9,6 +9,7 @@ DEBIAN_PACKAGES=(
   packer qemu-system-x86 qemu-utils mmdebstrap xorriso systemd-container e2fsprogs fdisk extlinux
   syslinux-common iproute2 nftables sqlite3 openssh-client openssh-server openssl shellcheck ca-certificates
   jq curl
+  ruby ruby-xmlrpc ruby-nokogiri ruby-activesupport ruby-parse-cron ruby-ipaddress ruby-treetop
 )
 
 missing=()

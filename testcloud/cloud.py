@@ -30,6 +30,7 @@ from testcloud.config import (
 from testcloud.documents import DocumentOps
 from testcloud.errors import OneError
 from testcloud.images import ImageOps
+from testcloud.infra import InfraOps
 from testcloud.market import MarketOps
 from testcloud.objects import (
     DS_FILE,
@@ -54,7 +55,7 @@ log = logging.getLogger("testcloud")
 T = TypeVar("T", bound=PoolObject)
 
 
-class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps):
+class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
     def __init__(self, config: CloudConfig) -> None:
         self.config = config
         self.state_dir = config.state_dir
@@ -257,13 +258,47 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps):
             self._insert(obj, "template")
             return obj.id
 
+    def template_clone(self, oid: int, name: str, recursive: bool) -> int:
+        """``TemplateClone``: a copy of the template under a new name (``onetemplate clone``)."""
+        with self.lock:
+            source: VMTemplate = self.get("template", oid, errors.TEMPLATE)
+            if recursive:
+                raise errors.internal(
+                    "Recursive cloning (copies of the template's images) is not supported by the test cloud"
+                )
+            copy = source.template.copy()
+            copy.replace("NAME", name)
+            return self.template_allocate(copy.to_one())
+
     def template_info(self, oid: int) -> str:
         with self.lock:
             return self.get("template", oid, errors.TEMPLATE).to_xml()
 
-    def template_delete(self, oid: int) -> int:
+    def template_delete(self, oid: int, recursive: bool = False) -> int:
+        """``TemplateDelete``: with ``recursive`` the images its DISKs name by IMAGE_ID go too (as
+        ``onetemplate delete --recursive`` and the CLI's export rollback ask); those that cannot be deleted
+        are named in the error, the template is gone regardless."""
         with self.lock:
-            self.drop(self.get("template", oid, errors.TEMPLATE))
+            template: VMTemplate = self.get("template", oid, errors.TEMPLATE)
+            self.drop(template)
+            if not recursive:
+                return oid
+            image_ids: set[int] = set()
+            for disk in template.template.vectors("DISK"):  # by IMAGE_ID, or by IMAGE name
+                raw = (disk.get("IMAGE_ID") or "").strip()
+                named = self.find_by_name("image", disk.get("IMAGE") or "") if not raw else None
+                if raw.isdigit():
+                    image_ids.add(int(raw))
+                elif named is not None:
+                    image_ids.add(named.id)
+            failed = []
+            for image_id in sorted(image_ids):
+                try:
+                    self.image_delete(image_id)
+                except OneError:
+                    failed.append(str(image_id))
+            if failed:  # RequestManagerDelete's TemplateDelete: the template is gone, these images are not
+                raise errors.action(f"Cannot delete image: {','.join(failed)}")
             return oid
 
     def template_update(self, oid: int, text_in: str, append: int) -> int:

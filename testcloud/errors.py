@@ -22,6 +22,8 @@ DOCUMENT = "document"
 MARKETPLACE = "marketplace"
 MARKETPLACEAPP = "marketplaceapp"
 USER = "user"
+CLUSTER = "cluster"
+HOST = "host"
 
 
 class OneError(Exception):

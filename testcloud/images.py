@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from testcloud import errors
+from testcloud.errors import OneError
 from testcloud.objects import (
     DS_FILE,
     DS_IMAGE,
@@ -327,6 +328,20 @@ class ImageOps:
         with self.lock:
             pool = self.filter_pool(list(self.pools["image"].values()), filter_flag, start, end)
             return "<IMAGE_POOL>" + "".join(i.to_xml() for i in pool) + "</IMAGE_POOL>"
+
+    def image_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
+        """``one.image.update``: replace or merge the image's TEMPLATE (the CLI's export rewrites it)."""
+        if append not in (0, 1):
+            raise OneError(errors.RPC_API, "Wrong update type")
+        with self.lock:
+            image: Image = self.get("image", oid, errors.IMAGE)
+            new = parse_template(text_in, errors.ACTION)
+            if append:
+                image.template.merge(new)
+            else:
+                image.template = new
+            self.save(image)
+            return oid
 
     def image_delete(self: Cloud, oid: int, force: bool = False) -> int:
         with self.lock:

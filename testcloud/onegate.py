@@ -3,7 +3,8 @@ its context (``X-ONEGATE-TOKEN``: base64 AES-256-CBC of "VMID:STIME" under the o
 
 Routes, bodies, codes and messages follow onegate-server.rb: ``GET /vm``, ``PUT /vm`` (form ``data=..&type=``
 or a raw ``KEY=VALUE`` body; type 2 erases), ``GET /service``, ``GET /vms/:id``, ``PUT /vms/:id``,
-``POST /vms/:id/action``, ``PUT /service/role/:role``; anything else is 400.
+``POST /vms/:id/action``, ``PUT /service/role/:role``, and ``GET /vrouter`` / ``GET /vnet/:id`` with the
+answers upstream gives a VM that belongs to no virtual router (the test cloud has none); anything else is 400.
 """
 
 from __future__ import annotations
@@ -295,6 +296,15 @@ class OneGate:
         except OneError as failure:
             raise Halt(500, failure.message("one.vm.action", errors.VM)) from None
 
+    @staticmethod
+    def vrouter_of(vm: VM) -> None:
+        """``get_vrouter``: the test cloud has no virtual routers, so a VM names none or one that does not
+        exist (onegate-server.rb: ``Integer(nil)`` -> 400, a failed ``vrouter.info`` -> 404)."""
+        vrouter_id = vm.template.get("VROUTER_ID")
+        if vrouter_id is None:
+            raise Halt(400, "Empty or invalid VROUTER_ID")
+        raise Halt(404, f"Virtual router {vrouter_id} not found")
+
     # ------------------------------------------------------------------ routes
     def route(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, str]:
         raw = body.decode("utf-8", errors="replace")
@@ -323,6 +333,20 @@ class OneGate:
             vm = self.source_vm(headers)
             response = self.check_vm_in_service(vm.id, vm.user_template.get("SERVICE_ID"))
             return 200, _json(response)
+        if method == "GET" and route == "/vrouter":
+            vm = self.source_vm(headers)
+            self.vrouter_of(vm)
+        match = re.fullmatch(r"/vnet/([^/]+)", route)
+        if match and method == "GET":
+            self.authenticate(headers)
+            try:
+                int(match.group(1))
+            except ValueError:
+                raise Halt(400, f"Invalid id format (ID: {match.group(1)}). ID must be an integer.") from None
+            vm = self.source_vm(headers)
+            if not (vm.template.get("VROUTER_ID") or ""):
+                raise Halt(400, "Virtual networks information can only be retrieved from Virtual Routers.")
+            self.vrouter_of(vm)
         match = re.fullmatch(r"/vms/([^/]+)", route)
         if match and method in ("GET", "PUT"):
             requested = self.requested_vm(_to_i(match.group(1)), headers)

@@ -100,6 +100,59 @@ def cpp_float(value: str | None) -> float | None:
     return float(match.group(0)) if match else None
 
 
+# VirtualMachine::updateconf: the sections and the attributes of each it changes (VirtualMachineTemplate::
+# UPDATECONF_ATTRS, as `onevm updateconf` lists them in src/cli/onevm); CONTEXT apart, any value
+UPDATECONF_ATTRS: dict[str, tuple[str, ...]] = {
+    "OS": (
+        "ARCH", "MACHINE", "KERNEL", "INITRD", "BOOTLOADER", "BOOT", "KERNEL_CMD", "ROOT", "SD_DISK_BUS",
+        "UUID", "FIRMWARE", "FIRMWARE_FORMAT",
+    ),
+    "FEATURES": (
+        "ACPI", "PAE", "APIC", "LOCALTIME", "HYPERV", "GUEST_AGENT", "VIRTIO_SCSI_QUEUES",
+        "VIRTIO_BLK_QUEUES", "IOTHREADS", "MIGRATE_AUTO_CONVERGE", "MIGRATE_COMPRESSED",
+    ),
+    "INPUT": ("TYPE", "BUS"),
+    "GRAPHICS": ("TYPE", "LISTEN", "PASSWD", "KEYMAP", "COMMAND"),
+    "VIDEO": ("TYPE", "IOMMU", "ATS", "VRAM", "RESOLUTION"),
+    "RAW": ("DATA", "DATA_VMX", "TYPE", "VALIDATE"),
+    "CPU_MODEL": ("MODEL", "FEATURES"),
+}  # fmt: skip
+UPDATECONF_SECTIONS = tuple(UPDATECONF_ATTRS)
+UPDATECONF_STATES = {PENDING, HOLD, POWEROFF, UNDEPLOYED, CLONING, CLONING_FAILURE}
+UPDATECONF_LCM_STATES = {LCM_INIT, PROLOG, RUNNING, EPILOG, SHUTDOWN, 15, SHUTDOWN_POWEROFF, CLEANUP_DELETE}
+UPDATECONF_LCM_STATES |= {27, SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, 33, 34, BOOT_FAILURE}
+UPDATECONF_LCM_STATES |= {PROLOG_FAILURE, 40, 42, 43, 44, 47, 50, 52, 53, 54}
+
+
+def _updateconf_allowed(vm: VM) -> bool:
+    if vm.state == ACTIVE:
+        return vm.lcm_state in UPDATECONF_LCM_STATES
+    return vm.state in UPDATECONF_STATES
+
+
+def _replace_vector_values(old: Template, new: Template, name: str, append: bool) -> None:
+    """oned's ``replace_vector_values``: a section absent from ``new`` goes (unless appending), a new one is
+    taken (its known attributes), an existing one takes the new values of its known attributes and, unless
+    appending, loses the known ones not given; attributes oned does not update are left alone."""
+    known = UPDATECONF_ATTRS[name]
+    given = new.get_vector(name)
+    new_attr = {k: v for k, v in given.items() if k in known} if given is not None else None
+    old_attr = old.get_vector(name)
+    if new_attr is None:
+        if not append:
+            old.erase(name)
+    elif old_attr is None:
+        old.add(name, new_attr)
+    else:
+        merged = dict(old_attr)
+        for key in known:
+            if key in new_attr:
+                merged[key] = new_attr[key]
+            elif not append:
+                merged.pop(key, None)
+        old.replace(name, merged)
+
+
 def wrong_state(action: str, vm: VM) -> OneError:
     return errors.action(
         f'Error performing action "{action}": This action is not available for state {vm.state_str()}'
@@ -447,6 +500,67 @@ class VMOps:
                 vm.user_template = new
             self.save(vm)
             return oid
+
+    def vm_monitoring(self: Cloud, oid: int) -> str:
+        """``one.vm.monitoring``: the VM's monitoring records (the test cloud keeps the last one)."""
+        with self.lock:
+            vm: VM = self.get("vm", oid, errors.VM)
+            record = vm.monitoring_xml()
+            records = "" if record == "<MONITORING/>" else record
+            return f"<MONITORING_DATA>{records}</MONITORING_DATA>"
+
+    def vm_updateconf(self: Cloud, oid: int, text_in: str, update_type: int) -> int:
+        """``VirtualMachine::updateconf``: replace (0) or merge (1) the OS, FEATURES, INPUT, GRAPHICS, RAW and
+        CPU_MODEL sections, regenerate CONTEXT; a RUNNING guest gets the new context through its driver."""
+        if update_type not in (0, 1):
+            raise OneError(errors.RPC_API, "Wrong update type")
+        new = parse_template(text_in)
+        append = update_type == 1
+        with self.lock:
+            vm: VM = self.get("vm", oid, errors.VM)
+            if not _updateconf_allowed(vm):
+                raise errors.internal(f"configuration cannot be updated in state {vm.state_str()}")
+            old_context = vm.template.get_vector("CONTEXT")
+            new_context = new.get_vector("CONTEXT")
+            if old_context is None and new_context is not None:
+                raise errors.internal("Virtual machine does not have context, cannot add a new one.")
+            updated = vm.template.copy()  # a failure below leaves the VM as it was (oned does not save it)
+            for section in UPDATECONF_SECTIONS:
+                _replace_vector_values(updated, new, section, append)
+            if old_context is not None and new_context is not None:
+                updated.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
+            vm.template = updated
+            self.save(vm)
+            live = vm.state == ACTIVE and vm.lcm_state == RUNNING and vm.host_id >= 0
+            if live:
+                self.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
+            return oid
+
+    def _updated_context(
+        self: Cloud, vm: VM, old: dict[str, str], new: dict[str, str], append: bool
+    ) -> dict[str, str]:
+        """Values equal to the old ones are kept as they are (not substituted again); the rest is parsed as at
+        creation (variables, network and OneGate values), then replaces or is merged into the old context."""
+        equal = {k: v for k, v in new.items() if old.get(k) == v}
+        fresh = {k: v for k, v in new.items() if k not in equal}
+        fresh["TARGET"] = old.get("TARGET", "")
+        fresh["DISK_ID"] = old.get("DISK_ID", "")
+        try:
+            parsed = self._parse_context(vm, fresh)
+        except OneError as error:  # updateconf answers a context it cannot parse with INTERNAL
+            raise errors.internal(error.reason) from None
+        if append:
+            return {**old, **parsed}
+        return {**parsed, **equal}
+
+    def _update_context_work(self: Cloud, vm_id: int) -> None:
+        with self.lock:
+            vm = self.pools["vm"].get(vm_id)
+            if vm is None or not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+                return
+            spec = ContextSpec(files=self.context_files(vm))
+            host_id = vm.host_id
+        self.driver_for(host_id).update_context(vm_id, spec)
 
     # ------------------------------------------------------------------ actions
     def vm_action(self: Cloud, action: str, oid: int) -> int:

@@ -42,10 +42,17 @@ class Method:
     params: str
     defaults: tuple = ()
     obj: str = errors.VM
+    caller: bool = False  # call(cloud, user, *params): the authenticated user comes first
 
 
-def _m(call: Callable[..., Any], params: str = "", defaults: tuple = (), obj: str = errors.VM) -> Method:
-    return Method(call, params, defaults, obj)
+def _m(
+    call: Callable[..., Any],
+    params: str = "",
+    defaults: tuple = (),
+    obj: str = errors.VM,
+    caller: bool = False,
+) -> Method:
+    return Method(call, params, defaults, obj, caller)
 
 
 METHODS: dict[str, Method] = {
@@ -54,12 +61,13 @@ METHODS: dict[str, Method] = {
         lambda c, t, ds, skip: c.image_allocate(t, ds, skip), "si|b", (False,), errors.IMAGE
     ),
     "one.image.info": _m(lambda c, i, _d: c.image_info(i), "i|b", (False,), errors.IMAGE),
+    "one.image.update": _m(lambda c, i, t, a: c.image_update(i, t, a), "is|i", (0,), errors.IMAGE),
     "one.image.delete": _m(lambda c, i, force: c.image_delete(i, force), "i|b", (False,), errors.IMAGE),
     "one.imagepool.info": _m(lambda c, f, s, e: c.imagepool_info(f, s, e), "iii", (), errors.IMAGE),
     "one.template.allocate": _m(lambda c, t: c.template_allocate(t), "s", (), errors.TEMPLATE),
     "one.template.info": _m(lambda c, i, _x, _d: c.template_info(i), "i|bb", (False, False), errors.TEMPLATE),
     "one.template.update": _m(lambda c, i, t, a: c.template_update(i, t, a), "is|i", (0,), errors.TEMPLATE),
-    "one.template.delete": _m(lambda c, i, _r: c.template_delete(i), "i|b", (False,), errors.TEMPLATE),
+    "one.template.delete": _m(lambda c, i, r: c.template_delete(i, r), "i|b", (False,), errors.TEMPLATE),
     "one.template.instantiate": _m(
         lambda c, i, n, h, x, p: c.template_instantiate(i, n, h, x, p),
         "is|bsb",
@@ -67,9 +75,12 @@ METHODS: dict[str, Method] = {
         errors.TEMPLATE,
     ),
     "one.templatepool.info": _m(lambda c, f, s, e: c.templatepool_info(f, s, e), "iii", (), errors.TEMPLATE),
+    "one.template.clone": _m(lambda c, i, n, r: c.template_clone(i, n, r), "is|b", (False,), errors.TEMPLATE),
     "one.vm.allocate": _m(lambda c, t, h: c.vm_allocate(t, h), "s|b", (False,)),
     "one.vm.info": _m(lambda c, i, _d: c.vm_info(i), "i|b", (False,)),
     "one.vm.update": _m(lambda c, i, t, a: c.vm_update(i, t, a), "is|i", (0,)),
+    "one.vm.updateconf": _m(lambda c, i, t, a: c.vm_updateconf(i, t, a), "is|i", (0,)),
+    "one.vm.monitoring": _m(lambda c, i: c.vm_monitoring(i), "i"),
     "one.vm.action": _m(lambda c, a, i: c.vm_action(a, i), "si"),
     "one.vmpool.info": _m(lambda c, f, s, e, st, _q: c.vmpool_info(f, s, e, st), "iiii|s", ("",)),
     "one.vmpool.infoextended": _m(
@@ -87,6 +98,13 @@ METHODS: dict[str, Method] = {
     "one.marketapppool.info": _m(
         lambda c, f, s, e: c.marketapppool_info(f, s, e), "iii", (), errors.MARKETPLACEAPP
     ),
+    "one.cluster.info": _m(lambda c, i, _d: c.cluster_info(i), "i|b", (False,), errors.CLUSTER),
+    "one.clusterpool.info": _m(lambda c: c.clusterpool_info(), "", (), errors.CLUSTER),
+    "one.host.info": _m(lambda c, i, _d: c.host_info(i), "i|b", (False,), errors.HOST),
+    "one.hostpool.info": _m(lambda c: c.hostpool_info(), "", (), errors.HOST),
+    "one.user.info": _m(lambda c, u, i, _d: c.user_info(u, i), "i|b", (False,), errors.USER, caller=True),
+    "one.userpool.info": _m(lambda c: c.userpool_info(), "", (), errors.USER),
+    "one.user.update": _m(lambda c, i, t, a: c.user_update(i, t, a), "is|i", (0,), errors.USER),
     "one.document.allocate": _m(lambda c, t, ty: c.document_allocate(t, ty), "si", (), errors.DOCUMENT),
     "one.document.info": _m(lambda c, i, _d: c.document_info(i), "i|b", (False,), errors.DOCUMENT),
     "one.document.update": _m(lambda c, i, t, a: c.document_update(i, t, a), "is|i", (0,), errors.DOCUMENT),
@@ -165,8 +183,8 @@ def dispatch(cloud: Cloud, body: bytes) -> bytes:
     except Fault as fault:
         return fault_xml(fault.code, fault.message)
     try:
-        cloud.authenticate(params[0])
-        result = method.call(cloud, *values)
+        user = cloud.authenticate(params[0])
+        result = method.call(cloud, user, *values) if method.caller else method.call(cloud, *values)
         return response_xml([True, result, 0], replication=False)
     except OneError as error:
         return response_xml([False, error.message(method_name, method.obj), error.code, error.resp_id], True)

@@ -11,14 +11,73 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from factory.errors import ConfigError, FactoryError
 from factory.paths import CLOUD_DIR
 
 DRIVERS = ("auto", "dummy", "container", "qemu")
 SERVICES = ("xmlrpc", "oneflow", "onegate", "market")
+KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")  # OpenSSH public key types (ssh-ed25519, ecdsa-sha2-*, sk-*)
+DEFAULT_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")  # preferred first; then any other id_*.pub
+
+
+# -- the user's SSH key (SSH_PUBLIC_KEY of the cloud user, as `oneuser update` sets it) ---------------------
+def read_public_key(path: Path, option: str = "--ssh-key") -> str:
+    """The first line of an OpenSSH public key file; a clear ConfigError for anything else."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError as error:
+        raise ConfigError("command line", option, f"cannot read {path}: {error.strerror or error}") from None
+    first = text.splitlines()[0].strip() if text else ""
+    if not first.startswith(KEY_PREFIXES) or len(first.split()) < 2:
+        raise ConfigError(
+            "command line",
+            option,
+            f"{path} is not an OpenSSH public key (want one line like 'ssh-ed25519 AAAA... user@host')",
+        )
+    return first
+
+
+def default_public_key(state_dir: Path, home: Path) -> tuple[Path, bool]:
+    """``~/.ssh/id_*.pub`` if there is one, else a key pair made once in ``<state_dir>/ssh`` (reused later):
+    (public key path, whether it is the generated one)."""
+    ssh_dir = home / ".ssh"
+    found = [ssh_dir / name for name in DEFAULT_KEYS if (ssh_dir / name).is_file()]
+    found += sorted(p for p in ssh_dir.glob("id_*.pub") if p.is_file() and p not in found)
+    if found:
+        return found[0], False
+    private = state_dir / "ssh" / "id_ed25519"
+    public = private.with_name("id_ed25519.pub")
+    if not public.is_file():
+        private.parent.mkdir(parents=True, exist_ok=True)
+        private.parent.chmod(0o700)
+        private.unlink(missing_ok=True)
+        try:
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "flower-factory", "-f", str(private)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        except FileNotFoundError:
+            raise FactoryError("ssh-keygen: command not found (run scripts/setup.sh)") from None
+        except subprocess.CalledProcessError as error:
+            reason = error.stderr.decode(errors="replace").strip()
+            raise FactoryError(f"ssh-keygen failed: {reason}") from None
+    return public, True
+
+
+def set_user_ssh_key(one: Any, key: str) -> int:
+    """SSH_PUBLIC_KEY of the calling user, merged into its template as ``oneuser update --append`` does (the
+    rest of the template, e.g. TOKEN_PASSWORD, stays); guests get it through ``$USER[SSH_PUBLIC_KEY]``."""
+    user_id = int(one.user.info(-1).ID)
+    quoted = key.replace('"', '\\"')  # a public key line holds no quotes; never let one end the value
+    one.user.update(user_id, f'SSH_PUBLIC_KEY="{quoted}"', 1)
+    return user_id
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +122,12 @@ def _ports(value: str) -> str | dict[str, int]:
     return ports
 
 
+def _set_key_on(endpoints: dict[str, Any], key: str) -> None:
+    import pyone
+
+    set_user_ssh_key(pyone.OneServer(endpoints["xmlrpc"], session=endpoints["auth"], timeout=30), key)
+
+
 def _print_endpoints(state_dir: Path, endpoints: dict[str, str], driver: str) -> None:
     print(f"test cloud running (driver {driver}, state {state_dir})")
     for label, key in (
@@ -90,20 +155,15 @@ def run(args: argparse.Namespace) -> int:
                 "command line", "--driver", f"unknown driver '{args.driver}' (known: {', '.join(DRIVERS)})"
             )
         ports = _ports(args.ports)
-        ssh_key = ""
-        if args.ssh_key is not None:
-            try:
-                ssh_key = args.ssh_key.read_text().strip()
-            except OSError as error:
-                raise ConfigError(
-                    "command line", "--ssh-key", f"cannot read {args.ssh_key}: {error}"
-                ) from None
+        ssh_key = read_public_key(args.ssh_key) if args.ssh_key is not None else ""
         if action == "restart":
             with progress.stage("stopping the test cloud daemon (guests keep running)"):
                 launcher.stop_daemon(state_dir, keep_guests=True)
         elif launcher.daemon_pid(state_dir) is not None:
             document = launcher.read_endpoints(state_dir) or {}
             if all(k in document for k in (*SERVICES, "auth")):
+                if ssh_key:  # a cloud already up keeps its user: set the key as `oneuser update` would
+                    _set_key_on(document, ssh_key)
                 _print_endpoints(state_dir, document, document.get("driver", "?"))
                 return 0
         with progress.stage(f"starting the test cloud ({args.driver}) in {state_dir}"):
@@ -112,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
                                         ssh_public_key=ssh_key)  # fmt: skip
             except launcher.LaunchError as error:
                 raise FactoryError(str(error)) from None
+        if ssh_key:  # also when the state directory already has its user (the key only seeds a new one)
+            _set_key_on(handle.endpoints, ssh_key)
         _print_endpoints(state_dir, handle.endpoints, args.driver)
         return 0
     if action == "status":

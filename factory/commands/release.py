@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,10 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--release", type=int, default=1, help="factory release R in the version X.Y.Z-R-YYYYMMDD"
     )
+    parser.add_argument(
+        "--ssh-key",
+        type=Path,
+        help=(
+            "public key to log into the guests with, set as the cloud user's SSH_PUBLIC_KEY (default on the "
+            "local test cloud: ~/.ssh/id_*.pub if present, else a key pair generated in the cloud's state "
+            "directory, whose path is printed)"
+        ),
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from factory.commands.cloud import set_user_ssh_key
     from factory.commands.test import cloud_context, pair_test_options, pairs_to_test
     from factory.errors import ConfigError, FactoryError
     from factory.paths import RESULTS_DIR
@@ -44,12 +55,16 @@ def run(args: argparse.Namespace) -> int:
     if args.release < 1:
         raise ConfigError("command line", "--release", f"must be 1 or more, got {args.release}")
     options = pair_test_options(args)
+    key_path, key = _ssh_key(args.ssh_key)  # checked before anything starts
     run_name = args.run or new_run_name()
     run_dir(run_name)
     specs = pairs_to_test(args)
     progress.line(f"release run {run_name}: {len(specs)} pair(s)")
     failures = 0
     with cloud_context(args.images, keep_running=True) as (cloud, target, images_for):
+        if key_path is not None:
+            set_user_ssh_key(cloud.one, key)
+            progress.line(f"SSH key for the guests (the cloud user's SSH_PUBLIC_KEY): {key_path}")
         with progress.stage("images"):
             images = {}
             for spec in progress.iterate(specs, "images of pair"):
@@ -99,3 +114,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"published: {publication.directory} ({len(publication.apps)} marketplace apps)")
     print(f"report: {paths['html']} (open it in a browser), {paths['md']}")
     return 1 if failures or publication is None else 0
+
+
+def _ssh_key(given: Path | None) -> tuple[Path | None, str]:
+    """The key release sets (path, key line): ``--ssh-key``; without it, on the local test cloud, the user's
+    ``~/.ssh/id_*.pub`` or one generated in the cloud's state directory; none for a remote OpenNebula (its
+    user's template is the user's own)."""
+    import os
+
+    from factory.commands.cloud import default_public_key, read_public_key
+    from factory.paths import CLOUD_DIR
+
+    if given is not None:
+        return given, read_public_key(given)
+    if os.environ.get("ONE_XMLRPC"):
+        return None, ""
+    path, generated = default_public_key(CLOUD_DIR, Path.home())
+    if generated:
+        private = path.with_suffix("")
+        print(f"no ~/.ssh/id_*.pub: generated a key pair for the guests: {private}")
+        print(f"  log in with: ssh -i {private} root@<guest IP>")
+    return path, read_public_key(path)
