@@ -101,6 +101,14 @@ def test_the_floor_is_held_against_the_final_round_and_named_in_the_detail() -> 
     # a task whose metric was never reported cannot clear its floor
     missing = TaskCriteria("sklearn", "eval_accuracy", 0.85, True, "test")
     assert _failed(_outcome(GOOD), missing) == {"metric_floor"}
+    # a strategy the floor was not measured for: no made-up floor, but the value must exist and be finite
+    fedadam = _outcome(log)
+    fedadam.strategy = "fedadam"
+    floor = next(check for check in evaluate_checks(fedadam, NUMPY) if check.name == "metric_floor")
+    assert floor.passed and "no floor stated for strategy fedadam (floors hold for fedavg)" in floor.detail
+    nan_final = _outcome(_round(1, 1.5) + _round(2, 0.3) + _round(3, 0.05, r2=math.nan))
+    nan_final.strategy = "fedadam"
+    assert "metric_floor" in _failed(nan_final)
     # without criteria only the generic checks apply
     assert _failed(_outcome(_round(1, 1.5) + _round(2, 1.7) + _round(3, 1.9)), None) == set()
 
@@ -112,6 +120,7 @@ def test_every_framework_of_the_matrix_has_criteria_with_a_reason() -> None:
     assert set(load_matrix().axes["framework"]) <= set(criteria)
     for item in criteria.values():
         assert item.metric.startswith("eval_") and 0.0 < item.floor <= 1.0 and item.loss_must_decrease
+        assert "fedavg" in item.strategies and "fedadam" not in item.strategies
         assert "Measured" in item.why
 
 
@@ -125,6 +134,8 @@ def test_every_framework_of_the_matrix_has_criteria_with_a_reason() -> None:
         ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\nwhy = 'x'\nflor = 1\n", "numpy.flor"),
         ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\nwhy = 'x'\nloss_must_decrease = 'yes'\n",
          "numpy.loss_must_decrease"),
+        ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\nwhy = 'x'\nstrategies = ['fedavg', 'sgd']\n",
+         "numpy.strategies"),
         ("numpy = 3\n", "numpy"),
         ("[numpy\n", "not valid TOML"),
     ],
