@@ -6,9 +6,14 @@
    instantiate (or process start) to the first finished round, and the mean round time. Prints the
    appliance overhead ratios (target: round-time ratio <= 1.2).
 2. ``scaling``: round time with 2, 10 and 30 SuperNodes (bare processes) on one SuperLink, and how it grows.
+3. ``tasks``: what running the framework task costs a release, per pair: the same pair tested twice in one
+   run, first with the numpy canary only (what a pair test did before), then with the canary and the task of
+   its SuperNode image's framework (what it does now); prints both pair-test times and their ratio. Image
+   import is left out of both (it happens once per cloud, not per pair test).
 
     python benchmarks/bench_e2e.py scaling [--nodes 2,10,30] [--rounds 3]
     python benchmarks/bench_e2e.py overhead --pair NAME [--rounds 3]     # needs the cloud and built images
+    python benchmarks/bench_e2e.py tasks --pair NAME [--target cloud|bare] [--rounds 3]
     python benchmarks/bench_e2e.py all --pair NAME
 
 Results also go to ``results/bench/bench-<time>.json``.
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -119,7 +125,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path) -> dict:
         )
     if not result.passed:
         raise SystemExit(f"cloud run of {pair_name} failed: {result.error}")
-    seconds = list(result.timings["round_seconds"])  # type: ignore[arg-type]
+    seconds = list(result.timings["round_seconds"])
     return {
         "pair": pair_name,
         "supernode_flower": result.supernodes.flower,
@@ -154,12 +160,79 @@ def overhead(pair_name: str, rounds: int, workdir: Path) -> dict:
     return {"cloud": cloud, "bare": bare, "ratios": ratios}
 
 
+def _pair_test(spec: Any, options: Any, workdir: Path, target: str, cloud: Any, images: Any) -> Any:
+    from factory.pairtest import run_pair_bare, run_pair_in_cloud
+
+    if target == "bare":
+        return run_pair_bare(spec, "bench", workdir, options, progress=PROGRESS)
+    return run_pair_in_cloud(spec, "bench", workdir, options, cloud, images, progress=PROGRESS)
+
+
+def _task_row(result: Any, label: str) -> dict:
+    """One pair test: its time without image import, and each task's time and checks."""
+    timings = dict(result.timings)
+    seconds = result.finished_at - result.started_at - float(timings.get("images_seconds", 0.0))
+    return {
+        "label": label,
+        "status": result.status,
+        "error": result.error,
+        "pair_seconds": seconds,
+        "deploy_seconds": timings.get("deploy_seconds"),
+        "task_seconds": dict(timings.get("task_seconds", {})),
+        "failed_checks": [
+            f"{check['task']}/{check['name']}: {check['detail']}"
+            for check in result.checks
+            if not check["passed"]
+        ],
+    }
+
+
+def tasks(pair_name: str, rounds: int, workdir: Path, target: str) -> dict:
+    """The pair test with the canary only, then with the canary and the framework task, side by side."""
+    from contextlib import nullcontext
+
+    from factory.commands.test import cloud_context, find_pair_specs
+    from factory.pairtest import PairTestOptions, framework_task
+
+    spec = find_pair_specs([pair_name])[0]
+    framework = framework_task(spec)
+    context = nullcontext((None, "bare", None)) if target == "bare" else cloud_context()
+    rows = []
+    with context as (cloud, where, images_for):
+        images = images_for(spec) if images_for is not None else None
+        for label, with_framework in (("canary only (before)", False), ("canary + framework (after)", True)):
+            with PROGRESS.stage(f"tasks: {pair_name} in {where}, {label}"):
+                options = PairTestOptions(rounds=rounds, framework_task=with_framework)
+                result = _pair_test(spec, options, workdir / label.split()[0], where, cloud, images)
+                rows.append(_task_row(result, label))
+    before, after = rows
+    # the canary-only run fails by design ("framework task not run"): only its own checks count here
+    if before["failed_checks"] or after["status"] == "failed":
+        raise SystemExit(f"tasks benchmark: a pair test failed: {before['failed_checks'] or after['error']}")
+    ratio = after["pair_seconds"] / before["pair_seconds"]
+    print(f"\nPair test time, {pair_name} ({where}, {rounds} rounds per task, image import left out)")
+    print(f"{'':34} {'pair test (s)':>14} {'deploy (s)':>11} {'numpy (s)':>10} {framework + ' (s)':>14}")
+    for row in rows:
+        numpy_seconds = row["task_seconds"].get("numpy")
+        framework_seconds = row["task_seconds"].get(framework) if framework != "numpy" else None
+        framework_text = f"{framework_seconds:.1f}" if framework_seconds is not None else "-"
+        print(
+            f"{row['label']:34} {row['pair_seconds']:>14.1f} {row['deploy_seconds'] or 0.0:>11.1f} "
+            f"{numpy_seconds or 0.0:>10.1f} {framework_text:>14}"
+        )
+    print(f"{'ratio after / before':34} {ratio:>14.2f}")
+    return {"pair": pair_name, "target": where, "framework_task": framework, "runs": rows, "ratio": ratio}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=["overhead", "scaling", "all"])
-    parser.add_argument("--pair", help="pair name for the overhead part (see `build.py matrix --pairs`)")
+    parser.add_argument("part", choices=["overhead", "scaling", "tasks", "all"])
+    parser.add_argument("--pair", help="pair name for the overhead and tasks parts (see `build.py matrix`)")
+    parser.add_argument(
+        "--target", choices=("cloud", "bare"), default="cloud", help="where the tasks part tests the pair"
+    )
     parser.add_argument("--nodes", default="2,10,30", help="SuperNode counts for the scaling part")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flower", default="1.42.0", help="Flower version of the scaling part")
@@ -170,13 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Stopped from outside: unwind, so that every Flower process started here is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.part in ("overhead", "all") and not args.pair:
-        parser.error("the overhead part needs --pair")
+    if args.part in ("overhead", "tasks", "all") and not args.pair:
+        parser.error(f"the {args.part} part needs --pair")
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds}
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as scratch:
         workdir = Path(scratch)
         if args.part in ("overhead", "all"):
             report["overhead"] = overhead(args.pair, args.rounds, workdir)
+        if args.part in ("tasks", "all"):
+            report["tasks"] = tasks(args.pair, args.rounds, workdir, args.target)
         if args.part in ("scaling", "all"):
             counts = [int(value) for value in args.nodes.split(",")]
             report["scaling"] = scaling(args.flower, counts, args.rounds, workdir, args.state == "persistent")

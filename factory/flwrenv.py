@@ -49,14 +49,17 @@ def flower_environment(base: dict[str, str] | None = None, flwr_home: Path | Non
     return environment
 
 
-def ensure_flower(version: str, extra_packages: tuple[str, ...] = ()) -> FlowerEnv:
-    """Return a virtualenv with ``flwr==version`` (plus pinned extras), creating it once.
+def ensure_flower(version: str, extra_packages: tuple[str, ...] = (), index_url: str = "") -> FlowerEnv:
+    """Return a virtualenv with ``flwr==version`` (plus pinned extras, from PyPI and the extra index
+    ``index_url`` where given, as the images install a framework), creating it once.
 
     Safe to call from parallel test workers: creation holds a lock file and is marked complete only
     after pip succeeded, so a half-made venv is never used.
     """
     extras = tuple(sorted(extra_packages))
-    key = version if not extras else f"{version}-{hashlib.sha256(' '.join(extras).encode()).hexdigest()[:10]}"
+    # The key of a venv without an extra index stays what it was: venvs already made are reused.
+    spec = " ".join(extras) + (f" --extra-index-url {index_url}" if index_url else "")
+    key = version if not spec else f"{version}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
     root = CACHE_DIR / "flwr" / key
     marker = root / ".complete"
     if marker.exists():
@@ -68,6 +71,8 @@ def ensure_flower(version: str, extra_packages: tuple[str, ...] = ()) -> FlowerE
             return FlowerEnv(version, root)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
         command = [str(root / "bin" / "pip"), "install", "--quiet", f"flwr=={version}", *extras]
+        if index_url:
+            command += ["--extra-index-url", index_url]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise FactoryError(

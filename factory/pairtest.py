@@ -6,8 +6,12 @@ Two targets share the federation runner and the result format:
   images, VM templates and a OneFlow service (1 SuperLink + N SuperNodes), wait for RUNNING, reach the
   SuperLink's Control API through an SSH tunnel with the CA the SuperLink published through OneGate, run
   the rounds, optionally start a rogue SuperNode, collect every VM's logs on failure, tear down;
-- ``bare``: the same Flower versions as plain processes on loopback (factory/bareflower.py): the baseline,
-  and the quick way to try a cross-version pair without images.
+- ``bare``: the same Flower versions as plain processes on loopback (factory/bareflower.py), each side's
+  venv holding its image's framework packages: the baseline, and the quick way to try a pair without images.
+
+Both run the same tasks: the numpy canary (fast: the wiring works), then the task of the SuperNode image's
+framework (sklearn on sklearn images, pytorch, tensorflow; on edge images the canary is that task), each held
+to its criteria in apps/task-checks.toml. A pair passes only if its framework task ran and passed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from factory.bareflower import BareFederation, SecurityMode
 from factory.errors import ConfigError, FactoryError
-from factory.federation import FederationOutcome, FederationRunner
+from factory.federation import CANARY_TASK, FederationOutcome, FederationRunner
 from factory.flwrenv import ensure_flower
 from factory.progress import DEFAULT as PROGRESS
 from factory.progress import Progress
@@ -51,7 +55,8 @@ class PairTestOptions:
     strategy: str = "fedavg"
     security: SecurityMode = SecurityMode.TLS_AUTH
     allow_insecure: bool = False
-    framework_task: bool = False  # also run the pair's ML framework task (torch/tensorflow: slow)
+    # False: the numpy canary only, for the benchmark's baseline; the pair then fails ("not run").
+    framework_task: bool = True
     rogue_supernode: bool = False
     keep_on_failure: bool = False
     deploy_timeout: float = 900.0
@@ -65,8 +70,12 @@ class PairTestOptions:
                 "--security",
                 "insecure runs plain HTTP and no node authentication: add --allow-insecure",
             )
-        if self.rounds < 1:
-            raise ConfigError("command line", "--rounds", f"must be at least 1, got {self.rounds}")
+        if self.rounds < 2:
+            raise ConfigError(
+                "command line",
+                "--rounds",
+                f"must be at least 2 (the loss must be seen to go down), got {self.rounds}",
+            )
 
 
 def major_minor(version: str) -> str:
@@ -101,10 +110,16 @@ def error_lines(logs: dict[str, str], limit: int = 6) -> list[str]:
     return found
 
 
-def _tasks(spec: PairSpec, options: PairTestOptions) -> list[str]:
-    tasks = ["numpy"]
-    framework = spec.supernode.framework
-    if options.framework_task and framework and framework != "numpy":
+def framework_task(spec: PairSpec) -> str:
+    """The task of the SuperNode image's framework (the app's tasks are named like the framework axis)."""
+    return spec.supernode.framework or CANARY_TASK
+
+
+def pair_tasks(spec: PairSpec, options: PairTestOptions) -> list[str]:
+    """The canary first, then the framework task (once, when it is the canary itself: edge images)."""
+    tasks = [CANARY_TASK]
+    framework = framework_task(spec)
+    if options.framework_task and framework != CANARY_TASK:
         tasks.append(framework)
     return tasks
 
@@ -112,20 +127,26 @@ def _tasks(spec: PairSpec, options: PairTestOptions) -> list[str]:
 def _run_tasks(
     runner: FederationRunner, spec: PairSpec, options: PairTestOptions, result: PairResult
 ) -> list[FederationOutcome]:
-    """Run each of the pair's tasks as a federation and record its outcome, checks and timings."""
+    """Run each of the pair's tasks as a federation and record its outcome, checks and timings. A failed
+    canary stops there: the wiring is broken, the framework task would only repeat why."""
     outcomes = []
-    for task in _tasks(spec, options):
-        outcome = runner.run(
-            rounds=options.rounds,
-            strategy=options.strategy,
-            task=task,
-            expected_supernodes=spec.supernode.count,
-            timeout=options.federation_timeout,
-            extra_config=options.extra_config,
-        )
+    for task in pair_tasks(spec, options):
+        try:
+            outcome = runner.run(
+                rounds=options.rounds,
+                strategy=options.strategy,
+                task=task,
+                expected_supernodes=spec.supernode.count,
+                timeout=options.federation_timeout,
+                extra_config=options.extra_config,
+            )
+        except FactoryError as error:
+            raise FactoryError(f"{task} task: {error}") from None
         _record_outcome(result, outcome)
         _timings(result, outcome)
         outcomes.append(outcome)
+        if not outcome.passed:
+            break
     return outcomes
 
 
@@ -135,13 +156,21 @@ def _record_outcome(result: PairResult, outcome: FederationOutcome) -> None:
 
 
 def _finish(result: PairResult, spec: PairSpec, error: str = "") -> PairResult:
+    """The pair's status. The error names the failed checks first, the framework task's before the others
+    (so a metric below its floor is what one reads first), then the exception or log lines, then a
+    framework task that never ran."""
     result.finished_at = time.time()
+    result.framework_task = framework_task(spec)
     failed_checks = [check for check in result.checks if not check["passed"]]
-    if error or failed_checks or not result.federations:
+    failed_checks.sort(key=lambda check: check["task"] != result.framework_task)
+    ran = {federation.get("task") for federation in result.federations}
+    if error or failed_checks or result.framework_task not in ran:
         result.status = FAILED
-        reasons = [error] if error else []
-        reasons += [f"{check['task']}/{check['name']}: {check['detail']}" for check in failed_checks]
-        result.error = "; ".join(reasons) or "no federation ran"
+        reasons = [f"{check['task']}/{check['name']}: {check['detail']}" for check in failed_checks]
+        reasons += [error] if error else []
+        if not reasons:  # nothing else failed: the framework task was left out (canary only)
+            reasons.append(f"{result.framework_task}/framework_task: not run (the numpy canary only)")
+        result.error = "; ".join(reasons)
         return result
     result.warnings = version_warnings(spec) + result.warnings
     result.status = PASSED_WITH_WARNING if result.warnings else PASSED
@@ -164,8 +193,8 @@ def run_pair_bare(
     error = ""
     link_env = node_env = None
     try:
-        link_env = ensure_flower(spec.superlink.flower)
-        node_env = ensure_flower(spec.supernode.flower)
+        link_env = ensure_flower(spec.superlink.flower, *framework_packages(spec.superlink))
+        node_env = ensure_flower(spec.supernode.flower, *framework_packages(spec.supernode))
     except FactoryError as failure:
         return _finish(result, spec, str(failure))
     federation = BareFederation(
@@ -193,8 +222,21 @@ def run_pair_bare(
     return _finish(result, spec, error)
 
 
+def framework_packages(side: Side) -> tuple[tuple[str, ...], str]:
+    """The pinned framework packages (and extra index) the side's image carries, from the matrix: a bare
+    pair's venvs hold what the images hold, so the framework task runs there too."""
+    from factory.matrix import load_matrix
+
+    pins = load_matrix().variant(side.variant).pins
+    return tuple(pins.framework_packages), pins.framework_index_url
+
+
 def _timings(result: PairResult, outcome: FederationOutcome) -> None:
-    if outcome.task != "numpy":
+    """Per task: seconds from submission to the end of the run; for the canary also its rounds and the
+    time to the first round (the numbers the benchmarks and the report compare across pairs)."""
+    task_seconds = result.timings.setdefault("task_seconds", {})  # type: ignore[arg-type]
+    task_seconds[outcome.task] = outcome.finished_at - outcome.submitted_at if outcome.submitted_at else 0.0
+    if outcome.task != CANARY_TASK:
         return
     rounds = [record.seconds for record in outcome.rounds]
     result.timings["round_seconds"] = rounds  # type: ignore[assignment]
@@ -379,7 +421,7 @@ def run_pair_in_cloud(
             if created.rogue_vm is not None:
                 _wait_rogue_settled(cloud, created.rogue_vm, progress)
             for outcome in _run_tasks(runner, spec, options, result):
-                if outcome.task == "numpy" and outcome.rounds:  # from the instantiation, not the start
+                if outcome.task == CANARY_TASK and outcome.rounds:  # from the instantiation, not the start
                     result.timings["instantiate_to_first_round_seconds"] = (
                         outcome.rounds[0].finished - instantiated_wall
                     )

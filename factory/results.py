@@ -1,8 +1,10 @@
 """Pair test results: one JSON record per pair under ``results/<run>/``, plus JUnit XML for CI.
 
-A record (schema 1) holds the versions on both sides, the target cloud, the security mode, the outcome
-(``passed``, ``passed_with_warning`` or ``failed`` with the error), timings (deployment, instantiate to first
-finished round, per round), the metrics of every round, and on failure the logs of every VM. Files are
+A record (schema 1) holds the versions on both sides, the pair's axes (those of its SuperNodes: an edge or
+GPU pair runs a standard CPU SuperLink), the target cloud, the security mode, the framework task that ran,
+the outcome (``passed``, ``passed_with_warning`` or ``failed`` with the error), timings (deployment,
+instantiate to first finished round, per round, per task), the metrics of every round of every task, and on
+failure the logs of every VM. Files are
 written atomically (temporary file + rename): a reader never sees half a record.
 """
 
@@ -28,6 +30,8 @@ PASSED_WITH_WARNING = "passed_with_warning"
 FAILED = "failed"
 STATUSES = (PASSED, PASSED_WITH_WARNING, FAILED)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The axes a pair is filed under. They are its SuperNodes': a SuperLink is always CPU, standard, x86_64.
+PAIR_AXES = ("os", "accel", "profile", "framework", "arch")
 
 
 @dataclass
@@ -53,6 +57,7 @@ class PairResult:
     security: str
     superlink: Side
     supernodes: Side
+    framework_task: str = ""  # the task of the SuperNode image's framework (pairtest.framework_task)
     status: str = FAILED
     error: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -72,9 +77,24 @@ class PairResult:
     def cross_version(self) -> bool:
         return self.superlink.flower != self.supernodes.flower
 
+    @property
+    def axes(self) -> dict[str, str]:
+        """os, accel, profile, framework, arch of the pair: its SuperNodes' values."""
+        return {axis: getattr(self.supernodes, axis) for axis in PAIR_AXES}
+
+    def federation(self, task: str) -> dict[str, Any] | None:
+        """The recorded federation run of ``task``, if it ran."""
+        return next((item for item in self.federations if item.get("task") == task), None)
+
+    def framework_federation(self) -> dict[str, Any] | None:
+        """The run of the pair's framework task (what its SuperNode image is for; on edge images the numpy
+        task). Records written before the field existed name it through the SuperNodes' framework."""
+        return self.federation(self.framework_task or self.supernodes.framework)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["cross_version"] = self.cross_version
+        data["axes"] = self.axes
         return data
 
     @classmethod

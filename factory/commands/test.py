@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Boot each selected pair in OpenNebula (the local test cloud, or the one ONE_XMLRPC/ONE_AUTH/"
             "ONEFLOW_URL name) or run its Flower versions on bare processes (--target bare), run the factory "
-            "app for N rounds through the SuperLink's Control API, and write results/<run>/<pair>.json and "
-            "junit.xml. Exit status 1 when a pair failed."
+            "app for N rounds through the SuperLink's Control API (the numpy canary, then the task of the "
+            "SuperNode image's framework, held to apps/task-checks.toml), and write "
+            "results/<run>/<pair>.json and junit.xml. Exit status 1 when a pair failed."
         ),
     )
     add_pair_test_arguments(parser)
@@ -52,18 +53,15 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
         "auto: local for the local test cloud, packer for a real OpenNebula",
     )
     parser.add_argument("--run", help="results/<run> name (default: a new UTC timestamp)")
-    parser.add_argument("--rounds", type=int, default=3, help="federation rounds per run (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="federation rounds per task (default 3, at least 2)"
+    )
     parser.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
     parser.add_argument("--supernodes", type=int, default=2, help="SuperNodes per pair (default 2)")
     parser.add_argument("--security", choices=SECURITY, default="tls-auth", help="default: TLS + node auth")
     parser.add_argument("--allow-insecure", action="store_true", help="permit --security insecure")
     parser.add_argument(
         "--rogue", action="store_true", help="also start an unregistered SuperNode (must be refused)"
-    )
-    parser.add_argument(
-        "--framework-app",
-        action="store_true",
-        help="also run the pair's ML framework task (torch/tensorflow: slow)",
     )
     parser.add_argument("--no-cross", action="store_true", help="leave out the cross-version pairs")
     parser.add_argument(
@@ -90,7 +88,6 @@ def pair_test_options(args: argparse.Namespace) -> Any:
         strategy=args.strategy,
         security=SecurityMode(args.security),
         allow_insecure=args.allow_insecure,
-        framework_task=args.framework_app,
         rogue_supernode=args.rogue,
         keep_on_failure=args.keep_on_failure,
         deploy_timeout=args.deploy_timeout,

@@ -17,6 +17,36 @@ from factory_app.tasks import load_task
 CONFIG = {"seed": 42, "samples-per-node": 256, "learning-rate": 0.05, "local-epochs": 1}
 
 
+def _fedavg_metric(task_name: str, partitions: int, rounds: int, config: dict, metric: str) -> list[float]:
+    """The examples-weighted mean of ``metric`` over the nodes, per round (as Flower's FedAvg aggregates)."""
+    task = load_task(task_name)
+    arrays = task.initial_arrays(config)
+    data = [task.load_data(pid, partitions, config) for pid in range(partitions)]
+    values = [_weighted([task.evaluate(arrays, test, config) for _, test in data], metric)]
+    for _ in range(rounds):
+        updates = [task.train(arrays, train, config, arrays) for train, _ in data]
+        total = sum(count for _, count, _ in updates)
+        arrays = [sum(update[0][i] * update[1] / total for update in updates) for i in range(len(arrays))]
+        values.append(_weighted([task.evaluate(arrays, test, config) for _, test in data], metric))
+    return values
+
+
+def _weighted(evaluations: list[tuple], metric: str) -> float:
+    return sum(count * m[metric] for count, m in evaluations) / sum(count for count, _ in evaluations)
+
+
+@pytest.mark.parametrize("partitions", [2, 10])
+def test_numpy_floor_separates_a_trained_model_from_an_untrained_one(partitions: int) -> None:
+    """The floor in apps/task-checks.toml is reached after the 2 rounds a pair test runs at least, and
+    the untrained (initial) model is far below it: the check can fail."""
+    from factory.federation import task_criteria
+
+    criteria = task_criteria("numpy")
+    untrained, _, after_two = _fedavg_metric("numpy", partitions, 2, CONFIG, criteria.metric)
+    assert untrained <= 0.0 < criteria.floor
+    assert after_two >= criteria.floor
+
+
 def _fedavg(task_name: str, partitions: int, rounds: int, config: dict) -> list[float]:
     task = load_task(task_name)
     arrays = task.initial_arrays(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from lxml import etree
 
 from factory.bareflower import SecurityMode
 from factory.errors import ConfigError
-from factory.federation import Connection, FederationOutcome, evaluate_checks, parse_report_lines
+from factory.federation import (
+    Connection,
+    FederationOutcome,
+    TaskCriteria,
+    evaluate_checks,
+    load_task_criteria,
+    parse_report_lines,
+)
 from factory.one import xmltemplate
 from factory.one.flow import service_body, state_name
 from factory.one.settings import load_settings
@@ -24,7 +32,7 @@ def _line(kind: str, payload: dict) -> str:
     return f"\x1b[92mINFO \x1b[0m: FF-{kind} {json.dumps(payload)}\n"
 
 
-def _round(number: int, loss: float, replies: int = 2, errors: tuple = ()) -> str:
+def _round(number: int, loss: float, replies: int = 2, errors: tuple = (), r2: float | None = None) -> str:
     summary = {"replies": replies, "errors": list(errors), "nodes": [1, 2][:replies]}
     return _line(
         "ROUND",
@@ -32,7 +40,8 @@ def _round(number: int, loss: float, replies: int = 2, errors: tuple = ()) -> st
             "round": number, "seconds": 13.2, "train_seconds": 7.0, "evaluate_seconds": 6.2,
             "finished": 1.0 + number,
             "train": summary, "evaluate": summary, "train_metrics": {"train_loss": loss},
-            "evaluate_metrics": {"eval_loss": loss, "num-examples": 64.0},
+            "evaluate_metrics": {"eval_loss": loss, "eval_r2": 1.0 - loss / 10 if r2 is None else r2,
+                                 "num-examples": 64.0},
         },
     )  # fmt: skip
 
@@ -47,8 +56,11 @@ def _outcome(
     return outcome
 
 
-def _failed(outcome: FederationOutcome) -> set[str]:
-    return {check.name for check in evaluate_checks(outcome, loss_must_decrease=True) if not check.passed}
+NUMPY = TaskCriteria("numpy", "eval_r2", 0.95, True, "test")
+
+
+def _failed(outcome: FederationOutcome, criteria: TaskCriteria | None = NUMPY) -> set[str]:
+    return {check.name for check in evaluate_checks(outcome, criteria) if not check.passed}
 
 
 GOOD = _line("START", {"task": "numpy"}) + _round(1, 1.5) + "noise\n" + _round(2, 0.3) + _round(3, 0.05)
@@ -72,11 +84,75 @@ def test_a_good_run_passes_every_check() -> None:
          {"every_node_every_round"}),
         (_round(1, 1.5) + _round(2, math.nan) + _round(3, 0.1), {}, {"metrics_finite", "loss_decreasing"}),
         (_round(1, 1.5) + _round(2, 1.7) + _round(3, 0.1), {}, {"loss_decreasing"}),
-        ("", {}, {"all_rounds_finished", "every_node_every_round", "metrics_finite", "loss_decreasing"}),
+        (_round(1, 1.5) + _round(2, 0.3) + _round(3, 0.05, r2=0.9), {}, {"metric_floor"}),
+        (_round(1, 1.5, r2=0.99) + _round(2, 0.3, r2=0.99) + _round(3, 0.05, r2=0.2), {}, {"metric_floor"}),
+        ("", {}, {"all_rounds_finished", "every_node_every_round", "metrics_finite", "loss_decreasing",
+                  "metric_floor"}),
     ],
 )  # fmt: skip
 def test_each_check_can_fail(log: str, kwargs: dict, failing: set[str]) -> None:
     assert _failed(_outcome(log, **kwargs)) == failing
+
+
+def test_the_floor_is_held_against_the_final_round_and_named_in_the_detail() -> None:
+    log = _round(1, 1.5) + _round(2, 0.3) + _round(3, 0.05, r2=0.94)
+    floor = next(check for check in evaluate_checks(_outcome(log), NUMPY) if check.name == "metric_floor")
+    assert not floor.passed and floor.detail == "final eval_r2 0.94 below floor 0.95 (round 3)"
+    # a task whose metric was never reported cannot clear its floor
+    missing = TaskCriteria("sklearn", "eval_accuracy", 0.85, True, "test")
+    assert _failed(_outcome(GOOD), missing) == {"metric_floor"}
+    # a strategy the floor was not measured for: no made-up floor, but the value must exist and be finite
+    fedadam = _outcome(log)
+    fedadam.strategy = "fedadam"
+    floor = next(check for check in evaluate_checks(fedadam, NUMPY) if check.name == "metric_floor")
+    assert floor.passed and "no floor stated for strategy fedadam (floors hold for fedavg)" in floor.detail
+    nan_final = _outcome(_round(1, 1.5) + _round(2, 0.3) + _round(3, 0.05, r2=math.nan))
+    nan_final.strategy = "fedadam"
+    assert "metric_floor" in _failed(nan_final)
+    # without criteria only the generic checks apply
+    assert _failed(_outcome(_round(1, 1.5) + _round(2, 1.7) + _round(3, 1.9)), None) == set()
+
+
+def test_every_framework_of_the_matrix_has_criteria_with_a_reason() -> None:
+    from factory.matrix import load_matrix
+
+    criteria = load_task_criteria()
+    assert set(load_matrix().axes["framework"]) <= set(criteria)
+    for item in criteria.values():
+        assert item.metric.startswith("eval_") and 0.0 < item.floor <= 1.0 and item.loss_must_decrease
+        assert "fedavg" in item.strategies and "fedadam" not in item.strategies
+        assert "Measured" in item.why
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[numpy]\nmetric = 'eval_r2'\nwhy = 'x'\n", "numpy.floor"),
+        ("[numpy]\nmetric = 'eval_r2'\nfloor = 'high'\nwhy = 'x'\n", "numpy.floor"),
+        ("[numpy]\nfloor = 0.9\nwhy = 'x'\n", "numpy.metric"),
+        ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\n", "numpy.why"),
+        ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\nwhy = 'x'\nflor = 1\n", "numpy.flor"),
+        ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\nwhy = 'x'\nloss_must_decrease = 'yes'\n",
+         "numpy.loss_must_decrease"),
+        ("[numpy]\nmetric = 'eval_r2'\nfloor = 0.9\nwhy = 'x'\nstrategies = ['fedavg', 'sgd']\n",
+         "numpy.strategies"),
+        ("numpy = 3\n", "numpy"),
+        ("[numpy\n", "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_bad_task_checks_name_the_file_and_field(text: str, field: str, tmp_path: Path) -> None:
+    path = tmp_path / "task-checks.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {field}")):
+        load_task_criteria(path)
+
+
+def test_an_unknown_task_has_no_criteria_and_says_where_they_live(tmp_path: Path) -> None:
+    from factory.errors import FactoryError
+    from factory.federation import task_criteria
+
+    with pytest.raises(FactoryError, match=r"'jax' has no pass criteria in .*task-checks\.toml"):
+        task_criteria("jax")
 
 
 def test_connection_config_is_what_the_flwr_cli_reads(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A full appliance pair in the local test cloud: the images built here, a OneFlow service (1 SuperLink +
 2 SuperNodes booted as containers), real federation rounds over TLS with SuperNode authentication through
-an SSH tunnel, the result recorded, then published to the test cloud's http marketplace.
+an SSH tunnel (the numpy canary, then the task of the SuperNode image's framework: numpy on edge images,
+sklearn on sklearn images), the result recorded, then published to the test cloud's http marketplace.
 
 Needs root, systemd-nspawn and the test bridge (marker ``cloud``). The heavier variants (the security-mode
 matrix, a rogue SuperNode, cross-version pairs) are ``slow``.
@@ -24,6 +25,7 @@ from factory.results import PASSED, PASSED_WITH_WARNING, write_result
 pytestmark = pytest.mark.cloud
 
 PAIR = "pair-sl1.42.0-sn1.42.0-debian12-cpu-edge-numpy"
+SKLEARN_PAIR = "pair-sl1.42.0-sn1.42.0-debian12-cpu-standard-sklearn"
 CROSS = "pair-sl1.42.0-sn1.41.0-debian12-cpu-edge-numpy"
 
 
@@ -50,8 +52,12 @@ def test_a_full_pair_with_real_rounds(cloud: OneCloud, tmp_path: Path) -> None:
     spec, images = _images(PAIR)
     result = run_pair_in_cloud(spec, "ci", tmp_path / "work", PairTestOptions(rounds=2), cloud, images)
     assert result.status == PASSED, (result.error, json.dumps(result.logs, indent=1)[-6000:])
+    # an edge image's framework is numpy: the canary is its framework task, run once
+    assert result.framework_task == "numpy" and [f["task"] for f in result.federations] == ["numpy"]
+    assert result.axes["profile"] == "edge" and result.superlink.profile == "standard"
     numpy_run = result.federations[0]
     assert [record["round"] for record in numpy_run["rounds"]] == [1, 2]
+    assert numpy_run["rounds"][-1]["evaluate_metrics"]["eval_r2"] >= numpy_run["floor"]
     assert all(check["passed"] for check in result.checks)
     assert len([node for node in numpy_run["supernodes"] if node["status"] == "online"]) == 2
     assert result.timings["instantiate_to_first_round_seconds"] > result.timings["deploy_seconds"]
@@ -69,6 +75,24 @@ def test_a_full_pair_with_real_rounds(cloud: OneCloud, tmp_path: Path) -> None:
     assert {app["type"] for app in publication.apps} == {"IMAGE", "SERVICE_TEMPLATE"}
     for app in publication.apps:
         assert int(cloud.marketapp_info(app["id"]).STATE) == 1  # READY
+
+
+def test_a_sklearn_pair_runs_sklearn_on_its_supernodes(cloud: OneCloud, tmp_path: Path) -> None:
+    """The sklearn images run the sklearn task (after the numpy canary), and clear its floor."""
+    spec, images = _images(SKLEARN_PAIR)
+    result = run_pair_in_cloud(spec, "ci", tmp_path / "work", PairTestOptions(rounds=3), cloud, images)
+    assert result.status == PASSED, (result.error, json.dumps(result.logs, indent=1)[-6000:])
+    assert result.framework_task == "sklearn"
+    assert [federation["task"] for federation in result.federations] == ["numpy", "sklearn"]
+    sklearn_run = result.framework_federation()
+    assert sklearn_run is not None and [record["round"] for record in sklearn_run["rounds"]] == [1, 2, 3]
+    accuracy = [record["evaluate_metrics"]["eval_accuracy"] for record in sklearn_run["rounds"]]
+    assert accuracy[-1] >= sklearn_run["floor"] == 0.85, accuracy
+    assert {check["name"] for check in result.checks if check["task"] == "sklearn"} >= {
+        "loss_decreasing",
+        "metric_floor",
+        "every_node_every_round",
+    }
 
 
 @pytest.mark.slow

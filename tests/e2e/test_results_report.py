@@ -28,17 +28,26 @@ from factory.results import (
 RUN = "20261128-120000"
 
 
-def _rounds(losses: list[float], seconds: float = 13.0) -> list[dict]:
+def _rounds(losses: list[float], seconds: float = 13.0, metric: str = "eval_r2") -> list[dict]:
     return [
         {
             "round": index + 1,
             "seconds": seconds + index,
             "finished": 1000.0 + 20 * index,
-            "evaluate_metrics": {"eval_loss": loss, "num-examples": 128.0},
+            "evaluate_metrics": {"eval_loss": loss, metric: 0.8 + 0.05 * index, "num-examples": 128.0},
             "train_metrics": {"train_loss": loss * 1.1},
         }
         for index, loss in enumerate(losses)
     ]
+
+
+def _federation(task: str, losses: list[float], metric: str, floor: float, passed: bool = True) -> dict:
+    return {
+        "task": task, "strategy": "fedavg", "rounds": _rounds(losses, metric=metric), "metric": metric,
+        "floor": floor, "rounds_requested": len(losses), "status": "finished:completed",
+        "submitted_at": 500.0, "finished_at": 540.0,
+        "checks": [{"name": "metric_floor", "passed": passed, "detail": "final ..."}],
+    }  # fmt: skip
 
 
 def _result(
@@ -58,7 +67,7 @@ def _result(
         status=status,
         error=error,
         warnings=["major.minor differs"] if status == PASSED_WITH_WARNING else [],
-        federations=[{"task": "numpy", "strategy": "fedavg", "rounds": _rounds(list(losses))}],
+        federations=[_federation("numpy", list(losses), "eval_r2", 0.95)],
         checks=[{"task": "numpy", "name": "run_completed", "passed": status != FAILED, "detail": "x"}],
         started_at=100.0,
         finished_at=160.0,
@@ -71,7 +80,8 @@ def _result(
 def results(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     release = _result("1.42.0", "1.42.0", PASSED)
-    release.federations.append({"task": "sklearn", "strategy": "fedavg", "rounds": _rounds([2.1, 0.9, 0.5])})
+    release.federations.append(_federation("sklearn", [2.1, 0.9, 0.5], "eval_accuracy", 0.85))
+    release.framework_task = "sklearn"
     write_result(release, root)
     write_result(_result("1.42.0", "1.41.0", PASSED_WITH_WARNING), root)
     write_result(_result("1.41.0", "1.42.0", FAILED, error="[code: 2004] Failed to activate SuperNode"), root)
@@ -131,9 +141,62 @@ def test_compat_grid_takes_the_worst_outcome_per_cell(results: Path) -> None:
     assert "1.41.0|1.41.0" not in debian["cells"]  # that pair ran on another OS
     release = next(pair for pair in data["pairs"] if pair["pair"].startswith("pair-sl1.42.0-sn1.42.0"))
     assert release["framework_eval_loss"] == {"sklearn": [2.1, 0.9, 0.5]}
-    assert release["eval_loss"] == [1.5, 0.2]  # the numpy task's own curve
+    assert release["eval_loss"] == [1.5, 0.2]  # the numpy canary's own curve
+    framework = release["framework_task"]
+    assert (framework["task"], framework["rounds"], framework["rounds_requested"]) == ("sklearn", 3, 3)
+    assert (framework["metric"], framework["floor"], framework["passed"]) == ("eval_accuracy", 0.85, True)
+    assert framework["metric_values"] == pytest.approx([0.8, 0.85, 0.9])
+    assert framework["final_metric"] == pytest.approx(0.9)
+    assert framework["evaluate_metrics"][2]["eval_loss"] == 0.5
+    # a sklearn pair whose sklearn task never ran shows that, not the canary in its place
+    cross = next(pair for pair in data["pairs"] if pair["pair"].startswith("pair-sl1.42.0-sn1.41.0"))
+    assert cross["framework_task"] is None and cross["framework_eval_loss"] == {}
+    assert cross["expected_framework_task"] == "sklearn"
+    # per-task convergence: the canary of every pair, sklearn of the one pair that ran it
+    assert list(data["frameworks"]) == ["numpy", "sklearn"]
+    assert (
+        len(data["frameworks"]["numpy"]["pairs"]) == 4 and data["frameworks"]["numpy"]["framework_of"] == []
+    )
+    sklearn = data["frameworks"]["sklearn"]
+    assert (sklearn["metric"], sklearn["floor"], sklearn["framework_of"]) == (
+        "eval_accuracy",
+        0.85,
+        [release["pair"]],
+    )
     ubuntu_pair = next(pair for pair in data["pairs"] if pair["os"] == "ubuntu2404")
     assert ubuntu_pair["eval_loss"] == [2.0, None]  # non-finite values are not plotted
+
+
+def test_an_edge_pair_is_filed_under_its_supernodes_axes(tmp_path: Path) -> None:
+    """An edge pair runs a standard CPU x86_64 SuperLink: the pair is edge (aarch64 here), not standard."""
+    edge = _result("1.42.0", "1.42.0", PASSED)
+    edge.pair = "pair-sl1.42.0-sn1.42.0-ubuntu2404-cpu-edge-numpy"
+    edge.superlink = Side(
+        variant="superlink-1.42.0-ubuntu2404-cpu-standard-numpy-x86_64",
+        flower="1.42.0",
+        os="ubuntu2404",
+        accel="cpu",
+        profile="standard",
+        framework="numpy",
+        arch="x86_64",
+    )
+    edge.supernodes = Side(variant="supernode-1.42.0-ubuntu2404-cpu-edge-numpy-aarch64", flower="1.42.0",
+                           os="ubuntu2404", accel="cpu", profile="edge", framework="numpy", arch="aarch64",
+                           count=2)  # fmt: skip
+    gpu = _result("1.42.0", "1.42.0", PASSED, os="ubuntu2404")
+    gpu.pair = "pair-sl1.42.0-sn1.42.0-ubuntu2404-gpu-standard-sklearn"
+    gpu.supernodes.accel = "gpu"
+    pairs = {pair["pair"]: pair for pair in compat_data([edge, gpu], RUN)["pairs"]}
+    summary = pairs[edge.pair]
+    assert (summary["profile"], summary["arch"], summary["accel"]) == ("edge", "aarch64", "cpu")
+    record = edge.to_dict()
+    assert record["axes"] == {"os": "ubuntu2404", "accel": "cpu", "profile": "edge", "framework": "numpy",
+                              "arch": "aarch64"}  # fmt: skip
+    assert summary["framework_task"]["task"] == "numpy"  # on edge images the canary is the framework task
+    assert summary["framework_eval_loss"] == {"numpy": [1.5, 0.2]}
+    assert pairs[gpu.pair]["accel"] == "gpu"
+    grids = {(grid["os"], grid["accel"]) for grid in compat_data([edge, gpu], RUN)["grids"]}
+    assert grids == {("ubuntu2404", "cpu"), ("ubuntu2404", "gpu")}
 
 
 def test_report_files_are_complete_and_self_contained(results: Path) -> None:
@@ -146,7 +209,12 @@ def test_report_files_are_complete_and_self_contained(results: Path) -> None:
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>")
     images = re.findall(r'<img[^>]* src="([^"]+)"', page)
-    assert len(images) == 4  # convergence, round time, one grid per (OS, accel)
+    # convergence of the numpy and sklearn tasks, round time, one grid per (OS, accel)
+    assert len(images) == 5
+    assert 'alt="sklearn: evaluation loss and eval_accuracy per round' in page
+    assert "sklearn: 3/3 rounds, eval_accuracy 0.9 &gt;= floor 0.85 (passed)" in page
+    assert "## Convergence: sklearn task (the framework task of 1 pair(s))" in markdown
+    assert "sklearn: not run" in markdown  # the pairs that never ran their framework task
     assert all(source.startswith("data:image/png;base64,") for source in images)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the report must not fetch anything"
     assert "[code: 2004] Failed to activate SuperNode" in page

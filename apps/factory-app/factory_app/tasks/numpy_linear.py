@@ -1,5 +1,9 @@
 """Tiny linear regression trained with full-batch gradient descent: fast, deterministic, loss goes down.
 
+Evaluation reports the mean squared error (``eval_loss``) and the coefficient of determination
+(``eval_r2`` = 1 - MSE / variance of the node's test targets: 1 is a perfect fit, 0 is no better than
+predicting the mean), the metric the harness holds to a floor (apps/task-checks.toml).
+
 Every partition draws its own features from a generator seeded by (seed, partition id), their mean shifted
 by partition within [-0.25, 0.25] (mildly non-IID, and bounded: the step size stays stable for any number of
 partitions); the true weights are shared, so federated averaging converges.
@@ -62,4 +66,7 @@ def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: li
 
 def evaluate(arrays: list[np.ndarray], data: tuple, config: dict) -> tuple:
     weights, bias = arrays
-    return len(data[1]), {"eval_loss": _mse(weights, bias, data)}
+    mse = _mse(weights, bias, data)
+    variance = float(np.var(data[1]))
+    r2 = 1.0 - mse / variance if variance > 0.0 else 0.0
+    return len(data[1]), {"eval_loss": mse, "eval_r2": r2}

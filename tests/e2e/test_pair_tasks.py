@@ -1,0 +1,169 @@
+"""Which tasks a pair runs and what makes it pass: the numpy canary plus the task of its SuperNode image's
+framework, each held to apps/task-checks.toml; the pair's error names the framework task's failed check
+first. The runner is played by a stub that returns what a federation would have reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from factory.errors import ConfigError, FactoryError
+from factory.federation import FederationOutcome, evaluate_checks, parse_report_lines, task_criteria
+from factory.pairtest import PairSpec, PairTestOptions, _finish, _run_tasks, framework_task, pair_tasks
+from factory.results import FAILED, PASSED, PairResult, Side
+
+ROUND = (
+    'FF-ROUND {{"round": {n}, "seconds": 5.0, "finished": {n}.0, "train": {{"replies": 2, "errors": []}}, '
+    '"evaluate": {{"replies": 2, "errors": []}}, "train_metrics": {{}}, '
+    '"evaluate_metrics": {{"eval_loss": {loss}, "{metric}": {value}, "num-examples": 64.0}}}}\n'
+)
+
+
+def _spec(framework: str, profile: str = "standard") -> PairSpec:
+    link = Side(
+        variant=f"superlink-1.42.0-debian12-cpu-standard-{framework}-x86_64",
+        flower="1.42.0",
+        os="debian12",
+        accel="cpu",
+        profile="standard",
+        framework=framework,
+        arch="x86_64",
+    )
+    node = Side(
+        variant=f"supernode-1.42.0-debian12-cpu-{profile}-{framework}-x86_64",
+        flower="1.42.0",
+        os="debian12",
+        accel="cpu",
+        profile=profile,
+        framework=framework,
+        arch="x86_64",
+        count=2,
+    )
+    return PairSpec(f"pair-{framework}-{profile}", link, node)  # fmt: skip
+
+
+@dataclass
+class StubRunner:
+    """Answers ``run(task=...)`` with rounds whose final metric is ``final[task]`` (and falling loss)."""
+
+    final: dict[str, float]
+    raises: dict[str, str] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+
+    def run(self, rounds: int, task: str, expected_supernodes: int, **_: object) -> FederationOutcome:
+        self.ran.append(task)
+        if task in self.raises:
+            raise FactoryError(self.raises[task])
+        criteria = task_criteria(task)
+        outcome = FederationOutcome(app="factory-app", task=task, strategy="fedavg", rounds_requested=rounds,
+                                    expected_supernodes=expected_supernodes, metric=criteria.metric,
+                                    floor=criteria.floor, status="finished:completed",
+                                    submitted_at=100.0, finished_at=130.0)  # fmt: skip
+        outcome.supernodes = [{"status": "online"}, {"status": "online"}]
+        log = "".join(
+            ROUND.format(
+                n=n, loss=2.0 / n, metric=criteria.metric, value=self.final[task] - 0.1 * (rounds - n)
+            )
+            for n in range(1, rounds + 1)
+        )
+        _, outcome.rounds, _ = parse_report_lines(log)
+        outcome.checks = evaluate_checks(outcome, criteria)
+        return outcome
+
+
+def _pair(spec: PairSpec, runner: StubRunner, options: PairTestOptions | None = None) -> PairResult:
+    result = PairResult(pair=spec.name, run="t", target="bare", security="tls-auth",
+                        superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
+    error = ""
+    try:
+        _run_tasks(runner, spec, options or PairTestOptions(), result)  # type: ignore[arg-type]
+    except FactoryError as failure:
+        error = str(failure)
+    return _finish(result, spec, error)
+
+
+def test_a_sklearn_pair_runs_the_canary_then_sklearn_and_records_both() -> None:
+    runner = StubRunner({"numpy": 0.99, "sklearn": 0.93})
+    result = _pair(_spec("sklearn"), runner)
+    assert runner.ran == ["numpy", "sklearn"]
+    assert result.status == PASSED, result.error
+    assert result.framework_task == "sklearn"
+    framework = result.framework_federation()
+    assert framework is not None and framework["metric"] == "eval_accuracy" and framework["floor"] == 0.85
+    assert [record["round"] for record in framework["rounds"]] == [1, 2, 3]
+    assert {check["task"] for check in result.checks} == {"numpy", "sklearn"}
+    assert result.timings["task_seconds"] == {"numpy": 30.0, "sklearn": 30.0}
+
+
+def test_an_edge_pair_runs_numpy_once_as_canary_and_framework_task() -> None:
+    runner = StubRunner({"numpy": 0.99})
+    result = _pair(_spec("numpy", profile="edge"), runner)
+    assert runner.ran == ["numpy"]
+    assert result.status == PASSED and result.framework_task == "numpy"
+    assert result.framework_federation() is result.federations[0]
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_pytorch_and_tensorflow_images_select_their_own_task(framework: str) -> None:
+    spec = _spec(framework)
+    assert framework_task(spec) == framework
+    assert pair_tasks(spec, PairTestOptions()) == ["numpy", framework]
+    assert task_criteria(framework).metric == "eval_accuracy"
+
+
+def test_a_framework_metric_below_its_floor_fails_the_pair_and_is_named_first() -> None:
+    # the canary also missed its floor: still, the framework task's check is what the error names first
+    runner = StubRunner({"numpy": 0.99, "sklearn": 0.50})
+    result = _pair(_spec("sklearn"), runner)
+    assert result.status == FAILED
+    assert result.error.startswith("sklearn/metric_floor: final eval_accuracy 0.5 below floor 0.85"), (
+        result.error
+    )
+
+
+def test_a_failed_canary_stops_before_the_framework_task() -> None:
+    runner = StubRunner({"numpy": 0.30, "sklearn": 0.93})
+    result = _pair(_spec("sklearn"), runner)
+    assert runner.ran == ["numpy"]
+    assert result.status == FAILED and result.error.startswith("numpy/metric_floor:"), result.error
+
+
+def test_a_framework_task_that_breaks_names_the_task() -> None:
+    runner = StubRunner({"numpy": 0.99}, raises={"sklearn": "`flwr run` failed (exit 1): no sklearn"})
+    result = _pair(_spec("sklearn"), runner)
+    assert result.status == FAILED and result.error.startswith("sklearn task: `flwr run` failed"), (
+        result.error
+    )
+
+
+def test_the_canary_alone_is_not_a_pass() -> None:
+    runner = StubRunner({"numpy": 0.99, "sklearn": 0.93})
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(framework_task=False))
+    assert runner.ran == ["numpy"]
+    assert result.status == FAILED
+    assert result.error == "sklearn/framework_task: not run (the numpy canary only)"
+
+
+def test_one_round_cannot_show_the_loss_going_down() -> None:
+    with pytest.raises(ConfigError, match="--rounds: must be at least 2"):
+        PairTestOptions(rounds=1).check()
+
+
+def test_bare_pairs_get_the_framework_packages_of_their_images() -> None:
+    from factory.pairtest import framework_packages
+
+    packages, index = framework_packages(_spec("sklearn").supernode)
+    assert any(package.startswith("scikit-learn==") for package in packages) and index == ""
+    with pytest.raises(ConfigError, match="no variant named"):
+        framework_packages(Side(variant="supernode-0.0-nowhere", flower="0.0"))
+
+
+def test_the_floors_are_documented_where_users_read_them() -> None:
+    from factory.federation import load_task_criteria
+    from factory.paths import REPO_ROOT
+
+    docs = (Path(REPO_ROOT) / "docs" / "e2e.md").read_text()
+    for criteria in load_task_criteria().values():
+        assert f"| `{criteria.task}` | `{criteria.metric}` | {criteria.floor:g} |" in docs, criteria.task
