@@ -269,6 +269,22 @@ def described_rounds(result: PairResult) -> dict[str, int]:
     return rounds
 
 
+def framework_result(result: PairResult) -> str:
+    """What the pair's framework task reached, e.g. ``sklearn task: final eval_accuracy 0.947 (floor
+    0.85)``: the run that says what the SuperNode image is for (``PairResult.framework_federation``)."""
+    federation = result.framework_federation()
+    metric = federation.get("metric") if federation else None
+    rounds = federation.get("rounds") if federation else None
+    if not metric or not rounds:
+        return ""
+    final = (rounds[-1].get("evaluate_metrics") or {}).get(metric)
+    if not isinstance(final, int | float):
+        return ""
+    floor = federation.get("floor")
+    held = f" (floor {floor:g})" if isinstance(floor, int | float) else ""
+    return f"{federation['task']} task: final {metric} {final:.3g}{held}"
+
+
 def appliance_yaml(
     image: ImageToPublish, stamp: str, url: str, created: float, result: PairResult, release: int
 ) -> dict[str, Any]:
@@ -276,6 +292,8 @@ def appliance_yaml(
     os_id, os_release = _os_fields(side)
     runs = ", ".join(f"{count} rounds of {task}" for task, count in described_rounds(result).items())
     tested = f"{runs or 'no rounds'} ({result.security}) with SuperNodes of Flower {result.supernodes.flower}"
+    if reached := framework_result(result):
+        tested += f"; {reached}"
     role_title = appliance_templates.ROLE_TITLES[image.role]
     description = (
         f"Flower {role_title} appliance (Flower {side.flower}, {side.framework}), built and tested as a pair "

@@ -12,7 +12,7 @@ import yaml
 from factory.errors import FactoryError
 from factory.manifest import digests
 from factory.paths import SHARED_DIR
-from factory.publish import ChecksumMismatch, plan, publish
+from factory.publish import ChecksumMismatch, framework_result, plan, publish
 from factory.results import FAILED, PairResult, load_results, write_result
 
 from .conftest import RUN, make_pair_result
@@ -254,3 +254,21 @@ def test_build_py_publish_writes_the_tree(run_root: Path) -> None:
     assert "not published: pair-sl1.41.0-sn1.41.0" in result.stdout
     assert len(_yamls(run_root)) == 3
     assert all(document["version"].startswith("1.42.0-2-") for document in _yamls(run_root))
+
+
+def test_the_description_says_what_the_framework_task_reached(tmp_path: Path) -> None:
+    result = make_pair_result(tmp_path, "1.42.0", "1.42.0")
+    assert framework_result(result) == ""  # the numpy canary alone says nothing of the sklearn image
+    result.framework_task = "sklearn"
+    result.federations.append(
+        {
+            "task": "sklearn",
+            "metric": "eval_accuracy",
+            "floor": 0.85,
+            "rounds": [
+                {"evaluate_metrics": {"eval_accuracy": 0.91}},
+                {"evaluate_metrics": {"eval_accuracy": 0.947}},
+            ],
+        }
+    )
+    assert framework_result(result) == "sklearn task: final eval_accuracy 0.947 (floor 0.85)"
