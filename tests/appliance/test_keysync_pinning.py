@@ -97,7 +97,7 @@ def pair(dummy_cloud: Any) -> dict[str, Any]:
     wait_for(lambda: body()["state"] == 2, 120, interval=0.2, what="service RUNNING")
     nodes = {role["name"]: sorted(int(n["deploy_id"]) for n in role["nodes"]) for role in body()["roles"]}
     rogue = one.template.instantiate(template, "rogue")
-    wait_for(lambda: one.vm.info(rogue).STATE == 3, 60, interval=0.2, what="rogue VM ACTIVE")
+    wait_for(lambda: one.vm.info(rogue).LCM_STATE == 3, 60, interval=0.2, what="rogue VM RUNNING")
     return {
         "one": one,
         "service": service_id,
