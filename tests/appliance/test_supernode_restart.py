@@ -170,10 +170,20 @@ def test_a_killed_supernode_is_refused_until_released_then_activates_at_once(lin
         "Flower's behaviour changed?"
     )
 
-    released = release(link, "--node-id", node_id)
-    assert (
-        released.returncode == 0 and f"released the previous activation of node {node_id}" in released.stderr
+    # After an unclean end (no clean-stop marker), with the id kept from an earlier run.
+    id_file = link.root / "supernode-node-id"
+    id_file.write_text(f"{node_id}\n")
+    released = release(
+        link,
+        "--id-file",
+        str(id_file),
+        "--clean-marker",
+        str(link.root / "clean"),
+        "--unit",
+        "no-such.service",
     )
+    assert released.returncode == 0, released.stderr
+    assert f"released the previous activation of node {node_id}" in released.stderr
 
     started = time.monotonic()
     again = link.supernode("again")
@@ -190,20 +200,42 @@ def test_a_killed_supernode_is_refused_until_released_then_activates_at_once(lin
 
 
 def test_nothing_is_done_after_a_clean_end_or_without_authentication(tmp_path: Path) -> None:
-    marker = tmp_path / "unclean"
+    marker, id_file = tmp_path / "stopped-cleanly", tmp_path / "node-id"
     args = tmp_path / "supernode.args"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        argv = ["python3", str(RELEASE), "--args", str(args), "--clean-marker", str(marker)]
+        argv += ["--id-file", str(id_file), "--unit", "no-such.service", "--timeout", "2"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
     args.write_text("--superlink\n127.0.0.1:9\n--insecure\n")
-    python = "python3"
-    clean = subprocess.run(
-        [python, str(RELEASE), "--args", str(args), "--marker", str(marker)], capture_output=True, text=True
-    )
-    assert (clean.returncode, clean.stderr) == (0, ""), "no marker: the previous run ended cleanly"
     marker.touch()
-    unauthenticated = subprocess.run(
-        [python, str(RELEASE), "--args", str(args), "--marker", str(marker)], capture_output=True, text=True
-    )
-    assert unauthenticated.returncode == 0 and "no SuperNode authentication" in unauthenticated.stderr
+    clean = run()
+    assert (clean.returncode, clean.stderr) == (0, ""), "the previous run stopped cleanly: nothing to do"
     assert not marker.exists(), "the marker is used once"
+    unauthenticated = run()
+    assert unauthenticated.returncode == 0 and "no SuperNode authentication" in unauthenticated.stderr
+
+    args.write_text(f"--superlink\n127.0.0.1:9\n--auth-supernode-private-key\n{tmp_path / 'key'}\n")
+    unknown = run()
+    assert unknown.returncode == 0 and "no previous node id" in unknown.stderr
+
+
+def test_an_unreachable_superlink_does_not_fail_the_start(flower_venv: Path, tmp_path: Path) -> None:
+    key = tmp_path / "node"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(key)], check=True)
+    args = tmp_path / "supernode.args"
+    args.write_text(
+        f"--superlink\n127.0.0.1:{free_port()}\n--insecure\n--auth-supernode-private-key\n{key}\n"
+    )
+    (tmp_path / "node-id").write_text("42\n")
+    argv = [str(flower_venv / "bin" / "python"), str(RELEASE), "--args", str(args)]
+    argv += ["--id-file", str(tmp_path / "node-id"), "--clean-marker", str(tmp_path / "clean")]
+    argv += ["--unit", "no-such.service", "--timeout", "2"]
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "could not release node 42" in result.stderr, result.stderr
+    assert time.monotonic() - started < 20
 
 
 def test_the_unit_releases_after_an_unclean_end() -> None:
@@ -214,5 +246,5 @@ def test_the_unit_releases_after_an_unclean_end() -> None:
     assert (
         service["ExecStartPre"] == "-+/opt/flower/venv/bin/python /etc/one-appliance/bin/flower-node-release"
     )
-    assert '"$SERVICE_RESULT" != success' in service["ExecStopPost"]
-    assert "/run/one-appliance/supernode-unclean" in service["ExecStopPost"]
+    assert '"$SERVICE_RESULT" = success' in service["ExecStopPost"]
+    assert "/var/lib/flower/run/supernode-stopped-cleanly" in service["ExecStopPost"]
