@@ -74,6 +74,7 @@ class Server(ThreadingHTTPServer):
         self.max_per_client = MAX_PER_CLIENT
         self._open: Counter[str] = Counter()
         self._open_lock = threading.Lock()
+        self._refused, self._refusal_logged = 0, -1e9
 
     def open_connections(self) -> int:
         with self._open_lock:
@@ -88,7 +89,10 @@ class Server(ThreadingHTTPServer):
             if admitted:
                 self._open[client] += 1
         if not admitted:
-            log.warning("refused a connection from %s: too many open", client)
+            self._refused += 1
+            if time.monotonic() - self._refusal_logged >= 10:  # one line per 10 s, not one per connection
+                log.warning("refused %d connection(s), last from %s: too many open", self._refused, client)
+                self._refused, self._refusal_logged = 0, time.monotonic()
             try:
                 request.settimeout(1)
                 request.sendall(_BUSY)
