@@ -1,6 +1,7 @@
 """Issue 9 against a booted pair (slow; one pair for the module): a key takeover through OneGate by a VM
-outside the service is refused by the SuperLink's key sync (item 1), and a SuperLink powered off and
-resumed withdraws READY while it is off and reports ready again (item 12)."""
+outside the service is refused by the SuperLink's key sync (item 1), a killed SuperNode rejoins at once
+(item 13), and a SuperLink powered off and resumed withdraws READY while it is off and reports ready
+again (item 12)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,28 @@ def test_a_rogue_vm_cannot_take_over_a_supernode_key(pair) -> None:
         assert "SuperNode ID" not in rogue_journal
     finally:
         cloud.terminate(rogue)
+
+
+def test_a_killed_supernode_rejoins_at_once(pair) -> None:
+    """Item 13: killed, its node stays ONLINE on the SuperLink for up to 60 s and a plain restart is refused
+    with code 2004; flower-node-release (ExecStartPre) releases it and the restart activates at once."""
+    cloud: ApplianceCloud = pair["cloud"]
+    victim = pair["supernodes"][1]
+    wait_for(lambda: len(online(cloud, pair["superlink"])) == 2, 300, what="2 online")
+    host = cloud.host(victim)
+    since = host.run("date +%s").stdout.strip()
+    assert host.run("systemctl kill -s KILL flower-supernode").rc == 0
+
+    def journal() -> str:
+        return host.run(f"journalctl -u flower-supernode --no-pager -o cat --since @{since}").stdout
+
+    wait_for(lambda: "SuperNode ID" in journal() or "Failed to activate" in journal(), 120, what="restart")
+    seen = journal()
+    assert "released the previous activation of node" in seen, seen[-3000:]
+    assert "Failed to activate" not in seen, seen[-3000:]
+    restarts = host.run("systemctl show -p NRestarts --value flower-supernode").stdout.strip()
+    assert int(restarts) >= 1, restarts
+    assert len(online(cloud, pair["superlink"])) == 2
 
 
 def test_a_powered_off_superlink_is_not_ready_until_it_is_back(pair) -> None:
