@@ -404,6 +404,11 @@ class Bridge:
             return []
         if not isinstance(data, dict) or data.get("user") != user:
             return []
+        try:  # a restarted cloud (new process) registers its own ports: the dead one's are not kept
+            if ProcessIdentity.from_json(data["process"]) != ProcessIdentity.current():
+                return []
+        except (KeyError, TypeError, ValueError):
+            return []
         return [port for port in data.get("ports", []) if isinstance(port, int) and 0 < port < 65536]
 
     def attach(self, link: str) -> None:

@@ -353,6 +353,14 @@ def _host_side(state_dir: str, guest_namespace: str, host_link: str, guest_ip: s
     )
     bridge.ensure()
     seen["dead_cloud"] = probe(anything)
+    # A cloud restarted on the same state directory (same user, new process) does not inherit the ports.
+    dead = {"pid": 999999, "start_time": 1, "boot": "x"}
+    bridge._user_file("cloud-c").write_text(
+        json.dumps({"user": "cloud-c", "process": dead, "ports": [anything]})
+    )
+    bridge.ensure(user="cloud-c")
+    seen["restarted_cloud"] = probe(anything)
+    bridge.remove_if_unused(user="cloud-c")
     assert not bridge.remove_if_unused(user="cloud-b")
     seen["b_left"] = {"onegate": probe(onegate), "other": probe(other_cloud)}
     network.delete_link(host_link)
@@ -402,6 +410,7 @@ def test_guests_reach_only_the_host_ports_their_clouds_registered(tmp_path: Path
     assert seen["rules_once"] == 1, "re-running the set-up does not stack rules"
     assert seen["two_clouds"] == {"onegate": "open", "other": "open"}
     assert seen["dead_cloud"] == "refused", "a dead cloud's ports are not allowed"
+    assert seen["restarted_cloud"] == "refused", "a restarted cloud registers its own ports"
     assert seen["b_left"] == {"onegate": "open", "other": "refused"}, "a cloud's ports go with it"
     assert seen["removed"] is True and network.NFT_TABLE not in str(seen["table_after"])
 
