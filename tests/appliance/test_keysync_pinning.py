@@ -18,7 +18,10 @@ import pyone
 import pytest
 import requests
 from appliance_cloud import wait_for
-from conftest import APPLIANCE_DIR
+
+from factory.paths import CONTEXT_DIR
+
+APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 
 B64_HEAD = "AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABh"
 REAL = f"ecdsa-sha2-nistp384 {B64_HEAD}{'B' * 128}== supernode@real"

@@ -16,7 +16,10 @@ import pyone
 import pytest
 import requests
 from appliance_cloud import wait_for
-from conftest import APPLIANCE_DIR
+
+from factory.paths import CONTEXT_DIR
+
+APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 
 
 @pytest.fixture(scope="module")

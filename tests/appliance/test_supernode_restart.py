@@ -20,10 +20,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import APPLIANCE_DIR
-from test_supernode import make_ca_and_server
+
+from factory.paths import CONTEXT_DIR
+
+APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 
 RELEASE = APPLIANCE_DIR / "bin" / "flower-node-release"
+
+
+def make_ca_and_server(directory: Path) -> tuple[Path, Path, Path]:
+    """An openssl CA and a server certificate for 127.0.0.1 (the SuperLink's) in ``directory``."""
+    directory.mkdir(parents=True)
+    ca_key, ca, key, csr, cert, extensions = (
+        directory / name for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf")
+    )
+    curve = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    for argv in (
+        ["genpkey", *curve, "-out", str(ca_key)],
+        ["req", "-x509", "-key", str(ca_key), "-subj", "/CN=test CA", "-days", "2", "-out", str(ca)],
+        ["genpkey", *curve, "-out", str(key)],
+        ["req", "-new", "-key", str(key), "-subj", "/CN=127.0.0.1", "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-set_serial", "7",
+         "-days", "2", "-extfile", str(extensions), "-out", str(cert)],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *argv], check=True, capture_output=True)
+    return ca, cert, key
 
 
 def free_port() -> int:
@@ -89,7 +111,7 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 @pytest.fixture
 def link(flower_venv: Path, tmp_path: Path) -> Iterator[Link]:
     """A SuperLink with TLS and SuperNode authentication, and one registered SuperNode key."""
-    ca, cert, key = make_ca_and_server(tmp_path / "tls", "SuperLink test CA")
+    ca, cert, key = make_ca_and_server(tmp_path / "tls")
     node_key = tmp_path / "node"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(node_key)], check=True
