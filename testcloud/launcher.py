@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ class LaunchError(RuntimeError):
 def _bridge(state_dir: Path) -> None:
     """Real guests need the test bridge (and OneGate listens on it); this cloud is one of its users."""
     network.ensure_bridge(user=str(state_dir))
+
+
+def _allow_guests(state_dir: Path, servers: Iterable[Server]) -> None:
+    """Guests may reach the host only on this cloud's servers that listen on the bridge (OneGate; the
+    others listen on 127.0.0.1), for as long as this process lives (see network.Bridge)."""
+    ports = [server.port for server in servers if server.server_address[0] == BRIDGE_ADDRESS]
+    network.allow_guest_ports(str(state_dir), ports)
 
 
 def _remove_bridge_if_unused(state_dir: Path) -> None:
@@ -91,6 +99,8 @@ class CloudHandle:
             self.cloud = None
             if not keep_guests and driver != "dummy":
                 _remove_bridge_if_unused(self.state_dir)
+            elif driver != "dummy":  # the guests stay on the bridge; the closed ports are no longer theirs
+                _allow_guests(self.state_dir, [])
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "endpoints.json").unlink()
 
@@ -167,6 +177,8 @@ def start(
         raise
     endpoints["oneflow"] = f"http://127.0.0.1:{servers['oneflow'].port}"
     endpoints["auth"] = f"oneadmin:{cloud.password()}"
+    if driver != "dummy":
+        _allow_guests(state_dir, servers.values())
     cloud.start_engine()
     for name, server in servers.items():
         server.start(f"testcloud-{name}")

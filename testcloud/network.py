@@ -3,6 +3,11 @@
 - ``flbr0`` carries ``10.231.64.1/24`` (the host: OneGate listens there). Guests get addresses from the
   same /24. Nothing is routed or forwarded off the bridge: IPv4 forwarding is off for it, an nftables
   table drops anything forwarded between the bridge and another interface, and there is no NAT.
+- Guests reach the host itself only on the ports test clouds registered for them (OneGate's), ICMP
+  echo and errors, and replies to connections the host opened: the same table's input chain answers
+  everything else from the bridge with a reset. The allowed ports are one nftables set rebuilt, under the
+  bridge's lock, from the records of the live users of the bridge: a cloud that stops or dies takes its
+  ports with it.
 - Several test clouds (xdist workers, other worktrees) share the bridge. Host-wide state lives under
   ``/run/flower-testcloud/``: ``leases/<ip>`` (who holds an address), ``flbr0-users/`` (who needs the
   bridge). Every entry records its owner's pid, start time and boot id: entries of dead processes are
@@ -37,6 +42,9 @@ PREFIX_LENGTH = SUBNET.prefixlen
 STATE_ROOT = Path(os.environ.get("FLOWER_TESTCLOUD_RUN", "/run/flower-testcloud"))
 LEASE_DIR = STATE_ROOT / "leases"
 NFT_TABLE = "flower_testcloud"
+GUEST_PORTS_SET = "guest_ports"
+# ICMP a guest may send to the host: ping, and the errors path MTU discovery and refused connections need.
+ICMP_ALLOWED = "echo-request, destination-unreachable, time-exceeded, parameter-problem"
 
 _TAG_PATTERN = re.compile(r"^[0-9a-f]{6}$")
 
@@ -47,6 +55,12 @@ _TAG_PATTERN = re.compile(r"^[0-9a-f]{6}$")
 def cloud_tag(state_dir: Path) -> str:
     """Six hex digits naming one test cloud on this host (from its state directory)."""
     return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:6]
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"a guest port must be a number from 1 to 65535, got {port!r}")
+    return port
 
 
 def _check_tag(tag: str) -> str:
@@ -259,20 +273,42 @@ class Bridge:
             for entry in link.get("addr_info", [])
         )
 
-    def guard_rules(self) -> str:
-        """nftables: drop anything forwarded between the bridge and any other interface (no way out)."""
-        return (
-            f"table inet {self.nft_table} {{\n"
-            "    chain forward_guard {\n"
-            "        type filter hook forward priority -10; policy accept;\n"
-            f'        iifname "{self.name}" oifname != "{self.name}" drop\n'
-            f'        oifname "{self.name}" iifname != "{self.name}" drop\n'
-            "    }\n"
-            "}\n"
-        )
+    def guard_rules(self, ports: Iterable[int] = ()) -> str:
+        """nftables, one transaction that leaves the table in the same state however often it runs:
+
+        - ``forward_guard``: drop anything forwarded between the bridge and any other interface (no way
+          out);
+        - ``input_guard``: from the bridge, the host accepts replies to its own connections, ICMP echo and
+          errors, and TCP to the ports of the set ``guest_ports`` (``ports``); everything else is refused
+          (TCP reset, ICMP port unreachable), so a guest never reaches a host socket bound to 0.0.0.0.
+
+        The table is not deleted first: chains and the set are flushed and refilled in the same
+        transaction, so there is never a moment without the guard.
+        """
+        table, bridge = f"inet {self.nft_table}", f'"{self.name}"'
+        elements = ", ".join(str(port) for port in sorted(set(ports)))
+        lines = [
+            f"add table {table}",
+            f"add chain {table} forward_guard {{ type filter hook forward priority -10; policy accept; }}",
+            f"flush chain {table} forward_guard",
+            f"add rule {table} forward_guard iifname {bridge} oifname != {bridge} drop",
+            f"add rule {table} forward_guard oifname {bridge} iifname != {bridge} drop",
+            f"add set {table} {GUEST_PORTS_SET} {{ type inet_service; }}",
+            f"flush set {table} {GUEST_PORTS_SET}",
+            *([f"add element {table} {GUEST_PORTS_SET} {{ {elements} }}"] if elements else []),
+            f"add chain {table} input_guard {{ type filter hook input priority -10; policy accept; }}",
+            f"flush chain {table} input_guard",
+            f"add rule {table} input_guard iifname {bridge} ct state established,related accept",
+            f"add rule {table} input_guard iifname {bridge} ct state invalid drop",
+            f"add rule {table} input_guard iifname {bridge} icmp type {{ {ICMP_ALLOWED} }} accept",
+            f"add rule {table} input_guard iifname {bridge} tcp dport @{GUEST_PORTS_SET} accept",
+            f"add rule {table} input_guard iifname {bridge} meta l4proto tcp reject with tcp reset",
+            f"add rule {table} input_guard iifname {bridge} reject",
+        ]
+        return "\n".join(lines) + "\n"
 
     def _install_guard(self) -> None:
-        script = f"add table inet {self.nft_table}\ndelete table inet {self.nft_table}\n{self.guard_rules()}"
+        script = self.guard_rules(self.guest_ports())
         try:
             run(["nft", "-f", "-"], input=script.encode())
         except HostError:
@@ -304,31 +340,76 @@ class Bridge:
     def live_users(self) -> list[str]:
         if not self.users_dir.is_dir():
             return []
-        users = []
-        for path in self.users_dir.iterdir():
+        return [str(record["user"]) for record in self._live_user_records()]
+
+    def _live_user_records(self) -> list[dict]:
+        """The records of users whose process lives; those of dead ones are deleted."""
+        if not self.users_dir.is_dir():
+            return []
+        records = []
+        for path in sorted(self.users_dir.iterdir()):
+            if path.name.startswith("."):
+                continue
             try:
                 data = json.loads(path.read_text())
                 alive = ProcessIdentity.from_json(data["process"]).alive()
             except (OSError, ValueError, KeyError, TypeError):
                 alive = False
             if alive:
-                users.append(str(data["user"]))
+                records.append(data)
             else:
                 path.unlink(missing_ok=True)
-        return users
+        return records
 
-    def ensure(self, user: str | None = None) -> None:
-        """Create the bridge, its address and the forward guard if missing; idempotent and race-safe.
+    def guest_ports(self) -> list[int]:
+        """The host TCP ports guests may reach: those registered by live users of the bridge."""
+        ports: set[int] = set()
+        for record in self._live_user_records():
+            for port in record.get("ports", []):
+                if isinstance(port, int) and 0 < port < 65536:
+                    ports.add(port)
+        return sorted(ports)
+
+    def ensure(self, user: str | None = None, ports: Iterable[int] | None = None) -> None:
+        """Create the bridge, its address and the guards if missing; idempotent and race-safe.
 
         ``user`` (e.g. a test cloud's state directory) registers this process as needing the bridge
-        until it calls ``remove_if_unused(user)`` or dies.
+        until it calls ``remove_if_unused(user)`` or dies. ``ports`` are the host TCP ports this user
+        serves guests on (its OneGate): guests may reach them while the user lives; None keeps those
+        the user registered before.
         """
+        wanted = None if ports is None else sorted({_check_port(port) for port in ports})
+        if wanted and not user:
+            raise ValueError("guest ports belong to a user of the bridge: name one")
         with self._locked():
-            self._ensure_locked()
             if user:
                 self.users_dir.mkdir(parents=True, exist_ok=True)
-                record = {"user": user, "process": ProcessIdentity.current().to_json()}
-                _write_atomically(self._user_file(user), json.dumps(record) + "\n")
+                path = self._user_file(user)
+                if wanted is None:
+                    wanted = self._recorded_ports(path, user)
+                record = {"user": user, "process": ProcessIdentity.current().to_json(), "ports": wanted}
+                _write_atomically(path, json.dumps(record) + "\n")
+            self._ensure_locked()
+
+    def allow_guest_ports(self, user: str, ports: Iterable[int]) -> None:
+        """Let guests reach the host on ``ports`` (replacing ``user``'s earlier ones) while ``user``'s
+        process lives; ``remove_if_unused(user)`` or its death withdraws them."""
+        self.ensure(user, ports)
+
+    @staticmethod
+    def _recorded_ports(path: Path, user: str) -> list[int]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(data, dict) or data.get("user") != user:
+            return []
+        try:  # a restarted cloud (new process) registers its own ports: the dead one's are not kept
+            if ProcessIdentity.from_json(data["process"]) != ProcessIdentity.current():
+                return []
+        except (KeyError, TypeError, ValueError):
+            return []
+        return [port for port in data.get("ports", []) if isinstance(port, int) and 0 < port < 65536]
 
     def attach(self, link: str) -> None:
         """Put a host-side interface on the bridge (re-creating the bridge if it was just removed)."""
@@ -345,8 +426,10 @@ class Bridge:
             if user:
                 self._user_file(user).unlink(missing_ok=True)
             if not self.exists():
+                run(["nft", "delete", "table", "inet", self.nft_table], check=False)
                 return True
             if self.ports() or self.leases().leases() or self.live_users():
+                self._install_guard()  # the set loses the ports of the user that left
                 return False
             run(["ip", "link", "del", self.name])
             run(["nft", "delete", "table", "inet", self.nft_table], check=False)
@@ -356,9 +439,14 @@ class Bridge:
 DEFAULT_BRIDGE = Bridge(BRIDGE, HOST_ADDRESS, PREFIX_LENGTH, NFT_TABLE, STATE_ROOT)
 
 
-def ensure_bridge(user: str | None = None) -> None:
-    """``flbr0`` with ``10.231.64.1/24`` and the forward guard, created if missing (see Bridge.ensure)."""
-    DEFAULT_BRIDGE.ensure(user)
+def ensure_bridge(user: str | None = None, ports: Iterable[int] | None = None) -> None:
+    """``flbr0`` with ``10.231.64.1/24`` and the guards, created if missing (see Bridge.ensure)."""
+    DEFAULT_BRIDGE.ensure(user, ports)
+
+
+def allow_guest_ports(user: str, ports: Iterable[int]) -> None:
+    """Guests on ``flbr0`` may reach the host on ``ports`` while ``user`` lives (see Bridge)."""
+    DEFAULT_BRIDGE.allow_guest_ports(user, ports)
 
 
 def attach_to_bridge(link: str) -> None:

@@ -253,9 +253,12 @@ def onegate_on_the_bridge() -> Iterator[tuple[str, list[dict[str, str]]]]:
     handler = type("OneGate", (_OneGate,), {"received": []})
     server = http.server.ThreadingHTTPServer((network.HOST_ADDRESS, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    user = f"onegate-stand-in-{os.getpid()}-{server.server_address[1]}"
+    network.allow_guest_ports(user, [server.server_address[1]])  # the input guard lets guests reach it
     yield f"http://{network.HOST_ADDRESS}:{server.server_address[1]}", handler.received
     server.shutdown()
     server.server_close()
+    network.remove_bridge_if_unused(user)
 
 
 def test_the_guest_reports_ready_through_onegate(guests: Guests, onegate_on_the_bridge) -> None:

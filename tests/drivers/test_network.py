@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -266,3 +269,161 @@ def test_a_guest_namespace_nothing_lives_in_is_an_orphan() -> None:
                 process.wait()
         for name in (orphan, lived_in, supervised):
             network.delete_namespace(name)
+
+
+# ---------------------------------------------------------------------------------------------- input guard
+# The host side runs in a network namespace of its own (``ip netns exec`` gives it its own /sys too): a bridge
+# named flbr0 with 10.231.64.1/24 and the real guard, without touching the flbr0 other test clouds use.
+
+_PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as error:
+    print(type(error).__name__)
+"""
+
+
+_PING = """
+import socket, struct, sys
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+packet = struct.pack("!BBHHH", 8, 0, 0, 7, 1) + b"flower"
+packet = packet[:2] + struct.pack("!H", checksum(packet)) + packet[4:]
+with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+    raw.settimeout(3)
+    raw.sendto(packet, (sys.argv[1], 0))
+    try:
+        while True:
+            reply = raw.recv(2048)
+            if reply[20] == 0:  # echo reply (after the 20-byte IP header)
+                print("echo-reply")
+                break
+    except TimeoutError:
+        print("no-reply")
+"""
+
+
+def _listen(address: str) -> socket.socket:
+    listener = socket.create_server((address, 0))
+    threading.Thread(target=_accept_forever, args=(listener,), daemon=True).start()
+    return listener
+
+
+def _accept_forever(listener: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            listener.accept()[0].close()
+
+
+def _host_side(state_dir: str, guest_namespace: str, host_link: str, guest_ip: str) -> dict[str, object]:
+    """Runs inside the host-side namespace: set up, register, probe from the guest; returns what it saw."""
+    bridge = network.Bridge(network.BRIDGE, network.HOST_ADDRESS, 24, network.NFT_TABLE, Path(state_dir))
+    host = network.HOST_ADDRESS
+    bridge.ensure()
+    anything = _listen("0.0.0.0").getsockname()[1]  # a host socket on every address
+    onegate = _listen(host).getsockname()[1]
+    other_cloud = _listen("0.0.0.0").getsockname()[1]
+
+    def probe(port: int) -> str:
+        argv = ["ip", "netns", "exec", guest_namespace, sys.executable, "-c", _PROBE, host, str(port)]
+        return run(argv).strip()
+
+    seen: dict[str, object] = {}
+    bridge.ensure(user="cloud-a", ports=[onegate])
+    bridge.ensure(user="cloud-a")  # again, as every guest's attach does: nothing changes
+    bridge.attach(host_link)
+    seen["alone"] = {"anything": probe(anything), "onegate": probe(onegate), "other": probe(other_cloud)}
+    seen["ping"] = run(["ip", "netns", "exec", guest_namespace, sys.executable, "-c", _PING, host]).strip()
+    with socket.create_connection((guest_ip, 8022), timeout=5) as connection:  # the host opens: replies pass
+        seen["host_to_guest"] = connection.recv(2).decode()
+    seen["rules_once"] = run(["nft", "list", "table", "inet", network.NFT_TABLE]).count("@guest_ports")
+
+    bridge.ensure(user="cloud-b", ports=[other_cloud])
+    seen["two_clouds"] = {"onegate": probe(onegate), "other": probe(other_cloud)}
+    bridge.users_dir.joinpath("dead").write_text(
+        json.dumps(
+            {"user": "gone", "process": {"pid": 999999, "start_time": 1, "boot": "x"}, "ports": [anything]}
+        )
+    )
+    bridge.ensure()
+    seen["dead_cloud"] = probe(anything)
+    # A cloud restarted on the same state directory (same user, new process) does not inherit the ports.
+    dead = {"pid": 999999, "start_time": 1, "boot": "x"}
+    bridge._user_file("cloud-c").write_text(
+        json.dumps({"user": "cloud-c", "process": dead, "ports": [anything]})
+    )
+    bridge.ensure(user="cloud-c")
+    seen["restarted_cloud"] = probe(anything)
+    bridge.remove_if_unused(user="cloud-c")
+    assert not bridge.remove_if_unused(user="cloud-b")
+    seen["b_left"] = {"onegate": probe(onegate), "other": probe(other_cloud)}
+    network.delete_link(host_link)
+    seen["removed"] = bridge.remove_if_unused(user="cloud-a")
+    seen["table_after"] = run(["nft", "list", "tables"])
+    return seen
+
+
+def test_guests_reach_only_the_host_ports_their_clouds_registered(tmp_path: Path) -> None:
+    tag = _unique("input")
+    host_namespace, guest_namespace = f"flt{tag}h", f"flt{tag}g"
+    host_link, guest_ip = f"flt{tag}v", "10.231.64.250"
+    guest_listener = None
+    try:
+        for name in (host_namespace, guest_namespace):
+            network.create_namespace(name)
+        run(
+            ["ip", "link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", guest_namespace]
+        )
+        run(["ip", "link", "set", host_link, "netns", host_namespace])
+        run(["ip", "-n", guest_namespace, "addr", "add", f"{guest_ip}/24", "dev", "eth0"])
+        run(["ip", "-n", guest_namespace, "link", "set", "eth0", "up"])
+        serve_once = (
+            "import socket; s = socket.create_server(('0.0.0.0', 8022)); print('up', flush=True);"
+            " c = s.accept()[0]; c.sendall(b'hi'); c.close()"
+        )
+        guest_listener = subprocess.Popen(
+            ["ip", "netns", "exec", guest_namespace, sys.executable, "-c", serve_once], stdout=subprocess.PIPE
+        )
+        assert guest_listener.stdout is not None and guest_listener.stdout.readline() == b"up\n"
+        call = (
+            "import json, sys; from tests.drivers.test_network import _host_side;"
+            " print(json.dumps(_host_side(*sys.argv[1:])))"
+        )
+        argv = ["ip", "netns", "exec", host_namespace, sys.executable, "-c", call]
+        output = run([*argv, str(tmp_path / "state"), guest_namespace, host_link, guest_ip], timeout=120)
+        seen = json.loads(output.splitlines()[-1])
+    finally:
+        if guest_listener is not None:
+            guest_listener.kill()
+            guest_listener.wait()
+        for name in (host_namespace, guest_namespace):
+            network.delete_namespace(name)
+    assert seen["alone"] == {"anything": "refused", "onegate": "open", "other": "refused"}
+    assert seen["ping"] == "echo-reply", "ICMP echo to the host stays allowed"
+    assert seen["host_to_guest"] == "hi", "replies to connections the host opens come back"
+    assert seen["rules_once"] == 1, "re-running the set-up does not stack rules"
+    assert seen["two_clouds"] == {"onegate": "open", "other": "open"}
+    assert seen["dead_cloud"] == "refused", "a dead cloud's ports are not allowed"
+    assert seen["restarted_cloud"] == "refused", "a restarted cloud registers its own ports"
+    assert seen["b_left"] == {"onegate": "open", "other": "refused"}, "a cloud's ports go with it"
+    assert seen["removed"] is True and network.NFT_TABLE not in str(seen["table_after"])
+
+
+def test_a_cloud_opens_only_its_servers_on_the_bridge_to_guests(monkeypatch, tmp_path: Path) -> None:
+    from testcloud import launcher
+
+    class Bound:
+        def __init__(self, address: str, port: int) -> None:
+            self.server_address, self.port = (address, port), port
+
+    calls: list[tuple[str, list[int]]] = []
+    monkeypatch.setattr(network, "allow_guest_ports", lambda user, ports: calls.append((user, list(ports))))
+    servers = [Bound("127.0.0.1", 2633), Bound(network.HOST_ADDRESS, 5030), Bound("127.0.0.1", 8099)]
+    launcher._allow_guests(tmp_path, servers)  # type: ignore[arg-type]
+    assert calls == [(str(tmp_path), [5030])], "OneGate on the bridge; XML-RPC, OneFlow, market on loopback"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +156,8 @@ def test_the_test_qcow2_boots_with_its_context_cd(machines, tmp_path: Path, ssh_
     server = http.server.ThreadingHTTPServer((network.HOST_ADDRESS, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://{network.HOST_ADDRESS}:{server.server_address[1]}"
+    guest_ports_user = f"onegate-stand-in-{os.getpid()}-{server.server_address[1]}"
+    network.allow_guest_ports(guest_ports_user, [server.server_address[1]])  # through the input guard
     context = {
         "SET_HOSTNAME": "qemu-guest",
         "SSH_PUBLIC_KEY": ssh_key.public_line,
@@ -201,3 +204,4 @@ def test_the_test_qcow2_boots_with_its_context_cd(machines, tmp_path: Path, ssh_
     finally:
         server.shutdown()
         server.server_close()
+        network.remove_bridge_if_unused(guest_ports_user)

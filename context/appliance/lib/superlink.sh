@@ -3,7 +3,7 @@
 # SuperNode key sync, certificates, state database and what it publishes through OneGate.
 
 FL_SUPERLINK_UNITS=(flower-superlink.service flower-superexec.service flower-fleet-proxy.service
-    flower-keysync.service)
+    flower-keysync.service flower-readiness.service)
 
 : "${FL_START_DEADLINE:=300}"
 
@@ -339,6 +339,9 @@ superlink_bootstrap() {
     elif fl_systemd_running; then
         systemctl stop flower-keysync.service >/dev/null 2>&1 || true
     fi
+
+    # Active from now until shutdown, when its ExecStop withdraws READY through OneGate.
+    fl_unit_apply flower-readiness.service
 
     endpoint_address=$(fl_primary_address)
     [[ -n "${endpoint_address}" ]] || fl_fail "the SuperLink has no network address to publish"
