@@ -24,14 +24,23 @@ def _checked_name(name: str) -> str:
 
 
 def write_context_directory(context: ContextSpec, directory: Path) -> None:
-    """Make ``directory`` hold exactly ``context.files`` (0444). Each file is replaced by a rename, so a guest
-    watching the directory never reads a half-written file, and a bind mount of the directory stays valid."""
+    """Make ``directory`` hold exactly ``context.files``, readable by root only (files 0400 in a 0700
+    directory): ``token.txt`` is the VM's OneGate credential and ``context.sh`` may carry private keys
+    (``ONEAPP_FL_SSL_KEY``), so no unprivileged process of the guest (a Flower ServerApp/ClientApp run as the
+    ``flower`` user) may read them, as with one-context, whose CONTEXT CD only root mounts. Each file is
+    replaced by a rename, so a guest watching the directory never reads a half-written file, and a bind mount
+    of the directory stays valid."""
     names = {_checked_name(name) for name in context.files}
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
     for name, content in context.files.items():
         temporary = directory / f".{name}.new"
-        temporary.write_bytes(content)
-        temporary.chmod(0o444)
+        temporary.unlink(missing_ok=True)
+        # created 0400: never readable by others, not even for a moment
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(content)
+        temporary.chmod(0o400)  # whatever the umask took away
         os.replace(temporary, directory / name)
     for stale in directory.iterdir():
         if stale.name not in names:

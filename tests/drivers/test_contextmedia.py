@@ -30,12 +30,16 @@ def test_the_iso_is_labelled_context_and_holds_the_files(tmp_path: Path) -> None
     assert sorted(path.name for path in tmp_path.iterdir()) == ["context.iso", "extracted"]
 
 
-def test_the_directory_holds_exactly_the_current_files_read_only(tmp_path: Path) -> None:
+def test_the_directory_holds_exactly_the_current_files_for_root_only(tmp_path: Path) -> None:
+    """token.txt is the VM's OneGate credential: only root may read it (issue 9: it was 0444, so any
+    ServerApp/ClientApp code run as ``flower`` could use it to rewrite other VMs' attributes)."""
     directory = tmp_path / "context"
     write_context_directory(ContextSpec({**FILES, "extra.txt": b"old"}), directory)
     write_context_directory(ContextSpec(FILES), directory)
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == FILES
-    assert all(path.stat().st_mode & 0o777 == 0o444 for path in directory.iterdir())
+    assert all(path.stat().st_mode & 0o777 == 0o400 for path in directory.iterdir())
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert all(path.stat().st_uid == 0 for path in directory.iterdir())
 
 
 @pytest.mark.parametrize("name", ["../escape.sh", "sub/dir.sh", ".hidden", ""])
