@@ -139,6 +139,19 @@ def test_superlink_key_files_and_certificate(pair: Pair) -> None:
     assert host.run("hostname").stdout.strip() in names
 
 
+def test_the_onegate_token_is_for_root_only(pair: Pair) -> None:
+    """No file the ``flower`` user (and so a ServerApp or ClientApp) can read holds the VM's OneGate token:
+    with it, guest code could rewrite the attributes of every VM of its service (issue 9)."""
+    for vm in [pair.superlink, pair.supernodes[0]]:
+        host = pair.cloud.host(vm)
+        token = host.run("cat /context/token.txt").stdout.strip()
+        assert token, f"VM {vm}: no token in /context"
+        readable = host.run(
+            f"runuser -u flower -- grep -rlsF -- '{token}' /context /run /etc /var/lib /var/log /tmp /home"
+        )
+        assert readable.rc != 0 and not readable.stdout.strip(), f"VM {vm}: flower reads {readable.stdout}"
+
+
 def test_superlink_motd_and_logs(pair: Pair) -> None:
     host = pair.cloud.host(pair.superlink)
     assert "All set and ready to serve" in host.file("/etc/motd").content_string
