@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import time
+import xmlrpc.client
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pyone
+from lxml import etree
 
 from factory.errors import FactoryError
 from factory.manifest import digests
@@ -52,6 +54,11 @@ LCM_FAILURES = {
     48: "BOOT_UNDEPLOY_FAILURE", 49: "BOOT_STOPPED_FAILURE", 50: "PROLOG_UNDEPLOY_FAILURE",
 }  # fmt: skip
 MARKETAPP_STATES = ["INIT", "READY", "LOCKED", "ERROR", "DISABLED"]
+# libxml2 refuses a text node over 10 MB (XML_MAX_TEXT_LENGTH) unless asked for huge trees, and pyone parses
+# every answer with lxml's default parser; oned accepts far more (oned.conf MESSAGE_SIZE, 1 GiB by default,
+# is also xmlrpc-c's XML size limit, src/rm/xml-rpc/RequestManagerXRPC.cc), and a guest sets attributes
+# through OneGate. A VM's values over this length are cut when the driver reads it (see vm_info).
+VALUE_LIMIT = 64 * 1024
 APPLIANCE_LOG_COMMAND = (
     "cat /etc/one-appliance/status 2>/dev/null; echo; "
     'for f in /var/log/one-appliance/*.log; do [ -f "$f" ] && { echo "=== $f"; tail -n 200 "$f"; }; done; '
@@ -83,6 +90,8 @@ class VMInfo:
     lcm_state: int
     ip: str | None
     user_template: dict[str, str]
+    # attributes whose values were over VALUE_LIMIT (name, length in characters): cut in user_template
+    oversized: tuple[tuple[str, int], ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -101,7 +110,13 @@ class VMInfo:
             text += f" appliance={status}"
         if error:
             text += f" error={error!r}"
+        if self.oversized:
+            text += " oversized=" + ",".join(f"{name}:{length}" for name, length in self.oversized)
         return text
+
+
+class UnparsableAnswer(FactoryError):
+    """oned answered, but pyone (lxml) could not parse the XML: a value over libxml2's limits."""
 
 
 class OneCloud:
@@ -119,6 +134,11 @@ class OneCloud:
         """Turn pyone/transport errors into FactoryError naming the operation (never the credentials)."""
         try:
             yield
+        except etree.XMLSyntaxError as error:
+            raise UnparsableAnswer(
+                f"OpenNebula {what}: the answer cannot be parsed by pyone ({error}); an attribute over "
+                "libxml2's 10 MB text limit (a guest can set one through OneGate)?"
+            ) from None
         except pyone.OneAuthenticationException as error:
             raise FactoryError(
                 f"OpenNebula refused the credentials for {self.settings.user} ({what}): {error}"
@@ -310,8 +330,13 @@ class OneCloud:
     # -- VMs and services ------------------------------------------------------------------------------------
 
     def vm_info(self, vm_id: int, role: str = "") -> VMInfo:
-        with self._call(f"vm.info {vm_id}"):
-            vm = self.one.vm.info(vm_id)
+        """The VM's state, IP and user template. A VM that pyone cannot parse (a guest set a value over
+        libxml2's 10 MB limit) is read again without pyone, its oversized values cut and named."""
+        try:
+            with self._call(f"vm.info {vm_id}"):
+                vm = self.one.vm.info(vm_id)
+        except UnparsableAnswer as error:
+            return self._vm_info_huge(vm_id, role, str(error))
         template = vm.TEMPLATE or {}
         nics = _as_list(template.get("NIC"))
         user_template = {
@@ -325,6 +350,38 @@ class OneCloud:
             lcm_state=int(vm.LCM_STATE),
             ip=str(nics[0].get("IP")) if nics and nics[0].get("IP") else None,
             user_template=user_template,
+        )
+
+    def _vm_info_huge(self, vm_id: int, role: str, why: str) -> VMInfo:
+        """``one.vm.info`` over plain XML-RPC, parsed by lxml with huge_tree (no entities, no network)."""
+        proxy = xmlrpc.client.ServerProxy(self.settings.xmlrpc)
+        try:
+            answer = getattr(proxy, "one.vm.info")(self.settings.auth, vm_id, False)
+            if not answer[0]:
+                raise FactoryError(f"OpenNebula vm.info {vm_id}: {answer[1]}")
+            parser = etree.XMLParser(huge_tree=True, resolve_entities=False, no_network=True)
+            root = etree.fromstring(str(answer[1]).encode("utf-8"), parser)
+        except (OSError, xmlrpc.client.Error, etree.XMLSyntaxError, IndexError) as error:
+            raise FactoryError(f"VM {vm_id}: {why}; reading it without pyone failed too: {error}") from None
+        oversized = []
+        user_template = {}
+        for element in root.findall("USER_TEMPLATE/*"):
+            value = "".join(element.itertext())
+            if len(value) > VALUE_LIMIT:
+                oversized.append((element.tag, len(value)))
+                value = value[:200] + f"... (cut: {len(value)} characters)"
+            user_template[element.tag] = value
+        ip = root.findtext("TEMPLATE/NIC/IP")
+        state = int(root.findtext("STATE") or -1)
+        return VMInfo(
+            id=int(root.findtext("ID") or vm_id),
+            name=str(root.findtext("NAME") or ""),
+            role=role or user_template.get("ROLE_NAME", root.findtext("TEMPLATE/ROLE_NAME") or ""),
+            state=VM_STATES[state] if 0 <= state < len(VM_STATES) else str(state),
+            lcm_state=int(root.findtext("LCM_STATE") or -1),
+            ip=ip or None,
+            user_template=user_template,
+            oversized=tuple(oversized),
         )
 
     def instantiate_vm(self, template_id: int, name: str, extra: dict[str, Any] | None = None) -> int:

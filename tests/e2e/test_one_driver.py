@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +148,39 @@ def test_a_failing_appliance_fails_the_deployment_early_naming_why(
     deployment.delete()  # a service still DEPLOYING is removed with recover --delete
 
 
+def test_a_vm_with_a_guest_set_value_over_libxml2s_limit_is_read_and_named(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """Issue 9 item 7: an 11 MiB attribute set through OneGate's ``PUT /vm`` (the stand-in accepts it, as
+    oned and OneGate do) makes pyone's parse fail; the driver still reads the VM and names the value."""
+    from lxml import etree
+
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"oversized" * 4096)
+    image = cloud.ensure_image(path, "flower-oversized", sha256, "raw")
+    template = cloud.create_vm_template(
+        appliance_templates.vm_template("supernode", "oversized-sn", image.id, cloud.network_id())
+    )
+    vm_id = cloud.instantiate_vm(template, "oversized-1")
+    huge = "x" * (11 * 2**20)
+    guest = Guests(state, {"READY": "YES", "ONEAPP_FL_NOTE": huge})
+    deadline = time.monotonic() + 60
+    while True:  # OneGate refuses the VM until it is RUNNING
+        try:
+            guest._report(state / "vms" / str(vm_id) / "context")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the VM never accepted its OneGate report"
+            time.sleep(0.5)
+    with pytest.raises(etree.XMLSyntaxError):  # what every pyone client meets
+        cloud.one.vm.info(vm_id)
+    vm = cloud.vm_info(vm_id)
+    assert (vm.id, vm.ready, vm.oversized) == (vm_id, True, (("ONEAPP_FL_NOTE", len(huge)),))
+    assert len(vm.user_template["ONEAPP_FL_NOTE"]) < 1000
+    assert f"VM {vm_id} " in vm.describe() and f"oversized=ONEAPP_FL_NOTE:{len(huge)}" in vm.describe()
+    cloud.terminate_vm(vm_id)
+
+
 def test_marketplace_apps(cloud_state: tuple[OneCloud, Path]) -> None:
     cloud, state = cloud_state
     path, sha256 = _image(state, b"market" * 4096)
@@ -198,3 +232,19 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     again = publish(RUN, cloud, results_root=root)
     assert all(app["reused"] for app in again.apps)
     assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]
+
+
+def test_an_unparsable_answer_is_a_factory_error_naming_the_call(cloud_state: tuple[OneCloud, Path]) -> None:
+    """Issue 9 item 7: lxml's parse error on any other call (a pool with a huge value) is no traceback."""
+    from lxml import etree
+
+    cloud, _ = cloud_state
+
+    class Failing:
+        def __getattr__(self, name: str) -> Any:
+            raise etree.XMLSyntaxError("CData section too big found", 1, 1, 1)
+
+    cloud_copy = OneCloud(cloud.settings, Progress())
+    cloud_copy.one = Failing()  # type: ignore[assignment]
+    with pytest.raises(FactoryError, match=r"OpenNebula vnpool.info: the answer cannot be parsed .*10 MB"):
+        cloud_copy.network_id()
