@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -294,7 +295,7 @@ class FlowEngine:
 
     # ------------------------------------------------------------------ service templates
     def create_template(self, text_in: str) -> dict[str, Any]:
-        template = _parse_json(text_in)
+        template = parse_json(text_in)
         try:
             schema.validate(template)
         except schema.ParseException as error:
@@ -319,7 +320,7 @@ class FlowEngine:
         with self.cloud.lock:
             doc = self._doc(oid, DOC_SERVICE_TEMPLATE)
             current = self.body(doc)
-            template = _parse_json(text_in)
+            template = parse_json(text_in)
             if not isinstance(template, dict):
                 raise FlowError(400, "KEY: '' must be an Object;")
             if append:
@@ -385,6 +386,11 @@ class FlowEngine:
             raise FlowError(400, "Wrong User Inputs or User Inputs Values format")
         if set(inputs) - set(values):
             raise FlowError(400, "Verify that every User Input have its corresponding value defined")
+        try:
+            for name, spec in inputs.items():
+                schema.check_user_input_value(name, spec, values.get(name))
+        except schema.ParseException as error:
+            raise FlowError(400, str(error)) from None
 
     def _check_inputs(self, body: dict[str, Any], merge: dict[str, Any]) -> None:
         if "custom_attrs_values" in merge:
@@ -1060,8 +1066,43 @@ class FlowEngine:
                 self.save_body(doc, body)
 
 
-def _parse_json(text_in: str) -> Any:
+# Ruby's JSON.parse: at most 100 levels of nesting (JSON::NestingError, a ParserError, which oneflow-server.rb
+# answers with 400), no NaN or Infinity literals.
+MAX_NESTING = 100
+
+
+def _no_constant(name: str) -> Any:
+    raise FlowError(400, f"unexpected token at '{name}'")
+
+
+def _finite(text: str) -> float:
+    """Ruby reads 1e400 as Infinity and fails later in Integer() (HTTP 500); the stand-in refuses it here."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise FlowError(400, f"number {text[:40]} is out of range: not a finite float")
+    return value
+
+
+def _nesting(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def parse_json(text_in: str) -> Any:
+    """A request body as OneFlow's JSON.parse reads it; bad JSON is a 400 naming where."""
     try:
-        return json.loads(text_in)
+        value = json.loads(text_in, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as error:
         raise FlowError(400, f"unexpected token at '{text_in[error.pos : error.pos + 40]}'") from None
+    except RecursionError:
+        raise FlowError(400, f"nesting of {MAX_NESTING + 1} is too deep") from None
+    except ValueError as error:  # an integer literal over Python's 4300 digits
+        raise FlowError(400, f"unexpected number: {error}") from None
+    if _nesting(value) > MAX_NESTING:
+        raise FlowError(400, f"nesting of {MAX_NESTING + 1} is too deep")
+    return value

@@ -9,7 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from testcloud.errors import OneError
-from testcloud.flow import FlowEngine, FlowError
+from testcloud.flow import FlowEngine, FlowError, parse_json
 from testcloud.httpbase import BodyTooLarge, Handler, Server
 from testcloud.objects import DOC_SERVICE, DOC_SERVICE_TEMPLATE
 
@@ -26,12 +26,7 @@ def _pretty(data: Any) -> str:
 
 
 def _json_body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8", errors="replace") or "null")
-    except json.JSONDecodeError as error:
-        raise FlowError(
-            400, f"unexpected token at '{raw[error.pos : error.pos + 40].decode(errors='replace')}'"
-        ) from None
+    return parse_json(raw.decode("utf-8", errors="replace") or "null")
 
 
 class OneFlowApp:
