@@ -115,6 +115,17 @@ class VMInfo:
         return text
 
 
+def appliance_reasons(vms: list[VMInfo]) -> str:
+    """What the appliances reported (``ONEAPP_FL_ERROR``), each naming its VM, to lead a failure message:
+    the reason a user acts on comes before the service and VM states."""
+    reasons = [
+        f"{vm.role or 'VM'} VM {vm.id}: {vm.user_template['ONEAPP_FL_ERROR']}"
+        for vm in vms
+        if vm.user_template.get("ONEAPP_FL_ERROR")
+    ]
+    return "; ".join(reasons) + ("; " if reasons else "")
+
+
 class UnparsableAnswer(FactoryError):
     """oned answered, but pyone (lxml) could not parse the XML: a value over libxml2's limits."""
 
@@ -506,11 +517,15 @@ class ServiceDeployment:
             ]
             if state in FAILED_STATES or failed_vms:
                 detail = "; ".join(vm.describe() for vm in failed_vms) or "no VM reported why"
-                raise FactoryError(f"service {self.id} ({self.name}) failed to deploy ({state}): {detail}")
+                raise FactoryError(
+                    appliance_reasons(vms)
+                    + f"service {self.id} ({self.name}) failed to deploy ({state}): {detail}"
+                )
             if time.monotonic() > deadline:
                 detail = "; ".join(vm.describe() for vm in vms) or "no VMs yet"
                 raise FactoryError(
-                    f"service {self.id} ({self.name}) not RUNNING after {timeout:.0f} s ({state}): {detail}"
+                    appliance_reasons(vms)
+                    + f"service {self.id} ({self.name}) not RUNNING after {timeout:.0f} s ({state}): {detail}"
                 )
             time.sleep(2.0)
 
