@@ -365,6 +365,7 @@ class OneCloud:
 
     def _vm_info_huge(self, vm_id: int, role: str, why: str) -> VMInfo:
         """``one.vm.info`` over plain XML-RPC, parsed by lxml with huge_tree (no entities, no network)."""
+        # pyone.OneServer(timeout=60) set the socket default timeout this call inherits
         proxy = xmlrpc.client.ServerProxy(self.settings.xmlrpc)
         try:
             answer = getattr(proxy, "one.vm.info")(self.settings.auth, vm_id, False)
