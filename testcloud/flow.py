@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -300,6 +299,8 @@ class FlowEngine:
             schema.validate(template)
         except schema.ParseException as error:
             raise FlowError(400, str(error)) from None
+        except schema.FloatDomainError as error:
+            raise sinatra_500(str(error)) from None
         template["registration_time"] = int(time.time())
         return self._allocate(template, DOC_SERVICE_TEMPLATE)
 
@@ -339,6 +340,8 @@ class FlowEngine:
                 schema.validate(template)
             except schema.ParseException as error:
                 raise FlowError(400, str(error)) from None
+            except schema.FloatDomainError as error:
+                raise sinatra_500(str(error)) from None
             doc.name = template.get("name") or doc.name
             self.save_body(doc, template)
             return self.document_json(doc)
@@ -362,6 +365,8 @@ class FlowEngine:
                 schema.validate(service)
             except schema.ParseException as error:
                 raise FlowError(500, str(error)) from None
+            except schema.FloatDomainError as error:
+                raise sinatra_500(str(error)) from None
             if any(role.get("type") == "vr" for role in service["roles"]):
                 raise FlowError(500, "Virtual router roles are not supported by the test cloud")
             service["state"] = S["PENDING"]
@@ -386,11 +391,8 @@ class FlowEngine:
             raise FlowError(400, "Wrong User Inputs or User Inputs Values format")
         if set(inputs) - set(values):
             raise FlowError(400, "Verify that every User Input have its corresponding value defined")
-        try:
-            for name, spec in inputs.items():
-                schema.check_user_input_value(name, spec, values.get(name))
-        except schema.ParseException as error:
-            raise FlowError(400, str(error)) from None
+        # Nothing more: check_user_inptus (src/flow/oneflow-server.rb) never reads a value's type; only the
+        # CLI's prompt does (one_helper.rb); the factory checks its own (factory/one/service_checks.py).
 
     def _check_inputs(self, body: dict[str, Any], merge: dict[str, Any]) -> None:
         if "custom_attrs_values" in merge:
@@ -1067,7 +1069,8 @@ class FlowEngine:
 
 
 # Ruby's JSON.parse: at most 100 levels of nesting (JSON::NestingError, a ParserError, which oneflow-server.rb
-# answers with 400), no NaN or Infinity literals.
+# answers with 400 where it rescues JSON::ParserError), no NaN or Infinity literals; 1e400 reads as Infinity
+# (a float), which Integer() refuses later with FloatDomainError (a 500, flow_schema.FloatDomainError).
 MAX_NESTING = 100
 
 
@@ -1075,12 +1078,11 @@ def _no_constant(name: str) -> Any:
     raise FlowError(400, f"unexpected token at '{name}'")
 
 
-def _finite(text: str) -> float:
-    """Ruby reads 1e400 as Infinity and fails later in Integer() (HTTP 500); the stand-in refuses it here."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise FlowError(400, f"number {text[:40]} is out of range: not a finite float")
-    return value
+def sinatra_500(reason: str) -> FlowError:
+    """oneflow-server.rb's ``error 500`` handler: an exception it does not rescue, as one line of JSON."""
+    return FlowError(
+        500, json.dumps({"message": "Internal server error", "reason": reason}, separators=(",", ":"))
+    )
 
 
 def _nesting(value: Any) -> int:
@@ -1096,7 +1098,7 @@ def _nesting(value: Any) -> int:
 def parse_json(text_in: str) -> Any:
     """A request body as OneFlow's JSON.parse reads it; bad JSON is a 400 naming where."""
     try:
-        value = json.loads(text_in, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(text_in, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise FlowError(400, f"unexpected token at '{text_in[error.pos : error.pos + 40]}'") from None
     except RecursionError:

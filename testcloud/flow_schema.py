@@ -167,6 +167,16 @@ def _validate(body: Any, schema: dict[str, Any], key: str, skip_items: bool = Fa
     return body
 
 
+class FloatDomainError(Exception):
+    """Ruby's FloatDomainError (``Integer(Float::INFINITY)``): no ParseException, so no 400 upstream."""
+
+
+def _ruby_float(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def _ruby_integer(value: Any, key: str) -> int:
     """``Integer(value)``: integers, integral strings, floats truncated."""
     if isinstance(value, bool):
@@ -174,10 +184,11 @@ def _ruby_integer(value: Any, key: str) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        # Ruby's Integer() truncates 1.5 to 1 and raises FloatDomainError (an HTTP 500) on Infinity; the
-        # stand-in is stricter than OneFlow here: a fraction or a non-finite number is no Integer (400).
-        if not math.isfinite(value) or not value.is_integer():
-            raise ParseException(f"KEY: '{key}' must be an Integer;")
+        # Ruby's Integer() truncates 1.5 to 1, and raises FloatDomainError on Infinity (JSON's 1e400), which
+        # Validator.validate_integer (opennebula/flow/validator.rb) does not rescue: oneflow-server.rb then
+        # answers Sinatra's 500.
+        if not math.isfinite(value):
+            raise FloatDomainError(_ruby_float(value))
         return int(value)
     if isinstance(value, str) and re.fullmatch(
         r"\s*[+-]?(0[xX][0-9a-fA-F_]+|0[bB][01_]+|\d[\d_]*)\s*", value
@@ -307,86 +318,6 @@ def validate(template: Any) -> dict[str, Any]:
     return template
 
 
-def check_parents(roles: list[dict[str, Any]]) -> None:
-    """Every role's ``parents`` names another role of the template, and no chain of parents comes back.
-
-    OneFlow does not check this (``ServiceTemplate.validate`` in opennebula/flow/service_template.rb never
-    reads ``parents``): the straight strategy (src/flow/lib/strategy/straight.rb ``roles_deploy``) then
-    finds no role to deploy, ``deploy_action`` leaves the service in DEPLOYING_NETS for ever without a log
-    line, and ``DELETE /service/<id>`` refuses it as a transient state. The stand-in refuses such a template
-    instead (400), so that a template it accepts never hangs a real OneFlow.
-    """
-    names = [role["name"] for role in roles]
-    for role in roles:
-        for parent in role.get("parents") or []:
-            if parent == role["name"]:
-                raise ParseException(f"Role '{role['name']}' has itself as a parent: it could never deploy")
-            if parent not in names:
-                raise ParseException(
-                    f"Role '{role['name']}' has parent '{parent}', which is not a role of this template "
-                    f"(roles: {', '.join(names)})"
-                )
-    parents = {role["name"]: list(role.get("parents") or []) for role in roles}
-    done: set[str] = set()
-    for start in names:  # depth-first, iterative: a long chain is no recursion
-        path: list[str] = []
-        stack: list[tuple[str, int]] = [(start, 0)]
-        while stack:
-            name, index = stack.pop()
-            if index == 0:
-                if name in done:
-                    continue
-                if name in path:
-                    cycle = [*path[path.index(name) :], name]
-                    raise ParseException(
-                        "Roles form a cycle through 'parents' ("
-                        + " -> ".join(f"'{n}'" for n in cycle)
-                        + "): none of them could ever deploy"
-                    )
-                path.append(name)
-            if index < len(parents[name]):
-                stack.append((name, index + 1))
-                stack.append((parents[name][index], 0))
-            else:
-                path.pop()
-                done.add(name)
-
-
-# The Ruby CLI's prompts (src/cli/one_helper.rb ``OpenNebulaHelper.parse_user_inputs``; the expressions are
-# onetemplate_helper.rb's INT_EXP and FLOAT_EXP): what a value of each user input type must look like.
-_INT_EXP = re.compile(r"-?\d+")
-_FLOAT_EXP = re.compile(r"-?\d+(\.\d+)?")
-
-
-def check_user_input_value(name: str, spec: Any, value: Any) -> None:
-    """A user input value against its ``M|type|description|params|default`` declaration."""
-    if not isinstance(spec, str):
-        return
-    parts = spec.split("|")
-    kind = parts[1].strip() if len(parts) > 1 else ""
-    params = parts[3].strip() if len(parts) > 3 else ""
-    text = str(value).strip() if value is not None else ""
-    if text == "" and parts[0].strip() == "O":
-        return
-    where = f"User input '{name}' ({kind}): {text!r}"
-    if kind in ("number", "range") and not _INT_EXP.fullmatch(text):
-        raise ParseException(f"{where} is not an Integer")
-    if kind in ("number-float", "range-float") and not _FLOAT_EXP.fullmatch(text):
-        raise ParseException(f"{where} is not a Float")
-    if kind in ("range", "range-float"):
-        low, _, high = params.partition("..")
-        try:
-            bounds = float(low), float(high)
-        except ValueError:
-            raise ParseException(f"User input '{name}': malformed range '{params}' (min..max)") from None
-        if not bounds[0] <= float(text) <= bounds[1]:
-            raise ParseException(f"{where} is not in the range [{params}]")
-    if kind == "boolean" and text not in ("YES", "NO"):
-        raise ParseException(f"{where} is not a boolean: YES or NO")
-    if kind == "list" and text not in [option.strip() for option in params.split(",")]:
-        raise ParseException(f"{where} is not one of {params}")
-
-
 def _validate_values(template: dict[str, Any]) -> None:
     roles = template["roles"]
     for index, role in enumerate(roles):
@@ -429,4 +360,3 @@ def _validate_values(template: dict[str, Any]) -> None:
                     f"Role '{name}', scheduled policy ##{number} needs to define either 'start_time' or "
                     "'recurrence'"
                 )
-    check_parents(roles)

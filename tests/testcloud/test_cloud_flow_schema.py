@@ -116,68 +116,30 @@ def _roles(*roles: tuple[str, list[str]]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("roles", "message"),
-    [
-        ((("a", ["a"]),), "Role 'a' has itself as a parent"),
-        (
-            (("a", []), ("b", ["c"])),
-            "Role 'b' has parent 'c', which is not a role of this template (roles: a, b)",
-        ),
-        ((("a", ["b"]), ("b", ["a"])), "Roles form a cycle through 'parents' ('a' -> 'b' -> 'a')"),
-        ((("a", []), ("b", ["d"]), ("c", ["b"]), ("d", ["c"])), "('b' -> 'd' -> 'c' -> 'b')"),
-    ],
-    ids=["self", "missing", "pair", "three"],
+    "roles",
+    [(("a", ["a"]),), (("a", []), ("b", ["c"])), (("a", ["b"]), ("b", ["a"]))],
+    ids=["self", "missing", "cycle"],
 )
-def test_parents_must_be_other_roles_without_a_cycle(roles: Any, message: str) -> None:
-    """Issue 9 item 8: such a template would leave its services in DEPLOYING_NETS for ever."""
-    with pytest.raises(flow_schema.ParseException, match=re.escape(message)):
-        flow_schema.validate(_roles(*roles))
+def test_parents_are_not_checked_as_oneflow_does_not(roles: Any) -> None:
+    """OneFlow's ServiceTemplate.validate (opennebula/flow/service_template.rb) never reads ``parents``: a
+    self, missing or cyclic parent is valid (issue 9 item 8; the factory checks its own templates)."""
+    assert [r["parents"] for r in flow_schema.validate(_roles(*roles))["roles"]] == [p for _, p in roles]
 
 
-def test_a_long_acyclic_chain_of_parents_is_valid() -> None:
-    chain = [(f"r{i}", [f"r{i - 1}"] if i else []) for i in range(2000)]
-    assert len(flow_schema.validate(_roles(*chain))["roles"]) == 2000
-
-
-@pytest.mark.parametrize("value", [1.5, float("inf"), float("nan"), -0.25])
-def test_a_fraction_or_non_finite_number_is_no_integer(value: float) -> None:
-    template = {"name": "x", "roles": [{"name": "r", "type": "vm", "template_id": 0, "cardinality": value}]}
-    with pytest.raises(flow_schema.ParseException, match="KEY: 'cardinality' must be an Integer;"):
-        flow_schema.validate(template)
-    template["roles"][0]["cardinality"] = 2.0  # an integral float is that integer, as Ruby's Integer()
+def test_a_fraction_is_truncated_as_ruby_integer_does() -> None:
+    """Validator.validate_integer (opennebula/flow/validator.rb) calls Integer(): 1.5 -> 1, -0.25 -> 0."""
+    template = {"name": "x", "roles": [{"name": "r", "type": "vm", "template_id": 0, "cardinality": 1.5}]}
+    assert flow_schema.validate(template)["roles"][0]["cardinality"] == 1
+    template["roles"][0]["cardinality"] = 2.0
     assert flow_schema.validate(template)["roles"][0]["cardinality"] == 2
+    template["roles"][0]["min_vms"] = -0.25
+    assert flow_schema.validate(template)["roles"][0]["min_vms"] == 0
 
 
-@pytest.mark.parametrize(
-    ("spec", "value", "message"),
-    [
-        ("M|number|n||1", "notanumber", "User input 'X' (number): 'notanumber' is not an Integer"),
-        ("M|number|n||1", "1.5", "is not an Integer"),
-        ("M|number-float|n||1", "1e400", "'1e400' is not a Float"),
-        ("M|range|n|1..8|2", "9", "'9' is not in the range [1..8]"),
-        ("M|range|n|1..8|2", "x", "is not an Integer"),
-        ("M|boolean|b||YES", "yes", "is not a boolean: YES or NO"),
-        ("M|list|l|fedavg,fedprox|fedavg", "krum", "is not one of fedavg,fedprox"),
-        ("M|number|n||1", "", "'' is not an Integer"),
-    ],
-)
-def test_user_input_values_match_their_type(spec: str, value: str, message: str) -> None:
-    with pytest.raises(flow_schema.ParseException, match=re.escape(message)):
-        flow_schema.check_user_input_value("X", spec, value)
-
-
-@pytest.mark.parametrize(
-    ("spec", "value"),
-    [
-        ("M|number|n||1", "-3"),
-        ("M|number|n||1", 7),
-        ("M|number-float|n||1", "0.5"),
-        ("M|range|n|1..8|2", "8"),
-        ("M|boolean|b||YES", "NO"),
-        ("M|list|l|fedavg,fedprox|fedavg", "fedprox"),
-        ("O|number|n||", ""),
-        ("M|text|t||", "anything"),
-    ],
-)
-def test_user_input_values_of_the_right_type_pass(spec: str, value: Any) -> None:
-    flow_schema.check_user_input_value("X", spec, value)
+@pytest.mark.parametrize(("value", "reason"), [(float("inf"), "Infinity"), (float("-inf"), "-Infinity")])
+def test_a_non_finite_number_is_ruby_float_domain_error(value: float, reason: str) -> None:
+    """Integer(Infinity) raises FloatDomainError, which validate_integer does not rescue (no ParseException):
+    oneflow-server.rb answers it with Sinatra's 500."""
+    template = {"name": "x", "roles": [{"name": "r", "type": "vm", "template_id": 0, "cardinality": value}]}
+    with pytest.raises(flow_schema.FloatDomainError, match=f"^{re.escape(reason)}$"):
+        flow_schema.validate(template)
