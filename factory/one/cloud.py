@@ -31,7 +31,7 @@ from lxml import etree
 
 from factory.errors import FactoryError
 from factory.manifest import digests
-from factory.one import xmltemplate
+from factory.one import service_checks, xmltemplate
 from factory.one.flow import FAILED_STATES, OneFlow, service_body, state_name
 from factory.one.settings import OneSettings
 from factory.progress import DEFAULT as PROGRESS
@@ -333,6 +333,9 @@ class OneCloud:
             self.one.template.delete(template_id)
 
     def create_service_template(self, body: dict[str, Any]) -> int:
+        """Registers ``body`` after the checks OneFlow does not make (service_checks): nothing is sent if
+        a role's parents, an integer key or a user input default is wrong."""
+        service_checks.check_template(body)
         return self.flow.create_service_template(body)
 
     def delete_service_template(self, template_id: int) -> None:
@@ -412,7 +415,10 @@ class OneCloud:
         harness's network (``ONE_NETWORK``) unless ``merge_template`` gives ``networks_values``; every
         network id is checked to exist first, so a bad one is a clear error and no service is made."""
         merge = {"name": name, **(merge_template or {})}
-        declared = service_body(self.flow.service_template(template_id)).get("networks") or {}
+        template = service_body(self.flow.service_template(template_id))
+        service_checks.check_template(template)
+        service_checks.check_user_input_values(template, merge)
+        declared = template.get("networks") or {}
         if declared and not merge.get("networks_values"):
             network = self.network_id()
             merge["networks_values"] = [{key: {"id": str(network)}} for key in declared]

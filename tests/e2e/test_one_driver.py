@@ -248,3 +248,143 @@ def test_an_unparsable_answer_is_a_factory_error_naming_the_call(cloud_state: tu
     cloud_copy.one = Failing()  # type: ignore[assignment]
     with pytest.raises(FactoryError, match=r"OpenNebula vnpool.info: the answer cannot be parsed .*10 MB"):
         cloud_copy.network_id()
+
+
+# -- issue 9 item 8: the checks OneFlow does not make (factory/one/service_checks.py) ----------------------
+
+
+def _flow_pool(cloud: OneCloud, kind: str) -> Any:
+    return cloud.flow._request("GET", f"/{kind}")
+
+
+def _bad(change: Any) -> dict[str, Any]:
+    body = appliance_templates.service_template("bad", 0, 0, 2, "tls-auth")
+    change(body)
+    return body
+
+
+def _set_role(role: int, key: str, value: Any) -> Any:
+    return lambda body: body["roles"][role].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_set_role(0, "parents", ["superlink"]), "role 'superlink' has itself as a parent"),
+        (
+            _set_role(1, "parents", ["superlnk"]),
+            "role 'supernode' has parent 'superlnk', which is not a role of this template "
+            "(roles: superlink, supernode)",
+        ),
+        (
+            _set_role(0, "parents", ["supernode"]),
+            "roles form a cycle through 'parents' ('superlink' -> 'supernode' -> 'superlink')",
+        ),
+        (
+            _set_role(1, "cardinality", 1.5),
+            "role 'supernode': cardinality: 1.5 is not an integer (OneFlow would truncate it to 1)",
+        ),
+        (_set_role(1, "max_vms", float("inf")), "role 'supernode': max_vms: inf is not a finite number"),
+        (_set_role(1, "min_vms", "1"), "role 'supernode': min_vms: '1' is not an integer"),
+        (
+            lambda body: body["roles"][1].__setitem__(
+                "elasticity_policies", [{"type": "CHANGE", "adjust": 0.5}]
+            ),
+            "role 'supernode': elasticity_policies[0].adjust: 0.5 is not an integer",
+        ),
+        (
+            lambda body: body.__setitem__("user_inputs", {"ROUNDS": "M|number|Rounds||three"}),
+            "service template: user input 'ROUNDS': default (number) 'three' is not an integer",
+        ),
+    ],
+    ids=["self", "missing", "cycle", "fraction", "infinite", "string", "policy", "input-default"],
+)
+def test_a_service_template_oneflow_would_accept_is_refused_before_sending(
+    cloud_state: tuple[OneCloud, Path], change: Any, reason: str
+) -> None:
+    """OneFlow accepts these (src/flow never reads parents; Integer() truncates; input values are never
+    typed), and the service would hang in DEPLOYING_NETS or run with a wrong value: the factory refuses them,
+    naming the role or input, and nothing reaches OneFlow."""
+    cloud, _ = cloud_state
+    before = _flow_pool(cloud, "service_template")
+    with pytest.raises(FactoryError, match=re.escape(reason)):
+        cloud.create_service_template(_bad(change))
+    assert _flow_pool(cloud, "service_template") == before
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"ONEAPP_FL_FLEET_PORT": "notanumber"}, "user input 'ONEAPP_FL_FLEET_PORT': (number) 'notanumber'"),
+        ({"ONEAPP_FL_TLS": "yes"}, "user input 'ONEAPP_FL_TLS': (boolean) 'yes' is not a boolean: YES or NO"),
+        ({"ONEAPP_FL_LOG_LEVEL": "TRACE"}, "(list) 'TRACE' is not one of INFO,DEBUG,WARNING,ERROR"),
+    ],
+    ids=["number", "boolean", "list"],
+)
+def test_user_input_values_of_the_wrong_type_are_refused_before_instantiating(
+    cloud_state: tuple[OneCloud, Path], values: dict[str, str], reason: str
+) -> None:
+    """check_user_inptus (src/flow/oneflow-server.rb) instantiates any value; the factory checks each
+    against its declared type (the Ruby CLI prompt's rules, src/cli/one_helper.rb) first: no service."""
+    cloud, _ = cloud_state
+    body = appliance_templates.service_template("typed", 0, 0, 2, None)
+    template_id = cloud.create_service_template(body)
+    defaults = {name: spec.split("|")[4] for name, spec in body["user_inputs"].items()}
+    before = _flow_pool(cloud, "service")
+    try:
+        with pytest.raises(FactoryError, match=re.escape(reason)):
+            cloud.launch_service(template_id, "typed-1", {"user_inputs_values": {**defaults, **values}})
+        with pytest.raises(FactoryError, match=r"declares user inputs .* but no user_inputs_values"):
+            cloud.launch_service(template_id, "typed-2")
+        assert _flow_pool(cloud, "service") == before
+    finally:
+        cloud.delete_service_template(template_id)
+
+
+def test_a_stored_template_with_cyclic_parents_is_not_instantiated(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """One registered past the factory (OneFlow answers 201) deploys no service: launch_service checks it."""
+    cloud, _ = cloud_state
+    body = _bad(_set_role(0, "parents", ["supernode"]))
+    template_id = cloud.flow.create_service_template(body)
+    before = _flow_pool(cloud, "service")
+    try:
+        with pytest.raises(FactoryError, match=r"roles form a cycle through 'parents'"):
+            cloud.launch_service(template_id, "cyclic-1")
+        assert _flow_pool(cloud, "service") == before
+    finally:
+        cloud.delete_service_template(template_id)
+
+
+def test_a_long_acyclic_chain_of_parents_passes() -> None:
+    from factory.one import service_checks
+
+    service_checks.check_parents(
+        {"name": f"r{i}", "parents": [f"r{i - 1}"] if i else []} for i in range(3000)
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "problem"),
+    [
+        ("M|number|n||1", "1.5", "(number) '1.5' is not an integer"),
+        ("M|number-float|n||1", "1e400", "(number-float) '1e400' is not a number"),
+        ("M|range|n|1..8|2", "9", "(range) '9' is not in the range [1..8]"),
+        ("M|range|n|1..8|2", "x", "(range) 'x' is not an integer"),
+        ("M|range|n|1-8|2", "2", "(range) has a malformed range '1-8' (min..max)"),
+        ("M|number|n||1", "", "(number) '' is not an integer"),
+        ("M|number|n||1", "-3", None),
+        ("M|number|n||1", 7, None),
+        ("M|number-float|n||1", "0.5", None),
+        ("M|range|n|1..8|2", "8", None),
+        ("M|boolean|b||YES", "NO", None),
+        ("M|list|l|fedavg,fedprox|fedavg", "fedprox", None),
+        ("O|number|n||", "", None),
+        ("M|text|t||", "anything", None),
+    ],
+)
+def test_user_input_value_types(spec: str, value: Any, problem: str | None) -> None:
+    from factory.one import service_checks
+
+    assert service_checks.user_input_problem(spec, value) == problem
