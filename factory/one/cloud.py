@@ -18,6 +18,7 @@ HTTP), the same against a real OpenNebula 7 and the local test cloud:
 from __future__ import annotations
 
 import base64
+import json
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
@@ -432,7 +433,19 @@ class OneCloud:
     def create_marketapp(
         self, template: dict[str, Any], market_id: int | None = None, timeout: float = 1800.0
     ) -> int:
-        """Allocate a marketplace app (IMAGE apps need ORIGIN_ID = the image) and wait until it is READY."""
+        """Allocate a marketplace app (IMAGE apps need ORIGIN_ID = the image) and wait until it is READY.
+        A SERVICE_TEMPLATE app's service body (APPTEMPLATE64) gets the checks OneFlow does not make first:
+        a user's ``onemarketapp export`` turns it into a OneFlow template that OneFlow would accept."""
+        if template.get("TYPE") == "SERVICE_TEMPLATE":
+            try:
+                body = json.loads(base64.b64decode(str(template.get("APPTEMPLATE64", ""))))
+            except ValueError as error:
+                raise FactoryError(
+                    f"marketplace app {template.get('NAME')}: APPTEMPLATE64 is no service body: {error}"
+                ) from None
+            if not isinstance(body, dict):
+                raise FactoryError(f"marketplace app {template.get('NAME')}: APPTEMPLATE64 is no JSON object")
+            service_checks.check_template(body)
         market = self.marketplace_id() if market_id is None else market_id
         with self._call(f"marketapp.allocate {template.get('NAME')}"):
             app_id = int(self.one.marketapp.allocate(xmltemplate.render(template), market))

@@ -388,3 +388,28 @@ def test_user_input_value_types(spec: str, value: Any, problem: str | None) -> N
     from factory.one import service_checks
 
     assert service_checks.user_input_problem(spec, value) == problem
+
+
+def test_a_service_app_whose_body_oneflow_would_accept_is_not_published(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """A published SERVICE_TEMPLATE app becomes the user's OneFlow template (onemarketapp export): its body
+    gets the same checks before the app is allocated, and no app is made."""
+    import base64
+    import json
+
+    cloud, _ = cloud_state
+    body = appliance_templates.service_template("market", None, None, 2, None)
+    body["user_inputs"]["ONEAPP_FL_FLEET_PORT"] = "O|number|Fleet port.| |nine"
+    template = {
+        "NAME": "flower-bad-service",
+        "TYPE": "SERVICE_TEMPLATE",
+        "ORIGIN_ID": "-1",
+        "APPTEMPLATE64": base64.b64encode(json.dumps(body).encode()).decode(),
+    }
+    with pytest.raises(FactoryError, match=r"user input 'ONEAPP_FL_FLEET_PORT': default \(number\) 'nine'"):
+        cloud.create_marketapp(template)
+    assert cloud.find_marketapp("flower-bad-service", cloud.marketplace_id()) is None
+    template["APPTEMPLATE64"] = base64.b64encode(b"[1, 2]").decode()
+    with pytest.raises(FactoryError, match="APPTEMPLATE64 is no JSON object"):
+        cloud.create_marketapp(template)
