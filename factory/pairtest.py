@@ -38,6 +38,10 @@ ERROR_LINE = re.compile(
     r"\bERROR\b(?!=)|\bCRITICAL\b|Exit Code: \d+|\[code: \d+\]|Traceback|missing selected ALPN"
     r"|Failed to [a-z]"
 )
+# Lines that match ERROR_LINE and say nothing about the failure: uvicorn's ``uvicorn.error`` logger prints
+# ordinary start-up lines; systemd's non-fatal complaints end in ", ignoring" (e.g. "Failed to kill control
+# group ..., ignoring: Invalid argument" when a unit stops in a container).
+NOISE_LINE = re.compile(r"uvicorn\.error|Failed to kill control group|, ignoring(?::|\.|$)")
 
 
 @dataclass(frozen=True)
@@ -92,15 +96,21 @@ def version_warnings(spec: PairSpec) -> list[str]:
     return []
 
 
+def failure_text(error: str, logs: dict[str, str]) -> str:
+    """A failure's error: the exception's message (the failed step, an appliance's reported reason) first,
+    then the log lines that say more; the log lines alone when nothing else named the failure."""
+    return "; ".join([error, *error_lines(logs)] if error else error_lines(logs))
+
+
 def error_lines(logs: dict[str, str], limit: int = 6) -> list[str]:
     """The first distinct error lines of the collected logs (one per line, without colours), for the
-    failure message. uvicorn's ``uvicorn.error`` logger prints ordinary start-up lines: not errors."""
+    failure message, without the NOISE_LINE ones."""
     from factory.federation import strip_ansi
 
     found: list[str] = []
     for name, text in sorted(logs.items()):
         for line in strip_ansi(text).splitlines():
-            if "uvicorn.error" in line or not ERROR_LINE.search(line):
+            if NOISE_LINE.search(line) or not ERROR_LINE.search(line):
                 continue
             quoted = f"{name}: {line.strip()[:200]}"
             if quoted not in found:
@@ -218,7 +228,7 @@ def run_pair_bare(
         error = str(failure)
     if error or not all(check["passed"] for check in result.checks):
         result.logs = federation.logs()
-        error = error or "; ".join(error_lines(result.logs))
+        error = failure_text(error, result.logs)
     return _finish(result, spec, error)
 
 
@@ -445,8 +455,7 @@ def run_pair_in_cloud(
             result.logs = created.deployment.collect_logs(key.private, known_hosts)
         except FactoryError as failure:
             result.logs = {"collect_logs": str(failure)}
-        if not error:
-            error = "; ".join(error_lines(result.logs))
+        error = failure_text(error, result.logs)
     if failed and options.keep_on_failure:
         kept = created.deployment.id if created.deployment is not None else None
         result.warnings.append(

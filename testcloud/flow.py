@@ -294,11 +294,13 @@ class FlowEngine:
 
     # ------------------------------------------------------------------ service templates
     def create_template(self, text_in: str) -> dict[str, Any]:
-        template = _parse_json(text_in)
+        template = parse_json(text_in)
         try:
             schema.validate(template)
         except schema.ParseException as error:
             raise FlowError(400, str(error)) from None
+        except schema.FloatDomainError as error:
+            raise sinatra_500(str(error)) from None
         template["registration_time"] = int(time.time())
         return self._allocate(template, DOC_SERVICE_TEMPLATE)
 
@@ -319,7 +321,7 @@ class FlowEngine:
         with self.cloud.lock:
             doc = self._doc(oid, DOC_SERVICE_TEMPLATE)
             current = self.body(doc)
-            template = _parse_json(text_in)
+            template = parse_json(text_in)
             if not isinstance(template, dict):
                 raise FlowError(400, "KEY: '' must be an Object;")
             if append:
@@ -338,6 +340,8 @@ class FlowEngine:
                 schema.validate(template)
             except schema.ParseException as error:
                 raise FlowError(400, str(error)) from None
+            except schema.FloatDomainError as error:
+                raise sinatra_500(str(error)) from None
             doc.name = template.get("name") or doc.name
             self.save_body(doc, template)
             return self.document_json(doc)
@@ -361,6 +365,8 @@ class FlowEngine:
                 schema.validate(service)
             except schema.ParseException as error:
                 raise FlowError(500, str(error)) from None
+            except schema.FloatDomainError as error:
+                raise sinatra_500(str(error)) from None
             if any(role.get("type") == "vr" for role in service["roles"]):
                 raise FlowError(500, "Virtual router roles are not supported by the test cloud")
             service["state"] = S["PENDING"]
@@ -385,6 +391,8 @@ class FlowEngine:
             raise FlowError(400, "Wrong User Inputs or User Inputs Values format")
         if set(inputs) - set(values):
             raise FlowError(400, "Verify that every User Input have its corresponding value defined")
+        # Nothing more: check_user_inptus (src/flow/oneflow-server.rb) never reads a value's type; only the
+        # CLI's prompt does (one_helper.rb); the factory checks its own (factory/one/service_checks.py).
 
     def _check_inputs(self, body: dict[str, Any], merge: dict[str, Any]) -> None:
         if "custom_attrs_values" in merge:
@@ -1060,8 +1068,45 @@ class FlowEngine:
                 self.save_body(doc, body)
 
 
-def _parse_json(text_in: str) -> Any:
+# Ruby's JSON.parse: at most 100 levels of nesting (JSON::NestingError, a ParserError, which oneflow-server.rb
+# answers with 400 where it rescues JSON::ParserError), no NaN or Infinity literals; 1e400 reads as Infinity
+# (a float), which Integer() refuses later with FloatDomainError (a 500, flow_schema.FloatDomainError).
+MAX_NESTING = 100
+
+
+def _no_constant(name: str) -> Any:
+    raise FlowError(400, f"unexpected token at '{name}'")
+
+
+def sinatra_500(reason: str) -> FlowError:
+    """oneflow-server.rb's ``error 500`` handler: an exception it does not rescue, as one line of JSON."""
+    return FlowError(
+        500, json.dumps({"message": "Internal server error", "reason": reason}, separators=(",", ":"))
+    )
+
+
+def _nesting(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def parse_json(text_in: str) -> Any:
+    """A request body as OneFlow's JSON.parse reads it; bad JSON is a 400 naming where."""
     try:
-        return json.loads(text_in)
+        value = json.loads(text_in, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise FlowError(400, f"unexpected token at '{text_in[error.pos : error.pos + 40]}'") from None
+    except RecursionError:
+        raise FlowError(400, f"nesting of {MAX_NESTING + 1} is too deep") from None
+    except ValueError:
+        # An integer literal over Python's 4300 digits. Ruby reads it as a Bignum and OneFlow would store it;
+        # the stand-in refuses it (a deviation, docs/testcloud.md), with no Python text.
+        raise FlowError(400, "unexpected number: an integer literal of more than 4300 digits") from None
+    if _nesting(value) > MAX_NESTING:
+        raise FlowError(400, f"nesting of {MAX_NESTING + 1} is too deep")
+    return value

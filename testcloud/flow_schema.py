@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from typing import Any
 
@@ -166,6 +167,16 @@ def _validate(body: Any, schema: dict[str, Any], key: str, skip_items: bool = Fa
     return body
 
 
+class FloatDomainError(Exception):
+    """Ruby's FloatDomainError (``Integer(Float::INFINITY)``): no ParseException, so no 400 upstream."""
+
+
+def _ruby_float(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def _ruby_integer(value: Any, key: str) -> int:
     """``Integer(value)``: integers, integral strings, floats truncated."""
     if isinstance(value, bool):
@@ -173,6 +184,11 @@ def _ruby_integer(value: Any, key: str) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
+        # Ruby's Integer() truncates 1.5 to 1, and raises FloatDomainError on Infinity (JSON's 1e400), which
+        # Validator.validate_integer (opennebula/flow/validator.rb) does not rescue: oneflow-server.rb then
+        # answers Sinatra's 500.
+        if not math.isfinite(value):
+            raise FloatDomainError(_ruby_float(value))
         return int(value)
     if isinstance(value, str) and re.fullmatch(
         r"\s*[+-]?(0[xX][0-9a-fA-F_]+|0[bB][01_]+|\d[\d_]*)\s*", value

@@ -9,7 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from testcloud.errors import OneError
-from testcloud.flow import FlowEngine, FlowError
+from testcloud.flow import FlowEngine, FlowError, parse_json, sinatra_500
 from testcloud.httpbase import BodyTooLarge, Handler, Server
 from testcloud.objects import DOC_SERVICE, DOC_SERVICE_TEMPLATE
 
@@ -26,12 +26,12 @@ def _pretty(data: Any) -> str:
 
 
 def _json_body(raw: bytes) -> Any:
+    """An action's body: oneflow-server.rb's action routes call JSON.parse outside any rescue, so a body
+    Ruby's parser refuses (bad JSON, nesting past 100) is Sinatra's 500, not POST /service_template's 400."""
     try:
-        return json.loads(raw.decode("utf-8", errors="replace") or "null")
-    except json.JSONDecodeError as error:
-        raise FlowError(
-            400, f"unexpected token at '{raw[error.pos : error.pos + 40].decode(errors='replace')}'"
-        ) from None
+        return parse_json(raw.decode("utf-8", errors="replace") or "null")
+    except FlowError as error:
+        raise sinatra_500(error.message) from None
 
 
 class OneFlowApp:
@@ -134,7 +134,7 @@ class OneFlowHandler(Handler):
             status, text_out = error.status, error.message
         except Exception as error:
             log.exception("OneFlow %s %s failed", self.command, self.path)
-            status, text_out = 500, json.dumps({"message": "Internal server error", "reason": str(error)})
+            status, text_out = 500, sinatra_500(str(error).splitlines()[0] if str(error) else "").message
         self.send(status, text_out, CONTENT_TYPE)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle

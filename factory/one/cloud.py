@@ -18,7 +18,9 @@ HTTP), the same against a real OpenNebula 7 and the local test cloud:
 from __future__ import annotations
 
 import base64
+import json
 import time
+import xmlrpc.client
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pyone
+from lxml import etree
 
 from factory.errors import FactoryError
 from factory.manifest import digests
-from factory.one import xmltemplate
+from factory.one import service_checks, xmltemplate
 from factory.one.flow import FAILED_STATES, OneFlow, service_body, state_name
 from factory.one.settings import OneSettings
 from factory.progress import DEFAULT as PROGRESS
@@ -52,6 +55,11 @@ LCM_FAILURES = {
     48: "BOOT_UNDEPLOY_FAILURE", 49: "BOOT_STOPPED_FAILURE", 50: "PROLOG_UNDEPLOY_FAILURE",
 }  # fmt: skip
 MARKETAPP_STATES = ["INIT", "READY", "LOCKED", "ERROR", "DISABLED"]
+# libxml2 refuses a text node over 10 MB (XML_MAX_TEXT_LENGTH) unless asked for huge trees, and pyone parses
+# every answer with lxml's default parser; oned accepts far more (oned.conf MESSAGE_SIZE, 1 GiB by default,
+# is also xmlrpc-c's XML size limit, src/rm/xml-rpc/RequestManagerXRPC.cc), and a guest sets attributes
+# through OneGate. A VM's values over this length are cut when the driver reads it (see vm_info).
+VALUE_LIMIT = 64 * 1024
 APPLIANCE_LOG_COMMAND = (
     "cat /etc/one-appliance/status 2>/dev/null; echo; "
     'for f in /var/log/one-appliance/*.log; do [ -f "$f" ] && { echo "=== $f"; tail -n 200 "$f"; }; done; '
@@ -83,6 +91,8 @@ class VMInfo:
     lcm_state: int
     ip: str | None
     user_template: dict[str, str]
+    # attributes whose values were over VALUE_LIMIT (name, length in characters): cut in user_template
+    oversized: tuple[tuple[str, int], ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -101,7 +111,24 @@ class VMInfo:
             text += f" appliance={status}"
         if error:
             text += f" error={error!r}"
+        if self.oversized:
+            text += " oversized=" + ",".join(f"{name}:{length}" for name, length in self.oversized)
         return text
+
+
+def appliance_reasons(vms: list[VMInfo]) -> str:
+    """What the appliances reported (``ONEAPP_FL_ERROR``), each naming its VM, to lead a failure message:
+    the reason a user acts on comes before the service and VM states."""
+    reasons = [
+        f"{vm.role or 'VM'} VM {vm.id}: {vm.user_template['ONEAPP_FL_ERROR']}"
+        for vm in vms
+        if vm.user_template.get("ONEAPP_FL_ERROR")
+    ]
+    return "; ".join(reasons) + ("; " if reasons else "")
+
+
+class UnparsableAnswer(FactoryError):
+    """oned answered, but pyone (lxml) could not parse the XML: a value over libxml2's limits."""
 
 
 class OneCloud:
@@ -119,6 +146,11 @@ class OneCloud:
         """Turn pyone/transport errors into FactoryError naming the operation (never the credentials)."""
         try:
             yield
+        except etree.XMLSyntaxError as error:
+            raise UnparsableAnswer(
+                f"OpenNebula {what}: the answer cannot be parsed by pyone ({error}); an attribute over "
+                "libxml2's 10 MB text limit (a guest can set one through OneGate)?"
+            ) from None
         except pyone.OneAuthenticationException as error:
             raise FactoryError(
                 f"OpenNebula refused the credentials for {self.settings.user} ({what}): {error}"
@@ -302,6 +334,9 @@ class OneCloud:
             self.one.template.delete(template_id)
 
     def create_service_template(self, body: dict[str, Any]) -> int:
+        """Registers ``body`` after the checks OneFlow does not make (service_checks): nothing is sent if
+        a role's parents, an integer key or a user input default is wrong."""
+        service_checks.check_template(body)
         return self.flow.create_service_template(body)
 
     def delete_service_template(self, template_id: int) -> None:
@@ -310,8 +345,13 @@ class OneCloud:
     # -- VMs and services ------------------------------------------------------------------------------------
 
     def vm_info(self, vm_id: int, role: str = "") -> VMInfo:
-        with self._call(f"vm.info {vm_id}"):
-            vm = self.one.vm.info(vm_id)
+        """The VM's state, IP and user template. A VM that pyone cannot parse (a guest set a value over
+        libxml2's 10 MB limit) is read again without pyone, its oversized values cut and named."""
+        try:
+            with self._call(f"vm.info {vm_id}"):
+                vm = self.one.vm.info(vm_id)
+        except UnparsableAnswer as error:
+            return self._vm_info_huge(vm_id, role, str(error))
         template = vm.TEMPLATE or {}
         nics = _as_list(template.get("NIC"))
         user_template = {
@@ -325,6 +365,39 @@ class OneCloud:
             lcm_state=int(vm.LCM_STATE),
             ip=str(nics[0].get("IP")) if nics and nics[0].get("IP") else None,
             user_template=user_template,
+        )
+
+    def _vm_info_huge(self, vm_id: int, role: str, why: str) -> VMInfo:
+        """``one.vm.info`` over plain XML-RPC, parsed by lxml with huge_tree (no entities, no network)."""
+        # pyone.OneServer(timeout=60) set the socket default timeout this call inherits
+        proxy = xmlrpc.client.ServerProxy(self.settings.xmlrpc)
+        try:
+            answer = getattr(proxy, "one.vm.info")(self.settings.auth, vm_id, False)
+            if not answer[0]:
+                raise FactoryError(f"OpenNebula vm.info {vm_id}: {answer[1]}")
+            parser = etree.XMLParser(huge_tree=True, resolve_entities=False, no_network=True)
+            root = etree.fromstring(str(answer[1]).encode("utf-8"), parser)
+        except (OSError, xmlrpc.client.Error, etree.XMLSyntaxError, IndexError) as error:
+            raise FactoryError(f"VM {vm_id}: {why}; reading it without pyone failed too: {error}") from None
+        oversized = []
+        user_template = {}
+        for element in root.findall("USER_TEMPLATE/*"):
+            value = "".join(element.itertext())
+            if len(value) > VALUE_LIMIT:
+                oversized.append((element.tag, len(value)))
+                value = value[:200] + f"... (cut: {len(value)} characters)"
+            user_template[element.tag] = value
+        ip = root.findtext("TEMPLATE/NIC/IP")
+        state = int(root.findtext("STATE") or -1)
+        return VMInfo(
+            id=int(root.findtext("ID") or vm_id),
+            name=str(root.findtext("NAME") or ""),
+            role=role or user_template.get("ROLE_NAME", root.findtext("TEMPLATE/ROLE_NAME") or ""),
+            state=VM_STATES[state] if 0 <= state < len(VM_STATES) else str(state),
+            lcm_state=int(root.findtext("LCM_STATE") or -1),
+            ip=ip or None,
+            user_template=user_template,
+            oversized=tuple(oversized),
         )
 
     def instantiate_vm(self, template_id: int, name: str, extra: dict[str, Any] | None = None) -> int:
@@ -343,7 +416,10 @@ class OneCloud:
         harness's network (``ONE_NETWORK``) unless ``merge_template`` gives ``networks_values``; every
         network id is checked to exist first, so a bad one is a clear error and no service is made."""
         merge = {"name": name, **(merge_template or {})}
-        declared = service_body(self.flow.service_template(template_id)).get("networks") or {}
+        template = service_body(self.flow.service_template(template_id))
+        service_checks.check_template(template)
+        service_checks.check_user_input_values(template, merge)
+        declared = template.get("networks") or {}
         if declared and not merge.get("networks_values"):
             network = self.network_id()
             merge["networks_values"] = [{key: {"id": str(network)}} for key in declared]
@@ -357,7 +433,19 @@ class OneCloud:
     def create_marketapp(
         self, template: dict[str, Any], market_id: int | None = None, timeout: float = 1800.0
     ) -> int:
-        """Allocate a marketplace app (IMAGE apps need ORIGIN_ID = the image) and wait until it is READY."""
+        """Allocate a marketplace app (IMAGE apps need ORIGIN_ID = the image) and wait until it is READY.
+        A SERVICE_TEMPLATE app's service body (APPTEMPLATE64) gets the checks OneFlow does not make first:
+        a user's ``onemarketapp export`` turns it into a OneFlow template that OneFlow would accept."""
+        if template.get("TYPE") == "SERVICE_TEMPLATE":
+            try:
+                body = json.loads(base64.b64decode(str(template.get("APPTEMPLATE64", ""))))
+            except ValueError as error:
+                raise FactoryError(
+                    f"marketplace app {template.get('NAME')}: APPTEMPLATE64 is no service body: {error}"
+                ) from None
+            if not isinstance(body, dict):
+                raise FactoryError(f"marketplace app {template.get('NAME')}: APPTEMPLATE64 is no JSON object")
+            service_checks.check_template(body)
         market = self.marketplace_id() if market_id is None else market_id
         with self._call(f"marketapp.allocate {template.get('NAME')}"):
             app_id = int(self.one.marketapp.allocate(xmltemplate.render(template), market))
@@ -449,11 +537,15 @@ class ServiceDeployment:
             ]
             if state in FAILED_STATES or failed_vms:
                 detail = "; ".join(vm.describe() for vm in failed_vms) or "no VM reported why"
-                raise FactoryError(f"service {self.id} ({self.name}) failed to deploy ({state}): {detail}")
+                raise FactoryError(
+                    appliance_reasons(vms)
+                    + f"service {self.id} ({self.name}) failed to deploy ({state}): {detail}"
+                )
             if time.monotonic() > deadline:
                 detail = "; ".join(vm.describe() for vm in vms) or "no VMs yet"
                 raise FactoryError(
-                    f"service {self.id} ({self.name}) not RUNNING after {timeout:.0f} s ({state}): {detail}"
+                    appliance_reasons(vms)
+                    + f"service {self.id} ({self.name}) not RUNNING after {timeout:.0f} s ({state}): {detail}"
                 )
             time.sleep(2.0)
 

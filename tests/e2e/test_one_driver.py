@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +148,39 @@ def test_a_failing_appliance_fails_the_deployment_early_naming_why(
     deployment.delete()  # a service still DEPLOYING is removed with recover --delete
 
 
+def test_a_vm_with_a_guest_set_value_over_libxml2s_limit_is_read_and_named(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """Issue 9 item 7: an 11 MiB attribute set through OneGate's ``PUT /vm`` (the stand-in accepts it, as
+    oned and OneGate do) makes pyone's parse fail; the driver still reads the VM and names the value."""
+    from lxml import etree
+
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"oversized" * 4096)
+    image = cloud.ensure_image(path, "flower-oversized", sha256, "raw")
+    template = cloud.create_vm_template(
+        appliance_templates.vm_template("supernode", "oversized-sn", image.id, cloud.network_id())
+    )
+    vm_id = cloud.instantiate_vm(template, "oversized-1")
+    huge = "x" * (11 * 2**20)
+    guest = Guests(state, {"READY": "YES", "ONEAPP_FL_NOTE": huge})
+    deadline = time.monotonic() + 60
+    while True:  # OneGate refuses the VM until it is RUNNING
+        try:
+            guest._report(state / "vms" / str(vm_id) / "context")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the VM never accepted its OneGate report"
+            time.sleep(0.5)
+    with pytest.raises(etree.XMLSyntaxError):  # what every pyone client meets
+        cloud.one.vm.info(vm_id)
+    vm = cloud.vm_info(vm_id)
+    assert (vm.id, vm.ready, vm.oversized) == (vm_id, True, (("ONEAPP_FL_NOTE", len(huge)),))
+    assert len(vm.user_template["ONEAPP_FL_NOTE"]) < 1000
+    assert f"VM {vm_id} " in vm.describe() and f"oversized=ONEAPP_FL_NOTE:{len(huge)}" in vm.describe()
+    cloud.terminate_vm(vm_id)
+
+
 def test_marketplace_apps(cloud_state: tuple[OneCloud, Path]) -> None:
     cloud, state = cloud_state
     path, sha256 = _image(state, b"market" * 4096)
@@ -198,3 +232,184 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     again = publish(RUN, cloud, results_root=root)
     assert all(app["reused"] for app in again.apps)
     assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]
+
+
+def test_an_unparsable_answer_is_a_factory_error_naming_the_call(cloud_state: tuple[OneCloud, Path]) -> None:
+    """Issue 9 item 7: lxml's parse error on any other call (a pool with a huge value) is no traceback."""
+    from lxml import etree
+
+    cloud, _ = cloud_state
+
+    class Failing:
+        def __getattr__(self, name: str) -> Any:
+            raise etree.XMLSyntaxError("CData section too big found", 1, 1, 1)
+
+    cloud_copy = OneCloud(cloud.settings, Progress())
+    cloud_copy.one = Failing()  # type: ignore[assignment]
+    with pytest.raises(FactoryError, match=r"OpenNebula vnpool.info: the answer cannot be parsed .*10 MB"):
+        cloud_copy.network_id()
+
+
+# -- issue 9 item 8: the checks OneFlow does not make (factory/one/service_checks.py) ----------------------
+
+
+def _flow_pool(cloud: OneCloud, kind: str) -> Any:
+    return cloud.flow._request("GET", f"/{kind}")
+
+
+def _bad(change: Any) -> dict[str, Any]:
+    body = appliance_templates.service_template("bad", 0, 0, 2, "tls-auth")
+    change(body)
+    return body
+
+
+def _set_role(role: int, key: str, value: Any) -> Any:
+    return lambda body: body["roles"][role].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_set_role(0, "parents", ["superlink"]), "role 'superlink' has itself as a parent"),
+        (
+            _set_role(1, "parents", ["superlnk"]),
+            "role 'supernode' has parent 'superlnk', which is not a role of this template "
+            "(roles: superlink, supernode)",
+        ),
+        (
+            _set_role(0, "parents", ["supernode"]),
+            "roles form a cycle through 'parents' ('superlink' -> 'supernode' -> 'superlink')",
+        ),
+        (
+            _set_role(1, "cardinality", 1.5),
+            "role 'supernode': cardinality: 1.5 is not an integer (OneFlow would truncate it to 1)",
+        ),
+        (_set_role(1, "max_vms", float("inf")), "role 'supernode': max_vms: inf is not a finite number"),
+        (_set_role(1, "min_vms", "1"), "role 'supernode': min_vms: '1' is not an integer"),
+        (
+            lambda body: body["roles"][1].__setitem__(
+                "elasticity_policies", [{"type": "CHANGE", "adjust": 0.5}]
+            ),
+            "role 'supernode': elasticity_policies[0].adjust: 0.5 is not an integer",
+        ),
+        (
+            lambda body: body.__setitem__("user_inputs", {"ROUNDS": "M|number|Rounds||three"}),
+            "service template: user input 'ROUNDS': default (number) 'three' is not an integer",
+        ),
+    ],
+    ids=["self", "missing", "cycle", "fraction", "infinite", "string", "policy", "input-default"],
+)
+def test_a_service_template_oneflow_would_accept_is_refused_before_sending(
+    cloud_state: tuple[OneCloud, Path], change: Any, reason: str
+) -> None:
+    """OneFlow accepts these (src/flow never reads parents; Integer() truncates; input values are never
+    typed), and the service would hang in DEPLOYING_NETS or run with a wrong value: the factory refuses them,
+    naming the role or input, and nothing reaches OneFlow."""
+    cloud, _ = cloud_state
+    before = _flow_pool(cloud, "service_template")
+    with pytest.raises(FactoryError, match=re.escape(reason)):
+        cloud.create_service_template(_bad(change))
+    assert _flow_pool(cloud, "service_template") == before
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"ONEAPP_FL_FLEET_PORT": "notanumber"}, "user input 'ONEAPP_FL_FLEET_PORT': (number) 'notanumber'"),
+        ({"ONEAPP_FL_TLS": "yes"}, "user input 'ONEAPP_FL_TLS': (boolean) 'yes' is not a boolean: YES or NO"),
+        ({"ONEAPP_FL_LOG_LEVEL": "TRACE"}, "(list) 'TRACE' is not one of INFO,DEBUG,WARNING,ERROR"),
+    ],
+    ids=["number", "boolean", "list"],
+)
+def test_user_input_values_of_the_wrong_type_are_refused_before_instantiating(
+    cloud_state: tuple[OneCloud, Path], values: dict[str, str], reason: str
+) -> None:
+    """check_user_inptus (src/flow/oneflow-server.rb) instantiates any value; the factory checks each
+    against its declared type (the Ruby CLI prompt's rules, src/cli/one_helper.rb) first: no service."""
+    cloud, _ = cloud_state
+    body = appliance_templates.service_template("typed", 0, 0, 2, None)
+    template_id = cloud.create_service_template(body)
+    defaults = {name: spec.split("|")[4] for name, spec in body["user_inputs"].items()}
+    before = _flow_pool(cloud, "service")
+    try:
+        with pytest.raises(FactoryError, match=re.escape(reason)):
+            cloud.launch_service(template_id, "typed-1", {"user_inputs_values": {**defaults, **values}})
+        with pytest.raises(FactoryError, match=r"declares user inputs .* but no user_inputs_values"):
+            cloud.launch_service(template_id, "typed-2")
+        assert _flow_pool(cloud, "service") == before
+    finally:
+        cloud.delete_service_template(template_id)
+
+
+def test_a_stored_template_with_cyclic_parents_is_not_instantiated(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """One registered past the factory (OneFlow answers 201) deploys no service: launch_service checks it."""
+    cloud, _ = cloud_state
+    body = _bad(_set_role(0, "parents", ["supernode"]))
+    template_id = cloud.flow.create_service_template(body)
+    before = _flow_pool(cloud, "service")
+    try:
+        with pytest.raises(FactoryError, match=r"roles form a cycle through 'parents'"):
+            cloud.launch_service(template_id, "cyclic-1")
+        assert _flow_pool(cloud, "service") == before
+    finally:
+        cloud.delete_service_template(template_id)
+
+
+def test_a_long_acyclic_chain_of_parents_passes() -> None:
+    from factory.one import service_checks
+
+    service_checks.check_parents(
+        {"name": f"r{i}", "parents": [f"r{i - 1}"] if i else []} for i in range(3000)
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "problem"),
+    [
+        ("M|number|n||1", "1.5", "(number) '1.5' is not an integer"),
+        ("M|number-float|n||1", "1e400", "(number-float) '1e400' is not a number"),
+        ("M|range|n|1..8|2", "9", "(range) '9' is not in the range [1..8]"),
+        ("M|range|n|1..8|2", "x", "(range) 'x' is not an integer"),
+        ("M|range|n|1-8|2", "2", "(range) has a malformed range '1-8' (min..max)"),
+        ("M|number|n||1", "", "(number) '' is not an integer"),
+        ("M|number|n||1", "-3", None),
+        ("M|number|n||1", 7, None),
+        ("M|number-float|n||1", "0.5", None),
+        ("M|range|n|1..8|2", "8", None),
+        ("M|boolean|b||YES", "NO", None),
+        ("M|list|l|fedavg,fedprox|fedavg", "fedprox", None),
+        ("O|number|n||", "", None),
+        ("M|text|t||", "anything", None),
+    ],
+)
+def test_user_input_value_types(spec: str, value: Any, problem: str | None) -> None:
+    from factory.one import service_checks
+
+    assert service_checks.user_input_problem(spec, value) == problem
+
+
+def test_a_service_app_whose_body_oneflow_would_accept_is_not_published(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """A published SERVICE_TEMPLATE app becomes the user's OneFlow template (onemarketapp export): its body
+    gets the same checks before the app is allocated, and no app is made."""
+    import base64
+    import json
+
+    cloud, _ = cloud_state
+    body = appliance_templates.service_template("market", None, None, 2, None)
+    body["user_inputs"]["ONEAPP_FL_FLEET_PORT"] = "O|number|Fleet port.| |nine"
+    template = {
+        "NAME": "flower-bad-service",
+        "TYPE": "SERVICE_TEMPLATE",
+        "ORIGIN_ID": "-1",
+        "APPTEMPLATE64": base64.b64encode(json.dumps(body).encode()).decode(),
+    }
+    with pytest.raises(FactoryError, match=r"user input 'ONEAPP_FL_FLEET_PORT': default \(number\) 'nine'"):
+        cloud.create_marketapp(template)
+    assert cloud.find_marketapp("flower-bad-service", cloud.marketplace_id()) is None
+    template["APPTEMPLATE64"] = base64.b64encode(b"[1, 2]").decode()
+    with pytest.raises(FactoryError, match="APPTEMPLATE64 is no JSON object"):
+        cloud.create_marketapp(template)

@@ -6,12 +6,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from factory.errors import ConfigError, FactoryError
 from factory.federation import FederationOutcome, evaluate_checks, parse_report_lines, task_criteria
-from factory.pairtest import PairSpec, PairTestOptions, _finish, _run_tasks, framework_task, pair_tasks
+from factory.pairtest import (
+    PairSpec,
+    PairTestOptions,
+    _finish,
+    _record_outcome,
+    _run_tasks,
+    error_lines,
+    failure_text,
+    framework_task,
+    pair_tasks,
+)
+from factory.progress import Progress
 from factory.results import FAILED, PASSED, PairResult, Side
 
 ROUND = (
@@ -167,3 +179,91 @@ def test_the_floors_are_documented_where_users_read_them() -> None:
     docs = (Path(REPO_ROOT) / "docs" / "e2e.md").read_text()
     for criteria in load_task_criteria().values():
         assert f"| `{criteria.task}` | `{criteria.metric}` | {criteria.floor:g} |" in docs, criteria.task
+
+
+# -- issue 9 item 11: a failed pair's error names the failed check / the appliance's reason first ------------
+
+SYSTEMD_NOISE = (
+    "Dec 02 01:02:03 sl systemd[1]: flower-superlink.service: Failed to kill control group "
+    "/system.slice/flower-superlink.service, ignoring: Invalid argument\n"
+)
+
+
+def test_a_canary_check_that_failed_comes_before_the_logs_systemd_noise_left_out() -> None:
+    class ShortRound(StubRunner):
+        def run(self, rounds: int, task: str, expected_supernodes: int, **_: object) -> FederationOutcome:
+            outcome = super().run(rounds, task, expected_supernodes)
+            outcome.rounds[-1].errors = ["node 7: [code 2004] Failed to activate"]
+            outcome.checks = evaluate_checks(outcome, task_criteria(task))
+            return outcome
+
+    spec = _spec("sklearn")
+    result = PairResult(pair=spec.name, run="t", target="testcloud", security="tls-auth",
+                        superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
+    _run_tasks(ShortRound({"numpy": 0.99, "sklearn": 0.93}), spec, PairTestOptions(), result)  # type: ignore[arg-type]
+    logs = {"superlink-3": SYSTEMD_NOISE + "ERROR :     [code 2004] Failed to activate\n"}
+    finished = _finish(result, spec, failure_text("", logs))
+    assert finished.status == FAILED
+    assert finished.error.startswith(
+        "numpy/every_node_every_round: rounds missing replies or with errors: [3]"
+    )
+    assert "superlink-3: ERROR :     [code 2004] Failed to activate" in finished.error
+    assert "control group" not in finished.error
+
+
+def test_noise_alone_is_not_quoted_as_the_reason() -> None:
+    assert error_lines({"superlink-3": SYSTEMD_NOISE}) == []
+    assert error_lines({"sn": "systemd[1]: Failed to start flower-supernode.service"}) == [
+        "sn: systemd[1]: Failed to start flower-supernode.service"
+    ]
+
+
+def test_a_timed_out_run_names_the_run_completed_check_first() -> None:
+    spec = _spec("numpy", profile="edge")
+    criteria = task_criteria("numpy")
+    outcome = FederationOutcome(app="factory-app", task="numpy", strategy="fedavg", rounds_requested=3,
+                                expected_supernodes=2, metric=criteria.metric, floor=criteria.floor,
+                                status="timeout after 900 s (running)")  # fmt: skip
+    outcome.supernodes = [{"status": "online"}, {"status": "online"}]
+    outcome.checks = evaluate_checks(outcome, criteria)
+    result = PairResult(pair=spec.name, run="t", target="testcloud", security="tls-auth",
+                        superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
+    _record_outcome(result, outcome)
+    finished = _finish(result, spec, failure_text("", {"superlink-3": SYSTEMD_NOISE}))
+    assert finished.error.startswith("numpy/run_completed: run status 'timeout after 900 s (running)'"), (
+        finished.error
+    )
+
+
+def test_a_deploy_failure_names_the_appliances_reported_error_first() -> None:
+    """wait_running's failure leads with ONEAPP_FL_ERROR of each VM that reported one, then the states; the
+    pair's error keeps that first and quotes log lines after."""
+    from factory.one.cloud import ServiceDeployment, VMInfo
+
+    vms = [
+        VMInfo(3, "superlink_0_(service_5)", "superlink", "ACTIVE", 3, "10.231.64.3",
+               {"ONEAPP_FL_STATUS": "failed", "ONEAPP_FL_ERROR": "FLEET_PORT=22: port in use by sshd"}),
+        VMInfo(4, "supernode_0_(service_5)", "supernode", "ACTIVE", 3, "10.231.64.4", {}),
+    ]  # fmt: skip
+
+    class Stuck(ServiceDeployment):
+        def state(self) -> str:
+            return "DEPLOYING"
+
+        def vms(self) -> list[VMInfo]:
+            return vms
+
+    cloud = SimpleNamespace(progress=Progress(quiet=True))
+    deployment = Stuck(cloud=cloud, id=5, name="flower-pair", started=0.0)  # type: ignore[arg-type]
+    with pytest.raises(FactoryError) as failure:
+        deployment.wait_running(timeout=1e9)
+    message = str(failure.value)
+    assert message.startswith("superlink VM 3: FLEET_PORT=22: port in use by sshd; service 5"), message
+    spec = _spec("numpy", profile="edge")
+    result = PairResult(pair=spec.name, run="t", target="testcloud", security="tls-auth",
+                        superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
+    logs = {"superlink-3": SYSTEMD_NOISE + "ERROR: configure failed: port 22 in use\n"}
+    finished = _finish(result, spec, failure_text(message, logs))
+    assert finished.error.startswith("superlink VM 3: FLEET_PORT=22"), finished.error
+    assert finished.error.endswith("superlink-3: ERROR: configure failed: port 22 in use")
+    assert "control group" not in finished.error

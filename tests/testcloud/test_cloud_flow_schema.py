@@ -4,6 +4,8 @@ own messages and defaults."""
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,42 @@ def test_6x_contents_upgrade() -> None:
         "NIC": [{"NETWORK_ID": "0", "IP": "1.2.3.4"}, {"NETWORK_ID": "1"}],
         "MEMORY": "512",
     }
+
+
+def _roles(*roles: tuple[str, list[str]]) -> dict[str, Any]:
+    return {
+        "name": "x",
+        "roles": [
+            {"name": name, "type": "vm", "template_id": 0, "parents": parents} for name, parents in roles
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [(("a", ["a"]),), (("a", []), ("b", ["c"])), (("a", ["b"]), ("b", ["a"]))],
+    ids=["self", "missing", "cycle"],
+)
+def test_parents_are_not_checked_as_oneflow_does_not(roles: Any) -> None:
+    """OneFlow's ServiceTemplate.validate (opennebula/flow/service_template.rb) never reads ``parents``: a
+    self, missing or cyclic parent is valid (issue 9 item 8; the factory checks its own templates)."""
+    assert [r["parents"] for r in flow_schema.validate(_roles(*roles))["roles"]] == [p for _, p in roles]
+
+
+def test_a_fraction_is_truncated_as_ruby_integer_does() -> None:
+    """Validator.validate_integer (opennebula/flow/validator.rb) calls Integer(): 1.5 -> 1, -0.25 -> 0."""
+    template = {"name": "x", "roles": [{"name": "r", "type": "vm", "template_id": 0, "cardinality": 1.5}]}
+    assert flow_schema.validate(template)["roles"][0]["cardinality"] == 1
+    template["roles"][0]["cardinality"] = 2.0
+    assert flow_schema.validate(template)["roles"][0]["cardinality"] == 2
+    template["roles"][0]["min_vms"] = -0.25
+    assert flow_schema.validate(template)["roles"][0]["min_vms"] == 0
+
+
+@pytest.mark.parametrize(("value", "reason"), [(float("inf"), "Infinity"), (float("-inf"), "-Infinity")])
+def test_a_non_finite_number_is_ruby_float_domain_error(value: float, reason: str) -> None:
+    """Integer(Infinity) raises FloatDomainError, which validate_integer does not rescue (no ParseException):
+    oneflow-server.rb answers it with Sinatra's 500."""
+    template = {"name": "x", "roles": [{"name": "r", "type": "vm", "template_id": 0, "cardinality": value}]}
+    with pytest.raises(flow_schema.FloatDomainError, match=f"^{re.escape(reason)}$"):
+        flow_schema.validate(template)
