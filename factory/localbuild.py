@@ -574,12 +574,15 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
         result = build_variant(variant, overrides, progress=progress)
         work = _work_dir(f"qcow2-{variant.name}-{key[:16]}")
         try:
-            for source in (result.image, result.manifest):
-                target = work / source.name
-                try:
-                    os.link(source, target)
-                except OSError:
-                    shutil.copy2(source, target)
+            try:
+                os.link(result.image, work / result.image.name)
+            except OSError:
+                shutil.copy2(result.image, work / result.image.name)
+            # The base qcow2 brought one-context: record which source it was built from, as the
+            # container images' manifests do.
+            built = json.loads(result.manifest.read_text())
+            built.setdefault("build", {})["one_context"] = package.record()
+            (work / result.manifest.name).write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
             (work / ".complete").write_text(key + "\n")
             _remove_tree(directory)
             directory.parent.mkdir(parents=True, exist_ok=True)
