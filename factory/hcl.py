@@ -11,7 +11,8 @@
 - ``seed/`` (cloud-init NoCloud or OpenNebula CONTEXT files) and ``.ssh/build_key`` (an ed25519 key made
   for this build directory, kept across re-renders; the image's hygiene step removes its public half);
 - ``payload/`` uploaded to the guest: ``provision/`` (the ordered scripts and their lib/), ``appliance/``,
-  ``one-context-lite/`` (local images only), ``params/params-<role>.sh`` and ``apps/``;
+  ``params/params-<role>.sh`` and ``apps/`` (one-context: the released package's URL, or for local images
+  already in the local base qcow2);
 - ``scripts/`` (facts, hygiene, manifest) and ``variant.json``.
 
 A directory is rendered into a staging directory and moved into place when complete.
@@ -57,7 +58,6 @@ class RenderSources:
     templates: Path = PACKER_DIR
     provision: Path = PROVISION_DIR
     appliance: Path = CONTEXT_DIR / "appliance"
-    one_context_lite: Path = CONTEXT_DIR / "one-context-lite"
     apps: Path = APPS_DIR
     params_file: Path = PARAMS_FILE
 
@@ -320,8 +320,6 @@ def _render_into(
         (payload / "provision").mkdir()
     if sources.appliance.is_dir():
         _copy_tree(sources.appliance, payload / "appliance")
-    if variant.pins.one_context == "lite" and sources.one_context_lite.is_dir():
-        _copy_tree(sources.one_context_lite, payload / "one-context-lite")
     if sources.apps.is_dir():
         _copy_tree(sources.apps, payload / "apps")
 

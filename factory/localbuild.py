@@ -1,9 +1,11 @@
 """Local image builds on this machine: the Debian 12 base and the appliance images built from it.
 
 - Base: a Debian 12 (bookworm + -updates + -security) root filesystem made with ``mmdebstrap``, and a
-  bootable qcow2 of it with one-context-lite (Packer's ``file://`` base for the debian12 HCL).
+  bootable qcow2 of it with OpenNebula's one-context (Packer's ``file://`` base for the debian12 HCL).
+- one-context: the package built from the pinned upstream source (factory/onecontext.py), installed by
+  the provisioning like the released one (``FL_ONE_CONTEXT=source``).
 - Appliance: a copy of the base with the payload the Packer build uploads (``provision/``, ``appliance/``,
-  ``one-context-lite/``, ``params/params-<role>.sh``) and the same steps it runs: the provisioning
+  ``params/params-<role>.sh``), plus ``one-context/<the .deb>``, and the same steps it runs: the provisioning
   scripts (``images/provision/NN-*.sh``), then ``collect-facts.sh`` (fails on a pin mismatch) and
   ``sysprep.sh`` from ``packer/scripts``, all inside ``systemd-nspawn`` without booting
   (``FL_BUILD_TARGET=chroot``). The result is written as a raw ext4 filesystem image for the container
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory import manifest as manifest_module
+from factory import onecontext
 from factory.errors import ConfigError, FactoryError
 from factory.matrix import Variant
 from factory.paths import CACHE_DIR, CONTEXT_DIR, PACKER_DIR, PROVISION_DIR
@@ -145,7 +148,9 @@ def base_key() -> str:
 HYGIENE_SCRIPTS = ("collect-facts.sh", "sysprep.sh")
 
 
-def appliance_key(variant: Variant, base: BaseImage, params_text: str) -> str:
+def appliance_key(
+    variant: Variant, base: BaseImage, params_text: str, one_context: onecontext.OneContextPackage
+) -> str:
     description = {
         "builder": BUILDER_VERSION,
         "base": base.key,
@@ -153,7 +158,7 @@ def appliance_key(variant: Variant, base: BaseImage, params_text: str) -> str:
         "provision": tree_digest(PROVISION_DIR),
         "hygiene": [(PACKER_DIR / "scripts" / name).read_text() for name in HYGIENE_SCRIPTS],
         "appliance": tree_digest(CONTEXT_DIR / "appliance"),
-        "one-context-lite": tree_digest(CONTEXT_DIR / "one-context-lite"),
+        "one-context": [one_context.commit, one_context.source_digest, one_context.version],
         "params": hashlib.sha256(params_text.encode()).hexdigest(),
     }
     return _digest([json.dumps(description, sort_keys=True).encode()])
@@ -301,18 +306,22 @@ def base_qcow2_size() -> int:
 
 
 def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
-    """``debian12-base.qcow2``: the base plus one-context-lite, bootable (Packer's file:// base image),
-    plus the host's trust store for pip during the build (``add_build_trust``).
+    """``debian12-base.qcow2``: the base plus OpenNebula's one-context (built from the pinned upstream
+    source, installed and its network service set up by the provisioning's own ``distro.sh``), bootable
+    (Packer's file:// base image: it boots with a CONTEXT CD), plus the host's trust store for pip during
+    the build (``add_build_trust``).
 
     Next to it, ``debian12-base.qcow2.sha256`` holds the checksum Packer is given.
     """
     from factory import diskimage
 
     base = build_base(progress)
-    lite_digest = tree_digest(CONTEXT_DIR / "one-context-lite")
+    package = onecontext.build_package()
     trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
     size = str(base_qcow2_size()).encode()
-    key = _digest([base.key.encode(), lite_digest.encode(), BUILDER_VERSION.encode(), trust, size])
+    distro = (PROVISION_DIR / "lib" / "distro.sh").read_bytes()
+    parts = [base.key, package.commit, package.source_digest, BUILDER_VERSION]
+    key = _digest([*(part.encode() for part in parts), distro, trust, size])
     directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
     image = directory / f"{LOCAL_OS}-base.qcow2"
     marker = directory / ".complete"
@@ -322,18 +331,36 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     with _locked(directory.with_name(f".{directory.name}.lock")):
         if marker.exists() and not force:
             return image
-        with progress.stage(f"{LOCAL_OS} base qcow2 (base + one-context-lite, extlinux)"):
+        with progress.stage(f"{LOCAL_OS} base qcow2 (base + one-context {package.version}, extlinux)"):
             work = _work_dir(f"base-qcow2-{key[:16]}")
             try:
                 rootfs = work / "rootfs"
                 _copy_tree(base.rootfs, rootfs)
+                payload = work / "payload"
+                shutil.copytree(PROVISION_DIR / "lib", payload / "provision" / "lib")
+                (payload / "one-context").mkdir()
+                shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
+                script = (
+                    "set -euo pipefail\n"
+                    f". {GUEST_PAYLOAD}/provision/lib/distro.sh\n"
+                    "distro_block_service_starts\ndistro_refresh\ndistro_install_one_context\n"
+                    "distro_allow_service_starts\ndistro_cleanup\n"
+                )
+                environment = {
+                    "FL_OS": LOCAL_OS,
+                    "FL_BUILD_TARGET": "chroot",
+                    "FL_ONE_CONTEXT": "source",
+                    "FL_PAYLOAD": GUEST_PAYLOAD,
+                    "FL_PROVISION_STEP": "base-one-context",
+                }
                 _run_logged(
-                    [str(CONTEXT_DIR / "one-context-lite" / "install.sh"), str(rootfs)],
+                    _nspawn_argv(rootfs, payload, environment, script),
                     work / "build.log",
                     progress,
-                    "one-context-lite",
+                    "one-context",
                     env=build_environment(),
                 )
+                _remove_tree(payload)
                 if trust:
                     add_build_trust(rootfs, trust)
                 output = work / image.name
@@ -358,14 +385,16 @@ GUEST_PAYLOAD = "/run/fl-payload"
 GUEST_FACTS = "/run/fl-facts"
 
 
-def _payload(work: Path, variant: Variant, params_text: str) -> Path:
-    """The payload in the layout the Packer build uploads (factory/hcl.py), plus the hygiene scripts."""
+def _payload(work: Path, variant: Variant, params_text: str, package: onecontext.OneContextPackage) -> Path:
+    """The payload in the layout the Packer build uploads (factory/hcl.py), plus the hygiene scripts and
+    the one-context package built from source."""
     payload = work / "payload"
     (payload / "params").mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(PROVISION_DIR, payload / "provision", ignore=ignore)
     shutil.copytree(CONTEXT_DIR / "appliance", payload / "appliance", ignore=ignore)
-    shutil.copytree(CONTEXT_DIR / "one-context-lite", payload / "one-context-lite", ignore=ignore)
+    (payload / "one-context").mkdir()
+    shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
     (payload / "params" / f"params-{variant.role}.sh").write_text(params_text)
     (payload / "hygiene").mkdir()
     for name in HYGIENE_SCRIPTS:
@@ -373,12 +402,10 @@ def _payload(work: Path, variant: Variant, params_text: str) -> Path:
     return payload
 
 
-def provision_rootfs(
-    rootfs: Path, variant: Variant, payload: Path, facts: Path, log: Path, progress: Progress
-) -> None:
-    """Run the provisioning scripts, collect-facts.sh and sysprep.sh inside ``rootfs`` with
-    systemd-nspawn (no boot), in the order and with the environment of the Packer build."""
-    environment = variant.provision_env(payload=GUEST_PAYLOAD, build_target="chroot")
+def _nspawn_argv(
+    rootfs: Path, payload: Path, environment: dict[str, str], script: str, facts: Path | None = None
+) -> list[str]:
+    """systemd-nspawn running ``script`` in ``rootfs`` without booting, the payload at GUEST_PAYLOAD."""
     machine = f"fl-wt-appliance-build-{os.getpid()}"
     argv = [
         "systemd-nspawn",
@@ -389,12 +416,23 @@ def provision_rootfs(
         f"--machine={machine}",
         f"--directory={rootfs}",
         f"--bind-ro={payload}:{GUEST_PAYLOAD}",
-        f"--bind={facts}:{GUEST_FACTS}",
     ]
+    if facts is not None:
+        argv += [f"--bind={facts}:{GUEST_FACTS}"]
     if HOST_CA_BUNDLE.exists():
         argv += [f"--bind-ro={HOST_CA_BUNDLE}:/run/fl-host-ca.pem"]
-        environment |= {"PIP_CERT": "/run/fl-host-ca.pem", "SSL_CERT_FILE": "/run/fl-host-ca.pem"}
+        trust = "/run/fl-host-ca.pem"
+        environment = environment | {"PIP_CERT": trust, "SSL_CERT_FILE": trust}
     argv += [f"--setenv={key}={value}" for key, value in sorted(environment.items())]
+    return [*argv, "/bin/bash", "-c", script]
+
+
+def provision_rootfs(
+    rootfs: Path, variant: Variant, payload: Path, facts: Path, log: Path, progress: Progress
+) -> None:
+    """Run the provisioning scripts, collect-facts.sh and sysprep.sh inside ``rootfs`` with
+    systemd-nspawn (no boot), in the order and with the environment of the Packer build."""
+    environment = variant.provision_env(payload=GUEST_PAYLOAD, build_target="chroot")
     script = (
         "set -euo pipefail\n"
         f"for step in {GUEST_PAYLOAD}/provision/[0-9][0-9]-*.sh; do\n"
@@ -405,7 +443,7 @@ def provision_rootfs(
         'echo "==> sysprep.sh"\n'
         f"bash {GUEST_PAYLOAD}/hygiene/sysprep.sh\n"
     )
-    argv += ["/bin/bash", "-c", script]
+    argv = _nspawn_argv(rootfs, payload, environment, script, facts)
     _run_logged(argv, log, progress, variant.name, env=build_environment())
 
 
@@ -415,7 +453,7 @@ def appliance_directory(variant: Variant, key: str) -> Path:
 
 def cached_appliance(variant: Variant, params_text: str) -> ApplianceImage | None:
     """The complete cached image of the variant for the current inputs, if there is one."""
-    key = appliance_key(variant, base_image(), params_text)
+    key = appliance_key(variant, base_image(), params_text, onecontext.build_package())
     directory = appliance_directory(variant, key)
     image = directory / f"{variant.name}.img"
     manifest_path = manifest_module.manifest_path(image)
@@ -443,11 +481,12 @@ def build_appliance(
     check_buildable(variant)
     if params_text is None:
         params_text = params_module.guest_defaults(variant.role)
+    package = onecontext.build_package()  # first: a missing upstream source fails before any work
     base = build_base(progress)
     if not force and (cached := cached_appliance(variant, params_text)) is not None:
         progress.line(f"{variant.name}: reusing {cached.image} (unchanged inputs, key {cached.key[:16]})")
         return cached
-    key = appliance_key(variant, base, params_text)
+    key = appliance_key(variant, base, params_text, package)
     directory = appliance_directory(variant, key)
     image = directory / f"{variant.name}.img"
     with _locked(directory.with_name(f".{directory.name}.lock")):
@@ -462,7 +501,7 @@ def build_appliance(
             facts.mkdir()
             with progress.stage(f"{variant.name}: copy the {LOCAL_OS} base"):
                 _copy_tree(base.rootfs, rootfs)
-            payload = _payload(work, variant, params_text)
+            payload = _payload(work, variant, params_text, package)
             with progress.stage(f"{variant.name}: provisioning, facts and hygiene in systemd-nspawn"):
                 provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress)
             with progress.stage(f"{variant.name}: raw ext4 image"):
@@ -480,6 +519,7 @@ def build_appliance(
                 "key": key,
                 "base_key": base.key,
                 "seconds": round(time.monotonic() - started),
+                "one_context": package.record(),
             }
             manifest_module.write_manifest(work / image.name, manifest)
             (work / ".complete").write_text(key + "\n")
@@ -518,7 +558,8 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
     params_text = params_module.guest_defaults(variant.role)
     base_qcow2 = build_base_qcow2(progress)
     base_sha256 = (base_qcow2.parent / f"{base_qcow2.name}.sha256").read_text().split()[0]
-    key = _digest([appliance_key(variant, base_image(), params_text).encode(), base_sha256.encode()])
+    package = onecontext.build_package()
+    key = _digest([appliance_key(variant, base_image(), params_text, package).encode(), base_sha256.encode()])
     directory = images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
     image = directory / f"{variant.name}.qcow2"
     manifest = manifest_module.manifest_path(image)
@@ -533,12 +574,15 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
         result = build_variant(variant, overrides, progress=progress)
         work = _work_dir(f"qcow2-{variant.name}-{key[:16]}")
         try:
-            for source in (result.image, result.manifest):
-                target = work / source.name
-                try:
-                    os.link(source, target)
-                except OSError:
-                    shutil.copy2(source, target)
+            try:
+                os.link(result.image, work / result.image.name)
+            except OSError:
+                shutil.copy2(result.image, work / result.image.name)
+            # The base qcow2 brought one-context: record which source it was built from, as the
+            # container images' manifests do.
+            built = json.loads(result.manifest.read_text())
+            built.setdefault("build", {})["one_context"] = package.record()
+            (work / result.manifest.name).write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
             (work / ".complete").write_text(key + "\n")
             _remove_tree(directory)
             directory.parent.mkdir(parents=True, exist_ok=True)

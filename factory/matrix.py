@@ -37,7 +37,7 @@ ACCELS = ("cpu", "gpu")
 PROFILES = ("standard", "edge")
 ARCHES = ("x86_64", "aarch64")
 SEEDS = ("cloud-init", "context")
-ONE_CONTEXT_KINDS = ("deb", "rpm", "lite")
+ONE_CONTEXT_KINDS = ("deb", "rpm", "source")
 
 _VALUE = re.compile(r"^[a-z0-9][a-z0-9._]*$")
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
@@ -65,7 +65,7 @@ class Pins:
     python: str
     framework_packages: tuple[str, ...]
     framework_index_url: str
-    one_context: str  # "package" (real .deb/.rpm) or "lite" (local images)
+    one_context: str  # "package" (released .deb/.rpm) or "source" (.deb built from upstream, local images)
     one_context_version: str
     one_context_url: str
     cuda: str  # "" for CPU images
@@ -766,8 +766,8 @@ def _pins(
         python=info.python,
         framework_packages=packages,
         framework_index_url=index_url,
-        one_context="lite" if info.one_context == "lite" else "package",
-        one_context_version=version if info.one_context != "lite" else "",
+        one_context="source" if info.one_context == "source" else "package",
+        one_context_version=version if info.one_context != "source" else "",
         one_context_url=url,
         cuda=cuda,
         nvidia_driver=driver,

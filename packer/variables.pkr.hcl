@@ -75,7 +75,7 @@ variable "nvidia_driver" {
 
 variable "one_context" {
   type        = string
-  description = "How the OpenNebula context agent gets in: package (one-context .deb/.rpm) or lite (local images)."
+  description = "How one-context gets in: package (released .deb/.rpm from one_context_url) or source (local images: built from upstream source, already in the local base qcow2)."
 }
 
 variable "one_context_version" {

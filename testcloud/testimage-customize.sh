@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Finishes the tiny test rootfs inside mmdebstrap (customize hook): one-context-lite, SSH host key made at
-# first boot (ed25519 only: fast, and no two VMs share a key), no host leftovers, no timers that phone home.
+# Finishes the tiny test rootfs inside mmdebstrap (customize hook), after one-context (the package built
+# from upstream source, installed with --include) is in: its network service set up as for the appliance
+# images (images/provision/lib/distro.sh, distro_one_context_network), SSH host key made at first boot
+# (ed25519 only: fast, and no two VMs share a key), no host leftovers, no timers that phone home.
 #
-# Usage: testimage-customize.sh ROOTFS ONE_CONTEXT_LITE_DIR
+# Usage: testimage-customize.sh ROOTFS DISTRO_SH
 set -euo pipefail
 
-root=${1:?usage: testimage-customize.sh ROOTFS ONE_CONTEXT_LITE_DIR}
-lite=${2:?usage: testimage-customize.sh ROOTFS ONE_CONTEXT_LITE_DIR}
+root=${1:?usage: testimage-customize.sh ROOTFS DISTRO_SH}
+distro=${2:?usage: testimage-customize.sh ROOTFS DISTRO_SH}
 
-"${lite}/install.sh" "${root}"
+# shellcheck disable=SC2016  # a dpkg-query format, not a shell expansion
+if ! chroot "${root}" dpkg-query -W -f '${Status}\n' one-context | grep -q 'install ok installed'; then
+    echo "testimage-customize.sh: one-context is not installed in ${root}" >&2
+    exit 1
+fi
+install -m 0644 "${distro}" "${root}/run/fl-distro.sh"
+chroot "${root}" env FL_OS=debian12 FL_BUILD_TARGET=chroot bash -c \
+    '. /run/fl-distro.sh && distro_one_context_network'
+rm -f "${root}/run/fl-distro.sh"
 
 # Host leftovers: identity, resolver, SSH host keys.
 echo localhost >"${root}/etc/hostname"

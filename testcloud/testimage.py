@@ -1,8 +1,10 @@
 """The tiny test image the drivers' and the test cloud's tests boot.
 
-Debian 12 minbase + systemd, dbus, openssh-server, curl, iproute2, ping, and one-context-lite, built once
-with mmdebstrap into the shared cache (``$FLOWER_FACTORY_CACHE/testcloud/testimage/<key>/``), keyed by
-everything that goes into it (package list, customize script, one-context-lite's files), locked so
+Debian 12 minbase + systemd, dbus, openssh-server, curl, iproute2, ping, and OpenNebula's one-context (the
+package factory/onecontext.py builds from the pinned upstream source, with its dependencies, and
+systemd-networkd set up as images/provision/lib/distro.sh does for the appliances), built once with
+mmdebstrap into the shared cache (``$FLOWER_FACTORY_CACHE/testcloud/testimage/<key>/``), keyed by
+everything that goes into it (package list, customize script, the one-context source), locked so
 parallel test workers build it once, and marked complete only when finished.
 
 - :func:`ext4_image`: a raw ext4 filesystem image (the container driver's input), about a minute.
@@ -25,9 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from factory import diskimage
+from factory import diskimage, onecontext
 from factory.errors import FactoryError
-from factory.paths import CACHE_DIR, CONTEXT_DIR
+from factory.paths import CACHE_DIR, PROVISION_DIR
 from factory.progress import DEFAULT as PROGRESS
 
 SUITE = "bookworm"
@@ -41,8 +43,9 @@ KERNEL_PACKAGES = (
     "initramfs-tools",
     "qemu-guest-agent",
 )
-ONE_CONTEXT_LITE = CONTEXT_DIR / "one-context-lite"
 CUSTOMIZE = Path(__file__).with_name("testimage-customize.sh")
+DISTRO_LIB = PROVISION_DIR / "lib" / "distro.sh"
+FILE_MIRROR_HOOKS = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
 IMAGE_CACHE = CACHE_DIR / "testcloud" / "testimage"
 # Left out of the image: documentation and translations (a test image has no use for them).
 EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
@@ -58,29 +61,33 @@ def _files_digest(base: Path, paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def build_key(bootable: bool) -> str:
+def build_key(bootable: bool, package: onecontext.OneContextPackage | None = None) -> str:
     """Content key of an image: changes whenever anything that goes into it changes."""
-    lite_files = [path for path in ONE_CONTEXT_LITE.rglob("*") if path.is_file()]
+    package = package or onecontext.build_package()
     recipe = {
-        "version": 1,
+        "version": 2,
         "suite": SUITE,
         "packages": sorted(PACKAGES + (KERNEL_PACKAGES if bootable else ())),
         "excludes": EXCLUDES,
         "bootable": bootable,
-        "one_context_lite": _files_digest(ONE_CONTEXT_LITE, lite_files),
+        "one_context": [package.commit, package.source_digest, package.version],
         "customize": _files_digest(CUSTOMIZE.parent, [CUSTOMIZE]),
+        "distro": _files_digest(DISTRO_LIB.parent, [DISTRO_LIB]),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _mmdebstrap(rootfs: Path, packages: tuple[str, ...]) -> None:
-    hook = f'bash {shlex.quote(str(CUSTOMIZE))} "$1" {shlex.quote(str(ONE_CONTEXT_LITE))}'
+def _mmdebstrap(rootfs: Path, packages: tuple[str, ...], deb: Path) -> None:
+    hook = f'bash {shlex.quote(str(CUSTOMIZE))} "$1" {shlex.quote(str(DISTRO_LIB))}'
     argv = [
         "mmdebstrap",
         "--mode=root",
         "--variant=minbase",
         "--quiet",
         f"--include={','.join(packages)}",
+        # the local .deb with its dependencies from the archive; the hook makes the file visible inside
+        f"--include={deb}",
+        f"--hook-dir={FILE_MIRROR_HOOKS}",
         '--aptopt=Acquire::Retries "3"',
         *(f"--dpkgopt=path-exclude={pattern}" for pattern in EXCLUDES),
         f"--customize-hook={hook}",
@@ -105,7 +112,8 @@ def _os_release(rootfs: Path) -> dict[str, str]:
 
 
 def _build(bootable: bool) -> Path:
-    key = build_key(bootable)
+    package = onecontext.build_package()
+    key = build_key(bootable, package)
     name = "rootfs.qcow2" if bootable else "rootfs.img"
     entry = IMAGE_CACHE / key
     image = entry / name
@@ -125,7 +133,7 @@ def _build(bootable: bool) -> Path:
             rootfs = work / "rootfs"
             packages = PACKAGES + (KERNEL_PACKAGES if bootable else ())
             with PROGRESS.stage(f"test image {key}: mmdebstrap {SUITE} ({len(packages)} packages)"):
-                _mmdebstrap(rootfs, packages)
+                _mmdebstrap(rootfs, packages, package.deb)
             staged = work / name
             with PROGRESS.stage(f"test image {key}: {'bootable qcow2' if bootable else 'ext4 image'}"):
                 if bootable:
@@ -141,7 +149,7 @@ def _build(bootable: bool) -> Path:
                 **diskimage.checksums(staged),
                 "os_release": _os_release(rootfs),
                 "packages": list(packages),
-                "one_context": "lite",
+                "one_context": package.record(),
             }
             (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
             shutil.rmtree(rootfs)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The OpenNebula guest agent: the real one-context package (Ubuntu, openSUSE) or the compatible
-# one-context-lite (local Debian images, where the package cannot be downloaded).
+# The OpenNebula guest agent: the one-context package (released, or built from upstream source for the
+# local Debian images, where the released one cannot be downloaded).
 set -euo pipefail
 FL_PROVISION_STEP=20-one-context
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh

@@ -27,6 +27,14 @@ check "/etc/one-appliance/service is executable" test -x /etc/one-appliance/serv
 check "install stage succeeded" grep -qx install_success /etc/one-appliance/status
 # shellcheck disable=SC2016  # expanded by the inner shell
 check "parameter defaults load" bash -c '. /etc/one-appliance/flower/params.sh && test -n "${FL_PARAMS}"'
+check "one-context package installed" bash -c 'dpkg-query -W one-context || rpm -q one-context'
+check "one-context units enabled" test -L /etc/systemd/system/multi-user.target.wants/one-context.service
+if [[ "${FL_OS}" == debian12 ]]; then
+    check "systemd-networkd enabled for one-context" \
+        test -L /etc/systemd/system/multi-user.target.wants/systemd-networkd.service
+    check "no networkd D-Bus activation alias (a 25 s wait at boot)" \
+        not test -e /etc/systemd/system/dbus-org.freedesktop.network1.service
+fi
 check "net-90-service-appliance hook" test -x /etc/one-context.d/net-90-service-appliance
 check "net-99-report-ready hook" test -x /etc/one-context.d/net-99-report-ready
 check "flower-${FL_ROLE}.service installed" test -f "/etc/systemd/system/flower-${FL_ROLE}.service"

@@ -57,13 +57,15 @@ fi
 
 python3 --version >/dev/null 2>&1 && fact system_python "$(python3 --version 2>&1)"
 fact kernel "$(find "$root/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n1)"
-if [ "${FL_ONE_CONTEXT:-}" = "package" ]; then
-  version=$(dpkg-query -W -f '${Version}' one-context 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}' one-context 2>/dev/null || true)
-  fact one_context "${version:-missing}"
-  [ -n "$version" ] || problems+=("the one-context package is not installed")
-else
-  fact one_context "lite"
-fi
+case "${FL_ONE_CONTEXT:-}" in
+  package | source) # the released package, or the same built from upstream source (local images)
+    version=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f '${Version}' one-context 2>/dev/null ||
+      rpm --root "$root/" -q --qf '%{VERSION}-%{RELEASE}' one-context 2>/dev/null || true)
+    fact one_context "${version:-missing}"
+    [ -n "$version" ] || problems+=("the one-context package is not installed")
+    ;;
+  *) problems+=("FL_ONE_CONTEXT '${FL_ONE_CONTEXT:-}' is neither package nor source") ;;
+esac
 if [ "${FL_ACCEL:-cpu}" = "gpu" ]; then
   driver=$(modinfo -F version nvidia 2>/dev/null || true)
   fact nvidia_driver "${driver:-missing}"

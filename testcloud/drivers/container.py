@@ -3,7 +3,9 @@
 Per VM, under ``spec.vm_dir``:
 - ``container/lower``: the image's root filesystem, loop-mounted read-only (the image is never written);
 - ``container/upper`` + ``work``: the VM's own persistent layer; ``container/rootfs``: the overlay;
-- ``context/``: the context files, bind-mounted read-only at ``/context`` in the guest;
+- ``context/``: the context files, bind-mounted read-only at ``/context`` in the guest (where upstream's
+  LXC driver mounts the context disk: one-context reads a non-empty ``/context`` when it finds no
+  CONTEXT-labelled disc); ``update_context`` replaces them and runs one-context's reconfiguration;
 - ``console.log``: everything the container's console printed, across reboots;
 - ``container.json``: what the driver made (loop device, namespace, links, supervisor process), so
   cleanup and ``recover`` after a test-cloud restart find everything.
@@ -49,6 +51,9 @@ from testcloud.host import (
 
 SUPERVISOR = Path(__file__).with_name("nspawn-supervisor.sh")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What upstream's LXC driver runs in the guest after replacing its context (container.rb, restart_context).
+RECONFIGURE_COMMAND = ("service", "one-context-reconfigure", "restart")
+RECONFIGURE_TIMEOUT_S = 900.0
 BOOTED_STATES = ("starting", "running", "degraded", "maintenance", "stopping")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
 
@@ -417,9 +422,32 @@ class ContainerDriver:
     # ------------------------------------------------------------------------------------------ change
 
     def update_context(self, vm_id: int, context: ContextSpec) -> None:
+        """Replace ``/context`` and have the guest's one-context re-run, as upstream's LXC driver does on
+        one.vm.updateconf (src/vmm_mad/remotes/lxc/reconfigure: ``attach_context`` then
+        ``restart_context``, i.e. ``service one-context-reconfigure restart`` run in the container, detached,
+        its success not enforced; src/vmm_mad/remotes/lib/lxc/container.rb). A stopped guest reads the new
+        context at its next boot. Each run's outcome is appended to ``<vm_dir>/reconfigure.log``."""
         container = self._get(vm_id)
         with container.lock:
             contextmedia.write_context_directory(context, container.context_dir)
+            leader = container.leader_pid() if not container.gone else None
+        if leader is None:
+            return
+        thread = threading.Thread(
+            target=self._reconfigure, args=(container, leader), name=f"reconfigure-vm{vm_id}", daemon=True
+        )
+        thread.start()
+
+    def _reconfigure(self, container: _Container, leader: int) -> None:
+        started = time.monotonic()
+        result = self._nsenter(leader, list(RECONFIGURE_COMMAND), timeout=RECONFIGURE_TIMEOUT_S)
+        line = (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(RECONFIGURE_COMMAND)}: "
+            f"exit {result.returncode} after {time.monotonic() - started:.1f} s"
+        )
+        detail = (result.stderr or result.stdout).strip()
+        with contextlib.suppress(OSError), open(container.vm_dir / "reconfigure.log", "a") as log:
+            log.write(line + (f": {detail[-500:]}" if detail and result.returncode else "") + "\n")
 
     def reboot(self, vm_id: int, hard: bool = False) -> None:
         container, leader = self._running(vm_id)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from factory import localbuild
+from factory import localbuild, onecontext
 from factory.errors import ConfigError
 from factory.matrix import load_matrix
 
@@ -41,20 +42,53 @@ def test_tree_digest_sees_content_and_executable_bit(tmp_path: Path) -> None:
 def test_appliance_key_is_stable_and_follows_every_input(matrix, monkeypatch, tmp_path: Path) -> None:
     variant = matrix.variant(SUPERLINK)
     base = localbuild.base_image()
-    key = localbuild.appliance_key(variant, base, "params v1")
-    assert localbuild.appliance_key(variant, base, "params v1") == key
-    assert localbuild.appliance_key(variant, base, "params v2") != key
-    other = matrix.variant("superlink-1.41.0-debian12-cpu-standard-sklearn-x86_64")
-    assert localbuild.appliance_key(other, base, "params v1") != key
-    changed_base = localbuild.BaseImage("0" * 64, base.directory)
-    assert localbuild.appliance_key(variant, changed_base, "params v1") != key
+    package = onecontext.OneContextPackage(Path("/x.deb"), "7.0.0-0.gitae5a43e", "a" * 40, Path("/src"), "d1")
+
+    def key_of(variant=variant, base=base, params="params v1", package=package) -> str:
+        return localbuild.appliance_key(variant, base, params, package)
+
+    key = key_of()
+    assert key_of() == key
+    assert key_of(params="params v2") != key
+    assert key_of(variant=matrix.variant("superlink-1.41.0-debian12-cpu-standard-sklearn-x86_64")) != key
+    assert key_of(base=localbuild.BaseImage("0" * 64, base.directory)) != key
+    # another one-context source (commit or content) or version is another image
+    for change in ({"commit": "b" * 40}, {"source_digest": "d2"}, {"version": "7.0.1-1"}):
+        assert key_of(package=dataclasses.replace(package, **change)) != key, change
     # a change in a provisioning script changes the key
     provision = tmp_path / "provision"
     shutil.copytree(localbuild.PROVISION_DIR, provision)
     monkeypatch.setattr(localbuild, "PROVISION_DIR", provision)
-    assert localbuild.appliance_key(variant, base, "params v1") == key
+    assert key_of() == key
     (provision / "10-base.sh").write_text((provision / "10-base.sh").read_text() + "# changed\n")
-    assert localbuild.appliance_key(variant, base, "params v1") != key
+    assert key_of() != key
+
+
+def test_without_the_upstream_source_the_build_fails_naming_it(matrix, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(onecontext, "SHARED_DIR", tmp_path / "no-shared")
+    reason = onecontext.missing_reason()
+    assert reason is not None and "FLOWER_FACTORY_SHARED" in reason
+    with pytest.raises(ConfigError) as caught:
+        localbuild.build_appliance(matrix.variant(SUPERLINK), params_text="params")
+    assert "FLOWER_FACTORY_SHARED" in str(caught.value)
+    assert str(tmp_path / "no-shared") in str(caught.value)
+
+
+def test_a_source_at_another_commit_is_refused(monkeypatch, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    source = shared / "upstream" / "one-apps" / "context-linux"
+    (source / "pkg").mkdir(parents=True)
+    (source / "src").mkdir()
+    for name in ("generate.sh", "targets.sh", "pkg/postinstall"):
+        (source / name).write_text("")
+    (shared / "upstream" / "README.md").write_text(
+        "| `one-apps/context-linux/` | OpenNebula/one-apps `context-linux/` | " + "c" * 40 + " | x |\n"
+    )
+    monkeypatch.setattr(onecontext, "SHARED_DIR", shared)
+    assert onecontext.missing_reason() is None
+    with pytest.raises(ConfigError) as caught:
+        onecontext.build_package()
+    assert "c" * 40 in str(caught.value) and onecontext.SOURCE_COMMIT in str(caught.value)
 
 
 def test_base_key_is_deterministic() -> None:

@@ -1,4 +1,4 @@
-"""A guest of the real test cloud (core from main + container driver + test image + one-context-lite):
+"""A guest of the real test cloud (core from main + container driver + test image + OpenNebula's one-context):
 pyone instantiates it, the guest reports READY through the cloud's own OneGate (real token auth), SSH
 works with the context's key, and terminate leaves nothing on the host."""
 

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -178,7 +179,10 @@ def test_the_test_qcow2_boots_with_its_context_cd(machines, tmp_path: Path, ssh_
             time.sleep(1)
         ready_after = time.monotonic() - started
         print(f"\nqemu ({driver.accel}): launch to READY=YES through OneGate in {ready_after:.0f} s")
-        assert handler.received == [{"vmid": "3", "body": "READY=YES"}]
+        # one-context's `onegate vm update --data READY=YES`: the form onegate-server.rb reads
+        assert [(entry["vmid"], urllib.parse.parse_qs(entry["body"])) for entry in handler.received] == [
+            ("3", {"data": ["READY=YES"], "type": ["1"]})
+        ]
 
         assert driver.execute(3, ["hostname"]).stdout.strip() == "qemu-guest"
         shown = json.loads(driver.execute(3, ["ip", "-j", "-4", "addr", "show", "dev", "eth0"]).stdout)

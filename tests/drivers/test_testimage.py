@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from factory import diskimage
+from factory import diskimage, onecontext
 from testcloud import testimage
 
 
@@ -21,28 +19,37 @@ def test_the_manifest_matches_the_image(test_image: Path) -> None:
     assert manifest["sha256"] == diskimage.sha256_file(test_image), "nothing ever wrote to the cached image"
     assert manifest["format"] == "raw" and manifest["virtual_size"] == test_image.stat().st_size
     assert manifest["os_release"]["ID"] == "debian" and manifest["os_release"]["VERSION_ID"] == "12"
-    assert manifest["one_context"] == "lite"
+    assert manifest["one_context"]["commit"] == onecontext.SOURCE_COMMIT
+    assert manifest["one_context"]["version"] == f"{onecontext.PACKAGE_VERSION}-{onecontext.PACKAGE_RELEASE}"
 
 
-def test_the_image_carries_one_context_lite_and_no_host_leftovers(test_image: Path) -> None:
-    source = (testimage.ONE_CONTEXT_LITE / "usr" / "sbin" / "one-contextd").read_text()
-    assert _debugfs(test_image, "cat /usr/sbin/one-contextd") == source
+def test_the_image_carries_one_context_from_source_and_no_host_leftovers(test_image: Path) -> None:
+    upstream = onecontext.source_dir() / "src" / "usr" / "sbin" / "one-contextd"
+    assert _debugfs(test_image, "cat /usr/sbin/one-contextd") == upstream.read_text()
+    status = _debugfs(test_image, "cat /var/lib/dpkg/status")
+    entry = status[status.index("Package: one-context\n") :].split("\n\n")[0]
+    assert "Status: install ok installed" in entry
+    # The package's postinst enabled its units; networkd is enabled without its D-Bus activation alias.
     wants = _debugfs(test_image, "ls -l /etc/systemd/system/multi-user.target.wants")
-    for unit in ("one-context-local.service", "one-context.service", "one-context-reconfigure.path"):
-        assert unit in wants
+    for unit in (
+        "one-context-local.service",
+        "one-context-online.service",
+        "one-context.service",
+        "systemd-networkd.service",
+    ):
+        assert unit in wants, unit
+    assert "dbus-org.freedesktop.network1.service" not in _debugfs(test_image, "ls -l /etc/systemd/system")
     assert "ssh_host_" not in _debugfs(test_image, "ls /etc/ssh"), "host keys are made at first boot"
     assert _debugfs(test_image, "cat /etc/hostname") == "localhost\n"
     assert _debugfs(test_image, "cat /etc/resolv.conf") == ""
     assert 'Fast link dest: "/dev/null"' in _debugfs(test_image, "stat /etc/systemd/system/apt-daily.timer")
 
 
-def test_the_cache_key_follows_the_agent_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    copy = tmp_path / "context" / "one-context-lite"
-    shutil.copytree(testimage.ONE_CONTEXT_LITE, copy)
-    monkeypatch.setattr(testimage, "ONE_CONTEXT_LITE", copy)
-    key = testimage.build_key(bootable=False)
-    assert testimage.build_key(bootable=False) == key
-    assert testimage.build_key(bootable=True) != key
-    script = copy / "etc" / "one-context.d" / "loc-10-network"
-    script.write_text(script.read_text() + "# changed\n")
-    assert testimage.build_key(bootable=False) != key
+def test_the_cache_key_follows_the_one_context_source() -> None:
+    package = onecontext.OneContextPackage(Path("/nonexistent.deb"), "1-1", "a" * 40, Path("/src"), "d1")
+    key = testimage.build_key(bootable=False, package=package)
+    assert testimage.build_key(bootable=False, package=package) == key
+    assert testimage.build_key(bootable=True, package=package) != key
+    for change in ({"source_digest": "d2"}, {"commit": "b" * 40}, {"version": "1-2"}):
+        changed = dataclasses.replace(package, **change)
+        assert testimage.build_key(bootable=False, package=changed) != key, change

@@ -115,6 +115,10 @@ def fake_root(tmp_path: Path, flwr: str, packages: dict[str, str]) -> Path:
         'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
     )
     (root / "lib" / "modules" / "6.1.0-28-cloud-amd64").mkdir(parents=True)
+    (root / "var" / "lib" / "dpkg").mkdir(parents=True)
+    (root / "var" / "lib" / "dpkg" / "status").write_text(
+        "Package: one-context\nStatus: install ok installed\nArchitecture: all\nVersion: 7.0.0-0.gitae5a43e\n"
+    )
     return root
 
 
@@ -126,7 +130,7 @@ def run_facts(root: Path, facts: Path, packages: str) -> subprocess.CompletedPro
         "FL_VARIANT": DEBIAN_NODE,
         "FL_FLOWER_VERSION": "1.42.0",
         "FL_FRAMEWORK_PACKAGES": packages,
-        "FL_ONE_CONTEXT": "lite",
+        "FL_ONE_CONTEXT": "source",
         "FL_ACCEL": "cpu",
     }
     script = PACKER_DIR / "scripts" / "collect-facts.sh"
@@ -142,6 +146,7 @@ def test_facts_gate_passes_when_the_image_matches_its_pins(tmp_path: Path) -> No
     assert facts["python"] == "3.11.2"
     assert facts["package_scikit_learn"] == "1.9.1" and facts["package_numpy"] == "2.4.6"
     assert facts["kernel"] == "6.1.0-28-cloud-amd64"
+    assert facts["one_context"] == "7.0.0-0.gitae5a43e"
     assert parse_os_release((tmp_path / "facts" / "os-release").read_text())["VERSION_ID"] == "12"
 
 

@@ -68,13 +68,10 @@ def fixture_sources(tmp_path: Path) -> RenderSources:
     appliance = tmp_path / "appliance"
     appliance.mkdir()
     (appliance / "service").write_text("#!/usr/bin/env bash\n")
-    lite = tmp_path / "one-context-lite"
-    lite.mkdir()
-    (lite / "one-context-lite.service").write_text("[Unit]\n")
     apps = tmp_path / "apps"
     (apps / "numpy-app").mkdir(parents=True)
     (apps / "numpy-app" / "pyproject.toml").write_text("[project]\n")
-    return RenderSources(provision=provision, appliance=appliance, one_context_lite=lite, apps=apps)
+    return RenderSources(provision=provision, appliance=appliance, apps=apps)
 
 
 def inspect_values(directory: Path, *arguments: str) -> dict[str, str]:
@@ -106,16 +103,15 @@ def test_render_runs_the_scripts_in_order_with_the_payload(matrix, fixture_sourc
     payload = directory / "payload"
     assert (payload / "provision" / "lib" / "distro.sh").is_file()
     assert (payload / "appliance" / "service").is_file()
-    assert (payload / "one-context-lite" / "one-context-lite.service").is_file()
     assert (payload / "apps" / "numpy-app" / "pyproject.toml").is_file()
     assert (payload / "params" / "params-supernode.sh").read_text() == params.guest_defaults("supernode")
     # Every FL_* variable of the contract reaches the scripts.
     env = matrix.variant(DEBIAN_NODE).provision_env(payload="/var/tmp/fl-payload", build_target="packer")
     for name in env:
         assert f'"{name}=' in build, name
-    # Vendor OS images get no one-context-lite.
-    ubuntu = render_variant(matrix, matrix.variant(UBUNTU_GPU), out, fixture_sources)
-    assert not (ubuntu / "payload" / "one-context-lite").exists()
+    # one-context is no payload: vendor images download the released package, local ones have it in
+    # their local base qcow2.
+    assert sorted(path.name for path in payload.iterdir()) == ["appliance", "apps", "params", "provision"]
 
 
 def test_render_without_scripts_renders_no_provisioning_step(matrix, fixture_sources, tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def test_pins_come_from_the_one_place() -> None:
     suse = matrix.variant("superlink-1.41.0-opensuse156-cpu-standard-sklearn-x86_64")
     assert suse.pins.one_context_url.endswith(".suse.noarch.rpm") and suse.pins.python == "3.11"
     local = matrix.variant("supernode-1.41.0-debian12-cpu-edge-numpy-x86_64")
-    assert local.pins.one_context == "lite" and local.pins.one_context_url == ""
+    assert local.pins.one_context == "source" and local.pins.one_context_url == ""
     assert local.pins.base_image.local and local.pins.base_image.url == ""
 
 

@@ -100,18 +100,30 @@ distro_nologin_shell() {
     command -v nologin 2>/dev/null || printf '/usr/sbin/nologin\n'
 }
 
-# The guest agent: the real one-context package (FL_ONE_CONTEXT=package, FL_ONE_CONTEXT_URL) or the
-# small compatible agent shipped for local Debian images (FL_ONE_CONTEXT=lite).
+# The guest agent: OpenNebula's one-context package, the released one (FL_ONE_CONTEXT=package,
+# FL_ONE_CONTEXT_URL) or the same package built from the pinned upstream source by the local builder
+# (FL_ONE_CONTEXT=source: factory/onecontext.py puts the .deb in ${FL_PAYLOAD}/one-context/). Installed as
+# one-apps' packer/<distro>/80-install-context.sh does: the package with its dependencies (apt/zypper run
+# its postinst: units enabled, distro network configuration reset), then the network service it drives.
 distro_install_one_context() {
+    local file=""
     case "${FL_ONE_CONTEXT:-package}" in
-        lite)
-            [[ -x "${FL_PAYLOAD}/one-context-lite/install.sh" ]] ||
-                die "FL_ONE_CONTEXT=lite but ${FL_PAYLOAD}/one-context-lite/install.sh is missing"
-            "${FL_PAYLOAD}/one-context-lite/install.sh" /
+        source)
+            [[ "${DISTRO_FAMILY}" == debian ]] ||
+                die "FL_ONE_CONTEXT=source builds a .deb: Debian family only"
+            file=$(compgen -G "${FL_PAYLOAD}/one-context/one-context_*_all.deb" | head -n1 || true)
+            if [[ -z "${file}" ]]; then
+                # The Packer build of a local image starts from the local base qcow2, which has it already.
+                dpkg-query -W -f '${Status}' one-context 2>/dev/null | grep -q 'install ok installed' ||
+                    die "FL_ONE_CONTEXT=source but no ${FL_PAYLOAD}/one-context/one-context_*_all.deb"
+                log "one-context $(dpkg-query -W -f '${Version}' one-context) is installed already"
+            else
+                apt-get -q -y --no-install-recommends -o Dpkg::Options::=--force-confdef \
+                    -o Dpkg::Options::=--force-confold install "${file}"
+            fi
             ;;
         package)
             [[ -n "${FL_ONE_CONTEXT_URL:-}" ]] || die "FL_ONE_CONTEXT=package needs FL_ONE_CONTEXT_URL"
-            local file
             case "${DISTRO_FAMILY}" in
                 debian)
                     file=/tmp/one-context.deb
@@ -132,8 +144,27 @@ distro_install_one_context() {
             esac
             rm -f "${file}"
             ;;
-        *) die "unknown FL_ONE_CONTEXT '${FL_ONE_CONTEXT}' (package or lite)" ;;
+        *) die "unknown FL_ONE_CONTEXT '${FL_ONE_CONTEXT}' (package or source)" ;;
     esac
+    distro_one_context_network
+}
+
+# The network service one-context configures. Debian 12: its loc-10-network tries netplan, networkd,
+# ifupdown, NetworkManager in that order and takes systemd-networkd (no netplan here), so networkd must
+# run: one-apps' packer/debian/80-install-context.sh enables it for Debian > 11.
+#
+# Without its D-Bus activation alias: one-context-local.service (Before=network-pre.target) runs
+# `networkctl list` (loc-10-network.d/netcfg-networkd, is_networkd_iface_managed); with the alias that
+# call activates systemd-networkd.service, which is ordered After=network-pre.target, i.e. after the
+# caller: whenever D-Bus is already up at that point the call hangs for sd-bus' 25 s method timeout
+# (measured on the SuperLink image: one-context-local 26.8 s with the alias, 1.4 s without). Without
+# the alias the activation fails at once (networkd is not running yet: nothing to bring down), and
+# networkd still starts with the boot (multi-user.target.wants) and answers networkctl on its bus name
+# from then on.
+distro_one_context_network() {
+    [[ "${FL_OS}" == debian12 ]] || return 0
+    systemctl enable systemd-networkd.service
+    rm -f /etc/systemd/system/dbus-org.freedesktop.network1.service
 }
 
 # NVIDIA driver from NVIDIA's CUDA repositories (the CUDA user-space libraries come with the
