@@ -80,7 +80,8 @@ class VMDriver(Protocol):
         """Console/boot log of the guest so far (for failure reports)."""
 
     def update_context(self, vm_id: int, context: ContextSpec) -> None:
-        """Replace the guest's context (as oned does on one.vm.updateconf); the guest notices on its own."""
+        """Replace the guest's context (as oned does on one.vm.updateconf) and have the guest re-read it,
+        as upstream's drivers do (LXC: ``service one-context-reconfigure restart``; qemu: the disc swap)."""
 
     def reboot(self, vm_id: int, hard: bool = False) -> None:
         """Restart the guest keeping its disks (the per-VM overlay), as a VM reboot does."""
