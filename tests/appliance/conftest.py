@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,3 +212,13 @@ def appliance_cloud(tmp_path_factory: pytest.TempPathFactory, appliance_images: 
         yield cloud
     finally:
         cloud.handle.stop()  # a test may have restarted the cloud: stop the current handle
+
+
+@pytest.fixture(scope="module")
+def dummy_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A test cloud with the dummy driver (no guests), for the appliance scripts' host tests."""
+    from testcloud import launcher
+
+    handle = launcher.start(tmp_path_factory.mktemp("cloud") / "state", driver="dummy")
+    yield handle
+    handle.stop()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyone
 import pytest
 import requests
 from appliance_cloud import wait_for
+from dummy_service import start_dummy_service
 
 from factory.paths import CONTEXT_DIR
 
@@ -56,56 +55,17 @@ esac
 
 
 @pytest.fixture(scope="module")
-def dummy_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from testcloud import launcher
-
-    handle = launcher.start(tmp_path_factory.mktemp("cloud") / "state", driver="dummy")
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
 def pair(dummy_cloud: Any) -> dict[str, Any]:
     """A running service (one SuperLink, two SuperNodes) and a VM outside it (the attacker)."""
-    one = pyone.OneServer(dummy_cloud.endpoints["xmlrpc"], session=dummy_cloud.auth)
-    template = one.template.allocate('NAME="vm"\nCPU="1"\nMEMORY="64"\nCONTEXT=[TOKEN="YES"]')
-    user, _, password = dummy_cloud.auth.partition(":")
-    url, auth = dummy_cloud.endpoints["oneflow"], (user, password)
-    roles = [
-        {"name": "superlink", "type": "vm", "template_id": template, "cardinality": 1},
-        {
-            "name": "supernode",
-            "type": "vm",
-            "template_id": template,
-            "cardinality": 2,
-            "parents": ["superlink"],
-        },
-    ]
-    reply = requests.post(
-        f"{url}/service_template", json={"name": "fl", "deployment": "straight", "roles": roles}, auth=auth
-    )
-    template_id = reply.json()["DOCUMENT"]["ID"]
-    reply = requests.post(
-        f"{url}/service_template/{template_id}/action",
-        json={"action": {"perform": "instantiate"}},
-        auth=auth,
-        timeout=30,
-    )
-    service_id = reply.json()["DOCUMENT"]["ID"]
-
-    def body() -> dict[str, Any]:
-        document = requests.get(f"{url}/service/{service_id}", auth=auth, timeout=30).json()
-        return document["DOCUMENT"]["TEMPLATE"]["BODY"]
-
-    wait_for(lambda: body()["state"] == 2, 120, interval=0.2, what="service RUNNING")
-    nodes = {role["name"]: sorted(int(n["deploy_id"]) for n in role["nodes"]) for role in body()["roles"]}
-    rogue = one.template.instantiate(template, "rogue")
+    service = start_dummy_service(dummy_cloud, "fl", supernodes=2)
+    one = service.one
+    rogue = one.template.instantiate(service.template, "rogue")
     wait_for(lambda: one.vm.info(rogue).LCM_STATE == 3, 60, interval=0.2, what="rogue VM RUNNING")
     return {
         "one": one,
-        "service": service_id,
-        "superlink": nodes["superlink"][0],
-        "supernodes": nodes["supernode"],
+        "service": service.service,
+        "superlink": service.superlink,
+        "supernodes": service.supernodes,
         "rogue": rogue,
     }
 

@@ -7,66 +7,20 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyone
 import pytest
-import requests
-from appliance_cloud import wait_for
+from dummy_service import start_dummy_service
 
 KEY_A = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABh" + "B" * 128 + "== node-a@x"
 
 
 @pytest.fixture(scope="module")
-def dummy_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from testcloud import launcher
-
-    handle = launcher.start(tmp_path_factory.mktemp("cloud") / "state", driver="dummy")
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
 def service(dummy_cloud: Any) -> dict[str, Any]:
     """A running 1 + 3 service of dummy VMs; returns the VM ids."""
-    one = pyone.OneServer(dummy_cloud.endpoints["xmlrpc"], session=dummy_cloud.auth)
-    template = one.template.allocate('NAME="vm"\nCPU="1"\nMEMORY="64"\nCONTEXT=[TOKEN="YES"]')
-    user, _, password = dummy_cloud.auth.partition(":")
-    url = dummy_cloud.endpoints["oneflow"]
-    body = {
-        "name": "gate",
-        "deployment": "straight",
-        "roles": [
-            {"name": "superlink", "type": "vm", "template_id": template, "cardinality": 1},
-            {
-                "name": "supernode",
-                "type": "vm",
-                "template_id": template,
-                "cardinality": 3,
-                "parents": ["superlink"],
-            },
-        ],
-    }
-    reply = requests.post(f"{url}/service_template", json=body, auth=(user, password), timeout=30)
-    template_id = reply.json()["DOCUMENT"]["ID"]
-    reply = requests.post(
-        f"{url}/service_template/{template_id}/action",
-        json={"action": {"perform": "instantiate"}},
-        auth=(user, password),
-        timeout=30,
-    )
-    service_id = reply.json()["DOCUMENT"]["ID"]
-
-    def body_of() -> dict[str, Any]:
-        return requests.get(f"{url}/service/{service_id}", auth=(user, password), timeout=30).json()[
-            "DOCUMENT"
-        ]["TEMPLATE"]["BODY"]
-
-    wait_for(lambda: body_of()["state"] == 2, 120, interval=0.2, what="service RUNNING")
-    roles = {role["name"]: sorted(int(n["deploy_id"]) for n in role["nodes"]) for role in body_of()["roles"]}
-    return {"one": one, "superlink": roles["superlink"][0], "supernodes": roles["supernode"]}
+    started = start_dummy_service(dummy_cloud, "gate", supernodes=3)
+    return {"one": started.one, "superlink": started.superlink, "supernodes": started.supernodes}
 
 
 def gate_environment(cloud: Any, vm_id: int) -> dict[str, str]:
