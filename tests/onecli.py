@@ -99,9 +99,7 @@ class OneCli:
     ) -> subprocess.CompletedProcess[str]:
         """Run one command, e.g. ``run("onevm", "show", "0", "-x")``; text in, text out, never a shell."""
         command, *args = argv
-        script = self.location / "bin" / command
-        if not script.exists():
-            raise ValueError(f"no such OpenNebula command: {command}")
+        script = self._command(command)
         return self._ruby([str(script), *args], input, timeout, check)
 
     def interact(self, *argv: str, dialog: list[tuple[str, str]], timeout: float = 120.0) -> tuple[int, str]:
@@ -109,9 +107,7 @@ class OneCli:
         ``prompt`` shows, then type ``answer`` and Enter. Returns the exit status and all it printed. A
         terminal, not a pipe: the CLI reads a pipe whole as a template (``OpenNebulaHelper.read_stdin``)."""
         command, *args = argv
-        script = self.location / "bin" / command
-        if not script.exists():
-            raise ValueError(f"no such OpenNebula command: {command}")
+        script = self._command(command)
         controller, terminal = pty.openpty()
         process = subprocess.Popen(
             ["ruby", str(script), *args],
@@ -164,6 +160,12 @@ class OneCli:
             return os.read(fd, 65536).decode(errors="replace")
         except OSError:  # the terminal closed: the command ended
             return ""
+
+    def _command(self, command: str) -> Path:
+        script = self.location / "bin" / command
+        if not script.exists():
+            raise ValueError(f"no such OpenNebula command: {command}")
+        return script
 
     def ruby(
         self, code: str, *args: str, input: str | None = None, timeout: float = 120.0, check: bool = False
