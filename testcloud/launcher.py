@@ -3,7 +3,8 @@
 ``start(state_dir, ports="auto", driver="auto")`` returns a ``CloudHandle`` (a context manager) whose
 ``endpoints`` are those of ``<state_dir>/endpoints.json``:
 ``{"xmlrpc", "oneflow", "onegate", "market", "auth"}``. A state directory holds everything: a restart on
-it loses nothing.
+it loses nothing. ``stop_server("onegate")`` and ``start_server("onegate")`` take one server of an
+in-process cloud down and up again on the same address (a fault test: OneGate stopped during a boot).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from testcloud import network
 from testcloud.cloud import Cloud
@@ -76,6 +78,7 @@ class CloudHandle:
     cloud: Cloud | None = None
     servers: list[Server] = field(default_factory=list)
     pid: int | None = None
+    _stopped: dict[str, Server] = field(default_factory=dict, repr=False)
 
     @property
     def auth(self) -> str:
@@ -103,6 +106,38 @@ class CloudHandle:
                 _allow_guests(self.state_dir, [])
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "endpoints.json").unlink()
+
+    def _server(self, name: str) -> Server:
+        """The running server of endpoint ``name`` (found by its port: the list holds no names)."""
+        if self.pid is not None or self.cloud is None:
+            raise LaunchError(f"{name}: only a test cloud running in this process can stop one server")
+        if name not in SERVICES:
+            raise LaunchError(f"unknown server '{name}' (known: {', '.join(SERVICES)})")
+        port = urlsplit(self.endpoints[name]).port
+        for server in self.servers:
+            if server.port == port:
+                return server
+        raise LaunchError(f"the {name} server is not running (stopped with stop_server?)")
+
+    def stop_server(self, name: str) -> None:
+        """Stop one server, e.g. ``"onegate"``, as if its daemon were stopped: its port refuses connections
+        until :meth:`start_server` opens it again on the same address. The cloud and its guests run on."""
+        server = self._server(name)
+        server.stop()
+        self.servers.remove(server)
+        self._stopped[name] = server
+
+    def start_server(self, name: str) -> None:
+        """Start a server stopped by :meth:`stop_server` again, on the same address and with the same
+        application and limits (guests keep the endpoint their context gave them)."""
+        old = self._stopped.pop(name, None)
+        if old is None:
+            raise LaunchError(f"the {name} server was not stopped with stop_server")
+        server = Server(old.server_address, old.RequestHandlerClass, old.app)
+        for limit in ("idle_timeout", "request_timeout", "max_connections", "max_per_client"):
+            setattr(server, limit, getattr(old, limit))
+        server.start(f"testcloud-{name}")
+        self.servers.append(server)
 
     def __enter__(self) -> CloudHandle:
         return self
