@@ -12,7 +12,6 @@ import configparser
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from factory.bareflower import free_port
 from factory.paths import CONTEXT_DIR
 
 APPLIANCE_DIR = CONTEXT_DIR / "appliance"
@@ -46,12 +46,6 @@ def make_ca_and_server(directory: Path) -> tuple[Path, Path, Path]:
     ):  # fmt: skip
         subprocess.run(["openssl", *argv], check=True, capture_output=True)
     return ca, cert, key
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

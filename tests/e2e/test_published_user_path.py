@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from onecli import OneCli
 
+from factory.bareflower import free_port
 from factory.commands.test import find_pair_specs, local_image
 from factory.flwrenv import FlowerEnv, flower_environment
 from factory.one import OneCloud, load_settings
@@ -98,12 +99,6 @@ def _wait_running(cli: OneCli, service_id: str) -> dict[str, Any]:
         return body if body["state"] == RUNNING else None
 
     return _poll(running, 900, f"service {service_id} RUNNING")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_a_published_pair_deploys_and_trains_with_the_users_tools(
@@ -180,7 +175,7 @@ def test_a_published_pair_deploys_and_trains_with_the_users_tools(
             180,
             "scp of the SuperLink's CA",
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         tunnel = subprocess.Popen(
             ["ssh", "-N", "-L", f"{port}:127.0.0.1:9093", *ssh, f"root@{address}"],
             stdout=subprocess.DEVNULL,
