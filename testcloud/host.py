@@ -39,6 +39,10 @@ def boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
+# What reading /proc/<pid>/... raises when the process is gone: ENOENT, or ESRCH while it is reaped.
+PROCESS_GONE = (FileNotFoundError, ProcessLookupError)
+
+
 def process_start_time(pid: int) -> int | None:
     """Start time of a live (non-zombie) process in clock ticks since boot, or None if it is gone."""
     try:
@@ -85,14 +89,14 @@ def children(pid: int) -> list[int]:
     found: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except PROCESS_GONE:
         return found
     for task in tasks:
         try:
             found.extend(
                 int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
             )
-        except FileNotFoundError:
+        except PROCESS_GONE:
             continue
     return found
 
@@ -100,7 +104,7 @@ def children(pid: int) -> list[int]:
 def same_pid_namespace(pid: int) -> bool:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
-    except FileNotFoundError:
+    except PROCESS_GONE:
         return True
 
 

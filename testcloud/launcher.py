@@ -28,6 +28,7 @@ from testcloud import network
 from testcloud.cloud import Cloud
 from testcloud.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
 from testcloud.flow import FlowEngine
+from testcloud.host import PROCESS_GONE
 from testcloud.httpbase import Server
 from testcloud.store import write_atomic
 
@@ -245,7 +246,7 @@ def daemon_pid(state_dir: Path) -> int | None:
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
+    except PROCESS_GONE:
         return None
     if b"testcloud.daemon" not in b" ".join(cmdline) or not _alive(pid):
         return None
@@ -317,6 +318,6 @@ def _alive(pid: int) -> bool:
     """Running and not a zombie (PID 1 here may not reap orphans)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except PROCESS_GONE:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"

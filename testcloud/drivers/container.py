@@ -40,6 +40,7 @@ from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSp
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
 from testcloud.host import (
+    PROCESS_GONE,
     HostError,
     ProcessIdentity,
     children,
@@ -147,7 +148,7 @@ class _Container:
         """nspawn of this VM: the supervisor's child, or (supervisor gone) found by its machine name."""
         if self.supervisor is not None and self.supervisor.alive():
             for pid in children(self.supervisor.pid):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(*PROCESS_GONE):
                     if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd-nspawn":
                         return pid
         return _find_nspawn(self.machine)
