@@ -3,7 +3,7 @@
 
 import sys
 
-from factory.cli import main
+from factory.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyone
 import requests
 
-from factory.flwrenv import ensure_flower, flower_environment
-from factory.localbuild import build_appliance
-from factory.matrix import load_matrix
+from factory.harness.flwrenv import ensure_flower, flower_environment
+from factory.images.localbuild import build_appliance
+from factory.model.matrix import load_matrix
 
 SUPERLINK = "superlink-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 SUPERNODE = "supernode-1.42.0-debian12-cpu-standard-sklearn-x86_64"

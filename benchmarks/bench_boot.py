@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory import diskimage
-from testcloud import network, testimage
+from hostkit import diskimage
+from hostkit.host import children, same_pid_namespace
+from testcloud.drivers import network, testimage
 from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec
 from testcloud.drivers.container import BOOTED_STATES, ContainerDriver
-from testcloud.host import children, same_pid_namespace
 
 POLL = 0.05
 TIMEOUT = 300.0

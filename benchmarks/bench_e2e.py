@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory.bareflower import BareFederation
-from factory.federation import FederationRunner
-from factory.flwrenv import ensure_flower
-from factory.paths import RESULTS_DIR
-from factory.progress import Progress
+from factory.harness.bareflower import BareFederation
+from factory.harness.federation import FederationRunner
+from factory.harness.flwrenv import ensure_flower
+from hostkit.paths import RESULTS_DIR
+from hostkit.progress import Progress
 
 PROGRESS = Progress()
 
@@ -107,8 +107,8 @@ def scaling(version: str, counts: list[int], rounds: int, workdir: Path, persist
 
 def cloud_run(pair_name: str, rounds: int, workdir: Path) -> dict:
     """The pair in the test cloud (or the OpenNebula ONE_XMLRPC names), through the real pair test."""
-    from factory.commands.test import cloud_context, find_pair_specs
-    from factory.pairtest import PairTestOptions, run_pair_in_cloud
+    from factory.cli.commands.test import cloud_context, find_pair_specs
+    from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 
     specs = find_pair_specs([pair_name])
     with cloud_context() as (cloud, target, images_for):
@@ -161,7 +161,7 @@ def overhead(pair_name: str, rounds: int, workdir: Path) -> dict:
 
 
 def _pair_test(spec: Any, options: Any, workdir: Path, target: str, cloud: Any, images: Any) -> Any:
-    from factory.pairtest import run_pair_bare, run_pair_in_cloud
+    from factory.harness.pairtest import run_pair_bare, run_pair_in_cloud
 
     if target == "bare":
         return run_pair_bare(spec, "bench", workdir, options, progress=PROGRESS)
@@ -191,8 +191,8 @@ def tasks(pair_name: str, rounds: int, workdir: Path, target: str) -> dict:
     """The pair test with the canary only, then with the canary and the framework task, side by side."""
     from contextlib import nullcontext
 
-    from factory.commands.test import cloud_context, find_pair_specs
-    from factory.pairtest import PairTestOptions, framework_task
+    from factory.cli.commands.test import cloud_context, find_pair_specs
+    from factory.harness.pairtest import PairTestOptions, framework_task
 
     spec = find_pair_specs([pair_name])[0]
     framework = framework_task(spec)

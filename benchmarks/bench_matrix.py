@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory.hcl import render_variant
-from factory.matrix import Selection, load_matrix
-from factory.packer import check_directory, packer_version
-from factory.params import load_params
+from factory.images.hcl import render_variant
+from factory.images.packer import check_directory, packer_version
+from factory.model.matrix import Selection, load_matrix
+from factory.model.params import load_params
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyone
 
 from testcloud import launcher
-from testcloud.config import Timings
+from testcloud.core.config import Timings
 
 BASELINE_SERVER = """
 import sys, xmlrpc.server

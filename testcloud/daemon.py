@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from testcloud import launcher
-from testcloud.store import write_atomic
+from testcloud.core.store import write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

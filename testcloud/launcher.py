@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from testcloud import network
-from testcloud.cloud import Cloud
-from testcloud.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
-from testcloud.flow import FlowEngine
-from testcloud.host import PROCESS_GONE
-from testcloud.httpbase import Server
-from testcloud.store import write_atomic
+from hostkit.host import PROCESS_GONE
+from testcloud.api.httpbase import Server
+from testcloud.core.cloud import Cloud
+from testcloud.core.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
+from testcloud.core.store import write_atomic
+from testcloud.drivers import network
+from testcloud.flow.engine import FlowEngine
 
 log = logging.getLogger("testcloud")
 
@@ -186,7 +186,9 @@ def start(
         datastore_limit_mb=datastore_limit_mb,
     )
     cloud = Cloud(config)
-    from testcloud import marketserver, oneflowserver, onegate, xmlrpc
+    from testcloud.api import market as marketserver
+    from testcloud.api import oneflow as oneflowserver
+    from testcloud.api import onegate, xmlrpc
 
     wanted = _ports_wanted(state_dir, ports)
     servers: dict[str, Server] = {}

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.paths import SHARED_DIR
+from hostkit.paths import SHARED_DIR
 
 UPSTREAM_ONE = SHARED_DIR / "upstream" / "one"
 MISSING_REASON = (

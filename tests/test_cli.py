@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from factory.paths import REPO_ROOT
+from hostkit.paths import REPO_ROOT
 
 
 def test_help_lists_commands() -> None:

@@ -6,7 +6,8 @@ HTTP), the same against a real OpenNebula 7 and the local test cloud:
 - :meth:`OneCloud.ensure_image` imports an image file, or reuses an image registered earlier for the same
   sha256 (the ``FLOWER_FACTORY_SHA256`` attribute only finds the candidate: where its datastore file can
   be read from here, as with the local test cloud, its content is hashed and must match, otherwise the
-  reuse is refused; elsewhere publishing compares the MD5 the marketplace computes, see factory/publish.py);
+  reuse is refused; elsewhere publishing compares the MD5 the marketplace computes, see
+  factory/release/publish.py);
 - :meth:`OneCloud.create_vm_template` / :meth:`OneCloud.create_service_template` register templates;
 - :meth:`OneCloud.launch_service` instantiates a OneFlow service (the networks the template declares bound to
   the harness's network, checked to exist first) and returns a :class:`ServiceDeployment`
@@ -30,13 +31,13 @@ from typing import Any
 import pyone
 from lxml import etree
 
-from factory.errors import FactoryError
-from factory.manifest import digests
+from factory.model.manifest import digests
 from factory.one import service_checks, xmltemplate
 from factory.one.flow import FAILED_STATES, OneFlow, service_body, state_name
 from factory.one.settings import OneSettings
-from factory.progress import DEFAULT as PROGRESS
-from factory.progress import Progress
+from hostkit.errors import FactoryError
+from hostkit.progress import DEFAULT as PROGRESS
+from hostkit.progress import Progress
 
 CHECKSUM_ATTRIBUTE = "FLOWER_FACTORY_SHA256"
 CREATED_BY_ATTRIBUTE = "FLOWER_FACTORY"
@@ -554,7 +555,7 @@ class ServiceDeployment:
 
     def collect_logs(self, ssh_key: Path | None, known_hosts: Path | None = None) -> dict[str, str]:
         """Every VM's state, published attributes and (over SSH, when reachable) appliance logs."""
-        from factory.tunnel import SSHSession
+        from factory.harness.tunnel import SSHSession
 
         logs: dict[str, str] = {"service": "\n".join(self.history)}
         for vm in self.vms():

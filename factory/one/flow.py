@@ -7,7 +7,7 @@ from typing import Any
 
 import requests
 
-from factory.errors import FactoryError
+from hostkit.errors import FactoryError
 
 # OneFlow service states (src/flow/lib/models/service.rb).
 SERVICE_STATES = [

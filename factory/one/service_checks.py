@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from factory.errors import FactoryError
+from hostkit.errors import FactoryError
 
 # Keys the OneFlow schema (src/oca/ruby/opennebula/flow/service_template.rb) declares as integers.
 ROLE_INTEGER_KEYS = ("cardinality", "min_vms", "max_vms", "cooldown", "template_id")

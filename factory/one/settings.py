@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.errors import ConfigError
-from factory.paths import CLOUD_DIR
+from hostkit.errors import ConfigError
+from hostkit.paths import CLOUD_DIR
 
 
 @dataclass(frozen=True)

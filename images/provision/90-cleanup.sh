@@ -8,7 +8,7 @@ FL_PROVISION_STEP=90-cleanup
 
 distro_allow_service_starts
 distro_cleanup
-# Build-time trust that a local base image may carry (factory/localbuild.py, add_build_trust).
+# Build-time trust that a local base image may carry (factory/images/localbuild.py, add_build_trust).
 rm -rf /etc/fl-build
 if [[ -f /etc/environment ]]; then
     sed -i -e '/^# fl-build: /d' -e '/^PIP_CERT=\/etc\/fl-build\//d' /etc/environment

@@ -32,14 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory import diskimage
-from factory.errors import FactoryError
-from testcloud import network
-from testcloud.drivers import contextmedia
-from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
-from testcloud.drivers.errors import DriverError
-from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
-from testcloud.host import (
+from hostkit import diskimage
+from hostkit.errors import FactoryError
+from hostkit.host import (
     PROCESS_GONE,
     HostError,
     ProcessIdentity,
@@ -49,6 +44,10 @@ from testcloud.host import (
     run,
     same_pid_namespace,
 )
+from testcloud.drivers import contextmedia, network
+from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
+from testcloud.drivers.errors import DriverError
+from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
 
 SUPERVISOR = Path(__file__).with_name("nspawn-supervisor.sh")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -572,6 +571,6 @@ class ContainerDriver:
 
 
 def create_driver(work_dir: Path) -> ContainerDriver:
-    """The test cloud's entry point (``testcloud.driverload``): one driver per cloud, named after the
+    """The test cloud's entry point (``testcloud.drivers.loader``): one driver per cloud, named after the
     cloud's driver work directory so that two clouds on the host never share a name."""
     return ContainerDriver(network.cloud_tag(work_dir))

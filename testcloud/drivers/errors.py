@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from testcloud.host import HostError
+from hostkit.host import HostError
 
 
 class DriverError(HostError):

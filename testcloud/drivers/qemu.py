@@ -30,14 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory import diskimage
-from factory.errors import FactoryError
-from testcloud import network
-from testcloud.drivers import contextmedia
+from hostkit import diskimage
+from hostkit.errors import FactoryError
+from hostkit.host import HostError, ProcessIdentity, boot_id, run
+from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.qmp import GuestAgent, Monitor
-from testcloud.host import HostError, ProcessIdentity, boot_id, run
 
 QEMU = "qemu-system-x86_64"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -484,5 +483,5 @@ class QemuDriver:
 
 
 def create_driver(work_dir: Path) -> QemuDriver:
-    """The test cloud's entry point (``testcloud.driverload``), as for the container driver."""
+    """The test cloud's entry point (``testcloud.drivers.loader``), as for the container driver."""
     return QemuDriver(network.cloud_tag(work_dir))

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory import diskimage
-from factory.paths import CACHE_DIR
+from hostkit import diskimage
+from hostkit.paths import CACHE_DIR
 from testcloud.drivers.base import DiskSpec
 from testcloud.drivers.errors import DriverError
 

@@ -1,6 +1,6 @@
 """Booting the appliance images on the local test cloud (container driver) for the cloud-level tests.
 
-The images are the real debian12 appliance images (factory/localbuild.py, cached by content); VMs and
+The images are the real debian12 appliance images (factory/images/localbuild.py, cached by content); VMs and
 OneFlow services are made through the test cloud's XML-RPC (pyone) and OneFlow APIs as a user would; checks
 inside the guests go over SSH (pytest-testinfra, paramiko backend) with a key given in the context.
 """
@@ -72,8 +72,8 @@ class ApplianceCloud:
     def image_for(self, variant: str) -> int:
         """The image of a variant, built (or taken from the cache) and imported on first use."""
         if variant not in self.images:
-            from factory.localbuild import build_appliance
-            from factory.matrix import load_matrix
+            from factory.images.localbuild import build_appliance
+            from factory.model.matrix import load_matrix
 
             built = build_appliance(load_matrix().variant(variant))
             image_id = self.one.image.allocate(f'NAME="{variant}"\nPATH="{built.image}"\nTYPE="OS"', 1)

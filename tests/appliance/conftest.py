@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from factory.paths import CONTEXT_DIR, REPO_ROOT
+from hostkit.paths import CONTEXT_DIR, REPO_ROOT
 
 APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 FLOWER_VERSION = "1.42.0"
@@ -25,8 +25,8 @@ FLOWER_VERSION = "1.42.0"
 
 @pytest.fixture(scope="session")
 def params_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The in-guest parameter declarations, generated from images/params.yaml (factory/params.py)."""
-    from factory import params
+    """The in-guest parameter declarations, generated from images/params.yaml (factory/model/params.py)."""
+    from factory.model import params
 
     directory = tmp_path_factory.mktemp("params")
     files = {}
@@ -38,7 +38,7 @@ def params_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def flower_venv() -> Path:
-    from factory.flwrenv import ensure_flower
+    from factory.harness.flwrenv import ensure_flower
 
     return ensure_flower(FLOWER_VERSION).root
 
@@ -169,9 +169,9 @@ def appliance_images() -> dict[str, object]:
     carry one-context built from the upstream source: without it (FLOWER_FACTORY_SHARED) no image."""
     from appliance_cloud import SUPERLINK_VARIANT, SUPERNODE_VARIANT
 
-    from factory import onecontext
-    from factory.localbuild import build_appliance
-    from factory.matrix import load_matrix
+    from factory.images.localbuild import build_appliance
+    from factory.model.matrix import load_matrix
+    from hostkit import onecontext
 
     reason = onecontext.missing_reason()
     if reason is not None:

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.image
 
 
 def test_packer_built_superlink_boots_under_qemu_and_reaches_ready(tmp_path: Path) -> None:
-    from factory.localbuild import build_qcow2
-    from factory.matrix import load_matrix
+    from factory.images.localbuild import build_qcow2
+    from factory.model.matrix import load_matrix
     from testcloud import launcher
 
     started = time.monotonic()

@@ -18,7 +18,7 @@ import requests
 from appliance_cloud import wait_for
 from dummy_service import start_dummy_service
 
-from factory.paths import CONTEXT_DIR
+from hostkit.paths import CONTEXT_DIR
 
 APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from factory import localbuild, onecontext
-from factory.errors import ConfigError
-from factory.matrix import load_matrix
+from factory.images import localbuild
+from factory.model.matrix import load_matrix
+from hostkit import onecontext
+from hostkit.errors import ConfigError
 
 SUPERLINK = "superlink-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 
@@ -123,7 +124,7 @@ def test_images_command_refuses_other_operating_systems() -> None:
     import subprocess
     import sys
 
-    from factory.paths import REPO_ROOT
+    from hostkit.paths import REPO_ROOT
 
     result = subprocess.run(
         [sys.executable, "build.py", "images", "--only", "os=ubuntu2404"],

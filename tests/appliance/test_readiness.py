@@ -17,7 +17,7 @@ import pytest
 import requests
 from appliance_cloud import wait_for
 
-from factory.paths import CONTEXT_DIR
+from hostkit.paths import CONTEXT_DIR
 
 APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 

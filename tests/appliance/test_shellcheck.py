@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.paths import CONTEXT_DIR, PROVISION_DIR
+from hostkit.paths import CONTEXT_DIR, PROVISION_DIR
 
 
 def shell_scripts() -> list[Path]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.bareflower import free_port
-from factory.paths import CONTEXT_DIR
+from factory.harness.bareflower import free_port
+from hostkit.paths import CONTEXT_DIR
 
 APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 

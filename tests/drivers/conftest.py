@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from factory import onecontext
-from testcloud import network, testimage
+from hostkit import onecontext
+from testcloud.drivers import network, testimage
 from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec
 from testcloud.drivers.container import ContainerDriver
 

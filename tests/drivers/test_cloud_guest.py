@@ -12,8 +12,9 @@ from typing import Any
 import pyone
 import pytest
 
-from testcloud import launcher, network
-from testcloud.host import mounts_under
+from hostkit.host import mounts_under
+from testcloud import launcher
+from testcloud.drivers import network
 
 from .conftest import SshKey
 from .test_container import _ssh

@@ -20,12 +20,12 @@ from typing import ClassVar
 import paramiko
 import pytest
 
-from factory import diskimage
-from testcloud import network
+from hostkit import diskimage
+from hostkit.host import mounts_under, process_start_time
+from testcloud.drivers import network
 from testcloud.drivers.base import ContextSpec, GuestState
 from testcloud.drivers.container import ContainerDriver, _find_nspawn
 from testcloud.drivers.errors import DriverError
-from testcloud.host import mounts_under, process_start_time
 
 from .conftest import Guests, SshKey, context_sh, mac_for
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import diskimage
+from hostkit import diskimage
 from testcloud.drivers.base import ContextSpec
 from testcloud.drivers.contextmedia import write_context_directory, write_context_iso
 from testcloud.drivers.errors import DriverError

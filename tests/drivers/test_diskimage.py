@@ -1,4 +1,4 @@
-"""factory.diskimage: filesystem images, bootable qcow2, partitions, checksums (real mkfs/sfdisk/qemu-img)."""
+"""hostkit.diskimage: filesystem images, bootable qcow2, partitions, checksums (real mkfs/sfdisk/qemu-img)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import diskimage
+from hostkit import diskimage
 
 MIB = 1024 * 1024
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testcloud import network
-from testcloud.drivers import container, qemu
+from testcloud.drivers import container, network, qemu
 from testcloud.drivers.base import VMDriver
 
 

@@ -1,4 +1,4 @@
-"""testcloud.network: leases, the shared bridge, names and namespaces (real ip/nft; needs root)."""
+"""testcloud.drivers.network: leases, the shared bridge, names and namespaces (real ip/nft; needs root)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from testcloud import network
-from testcloud.host import run
+from hostkit.host import run
+from testcloud.drivers import network
 
 
 def _unique(label: str) -> str:

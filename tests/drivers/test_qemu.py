@@ -15,9 +15,8 @@ from typing import ClassVar
 
 import pytest
 
-from factory import diskimage
-from testcloud import network, testimage
-from testcloud.drivers import qemu
+from hostkit import diskimage
+from testcloud.drivers import network, qemu, testimage
 from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.qmp import Monitor

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import diskimage
+from hostkit import diskimage
 from testcloud.drivers.base import DiskSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.rootimage import root_filesystem

@@ -6,8 +6,8 @@ import dataclasses
 import subprocess
 from pathlib import Path
 
-from factory import diskimage, onecontext
-from testcloud import testimage
+from hostkit import diskimage, onecontext
+from testcloud.drivers import testimage
 
 
 def _debugfs(image: Path, request: str) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from factory.flwrenv import FlowerEnv, ensure_flower
-from factory.manifest import digests
-from factory.results import PASSED, PairResult, Side
+from factory.harness.flwrenv import FlowerEnv, ensure_flower
+from factory.model.manifest import digests
+from factory.release.results import PASSED, PairResult, Side
 
 CURRENT = "1.42.0"
 PREVIOUS = "1.41.0"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from factory.paths import APPS_DIR
+from hostkit.paths import APPS_DIR
 
 sys.path.insert(0, str(APPS_DIR / "factory-app"))
 
@@ -39,7 +39,7 @@ def _weighted(evaluations: list[tuple], metric: str) -> float:
 def test_numpy_floor_separates_a_trained_model_from_an_untrained_one(partitions: int) -> None:
     """The floor in apps/task-checks.toml is reached after the 2 rounds a pair test runs at least, and
     the untrained (initial) model is far below it: the check can fail."""
-    from factory.federation import task_criteria
+    from factory.harness.federation import task_criteria
 
     criteria = task_criteria("numpy")
     untrained, _, after_two = _fedavg_metric("numpy", partitions, 2, CONFIG, criteria.metric)

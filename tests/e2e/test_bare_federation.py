@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from factory.bareflower import BareFederation, SecurityMode
-from factory.federation import FederationRunner
-from factory.flwrenv import FlowerEnv
+from factory.harness.bareflower import BareFederation, SecurityMode
+from factory.harness.federation import FederationRunner
+from factory.harness.flwrenv import FlowerEnv
 
 
 def _run(federation: BareFederation, env: FlowerEnv, workdir: Path, **kwargs) -> object:
@@ -48,9 +48,9 @@ def test_numpy_app_tls_and_node_auth_with_a_rogue_node(flower_current: FlowerEnv
 
 def test_tls_is_required_for_the_control_api(flower_current: FlowerEnv, workdir: Path) -> None:
     """A CLI that does not trust the SuperLink's CA cannot talk to it (TLS is really on)."""
-    from factory.errors import FactoryError
-    from factory.federation import Connection, FlowerCLI
-    from factory.tlsmaterial import make_tls
+    from factory.harness.federation import Connection, FlowerCLI
+    from factory.harness.tlsmaterial import make_tls
+    from hostkit.errors import FactoryError
 
     other_ca = make_tls(workdir / "other-ca", ["127.0.0.1"]).ca_cert
     with BareFederation(

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from factory.bareflower import SecurityMode
-from factory.errors import ConfigError
-from factory.federation import (
+from factory.harness.bareflower import SecurityMode
+from factory.harness.federation import (
     Connection,
     FederationOutcome,
     TaskCriteria,
@@ -21,11 +20,18 @@ from factory.federation import (
     load_task_criteria,
     parse_report_lines,
 )
+from factory.harness.pairtest import (
+    PairSpec,
+    PairTestOptions,
+    ca_from_published,
+    error_lines,
+    version_warnings,
+)
 from factory.one import xmltemplate
 from factory.one.flow import service_body, state_name
 from factory.one.settings import load_settings
-from factory.pairtest import PairSpec, PairTestOptions, ca_from_published, error_lines, version_warnings
-from factory.results import Side
+from factory.release.results import Side
+from hostkit.errors import ConfigError
 
 
 def _line(kind: str, payload: dict) -> str:
@@ -114,7 +120,7 @@ def test_the_floor_is_held_against_the_final_round_and_named_in_the_detail() -> 
 
 
 def test_every_framework_of_the_matrix_has_criteria_with_a_reason() -> None:
-    from factory.matrix import load_matrix
+    from factory.model.matrix import load_matrix
 
     criteria = load_task_criteria()
     assert set(load_matrix().axes["framework"]) <= set(criteria)
@@ -148,8 +154,8 @@ def test_bad_task_checks_name_the_file_and_field(text: str, field: str, tmp_path
 
 
 def test_an_unknown_task_has_no_criteria_and_says_where_they_live(tmp_path: Path) -> None:
-    from factory.errors import FactoryError
-    from factory.federation import task_criteria
+    from factory.harness.federation import task_criteria
+    from hostkit.errors import FactoryError
 
     with pytest.raises(FactoryError, match=r"'jax' has no pass criteria in .*task-checks\.toml"):
         task_criteria("jax")
@@ -189,8 +195,8 @@ def test_published_ca_is_checked_against_its_fingerprint(tmp_path: Path) -> None
     import base64
     import subprocess
 
-    from factory.errors import FactoryError
-    from factory.tlsmaterial import make_tls
+    from factory.harness.tlsmaterial import make_tls
+    from hostkit.errors import FactoryError
 
     tls = make_tls(tmp_path / "tls", ["10.231.64.5"])
     pem = tls.ca_cert.read_bytes()

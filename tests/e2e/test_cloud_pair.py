@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from factory.bareflower import SecurityMode
-from factory.commands.test import find_pair_specs, local_image
+from factory.cli.commands.test import find_pair_specs, local_image
+from factory.harness.bareflower import SecurityMode
+from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
-from factory.pairtest import PairTestOptions, run_pair_in_cloud
-from factory.progress import Progress
-from factory.results import PASSED, PASSED_WITH_WARNING, write_result
+from factory.release.results import PASSED, PASSED_WITH_WARNING, write_result
+from hostkit.progress import Progress
 
 pytestmark = pytest.mark.cloud
 
@@ -67,7 +67,7 @@ def test_a_full_pair_with_real_rounds(cloud: OneCloud, tmp_path: Path) -> None:
     pool = cloud.one.vmpool.info(-2, -1, -1, -1)
     assert not [vm for vm in (pool.VM or []) if "edge-numpy" in vm.NAME]
     # and it publishes: marketplace apps through the API
-    from factory.publish import publish
+    from factory.release.publish import publish
 
     root = tmp_path / "results"
     write_result(result, root)

@@ -10,7 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from factory.paths import REPO_ROOT
+from hostkit.paths import REPO_ROOT
 
 PAIR = "pair-sl1.42.0-sn1.42.0-debian12-cpu-edge-numpy"
 

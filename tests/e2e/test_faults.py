@@ -9,9 +9,10 @@ hurt while it works, each fault ending in a completed run or a clear failure wit
 3. OneGate stopped while the service boots (after the SuperLink is READY, before the SuperNodes found it),
    started again 45 s later: the appliances retry, the service reaches RUNNING and a run completes.
 
-The pieces are the factory's own: the pair's VM and service templates (factory/appliance_templates.py), a
-OneFlow service through factory/one (OneCloud, ServiceDeployment), the SSH tunnel to the SuperLink's
-Control API (factory/tunnel.py) and the ``flwr`` CLI (factory/federation.py FlowerCLI, FederationRunner).
+The pieces are the factory's own: the pair's VM and service templates
+(factory/release/appliance_templates.py), a OneFlow service through factory/one (OneCloud,
+ServiceDeployment), the SSH tunnel to the SuperLink's Control API (factory/harness/tunnel.py) and the
+``flwr`` CLI (factory/harness/federation.py FlowerCLI, FederationRunner).
 Guests are reached as root over SSH with the test's key. The OneGate test (its own pair) comes first in
 the file, so that one pair runs at a time. Needs root, systemd-nspawn and the test bridge (marker
 ``cloud``) and the debian12 1.42.0 edge images (built here, cached by content); minutes (``slow``).
@@ -28,10 +29,8 @@ from typing import Any
 
 import pytest
 
-from factory import appliance_templates
-from factory.commands.test import find_pair_specs, local_image
-from factory.errors import FactoryError
-from factory.federation import (
+from factory.cli.commands.test import find_pair_specs, local_image
+from factory.harness.federation import (
     DEFAULT_APP,
     Connection,
     FederationRunner,
@@ -40,13 +39,15 @@ from factory.federation import (
     parse_report_lines,
     supernode_is_online,
 )
-from factory.flwrenv import FlowerEnv
+from factory.harness.flwrenv import FlowerEnv
+from factory.harness.pairtest import ca_from_published
+from factory.harness.tlsmaterial import KeyPair, make_keypair
+from factory.harness.tunnel import SSHSession
 from factory.one import OneCloud, load_settings
 from factory.one.cloud import ServiceDeployment, VMInfo
-from factory.pairtest import ca_from_published
-from factory.progress import Progress
-from factory.tlsmaterial import KeyPair, make_keypair
-from factory.tunnel import SSHSession
+from factory.release import appliance_templates
+from hostkit.errors import FactoryError
+from hostkit.progress import Progress
 
 pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
@@ -134,7 +135,7 @@ class Pair:
 
 def launch(cloud: OneCloud, workdir: Path, flower: FlowerEnv, name: str) -> Pair:
     """The pair's images, VM templates and OneFlow service (TLS and SuperNode authentication), as
-    factory/pairtest.py makes them; returns without waiting for RUNNING."""
+    factory/harness/pairtest.py makes them; returns without waiting for RUNNING."""
     spec = find_pair_specs([PAIR])[0]
     workdir.mkdir(parents=True, exist_ok=True)
     pair = Pair(cloud, workdir, make_keypair(workdir / "ssh" / "id_ed25519", kind="ed25519"), flower)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from factory.bareflower import BareFederation
-from factory.federation import FederationRunner
-from factory.flwrenv import FlowerEnv, ensure_flower
+from factory.harness.bareflower import BareFederation
+from factory.harness.federation import FederationRunner
+from factory.harness.flwrenv import FlowerEnv, ensure_flower
 
 pytestmark = pytest.mark.slow
 

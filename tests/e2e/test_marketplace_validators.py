@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from factory.paths import SHARED_DIR
-from factory.publish import publish
-from factory.results import write_result
+from factory.release.publish import publish
+from factory.release.results import write_result
+from hostkit.paths import SHARED_DIR
 
 from .conftest import RUN, make_pair_result
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from factory import appliance_templates
-from factory.errors import FactoryError
 from factory.one import OneCloud, load_settings
-from factory.progress import Progress
+from factory.release import appliance_templates
+from hostkit.errors import FactoryError
+from hostkit.progress import Progress
 
 from .conftest import RUN, make_pair_result
 
@@ -203,8 +203,8 @@ def test_marketplace_apps(cloud_state: tuple[OneCloud, Path]) -> None:
 def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     cloud_state: tuple[OneCloud, Path], tmp_path: Path
 ) -> None:
-    from factory.publish import publish
-    from factory.results import write_result
+    from factory.release.publish import publish
+    from factory.release.results import write_result
 
     cloud, _ = cloud_state
     images = tmp_path / "images"

@@ -10,9 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from factory.errors import ConfigError, FactoryError
-from factory.federation import FederationOutcome, evaluate_checks, parse_report_lines, task_criteria
-from factory.pairtest import (
+from factory.harness.federation import FederationOutcome, evaluate_checks, parse_report_lines, task_criteria
+from factory.harness.pairtest import (
     PairSpec,
     PairTestOptions,
     _finish,
@@ -23,8 +22,9 @@ from factory.pairtest import (
     framework_task,
     pair_tasks,
 )
-from factory.progress import Progress
-from factory.results import FAILED, PASSED, PairResult, Side
+from factory.release.results import FAILED, PASSED, PairResult, Side
+from hostkit.errors import ConfigError, FactoryError
+from hostkit.progress import Progress
 
 ROUND = (
     'FF-ROUND {{"round": {n}, "seconds": 5.0, "finished": {n}.0, "train": {{"replies": 2, "errors": []}}, '
@@ -164,7 +164,7 @@ def test_one_round_cannot_show_the_loss_going_down() -> None:
 
 
 def test_bare_pairs_get_the_framework_packages_of_their_images() -> None:
-    from factory.pairtest import framework_packages
+    from factory.harness.pairtest import framework_packages
 
     packages, index = framework_packages(_spec("sklearn").supernode)
     assert any(package.startswith("scikit-learn==") for package in packages) and index == ""
@@ -173,8 +173,8 @@ def test_bare_pairs_get_the_framework_packages_of_their_images() -> None:
 
 
 def test_the_floors_are_documented_where_users_read_them() -> None:
-    from factory.federation import load_task_criteria
-    from factory.paths import REPO_ROOT
+    from factory.harness.federation import load_task_criteria
+    from hostkit.paths import REPO_ROOT
 
     docs = (Path(REPO_ROOT) / "docs" / "e2e.md").read_text()
     for criteria in load_task_criteria().values():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.errors import FactoryError
-from factory.manifest import digests
-from factory.paths import SHARED_DIR
-from factory.publish import ChecksumMismatch, framework_result, plan, publish
-from factory.results import FAILED, PairResult, load_results, write_result
+from factory.model.manifest import digests
+from factory.release.publish import ChecksumMismatch, framework_result, plan, publish
+from factory.release.results import FAILED, PairResult, load_results, write_result
+from hostkit.errors import FactoryError
+from hostkit.paths import SHARED_DIR
 
 from .conftest import RUN, make_pair_result
 
@@ -170,8 +170,8 @@ def _cli_export_vm_template(text: str, name: str, image_id: int) -> str:
 def test_vmtemplate64_is_one_syntax_that_the_exporters_extend(run_root: Path) -> None:
     import base64
 
-    from factory.publish import appliance_yaml, image_app_template, plan
-    from testcloud.template import Template
+    from factory.release.publish import appliance_yaml, image_app_template, plan
+    from testcloud.core.template import Template
 
     chosen = plan(load_results(RUN, run_root), RUN)
     for image in chosen.images:
@@ -204,7 +204,7 @@ def test_vmtemplate64_is_one_syntax_that_the_exporters_extend(run_root: Path) ->
 
 def test_a_quote_in_a_value_round_trips_and_a_trailing_backslash_is_refused() -> None:
     from factory.one import onetemplate
-    from testcloud.template import Template
+    from testcloud.core.template import Template
 
     text = onetemplate.render({"A": 'say "hi"', "V": {"B": 'x="1"'}, "R": ["1", "2"]})
     template = Template.parse(text)
@@ -215,7 +215,7 @@ def test_a_quote_in_a_value_round_trips_and_a_trailing_backslash_is_refused() ->
 
 
 def test_the_service_app_declares_its_network_and_inputs_with_defaults(run_root: Path) -> None:
-    from factory import appliance_templates
+    from factory.release import appliance_templates
 
     publish(RUN, cloud=None, results_root=run_root)
     service = next(d for d in _yamls(run_root) if d.get("type") == "SERVICE_TEMPLATE")
@@ -239,7 +239,7 @@ def test_build_py_publish_writes_the_tree(run_root: Path) -> None:
     import subprocess
     import sys
 
-    from factory.paths import REPO_ROOT
+    from hostkit.paths import REPO_ROOT
 
     result = subprocess.run(
         [sys.executable, "build.py", "publish", "--run", RUN, "--release", "2", "--no-market"],

@@ -23,13 +23,13 @@ from typing import Any
 import pyone
 import pytest
 
-from factory import appliance_templates
-from factory.errors import FactoryError
 from factory.one import OneCloud, ServiceDeployment, load_settings
-from factory.progress import Progress
-from factory.publish import ChecksumMismatch, Publication, publish
-from factory.results import write_result
-from testcloud import flow_schema
+from factory.release import appliance_templates
+from factory.release.publish import ChecksumMismatch, Publication, publish
+from factory.release.results import write_result
+from hostkit.errors import FactoryError
+from hostkit.progress import Progress
+from testcloud.flow import schema as flow_schema
 
 from .conftest import RUN, make_pair_result
 from .test_one_driver import Guests

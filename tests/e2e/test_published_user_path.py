@@ -31,15 +31,15 @@ from typing import Any
 import pytest
 from onecli import OneCli
 
-from factory.bareflower import free_port
-from factory.commands.test import find_pair_specs, local_image
-from factory.flwrenv import FlowerEnv, flower_environment
+from factory.cli.commands.test import find_pair_specs, local_image
+from factory.harness.bareflower import free_port
+from factory.harness.flwrenv import FlowerEnv, flower_environment
+from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
-from factory.pairtest import PairTestOptions, run_pair_in_cloud
-from factory.paths import APPS_DIR
-from factory.progress import Progress
-from factory.publish import publish
-from factory.results import PASSED, write_result
+from factory.release.publish import publish
+from factory.release.results import PASSED, write_result
+from hostkit.paths import APPS_DIR
+from hostkit.progress import Progress
 
 pytestmark = pytest.mark.cloud
 

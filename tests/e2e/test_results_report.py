@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.errors import ConfigError, FactoryError
-from factory.report import compat_data, write_report
-from factory.results import (
+from factory.release.report import compat_data, write_report
+from factory.release.results import (
     FAILED,
     PASSED,
     PASSED_WITH_WARNING,
@@ -24,6 +23,7 @@ from factory.results import (
     write_junit,
     write_result,
 )
+from hostkit.errors import ConfigError, FactoryError
 
 RUN = "20261128-120000"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from factory.bareflower import free_port
-from factory.errors import FactoryError
-from factory.tlsmaterial import make_keypair
-from factory.tunnel import SSHSession
+from factory.harness.bareflower import free_port
+from factory.harness.tlsmaterial import make_keypair
+from factory.harness.tunnel import SSHSession
+from hostkit.errors import FactoryError
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

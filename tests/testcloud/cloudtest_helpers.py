@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from factory.paths import SHARED_DIR
-from testcloud.config import Timings
+from hostkit.paths import SHARED_DIR
+from testcloud.core.config import Timings
 
 XSD_DIR = SHARED_DIR / "xsd"
 NAMESPACE = "http://opennebula.org/XMLSchema"

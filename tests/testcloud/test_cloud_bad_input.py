@@ -15,7 +15,7 @@ import requests
 from cloudtest_helpers import FAST, flow
 
 from testcloud import launcher
-from testcloud.xmlrpc import METHODS
+from testcloud.api.xmlrpc import METHODS
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyone
 
-from factory.paths import REPO_ROOT
+from hostkit.paths import REPO_ROOT
 from testcloud import launcher
 
 

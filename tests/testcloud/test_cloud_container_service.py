@@ -1,7 +1,7 @@
 """A two-role OneFlow service booted for real in systemd-nspawn containers, in order, through the ready gate.
 
-Boots the tiny test image (``testcloud.testimage``, built once into the shared cache; its guest agent reports
-READY through OneGate) unless ``FLOWER_TESTCLOUD_ROOTFS`` names another rootfs image.
+Boots the tiny test image (``testcloud.drivers.testimage``, built once into the shared cache; its guest agent
+reports READY through OneGate) unless ``FLOWER_TESTCLOUD_ROOTFS`` names another rootfs image.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pyone
 import pytest
 from cloudtest_helpers import flow, role_nodes, service_body, wait_for
 
-from factory import onecontext
-from testcloud import launcher, testimage
+from hostkit import onecontext
+from testcloud import launcher
+from testcloud.drivers import testimage
 
 pytestmark = [pytest.mark.cloud]
 

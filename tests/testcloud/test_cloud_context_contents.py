@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cloudtest_helpers import FAST, running_vm
 
-from testcloud import context as ctx
+from testcloud.core import context as ctx
 
 
 def test_context_sh_is_sorted_single_quoted_and_escapes_quotes() -> None:

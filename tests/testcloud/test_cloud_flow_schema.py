@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from factory.paths import SHARED_DIR
-from testcloud import flow_schema
+from hostkit.paths import SHARED_DIR
+from testcloud.flow import schema as flow_schema
 
 SCHEMA_FILE = SHARED_DIR / "schemas" / "oneflow_service_template.schema.json"
 

@@ -22,7 +22,7 @@ from cloudtest_helpers import (
     wait_for,
 )
 
-from factory.paths import SHARED_DIR
+from hostkit.paths import SHARED_DIR
 
 SERVICE = {
     "PENDING": 0,
@@ -395,9 +395,9 @@ def test_failing_node_turns_the_running_service_to_warning_and_back(cloud: Any, 
 def test_the_published_service_body_needs_its_network_and_inputs_and_deploys_with_them(
     cloud: Any, one: Any
 ) -> None:
-    """The body the factory publishes (factory/appliance_templates.py), roles bound to VM templates as the
-    exporter binds them: OneFlow refuses it without input values, deploys it with the picked network."""
-    from factory import appliance_templates
+    """The body the factory publishes (factory/release/appliance_templates.py), roles bound to VM templates as
+    the exporter binds them: OneFlow refuses it without input values, deploys it with the picked network."""
+    from factory.release import appliance_templates
 
     body = appliance_templates.service_template("published", None, None, 1, security=None)
     for role in body["roles"]:

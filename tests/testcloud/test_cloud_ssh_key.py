@@ -14,10 +14,10 @@ import pyone
 import pytest
 from cloudtest_helpers import wait_for
 
-from factory.commands import cloud as cloud_command
-from factory.commands import release
-from factory.errors import ConfigError
-from factory.paths import REPO_ROOT
+from factory.cli.commands import cloud as cloud_command
+from factory.cli.commands import release
+from hostkit.errors import ConfigError
+from hostkit.paths import REPO_ROOT
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzT0Jk3d2q3k6f0k8t1g8y6Qx2n3m4b5v6c7x8z9a0b user@laptop"
 
@@ -69,7 +69,7 @@ def test_default_key_is_the_users_else_a_generated_pair(
     # what release picks without --ssh-key, on the local cloud: and it says where the generated key is
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("ONE_XMLRPC", raising=False)
-    monkeypatch.setattr("factory.paths.CLOUD_DIR", state)
+    monkeypatch.setattr("hostkit.paths.CLOUD_DIR", state)
     assert release._ssh_key(None) == (public, public.read_text().strip())
     with pytest.raises(ConfigError, match="--ssh-key"):
         release._ssh_key(tmp_path / "nope.pub")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from testcloud.template import Template, TemplateParseError
+from testcloud.core.template import Template, TemplateParseError
 
 
 def attrs(template: Template) -> list[tuple[str, object]]:

@@ -117,7 +117,7 @@ def test_driver_failures_become_oned_failure_states(cloud: Any, one: Any) -> Non
 
 def test_state_numbers_are_oneds() -> None:
     """The core's state numbers are those of OpenNebula's enums (as pyone carries them)."""
-    from testcloud import objects
+    from testcloud.core import objects
 
     assert [pyone.LCM_STATE[name].value for name in objects.LCM_STATE_NAMES] == list(
         range(len(objects.LCM_STATE_NAMES))

@@ -15,7 +15,7 @@ import pyone
 import pytest
 
 from testcloud import launcher
-from testcloud.httpbase import Server
+from testcloud.api.httpbase import Server
 
 
 def _server(cloud: launcher.CloudHandle, name: str) -> Server:

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from factory import cli, pypi
-from factory.errors import ConfigError
-from factory.matrix import DISTRO_SCRIPT, parse_matrix, supported_os
-from factory.paths import MATRIX_FILE, PARAMS_FILE, REPO_ROOT
+from factory.cli import main as cli
+from factory.model import pypi
+from factory.model.matrix import DISTRO_SCRIPT, parse_matrix, supported_os
+from hostkit.errors import ConfigError
+from hostkit.paths import MATRIX_FILE, PARAMS_FILE, REPO_ROOT
 
 RAW = yaml.safe_load(MATRIX_FILE.read_text())
 
@@ -282,7 +283,7 @@ RELEASES = frozenset({"1.41.0", "1.42.0", "1.40.0"})
 def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """cli.main in this process: progress goes to the stderr this test captures (the default progress
     keeps the stream of the process at import time)."""
-    from factory import progress
+    from hostkit import progress
 
     monkeypatch.setattr(progress.DEFAULT, "stream", sys.stderr)
 

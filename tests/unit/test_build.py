@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from factory.errors import ConfigError, FactoryError
-from factory.hcl import RenderSources, provisioning_scripts, render_variant
-from factory.manifest import parse_os_release
-from factory.matrix import load_matrix
-from factory.packer import VALIDATE_ONLY_BASE, detect_accelerator, plan_build, supports_required_plugins
-from factory.paths import PACKER_DIR, PROVISION_DIR, REPO_ROOT
+from factory.images.hcl import RenderSources, provisioning_scripts, render_variant
+from factory.images.packer import (
+    VALIDATE_ONLY_BASE,
+    detect_accelerator,
+    plan_build,
+    supports_required_plugins,
+)
+from factory.model.manifest import parse_os_release
+from factory.model.matrix import load_matrix
+from hostkit.errors import ConfigError, FactoryError
+from hostkit.paths import PACKER_DIR, PROVISION_DIR, REPO_ROOT
 
 DEBIAN_NODE = "supernode-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 UBUNTU_NODE = "supernode-1.42.0-ubuntu2404-cpu-standard-sklearn-x86_64"

@@ -13,9 +13,7 @@ import hcl2
 import pytest
 import yaml
 
-from factory import params
-from factory.errors import ConfigError
-from factory.hcl import (
+from factory.images.hcl import (
     LAYER_FILES,
     RenderSources,
     hcl_string,
@@ -24,9 +22,11 @@ from factory.hcl import (
     pkrvars,
     render_variant,
 )
-from factory.matrix import load_matrix, parse_matrix
-from factory.packer import check_directory, packer_binary, packer_tree
-from factory.paths import MATRIX_FILE, PACKER_DIR, REPO_ROOT
+from factory.images.packer import check_directory, packer_binary, packer_tree
+from factory.model import params
+from factory.model.matrix import load_matrix, parse_matrix
+from hostkit.errors import ConfigError
+from hostkit.paths import MATRIX_FILE, PACKER_DIR, REPO_ROOT
 
 PACKER = shutil.which("packer")
 needs_packer = pytest.mark.skipif(

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from factory.errors import ConfigError
-from factory.matrix import AXES, Selection, github_matrix, load_matrix, parse_matrix
-from factory.paths import MATRIX_FILE, REPO_ROOT
+from factory.model.matrix import AXES, Selection, github_matrix, load_matrix, parse_matrix
+from hostkit.errors import ConfigError
+from hostkit.paths import MATRIX_FILE, REPO_ROOT
 
 RAW = yaml.safe_load(MATRIX_FILE.read_text())
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory import params
-from factory.errors import ConfigError
-from factory.paths import PARAMS_FILE, REPO_ROOT
+from factory.model import params
+from hostkit.errors import ConfigError
+from hostkit.paths import PARAMS_FILE, REPO_ROOT
 
 RAW = yaml.safe_load(PARAMS_FILE.read_text())["params"]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from factory.paths import REPO_ROOT
+from hostkit.paths import REPO_ROOT
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "nightly.yml"
 DOC = yaml.safe_load(WORKFLOW.read_text())
@@ -208,7 +208,7 @@ STAND_IN = """#!/usr/bin/env bash
 set -euo pipefail
 real={python}
 if [ "${{1:-}}" = build.py ] && [ "${{2:-}}" = images ]; then
-    # build.py images --base --format json, as factory/commands/images.py prints it, on a stand-in base
+    # build.py images --base --format json, as factory/cli/commands/images.py prints it, on a stand-in base
     [ "$*" = "build.py images --base --format json" ] || {{ echo "unexpected: $*" >&2; exit 3; }}
     mkdir -p "$FAKE_BASE_DIR"
     printf 'qcow2' >"$FAKE_BASE_DIR/debian12-base.qcow2"

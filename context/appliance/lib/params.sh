@@ -2,7 +2,7 @@
 # ONEAPP_* parameters: defaults and validation against the generated declaration.
 #
 # The declaration (FL_PARAMS and the FL_PARAM_* associative arrays, generated from images/params.yaml by
-# factory/params.py) is sourced by the caller at global scope: `declare -A` inside a function would make
+# factory/model/params.py) is sourced by the caller at global scope: `declare -A` inside a function would make
 # the arrays local to it.
 #
 # fl_params_apply sets every declared parameter that the context leaves empty to its default, checks

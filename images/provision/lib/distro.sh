@@ -102,7 +102,7 @@ distro_nologin_shell() {
 
 # The guest agent: OpenNebula's one-context package, the released one (FL_ONE_CONTEXT=package,
 # FL_ONE_CONTEXT_URL) or the same package built from the pinned upstream source by the local builder
-# (FL_ONE_CONTEXT=source: factory/onecontext.py puts the .deb in ${FL_PAYLOAD}/one-context/). Installed as
+# (FL_ONE_CONTEXT=source: hostkit/onecontext.py puts the .deb in ${FL_PAYLOAD}/one-context/). Installed as
 # one-apps' packer/<distro>/80-install-context.sh does: the package with its dependencies (apt/zypper run
 # its postinst: units enabled, distro network configuration reset), then the network service it drives.
 distro_install_one_context() {

@@ -1,1 +1,0 @@
-"""One module per ``build.py`` subcommand; see factory/cli.py for the contract."""

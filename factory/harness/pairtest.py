@@ -1,0 +1,527 @@
+"""Test one appliance pair: deploy it, run real federation rounds, and turn what happened into a PairResult.
+
+Two targets share the federation runner and the result format:
+
+- ``cloud``: the pair's images in OpenNebula (the local test cloud, or a real one): import or reuse the
+  images, VM templates and a OneFlow service (1 SuperLink + N SuperNodes), wait for RUNNING, reach the
+  SuperLink's Control API through an SSH tunnel with the CA the SuperLink published through OneGate, run
+  the rounds, optionally start a rogue SuperNode, collect every VM's logs on failure, tear down;
+- ``bare``: the same Flower versions as plain processes on loopback (factory/harness/bareflower.py), each
+  side's venv holding its image's framework packages: the baseline, and the quick way to try a pair
+  without images.
+
+Both run the same tasks: the numpy canary (fast: the wiring works), then the task of the SuperNode image's
+framework (sklearn on sklearn images, pytorch, tensorflow; on edge images the canary is that task), each held
+to its criteria in apps/task-checks.toml. A pair passes only if its framework task ran and passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory.harness.bareflower import BareFederation, SecurityMode
+from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
+from factory.harness.flwrenv import ensure_flower
+from factory.release.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, Side
+from hostkit.errors import ConfigError, FactoryError
+from hostkit.progress import DEFAULT as PROGRESS
+from hostkit.progress import Progress
+
+# What makes a log line worth quoting in a failure: Flower's and the appliance's error lines, exit codes.
+ERROR_LINE = re.compile(
+    r"\bERROR\b(?!=)|\bCRITICAL\b|Exit Code: \d+|\[code: \d+\]|Traceback|missing selected ALPN"
+    r"|Failed to [a-z]"
+)
+# Lines that match ERROR_LINE and say nothing about the failure: uvicorn's ``uvicorn.error`` logger prints
+# ordinary start-up lines; systemd's non-fatal complaints end in ", ignoring" (e.g. "Failed to kill control
+# group ..., ignoring: Invalid argument" when a unit stops in a container).
+NOISE_LINE = re.compile(r"uvicorn\.error|Failed to kill control group|, ignoring(?::|\.|$)")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """A pair to test: the SuperLink side, the SuperNode side (same or another Flower version)."""
+
+    name: str
+    superlink: Side
+    supernode: Side
+
+
+@dataclass
+class PairTestOptions:
+    rounds: int = 3
+    strategy: str = "fedavg"
+    security: SecurityMode = SecurityMode.TLS_AUTH
+    allow_insecure: bool = False
+    # False: the numpy canary only, for the benchmark's baseline; the pair then fails ("not run").
+    framework_task: bool = True
+    rogue_supernode: bool = False
+    keep_on_failure: bool = False
+    deploy_timeout: float = 900.0
+    federation_timeout: float = 900.0
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.security is SecurityMode.INSECURE and not self.allow_insecure:
+            raise ConfigError(
+                "command line",
+                "--security",
+                "insecure runs plain HTTP and no node authentication: add --allow-insecure",
+            )
+        if self.rounds < 2:
+            raise ConfigError(
+                "command line",
+                "--rounds",
+                f"must be at least 2 (the loss must be seen to go down), got {self.rounds}",
+            )
+
+
+def major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def version_warnings(spec: PairSpec) -> list[str]:
+    link, node = spec.superlink.flower, spec.supernode.flower
+    if major_minor(link) != major_minor(node):
+        return [
+            f"Flower major.minor differs (SuperLink {link}, SuperNodes {node}): Flower's compatibility rule "
+            "requires them to match, but this pair ran"
+        ]
+    return []
+
+
+def failure_text(error: str, logs: dict[str, str]) -> str:
+    """A failure's error: the exception's message (the failed step, an appliance's reported reason) first,
+    then the log lines that say more; the log lines alone when nothing else named the failure."""
+    return "; ".join([error, *error_lines(logs)] if error else error_lines(logs))
+
+
+def error_lines(logs: dict[str, str], limit: int = 6) -> list[str]:
+    """The first distinct error lines of the collected logs (one per line, without colours), for the
+    failure message, without the NOISE_LINE ones."""
+    from factory.harness.federation import strip_ansi
+
+    found: list[str] = []
+    for name, text in sorted(logs.items()):
+        for line in strip_ansi(text).splitlines():
+            if NOISE_LINE.search(line) or not ERROR_LINE.search(line):
+                continue
+            quoted = f"{name}: {line.strip()[:200]}"
+            if quoted not in found:
+                found.append(quoted)
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def framework_task(spec: PairSpec) -> str:
+    """The task of the SuperNode image's framework (the app's tasks are named like the framework axis)."""
+    return spec.supernode.framework or CANARY_TASK
+
+
+def pair_tasks(spec: PairSpec, options: PairTestOptions) -> list[str]:
+    """The canary first, then the framework task (once, when it is the canary itself: edge images)."""
+    tasks = [CANARY_TASK]
+    framework = framework_task(spec)
+    if options.framework_task and framework != CANARY_TASK:
+        tasks.append(framework)
+    return tasks
+
+
+def _run_tasks(
+    runner: FederationRunner, spec: PairSpec, options: PairTestOptions, result: PairResult
+) -> list[FederationOutcome]:
+    """Run each of the pair's tasks as a federation and record its outcome, checks and timings. A failed
+    canary stops there: the wiring is broken, the framework task would only repeat why."""
+    outcomes = []
+    for task in pair_tasks(spec, options):
+        try:
+            outcome = runner.run(
+                rounds=options.rounds,
+                strategy=options.strategy,
+                task=task,
+                expected_supernodes=spec.supernode.count,
+                timeout=options.federation_timeout,
+                extra_config=options.extra_config,
+            )
+        except FactoryError as error:
+            raise FactoryError(f"{task} task: {error}") from None
+        _record_outcome(result, outcome)
+        _timings(result, outcome)
+        outcomes.append(outcome)
+        if not outcome.passed:
+            break
+    return outcomes
+
+
+def _record_outcome(result: PairResult, outcome: FederationOutcome) -> None:
+    result.federations.append(outcome.to_dict())
+    result.checks += [{"task": outcome.task, **check.__dict__} for check in outcome.checks]
+
+
+def _finish(result: PairResult, spec: PairSpec, error: str = "") -> PairResult:
+    """The pair's status. The error names the failed checks first, the framework task's before the others
+    (so a metric below its floor is what one reads first), then the exception or log lines, then a
+    framework task that never ran."""
+    result.finished_at = time.time()
+    result.framework_task = framework_task(spec)
+    failed_checks = [check for check in result.checks if not check["passed"]]
+    failed_checks.sort(key=lambda check: check["task"] != result.framework_task)
+    ran = {federation.get("task") for federation in result.federations}
+    if error or failed_checks or result.framework_task not in ran:
+        result.status = FAILED
+        reasons = [f"{check['task']}/{check['name']}: {check['detail']}" for check in failed_checks]
+        reasons += [error] if error else []
+        if not reasons:  # nothing else failed: the framework task was left out (canary only)
+            reasons.append(f"{result.framework_task}/framework_task: not run (the numpy canary only)")
+        result.error = "; ".join(reasons)
+        return result
+    result.warnings = version_warnings(spec) + result.warnings
+    result.status = PASSED_WITH_WARNING if result.warnings else PASSED
+    return result
+
+
+# -- bare Flower ---------------------------------------------------------------------------------------------
+
+
+def run_pair_bare(
+    spec: PairSpec, run: str, workdir: Path, options: PairTestOptions, progress: Progress = PROGRESS
+) -> PairResult:
+    """The pair's Flower versions as plain processes on loopback: same app, checks and record as the cloud."""
+    options.check()
+    result = PairResult(
+        pair=spec.name, run=run, target="bare", security=options.security.value,
+        superlink=spec.superlink, supernodes=spec.supernode,
+    )  # fmt: skip
+    started = time.monotonic()
+    error = ""
+    link_env = node_env = None
+    try:
+        link_env = ensure_flower(spec.superlink.flower, *framework_packages(spec.superlink))
+        node_env = ensure_flower(spec.supernode.flower, *framework_packages(spec.supernode))
+    except FactoryError as failure:
+        return _finish(result, spec, str(failure))
+    federation = BareFederation(
+        workdir / "federation",
+        link_env,
+        supernode_env=node_env,
+        num_supernodes=spec.supernode.count,
+        security=options.security,
+    )
+    try:
+        with federation:
+            result.timings["deploy_seconds"] = time.monotonic() - started
+            rogue = federation.start_rogue_supernode() if options.rogue_supernode else None
+            runner = FederationRunner(
+                link_env, workdir / "runner", federation.connection(), progress=progress
+            )
+            _run_tasks(runner, spec, options, result)
+            if rogue is not None:
+                result.checks.append(_rogue_check_bare(rogue, runner, spec.supernode.count))
+    except FactoryError as failure:
+        error = str(failure)
+    if error or not all(check["passed"] for check in result.checks):
+        result.logs = federation.logs()
+        error = failure_text(error, result.logs)
+    return _finish(result, spec, error)
+
+
+def framework_packages(side: Side) -> tuple[tuple[str, ...], str]:
+    """The pinned framework packages (and extra index) the side's image carries, from the matrix: a bare
+    pair's venvs hold what the images hold, so the framework task runs there too."""
+    from factory.model.matrix import load_matrix
+
+    pins = load_matrix().variant(side.variant).pins
+    return tuple(pins.framework_packages), pins.framework_index_url
+
+
+def _timings(result: PairResult, outcome: FederationOutcome) -> None:
+    """Per task: seconds from submission to the end of the run; for the canary also its rounds and the
+    time to the first round (the numbers the benchmarks and the report compare across pairs)."""
+    task_seconds = result.timings.setdefault("task_seconds", {})  # type: ignore[arg-type]
+    task_seconds[outcome.task] = outcome.finished_at - outcome.submitted_at if outcome.submitted_at else 0.0
+    if outcome.task != CANARY_TASK:
+        return
+    rounds = [record.seconds for record in outcome.rounds]
+    result.timings["round_seconds"] = rounds  # type: ignore[assignment]
+    if outcome.rounds:
+        # wall time from the start of the deployment to the end of the first round
+        deploy_start_wall = result.started_at
+        result.timings["instantiate_to_first_round_seconds"] = outcome.rounds[0].finished - deploy_start_wall
+        result.timings["submit_to_first_round_seconds"] = outcome.rounds[0].finished - outcome.submitted_at
+    result.timings["federation_seconds"] = outcome.finished_at - outcome.submitted_at
+
+
+def _rogue_check_bare(rogue: Any, runner: FederationRunner, expected: int) -> dict[str, Any]:
+    """The rogue node must have been refused (exited, never online) while the run finished."""
+    deadline = time.monotonic() + 30
+    while rogue.running() and time.monotonic() < deadline:
+        time.sleep(1)
+    online = [node for node in runner.cli.supernodes() if str(node.get("status")) == "online"]
+    refused = not rogue.running() and rogue.process.returncode != 0
+    log_tail = rogue.log_text()[-300:].strip().replace("\n", " | ")
+    return {
+        "task": "security",
+        "name": "rogue_supernode_rejected",
+        "passed": refused and len(online) == expected,
+        "detail": f"rogue exit {rogue.process.returncode}, {len(online)}/{expected} nodes online; {log_tail}",
+    }
+
+
+# -- the cloud -----------------------------------------------------------------------------------------------
+
+
+def ca_from_published(user_template: dict[str, str]) -> bytes:
+    """The SuperLink's CA (ONEAPP_FL_CA_CERT, base64 PEM), checked against ONEAPP_FL_CA_FINGERPRINT."""
+    encoded = user_template.get("ONEAPP_FL_CA_CERT", "")
+    if not encoded:
+        raise FactoryError("the SuperLink VM published no ONEAPP_FL_CA_CERT through OneGate")
+    try:
+        pem = base64.b64decode(encoded, validate=True)
+    except ValueError as error:
+        raise FactoryError(f"ONEAPP_FL_CA_CERT is not base64: {error}") from None
+    if b"BEGIN CERTIFICATE" not in pem:
+        raise FactoryError("ONEAPP_FL_CA_CERT does not hold a PEM certificate")
+    published = user_template.get("ONEAPP_FL_CA_FINGERPRINT", "").replace(":", "").lower()
+    if published:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        certificate = x509.load_pem_x509_certificate(pem)
+        actual = certificate.fingerprint(hashes.SHA256()).hex()
+        if actual != published and hashlib.sha256(pem).hexdigest() != published:
+            raise FactoryError(f"CA fingerprint mismatch: published {published}, certificate has {actual}")
+    return pem
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A built image and its manifest (factory/model/manifest.py format)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        manifest = self.manifest
+        return {
+            "path": str(self.path),
+            "format": manifest.get("format", "raw"),
+            "sha256": manifest.get("sha256", ""),
+            "md5": manifest.get("md5", ""),
+            "size": manifest.get("size", 0),
+            "virtual_size": manifest.get("virtual_size", 0),
+            "os_release": manifest.get("os_release", {}),
+            "components": manifest.get("components", {}),
+        }
+
+
+@dataclass
+class _Created:
+    """What a cloud pair test registered, for teardown in reverse order."""
+
+    vm_templates: list[int] = field(default_factory=list)
+    service_template: int | None = None
+    deployment: Any = None
+    rogue_vm: int | None = None
+
+
+def _api_port() -> int:
+    from factory.model import params
+
+    defaults = {param.name: param.default for param in params.load_params().for_role("superlink")}
+    return int(defaults.get("ONEAPP_FL_API_PORT") or 9093)
+
+
+def run_pair_in_cloud(
+    spec: PairSpec,
+    run: str,
+    workdir: Path,
+    options: PairTestOptions,
+    cloud: Any,
+    images: dict[str, ImageFile],
+    target: str = "testcloud",
+    progress: Progress = PROGRESS,
+) -> PairResult:
+    """Deploy the pair as a OneFlow service in ``cloud`` (a factory.one.OneCloud) and run the federation."""
+    from factory.harness.federation import Connection
+    from factory.harness.tlsmaterial import make_keypair
+    from factory.harness.tunnel import SSHSession
+    from factory.release import appliance_templates
+
+    options.check()
+    result = PairResult(
+        pair=spec.name, run=run, target=target, security=options.security.value,
+        superlink=dataclasses.replace(spec.superlink, image=images["superlink"].record()),
+        supernodes=dataclasses.replace(spec.supernode, image=images["supernode"].record()),
+    )  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = make_keypair(workdir / "ssh" / "id_ed25519", kind="ed25519", comment=f"flower-factory-{run}")
+    known_hosts = workdir / "ssh" / "known_hosts"
+    created = _Created()
+    tag = f"{spec.name}-{run}"
+    error = ""
+    started = time.monotonic()
+    try:
+        with progress.stage(f"{spec.name}: images"):
+            refs = {
+                role: cloud.ensure_image(
+                    image.path, f"flower-{getattr(spec, role).variant}", image.manifest["sha256"],
+                    image.manifest.get("format", "raw"),
+                )
+                for role, image in images.items()
+            }  # fmt: skip
+        result.timings["images_seconds"] = time.monotonic() - started
+        network = cloud.network_id()
+        templates = {}
+        for role in ("superlink", "supernode"):
+            side = getattr(spec, role)
+            templates[role] = appliance_templates.vm_template(
+                role,
+                f"{role}-{tag}",
+                refs[role].id,
+                network,
+                ssh_public_key=key.public_line(),
+                arch=side.arch,
+            )
+            created.vm_templates.append(cloud.create_vm_template(templates[role]))
+        body = appliance_templates.service_template(
+            f"flower-{tag}",
+            created.vm_templates[0],
+            created.vm_templates[1],
+            spec.supernode.count,
+            options.security.value,
+        )
+        created.service_template = cloud.create_service_template(body)
+        instantiated_wall, instantiated = time.time(), time.monotonic()
+        created.deployment = cloud.launch_service(created.service_template, f"flower-{tag}")
+        created.deployment.wait_running(options.deploy_timeout)
+        result.timings["deploy_seconds"] = time.monotonic() - instantiated
+        superlink = created.deployment.role_vms("superlink")[0]
+        for node in created.deployment.role_vms("supernode"):
+            if node.user_template.get("ONEAPP_FL_COMPAT") == "mismatched":
+                result.warnings.append(
+                    f"SuperNode VM {node.id} reports a Flower version mismatch (ONEAPP_FL_COMPAT)"
+                )
+        ca_path = None
+        if options.security.tls:
+            ca_path = workdir / "superlink-ca.crt"
+            ca_path.write_bytes(ca_from_published(superlink.user_template))
+        if superlink.ip is None:
+            raise FactoryError(f"SuperLink VM {superlink.id} has no IP address")
+        if options.rogue_supernode:
+            created.rogue_vm = _start_rogue_vm(
+                cloud, templates["supernode"], created.vm_templates[1], superlink, tag
+            )
+        with (
+            SSHSession(superlink.ip, cloud.settings.ssh_user, key.private, known_hosts=known_hosts).connect(
+                timeout=180
+            ) as ssh,
+            ssh.forward("127.0.0.1", _api_port()) as forward,
+        ):
+            connection = Connection(forward.address, ca_path)
+            runner = FederationRunner(
+                ensure_flower(spec.superlink.flower), workdir / "runner", connection, progress=progress
+            )
+            if created.rogue_vm is not None:
+                _wait_rogue_settled(cloud, created.rogue_vm, progress)
+            for outcome in _run_tasks(runner, spec, options, result):
+                if outcome.task == CANARY_TASK and outcome.rounds:  # from the instantiation, not the start
+                    result.timings["instantiate_to_first_round_seconds"] = (
+                        outcome.rounds[0].finished - instantiated_wall
+                    )
+            if created.rogue_vm is not None:
+                online = [node for node in runner.cli.supernodes() if str(node.get("status")) == "online"]
+                rogue = cloud.vm_info(created.rogue_vm)
+                result.checks.append(
+                    {
+                        "task": "security",
+                        "name": "rogue_supernode_rejected",
+                        "passed": len(online) == spec.supernode.count,
+                        "detail": f"{len(online)} SuperNodes online, expected {spec.supernode.count}; rogue: "
+                        + rogue.describe(),
+                    }
+                )
+    except FactoryError as failure:
+        error = str(failure)
+    failed = bool(error) or not all(check["passed"] for check in result.checks) or not result.federations
+    if failed and created.deployment is not None:
+        try:
+            result.logs = created.deployment.collect_logs(key.private, known_hosts)
+        except FactoryError as failure:
+            result.logs = {"collect_logs": str(failure)}
+        error = failure_text(error, result.logs)
+    if failed and options.keep_on_failure:
+        kept = created.deployment.id if created.deployment is not None else None
+        result.warnings.append(
+            f"kept for inspection (--keep-on-failure): service {kept}, rogue VM {created.rogue_vm}"
+        )
+        progress.line(f"{spec.name}: failed; kept service {kept} for inspection (SSH key {key.private})")
+    else:
+        _teardown(cloud, created, progress)
+    return _finish(result, spec, error)
+
+
+def _start_rogue_vm(
+    cloud: Any, node_template: dict[str, Any], template_id: int, superlink: Any, tag: str
+) -> int:
+    """A SuperNode VM outside the service: it is pointed at the SuperLink but its key is never enrolled."""
+    context = dict(node_template["CONTEXT"])
+    context["ONEAPP_FL_SUPERLINK"] = superlink.user_template.get("ONEAPP_FL_ENDPOINT", "")
+    context["ONEAPP_FL_SUPERLINK_CA"] = superlink.user_template.get("ONEAPP_FL_CA_CERT", "")
+    context["ONEAPP_FL_NODE_CONFIG"] = "partition-id=0 num-partitions=2"
+    return int(cloud.instantiate_vm(template_id, f"rogue-{tag}", {"CONTEXT": context}))
+
+
+def _wait_rogue_settled(cloud: Any, vm_id: int, progress: Progress, timeout: float = 300.0) -> None:
+    """Until the rogue VM runs and its appliance has reported (ready or failed), so the test sees it try."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        vm = cloud.vm_info(vm_id)
+        if vm.failed or vm.user_template.get("ONEAPP_FL_STATUS") in {"failed", "ready"} or vm.ready:
+            progress.line(f"rogue SuperNode: {vm.describe()}")
+            return
+        time.sleep(3.0)
+    progress.line(f"rogue SuperNode still settling after {timeout:.0f} s: {cloud.vm_info(vm_id).describe()}")
+
+
+def _teardown(cloud: Any, created: _Created, progress: Progress) -> None:
+    problems = []
+    with progress.stage("teardown"):
+        if created.rogue_vm is not None:
+            try:
+                cloud.terminate_vm(created.rogue_vm)
+            except FactoryError as error:
+                problems.append(str(error))
+        if created.deployment is not None:
+            try:
+                created.deployment.delete()
+            except FactoryError as error:
+                problems.append(str(error))
+        if created.service_template is not None:
+            try:
+                cloud.delete_service_template(created.service_template)
+            except FactoryError as error:
+                problems.append(str(error))
+        for template_id in created.vm_templates:
+            try:
+                cloud.delete_vm_template(template_id)
+            except FactoryError as error:
+                problems.append(str(error))
+    for problem in problems:
+        progress.line(f"teardown: {problem}")
+
+
+def failed_result(spec: PairSpec, run: str, target: str, options: PairTestOptions, error: str) -> PairResult:
+    """The record of a pair that could not even start (e.g. its images are missing)."""
+    result = PairResult(
+        pair=spec.name, run=run, target=target, security=options.security.value,
+        superlink=spec.superlink, supernodes=spec.supernode,
+    )  # fmt: skip
+    return _finish(result, spec, error)

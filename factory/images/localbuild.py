@@ -1,0 +1,592 @@
+"""Local image builds on this machine: the Debian 12 base and the appliance images built from it.
+
+- Base: a Debian 12 (bookworm + -updates + -security) root filesystem made with ``mmdebstrap``, and a
+  bootable qcow2 of it with OpenNebula's one-context (Packer's ``file://`` base for the debian12 HCL).
+- one-context: the package built from the pinned upstream source (hostkit/onecontext.py), installed by
+  the provisioning like the released one (``FL_ONE_CONTEXT=source``).
+- Appliance: a copy of the base with the payload the Packer build uploads (``provision/``, ``appliance/``,
+  ``params/params-<role>.sh``), plus ``one-context/<the .deb>``, and the same steps it runs: the provisioning
+  scripts (``images/provision/NN-*.sh``), then ``collect-facts.sh`` (fails on a pin mismatch) and
+  ``sysprep.sh`` from ``packer/scripts``, all inside ``systemd-nspawn`` without booting
+  (``FL_BUILD_TARGET=chroot``). The result is written as a raw ext4 filesystem image for the container
+  driver, with the manifest every build path writes (factory/model/manifest.py).
+
+Everything is cached by content under ``CACHE_DIR/images``: the key of an output is a digest of every
+input that shapes it (package lists, mirrors, provisioning scripts, appliance code, parameter
+defaults, the variant's pins), so an unchanged build is found and reused at once, and a changed input
+builds anew. Entries are created under a lock and marked complete only when whole, so parallel builds
+(test workers, other worktrees sharing the cache) never see half an image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factory.model import manifest as manifest_module
+from factory.model.matrix import Variant
+from hostkit import onecontext
+from hostkit.errors import ConfigError, FactoryError
+from hostkit.paths import CACHE_DIR, CONTEXT_DIR, PACKER_DIR, PROVISION_DIR
+from hostkit.progress import DEFAULT, Progress
+
+# Bump when the build procedure changes in a way the hashed inputs do not show.
+BUILDER_VERSION = "1"
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_SOURCES = (
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+)
+# What a Debian cloud image holds: kernel, systemd, sshd, Python, networking tools. The appliance
+# packages come from the provisioning scripts, as they do on Ubuntu and openSUSE.
+BASE_PACKAGES = (
+    "linux-image-cloud-amd64",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "dbus",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "less",
+    "netbase",
+    "openssh-server",
+    "python3",
+    "ca-certificates",
+    "curl",
+    "sudo",
+)
+LOCAL_OS = "debian12"
+# The host's trust store, for pip inside the build container (a TLS-inspecting proxy in front of PyPI
+# is trusted by the host only). Used at build time; nothing of it stays in the image.
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILD_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    key: str
+    directory: Path
+
+    @property
+    def rootfs(self) -> Path:
+        return self.directory / "rootfs"
+
+
+@dataclass(frozen=True)
+class ApplianceImage:
+    variant: str
+    key: str
+    image: Path
+    manifest_path: Path
+    reused: bool
+    manifest: dict[str, object] = field(default_factory=dict)
+
+
+def images_cache() -> Path:
+    return CACHE_DIR / "images"
+
+
+def check_buildable(variant: Variant) -> None:
+    """Only debian12 x86_64 CPU variants (local base) can be built on these machines."""
+    if variant.os != LOCAL_OS or not variant.pins.base_image.local:
+        raise ConfigError(
+            "images",
+            variant.name,
+            f"only {LOCAL_OS} variants are built locally; {variant.os} needs its vendor cloud image and "
+            "Packer (python build.py build) on a machine that can download it",
+        )
+    if variant.arch != "x86_64" or variant.accel != "cpu":
+        raise ConfigError("images", variant.name, "the local builder makes x86_64 CPU images only")
+
+
+# ----------------------------------------------------------------------------------------------------
+# content keys
+
+
+def _digest(parts: Iterable[bytes]) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "big"))
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of a directory: relative paths, executable bits and contents (caches excluded)."""
+    parts: list[bytes] = []
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue
+        relative = path.relative_to(root).as_posix()
+        executable = b"x" if os.access(path, os.X_OK) else b"-"
+        parts += [relative.encode(), executable, path.read_bytes()]
+    return _digest(parts)
+
+
+def base_key() -> str:
+    description = {
+        "builder": BUILDER_VERSION,
+        "suite": DEBIAN_SUITE,
+        "sources": DEBIAN_SOURCES,
+        "packages": BASE_PACKAGES,
+    }
+    return _digest([json.dumps(description, sort_keys=True).encode()])
+
+
+HYGIENE_SCRIPTS = ("collect-facts.sh", "sysprep.sh")
+
+
+def appliance_key(
+    variant: Variant, base: BaseImage, params_text: str, one_context: onecontext.OneContextPackage
+) -> str:
+    description = {
+        "builder": BUILDER_VERSION,
+        "base": base.key,
+        "variant": variant.as_dict(),
+        "provision": tree_digest(PROVISION_DIR),
+        "hygiene": [(PACKER_DIR / "scripts" / name).read_text() for name in HYGIENE_SCRIPTS],
+        "appliance": tree_digest(CONTEXT_DIR / "appliance"),
+        "one-context": [one_context.commit, one_context.source_digest, one_context.version],
+        "params": hashlib.sha256(params_text.encode()).hexdigest(),
+    }
+    return _digest([json.dumps(description, sort_keys=True).encode()])
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def build_environment() -> dict[str, str]:
+    """The host environment without the variables that would leak into a build (PIP_*, venvs, uv)."""
+    leaky = ("PIP_", "PYTHON", "UV_", "VIRTUAL_ENV", "CONDA")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(leaky)}
+    environment.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    environment["LC_ALL"] = "C.UTF-8"
+    return environment
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _work_dir(name: str) -> Path:
+    work = images_cache() / "work" / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+    work.mkdir(parents=True)
+    return work
+
+
+def _run_logged(argv: list[str], log: Path, progress: Progress, what: str, **kwargs: object) -> None:
+    """Run a build command, its output into ``log``; ``==> `` lines are shown as progress."""
+    with open(log, "a") as stream:
+        stream.write(f"$ {' '.join(argv)}\n")
+        stream.flush()
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            **kwargs,  # type: ignore[call-overload]
+        )
+        assert process.stdout is not None
+        started = time.monotonic()
+        for line in process.stdout:
+            stream.write(line)
+            if line.startswith("==> ") or line.startswith("ERROR: "):
+                progress.line(f"{what}: {line[4:].rstrip()}" if line.startswith("==> ") else line.rstrip())
+            if time.monotonic() - started > BUILD_TIMEOUT_S:
+                process.kill()
+        status = process.wait()
+    if status != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise FactoryError(f"{what} failed (exit {status}); last lines of {log}:\n{tail}")
+
+
+def _copy_tree(source: Path, destination: Path) -> None:
+    subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the Debian 12 base
+
+
+def base_image() -> BaseImage:
+    key = base_key()
+    return BaseImage(key, images_cache() / "base" / f"{LOCAL_OS}-{key[:16]}")
+
+
+def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseImage:
+    """The Debian 12 base root filesystem (mmdebstrap), built once per content key."""
+    base = base_image()
+    marker = base.directory / ".complete"
+    if marker.exists() and not force:
+        progress.line(f"{LOCAL_OS} base: reusing {base.directory} (unchanged inputs)")
+        return base
+    with _locked(base.directory.with_name(f".{base.directory.name}.lock")):
+        if marker.exists() and not force:
+            progress.line(f"{LOCAL_OS} base: reusing {base.directory} (built meanwhile)")
+            return base
+        with progress.stage(f"{LOCAL_OS} base: mmdebstrap {DEBIAN_SUITE} ({len(BASE_PACKAGES)} packages)"):
+            work = _work_dir(f"base-{base.key[:16]}")
+            try:
+                rootfs = work / "rootfs"
+                argv = [
+                    "mmdebstrap",
+                    "--mode=root",
+                    "--format=directory",
+                    "--variant=apt",
+                    "--components=main",
+                    f"--include={','.join(BASE_PACKAGES)}",
+                    '--aptopt=Acquire::Retries "3"',
+                    '--customize-hook=echo localhost >"$1/etc/hostname"',
+                    '--customize-hook=: >"$1/etc/machine-id"',
+                    DEBIAN_SUITE,
+                    str(rootfs),
+                    *DEBIAN_SOURCES,
+                ]
+                _run_logged(argv, work / "build.log", progress, "base", env=build_environment())
+                (work / "key").write_text(base.key + "\n")
+                (work / "build.log").rename(work / "mmdebstrap.log")
+                (work / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+                _remove_tree(base.directory)
+                base.directory.parent.mkdir(parents=True, exist_ok=True)
+                work.rename(base.directory)
+            finally:
+                _remove_tree(work)
+    return base
+
+
+BUILD_TRUST_DIR = "etc/fl-build"
+BUILD_TRUST_MARK = "# fl-build: build-time trust, removed by images/provision/90-cleanup.sh"
+
+
+def add_build_trust(rootfs: Path, bundle: bytes) -> None:
+    """Let pip in a Packer build VM trust what this host trusts (a TLS-inspecting proxy in front of PyPI
+    is trusted by the host only), as the chroot build does with a bind mount. Build time only: the
+    provisioning's cleanup removes the bundle and the variable, and its checks fail the build otherwise."""
+    directory = rootfs / BUILD_TRUST_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca-bundle.crt").write_bytes(bundle)
+    environment = rootfs / "etc" / "environment"
+    existing = environment.read_text() if environment.exists() else ""
+    environment.write_text(f"{existing}{BUILD_TRUST_MARK}\nPIP_CERT=/{BUILD_TRUST_DIR}/ca-bundle.crt\n")
+
+
+def base_qcow2_size() -> int:
+    """The base qcow2's disk size: the debian12 ``disk_size`` of matrix.yaml's Packer layers (the
+    image's filesystem fills the disk: nothing in it grows the root filesystem at boot)."""
+    from factory.model.matrix import load_matrix
+
+    text = str(load_matrix().packer.os.get(LOCAL_OS, {}).get("disk_size", "4G"))
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    if text[-1:].upper() in units:
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(text)
+
+
+def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
+    """``debian12-base.qcow2``: the base plus OpenNebula's one-context (built from the pinned upstream
+    source, installed and its network service set up by the provisioning's own ``distro.sh``), bootable
+    (Packer's file:// base image: it boots with a CONTEXT CD), plus the host's trust store for pip during
+    the build (``add_build_trust``).
+
+    Next to it, ``debian12-base.qcow2.sha256`` holds the checksum Packer is given.
+    """
+    from hostkit import diskimage
+
+    base = build_base(progress)
+    package = onecontext.build_package()
+    trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
+    size = str(base_qcow2_size()).encode()
+    distro = (PROVISION_DIR / "lib" / "distro.sh").read_bytes()
+    parts = [base.key, package.commit, package.source_digest, BUILDER_VERSION]
+    key = _digest([*(part.encode() for part in parts), distro, trust, size])
+    directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
+    image = directory / f"{LOCAL_OS}-base.qcow2"
+    marker = directory / ".complete"
+    if marker.exists() and not force:
+        progress.line(f"{LOCAL_OS} base qcow2: reusing {image}")
+        return image
+    with _locked(directory.with_name(f".{directory.name}.lock")):
+        if marker.exists() and not force:
+            return image
+        with progress.stage(f"{LOCAL_OS} base qcow2 (base + one-context {package.version}, extlinux)"):
+            work = _work_dir(f"base-qcow2-{key[:16]}")
+            try:
+                rootfs = work / "rootfs"
+                _copy_tree(base.rootfs, rootfs)
+                payload = work / "payload"
+                shutil.copytree(PROVISION_DIR / "lib", payload / "provision" / "lib")
+                (payload / "one-context").mkdir()
+                shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
+                script = (
+                    "set -euo pipefail\n"
+                    f". {GUEST_PAYLOAD}/provision/lib/distro.sh\n"
+                    "distro_block_service_starts\ndistro_refresh\ndistro_install_one_context\n"
+                    "distro_allow_service_starts\ndistro_cleanup\n"
+                )
+                environment = {
+                    "FL_OS": LOCAL_OS,
+                    "FL_BUILD_TARGET": "chroot",
+                    "FL_ONE_CONTEXT": "source",
+                    "FL_PAYLOAD": GUEST_PAYLOAD,
+                    "FL_PROVISION_STEP": "base-one-context",
+                }
+                _run_logged(
+                    _nspawn_argv(rootfs, payload, environment, script),
+                    work / "build.log",
+                    progress,
+                    "one-context",
+                    env=build_environment(),
+                )
+                _remove_tree(payload)
+                if trust:
+                    add_build_trust(rootfs, trust)
+                output = work / image.name
+                diskimage.make_bootable_qcow2(rootfs, output, size=base_qcow2_size())
+                _remove_tree(rootfs)
+                sha256 = diskimage.sha256_file(output)
+                (work / f"{image.name}.sha256").write_text(f"{sha256}  {image.name}\n")
+                (work / ".complete").write_text(sha256 + "\n")
+                _remove_tree(directory)
+                directory.parent.mkdir(parents=True, exist_ok=True)
+                work.rename(directory)
+            finally:
+                _remove_tree(work)
+    return image
+
+
+# ----------------------------------------------------------------------------------------------------
+# appliance images
+
+
+GUEST_PAYLOAD = "/run/fl-payload"
+GUEST_FACTS = "/run/fl-facts"
+
+
+def _payload(work: Path, variant: Variant, params_text: str, package: onecontext.OneContextPackage) -> Path:
+    """The payload in the layout the Packer build uploads (factory/images/hcl.py), plus the hygiene scripts
+    and the one-context package built from source."""
+    payload = work / "payload"
+    (payload / "params").mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(PROVISION_DIR, payload / "provision", ignore=ignore)
+    shutil.copytree(CONTEXT_DIR / "appliance", payload / "appliance", ignore=ignore)
+    (payload / "one-context").mkdir()
+    shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
+    (payload / "params" / f"params-{variant.role}.sh").write_text(params_text)
+    (payload / "hygiene").mkdir()
+    for name in HYGIENE_SCRIPTS:
+        shutil.copy2(PACKER_DIR / "scripts" / name, payload / "hygiene" / name)
+    return payload
+
+
+def _nspawn_argv(
+    rootfs: Path, payload: Path, environment: dict[str, str], script: str, facts: Path | None = None
+) -> list[str]:
+    """systemd-nspawn running ``script`` in ``rootfs`` without booting, the payload at GUEST_PAYLOAD."""
+    machine = f"fl-wt-appliance-build-{os.getpid()}"
+    argv = [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--as-pid2",
+        f"--machine={machine}",
+        f"--directory={rootfs}",
+        f"--bind-ro={payload}:{GUEST_PAYLOAD}",
+    ]
+    if facts is not None:
+        argv += [f"--bind={facts}:{GUEST_FACTS}"]
+    if HOST_CA_BUNDLE.exists():
+        argv += [f"--bind-ro={HOST_CA_BUNDLE}:/run/fl-host-ca.pem"]
+        trust = "/run/fl-host-ca.pem"
+        environment = environment | {"PIP_CERT": trust, "SSL_CERT_FILE": trust}
+    argv += [f"--setenv={key}={value}" for key, value in sorted(environment.items())]
+    return [*argv, "/bin/bash", "-c", script]
+
+
+def provision_rootfs(
+    rootfs: Path, variant: Variant, payload: Path, facts: Path, log: Path, progress: Progress
+) -> None:
+    """Run the provisioning scripts, collect-facts.sh and sysprep.sh inside ``rootfs`` with
+    systemd-nspawn (no boot), in the order and with the environment of the Packer build."""
+    environment = variant.provision_env(payload=GUEST_PAYLOAD, build_target="chroot")
+    script = (
+        "set -euo pipefail\n"
+        f"for step in {GUEST_PAYLOAD}/provision/[0-9][0-9]-*.sh; do\n"
+        '    echo "==> ${step##*/}"; bash "${step}"\n'
+        "done\n"
+        'echo "==> collect-facts.sh"\n'
+        f"FL_FACTS={GUEST_FACTS} bash {GUEST_PAYLOAD}/hygiene/collect-facts.sh\n"
+        'echo "==> sysprep.sh"\n'
+        f"bash {GUEST_PAYLOAD}/hygiene/sysprep.sh\n"
+    )
+    argv = _nspawn_argv(rootfs, payload, environment, script, facts)
+    _run_logged(argv, log, progress, variant.name, env=build_environment())
+
+
+def appliance_directory(variant: Variant, key: str) -> Path:
+    return images_cache() / "appliances" / f"{variant.name}-{key[:16]}"
+
+
+def cached_appliance(variant: Variant, params_text: str) -> ApplianceImage | None:
+    """The complete cached image of the variant for the current inputs, if there is one."""
+    key = appliance_key(variant, base_image(), params_text, onecontext.build_package())
+    directory = appliance_directory(variant, key)
+    image = directory / f"{variant.name}.img"
+    manifest_path = manifest_module.manifest_path(image)
+    if not (directory / ".complete").exists():
+        return None
+    return ApplianceImage(
+        variant.name, key, image, manifest_path, True, json.loads(manifest_path.read_text())
+    )
+
+
+def build_appliance(
+    variant: Variant,
+    params_text: str | None = None,
+    progress: Progress = DEFAULT,
+    force: bool = False,
+) -> ApplianceImage:
+    """Build (or reuse) the raw ext4 appliance image of a debian12 variant, and its manifest.
+
+    ``params_text`` is the in-guest parameter declaration of the role (default: generated from
+    images/params.yaml by factory/model/params.py).
+    """
+    from factory.model import params as params_module
+    from hostkit import diskimage
+
+    check_buildable(variant)
+    if params_text is None:
+        params_text = params_module.guest_defaults(variant.role)
+    package = onecontext.build_package()  # first: a missing upstream source fails before any work
+    base = build_base(progress)
+    if not force and (cached := cached_appliance(variant, params_text)) is not None:
+        progress.line(f"{variant.name}: reusing {cached.image} (unchanged inputs, key {cached.key[:16]})")
+        return cached
+    key = appliance_key(variant, base, params_text, package)
+    directory = appliance_directory(variant, key)
+    image = directory / f"{variant.name}.img"
+    with _locked(directory.with_name(f".{directory.name}.lock")):
+        if not force and (cached := cached_appliance(variant, params_text)) is not None:
+            progress.line(f"{variant.name}: reusing {cached.image} (built meanwhile)")
+            return cached
+        started = time.monotonic()
+        work = _work_dir(f"{variant.name}-{key[:16]}")
+        try:
+            rootfs = work / "rootfs"
+            facts = work / "facts"
+            facts.mkdir()
+            with progress.stage(f"{variant.name}: copy the {LOCAL_OS} base"):
+                _copy_tree(base.rootfs, rootfs)
+            payload = _payload(work, variant, params_text, package)
+            with progress.stage(f"{variant.name}: provisioning, facts and hygiene in systemd-nspawn"):
+                provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress)
+            with progress.stage(f"{variant.name}: raw ext4 image"):
+                diskimage.make_ext4_image(rootfs, work / image.name)
+            _remove_tree(rootfs)
+            _remove_tree(payload)
+            manifest = manifest_module.build_manifest(
+                work / image.name,
+                variant.as_dict(),
+                manifest_module.parse_os_release((facts / "os-release").read_text()),
+                manifest_module.parse_facts((facts / "facts.env").read_text()),
+                tool="localbuild-nspawn",
+            )
+            manifest["build"] |= {
+                "key": key,
+                "base_key": base.key,
+                "seconds": round(time.monotonic() - started),
+                "one_context": package.record(),
+            }
+            manifest_module.write_manifest(work / image.name, manifest)
+            (work / ".complete").write_text(key + "\n")
+            _remove_tree(directory)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            work.rename(directory)
+        finally:
+            _remove_tree(work)
+    progress.line(f"{variant.name}: built {image} in {manifest['build']['seconds']} s")
+    return ApplianceImage(variant.name, key, image, manifest_module.manifest_path(image), False, manifest)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the qcow2 through a real `packer build` (slow without KVM: opt-in)
+
+
+@dataclass(frozen=True)
+class Qcow2Image:
+    variant: str
+    image: Path
+    manifest: Path
+    reused: bool
+    seconds: float
+
+
+def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = False) -> Qcow2Image:
+    """The variant's qcow2 from a real ``packer build`` of its rendered debian12 HCL, started from the
+    local base qcow2. Cached by content (the appliance key plus the base qcow2's checksum)."""
+    from factory.images.hcl import render_variant
+    from factory.images.packer import build_variant
+    from factory.model.matrix import load_matrix
+
+    check_buildable(variant)
+    from factory.model import params as params_module
+
+    params_text = params_module.guest_defaults(variant.role)
+    base_qcow2 = build_base_qcow2(progress)
+    base_sha256 = (base_qcow2.parent / f"{base_qcow2.name}.sha256").read_text().split()[0]
+    package = onecontext.build_package()
+    key = _digest([appliance_key(variant, base_image(), params_text, package).encode(), base_sha256.encode()])
+    directory = images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
+    image = directory / f"{variant.name}.qcow2"
+    manifest = manifest_module.manifest_path(image)
+    if (directory / ".complete").exists() and not force:
+        progress.line(f"{variant.name}: reusing {image} (unchanged inputs)")
+        return Qcow2Image(variant.name, image, manifest, True, 0.0)
+    with _locked(directory.with_name(f".{directory.name}.lock")):
+        if (directory / ".complete").exists() and not force:
+            return Qcow2Image(variant.name, image, manifest, True, 0.0)
+        render_variant(load_matrix(), variant)
+        overrides = {"base_image_url": f"file://{base_qcow2}", "base_image_checksum": f"sha256:{base_sha256}"}
+        result = build_variant(variant, overrides, progress=progress)
+        work = _work_dir(f"qcow2-{variant.name}-{key[:16]}")
+        try:
+            try:
+                os.link(result.image, work / result.image.name)
+            except OSError:
+                shutil.copy2(result.image, work / result.image.name)
+            # The base qcow2 brought one-context: record which source it was built from, as the
+            # container images' manifests do.
+            built = json.loads(result.manifest.read_text())
+            built.setdefault("build", {})["one_context"] = package.record()
+            (work / result.manifest.name).write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
+            (work / ".complete").write_text(key + "\n")
+            _remove_tree(directory)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            work.rename(directory)
+        finally:
+            _remove_tree(work)
+    return Qcow2Image(variant.name, image, manifest, False, result.seconds)

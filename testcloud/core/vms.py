@@ -1,0 +1,1067 @@
+"""Virtual machines: creation as ``VirtualMachine::insert`` does it, one.vm.action with the
+DispatchManager's state checks, and the lifecycle engine that walks the LCM states in time:
+
+PENDING -> PROLOG -> BOOT -> RUNNING;  terminate: SHUTDOWN -> EPILOG -> DONE;  hold/release; poweroff,
+undeploy, stop, suspend and resume through their own transient states. The guest itself belongs to
+the VM driver of the host the VM is deployed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from testcloud.core import context as ctx
+from testcloud.core import errors
+from testcloud.core.errors import OneError
+from testcloud.core.objects import (
+    ACTIVE,
+    BOOT,
+    BOOT_FAILURE,
+    BOOT_POWEROFF,
+    BOOT_STOPPED,
+    BOOT_SUSPENDED,
+    BOOT_UNDEPLOY,
+    BOOT_UNKNOWN,
+    CLEANUP_DELETE,
+    CLONING,
+    CLONING_FAILURE,
+    DONE,
+    EPILOG,
+    EPILOG_STOP,
+    EPILOG_UNDEPLOY,
+    FAILURE_LCM_STATES,
+    HOLD,
+    IMG_LOCKED_USED,
+    INIT,
+    LCM_INIT,
+    PENDING,
+    POWEROFF,
+    PROLOG,
+    PROLOG_FAILURE,
+    PROLOG_RESUME,
+    PROLOG_UNDEPLOY,
+    RUNNING,
+    SAVE_STOP,
+    SAVE_SUSPEND,
+    SHUTDOWN,
+    SHUTDOWN_POWEROFF,
+    SHUTDOWN_UNDEPLOY,
+    STOPPED,
+    SUSPENDED,
+    UNDEPLOYED,
+    UNKNOWN,
+    VM,
+    VM_TEMPLATE_ONCE,
+    VM_TEMPLATE_SINGLES,
+    VM_TEMPLATE_VECTORS,
+    Image,
+    VMTemplate,
+)
+from testcloud.core.template import Template
+from testcloud.core.validate import check_name, parse_template
+from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec, VMDriver
+from testcloud.drivers.loader import DriverUnavailable, load_driver
+
+if TYPE_CHECKING:
+    from testcloud.core.cloud import Cloud
+
+log = logging.getLogger("testcloud")
+
+# hosts: id -> (name, VM_MAD, driver used when the cloud runs with driver="auto")
+HOSTS = {0: ("nspawn", "lxc", "container"), 1: ("qemu", "kvm", "qemu")}
+
+# history ACTION numbers (VMActions::Action)
+A_NONE, A_UNDEPLOY, A_UNDEPLOY_HARD, A_STOP, A_SUSPEND = 0, 5, 6, 9, 10
+A_POWEROFF, A_POWEROFF_HARD, A_TERMINATE, A_TERMINATE_HARD = 19, 20, 27, 28
+
+PROLOG_TO_BOOT = {PROLOG: BOOT, PROLOG_UNDEPLOY: BOOT_UNDEPLOY, PROLOG_RESUME: BOOT_STOPPED}
+BOOT_STATES = {BOOT, BOOT_UNDEPLOY, BOOT_STOPPED, BOOT_POWEROFF, BOOT_SUSPENDED, BOOT_UNKNOWN}
+STOPPING_STATES = {SHUTDOWN, SHUTDOWN_POWEROFF, SHUTDOWN_UNDEPLOY, SAVE_STOP, SAVE_SUSPEND, CLEANUP_DELETE}
+RUNNING_POLL_S = 2.0  # how often a running guest is asked whether it still runs
+BOOT_POLL_S = 0.2  # and a booting one whether it is up
+
+_INT_PREFIX = re.compile(r"^\s*[+-]?\d+")
+_FLOAT_PREFIX = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def cpp_long(value: str | None) -> int | None:
+    """What ``istringstream >> long`` reads from an attribute (a leading integer), or None."""
+    match = _INT_PREFIX.match(value or "")
+    return int(match.group(0)) if match else None
+
+
+def cpp_float(value: str | None) -> float | None:
+    match = _FLOAT_PREFIX.match(value or "")
+    return float(match.group(0)) if match else None
+
+
+# VirtualMachine::updateconf: the sections and the attributes of each it changes (VirtualMachineTemplate::
+# UPDATECONF_ATTRS, as `onevm updateconf` lists them in src/cli/onevm); CONTEXT apart, any value
+UPDATECONF_ATTRS: dict[str, tuple[str, ...]] = {
+    "OS": (
+        "ARCH", "MACHINE", "KERNEL", "INITRD", "BOOTLOADER", "BOOT", "KERNEL_CMD", "ROOT", "SD_DISK_BUS",
+        "UUID", "FIRMWARE", "FIRMWARE_FORMAT",
+    ),
+    "FEATURES": (
+        "ACPI", "PAE", "APIC", "LOCALTIME", "HYPERV", "GUEST_AGENT", "VIRTIO_SCSI_QUEUES",
+        "VIRTIO_BLK_QUEUES", "IOTHREADS", "MIGRATE_AUTO_CONVERGE", "MIGRATE_COMPRESSED",
+    ),
+    "INPUT": ("TYPE", "BUS"),
+    "GRAPHICS": ("TYPE", "LISTEN", "PASSWD", "KEYMAP", "COMMAND"),
+    "VIDEO": ("TYPE", "IOMMU", "ATS", "VRAM", "RESOLUTION"),
+    "RAW": ("DATA", "DATA_VMX", "TYPE", "VALIDATE"),
+    "CPU_MODEL": ("MODEL", "FEATURES"),
+}  # fmt: skip
+UPDATECONF_SECTIONS = tuple(UPDATECONF_ATTRS)
+UPDATECONF_STATES = {PENDING, HOLD, POWEROFF, UNDEPLOYED, CLONING, CLONING_FAILURE}
+UPDATECONF_LCM_STATES = {LCM_INIT, PROLOG, RUNNING, EPILOG, SHUTDOWN, 15, SHUTDOWN_POWEROFF, CLEANUP_DELETE}
+UPDATECONF_LCM_STATES |= {27, SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, 33, 34, BOOT_FAILURE}
+UPDATECONF_LCM_STATES |= {PROLOG_FAILURE, 40, 42, 43, 44, 47, 50, 52, 53, 54}
+
+
+def _updateconf_allowed(vm: VM) -> bool:
+    if vm.state == ACTIVE:
+        return vm.lcm_state in UPDATECONF_LCM_STATES
+    return vm.state in UPDATECONF_STATES
+
+
+def _replace_vector_values(old: Template, new: Template, name: str, append: bool) -> None:
+    """oned's ``replace_vector_values``: a section absent from ``new`` goes (unless appending), a new one is
+    taken (its known attributes), an existing one takes the new values of its known attributes and, unless
+    appending, loses the known ones not given; attributes oned does not update are left alone."""
+    known = UPDATECONF_ATTRS[name]
+    given = new.get_vector(name)
+    new_attr = {k: v for k, v in given.items() if k in known} if given is not None else None
+    old_attr = old.get_vector(name)
+    if new_attr is None:
+        if not append:
+            old.erase(name)
+    elif old_attr is None:
+        old.add(name, new_attr)
+    else:
+        merged = dict(old_attr)
+        for key in known:
+            if key in new_attr:
+                merged[key] = new_attr[key]
+            elif not append:
+                merged.pop(key, None)
+        old.replace(name, merged)
+
+
+def wrong_state(action: str, vm: VM) -> OneError:
+    return errors.action(
+        f'Error performing action "{action}": This action is not available for state {vm.state_str()}'
+    )
+
+
+class VMOps:
+    _driver_cache: dict[str, VMDriver]
+    _last_running_poll: dict[int, float]
+
+    def _init_vms(self: Cloud) -> None:
+        self._driver_cache = {}
+        self._last_running_poll = {}
+        self.resume_locked_images()
+        self.resume_locked_apps()
+        for vm in self.pools["vm"].values():
+            assert isinstance(vm, VM)
+            if vm.state != ACTIVE:
+                continue
+            if vm.pending_op in ("prolog",):
+                self._submit(vm, "prolog", self._prolog_work)
+            elif vm.pending_op == "launch":
+                self._submit(vm, "launch", self._launch_work)
+            elif vm.pending_op == "stop":
+                self._submit(vm, "stop", self._stop_work)
+            elif vm.lcm_state in BOOT_STATES | {RUNNING, UNKNOWN} and vm.pending_op in (
+                "",
+                "launched",
+                "reboot",
+            ):
+                self._submit(vm, "recover", self._recover_work)
+
+    # ------------------------------------------------------------------ drivers and hosts
+    def vm_mad(self: Cloud, host_id: int) -> str:
+        return "dummy" if self.config.driver == "dummy" else HOSTS[host_id][1]
+
+    def driver_for(self: Cloud, host_id: int) -> VMDriver:
+        name = HOSTS[host_id][2] if self.config.driver == "auto" else self.config.driver
+        with self.lock:
+            driver = self._driver_cache.get(name)
+            if driver is None:
+                driver = load_driver(name, self.state_dir / "drivers" / name)
+                self._driver_cache[name] = driver
+            return driver
+
+    @staticmethod
+    def pick_host(vm: VM) -> int:
+        requirements = vm.user_template.get("SCHED_REQUIREMENTS") or ""
+        if re.search(r'HYPERVISOR\s*=\s*\\?"?kvm\\?"?', requirements, re.IGNORECASE):
+            return 1
+        if re.search(r'(HOSTNAME\s*=\s*\\?"?qemu|\bID\s*=\s*\\?"?1\b)', requirements):
+            return 1
+        return 0
+
+    def vm_dir(self: Cloud, vm_id: int) -> Path:
+        return self.state_dir / "vms" / str(vm_id)
+
+    # ------------------------------------------------------------------ creation
+    def vm_allocate(self: Cloud, text_in: str, hold: bool = False) -> int:
+        tmpl = parse_template(text_in)
+        with self.lock:
+            try:
+                return self._create_vm(tmpl, hold).id
+            except OneError as error:  # VirtualMachineAllocateAPI answers a refused VM with INTERNAL
+                if error.code == errors.ALLOCATE:
+                    raise errors.internal(error.reason) from None
+                raise
+
+    def template_instantiate(
+        self: Cloud, tid: int, name: str, hold: bool, extra: str, persistent: bool
+    ) -> int:
+        with self.lock:
+            source: VMTemplate = self.get("template", tid, errors.TEMPLATE)
+            if persistent:
+                raise errors.internal(
+                    "Persistent instantiation (a private copy of template and images) "
+                    "is not supported by the test cloud"
+                )
+            tmpl = source.template.copy()
+            if extra:
+                extra_tmpl = parse_template(extra)
+                tmpl.merge(extra_tmpl)
+            for key in ("NAME", "TEMPLATE_NAME", "TEMPLATE_ID"):
+                tmpl.erase(key)
+            tmpl.add("TEMPLATE_NAME", source.name)
+            tmpl.add("TEMPLATE_ID", str(tid))
+            if name:
+                tmpl.add("NAME", name)
+            return self._create_vm(tmpl, hold).id
+
+    def _create_vm(self: Cloud, utmpl: Template, hold: bool) -> VM:
+        oid = self.counters.get("vm", 0)
+        acquired: list[int] = []
+        leased = False
+        try:
+            otmpl = Template()
+            utmpl.erase("VMID")
+            template_id = utmpl.get("TEMPLATE_ID")
+            utmpl.erase("TEMPLATE_ID")
+            name = utmpl.get("NAME") or ""
+            prefix = utmpl.get("TEMPLATE_NAME") or "one"
+            utmpl.erase("NAME")
+            utmpl.erase("TEMPLATE_NAME")
+            name = name or f"{prefix}-{oid}"
+            reason = check_name(name)
+            if reason:
+                raise errors.allocate(reason)
+            memory = cpp_long(utmpl.get("MEMORY"))
+            if memory is None or memory <= 0:
+                raise errors.allocate("MEMORY attribute must be a positive integer value.")
+            cpu = cpp_float(utmpl.get("CPU"))
+            if cpu is None or cpu <= 0:
+                raise errors.allocate("CPU attribute must be a positive float or integer value.")
+            vcpu = utmpl.get("VCPU")
+            if vcpu:
+                number = cpp_long(vcpu)
+                if number is None or number <= 0:
+                    raise errors.allocate("VCPU attribute must be a positive integer value.")
+            for cost in ("CPU_COST", "MEMORY_COST", "DISK_COST"):
+                value = utmpl.get(cost)
+                if value is not None and (cpp_float(value) or 0) < 0:
+                    raise errors.allocate(f"{cost} attribute must be a positive float or integer value.")
+            for key in VM_TEMPLATE_SINGLES:
+                value = utmpl.get(key)
+                if value is not None:
+                    utmpl.erase(key)
+                    otmpl.add(key, value)
+            for key in VM_TEMPLATE_VECTORS - {"NIC", "DISK", "CONTEXT"}:
+                vectors = utmpl.vectors(key)
+                if vectors:
+                    utmpl.erase(key)
+                    for vector in vectors[:1] if key in VM_TEMPLATE_ONCE else vectors:
+                        otmpl.add(key, vector)
+            # ---- NICs: an address from the network of each
+            nics = utmpl.vectors("NIC")
+            utmpl.erase("NIC")
+            for nic_id, nic in enumerate(nics):
+                leased = True
+                otmpl.add("NIC", self.lease_nic(oid, nic_id, nic))
+            # ---- DISKs: acquire the images
+            disks = utmpl.vectors("DISK")
+            utmpl.erase("DISK")
+            built: list[tuple[dict[str, str], Image]] = []
+            for disk_id, disk in enumerate(disks):
+                image = self.acquire_image(oid, disk)
+                acquired.append(image.id)
+                built.append((self._disk_attributes(disk, disk_id, image), image))
+            context_vector = utmpl.get_vector("CONTEXT")
+            utmpl.erase("CONTEXT")
+            context_target = self._assign_targets([d for d, _ in built], context_vector is not None)
+            for disk, _ in built:
+                otmpl.add("DISK", disk)
+            on_hold = hold or (utmpl.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
+            if utmpl.get("SUBMIT_ON_HOLD") is not None:
+                otmpl.add("SUBMIT_ON_HOLD", "YES" if on_hold else "NO")
+                utmpl.erase("SUBMIT_ON_HOLD")
+            if template_id is not None:
+                otmpl.add("TEMPLATE_ID", template_id)
+            vm = VM(id=oid, name=name, stime=int(time.time()), template=otmpl, user_template=utmpl)
+            if context_vector is not None:
+                context_vector = dict(context_vector)
+                context_vector.pop("FILES_DS", None)
+                context_vector["DISK_ID"] = str(len(built))
+                context_vector["TARGET"] = context_target
+                otmpl.add("CONTEXT", self._parse_context(vm, context_vector))
+            otmpl.add("AUTOMATIC_DS_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+            if nics:
+                otmpl.add("AUTOMATIC_NIC_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+            otmpl.add(
+                "AUTOMATIC_REQUIREMENTS", "(CLUSTER_ID = 0) & !(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)"
+            )
+            otmpl.add("TM_MAD_SYSTEM", "ssh")
+            otmpl.add("VMID", str(oid))
+            if on_hold:
+                vm.state = vm.prev_state = HOLD
+            elif any(img.state == IMG_LOCKED_USED for _, img in built):
+                vm.state = vm.prev_state = CLONING
+            vm.op_since = time.time()
+        except OneError:
+            for image_id in acquired:
+                self.release_image(oid, image_id)
+            if leased:
+                self.release_leases(oid)
+            raise
+        self.counters["vm"] = oid + 1
+        self.store.save_counters(self.counters)
+        self._insert(vm, "vm")
+        return vm
+
+    @staticmethod
+    def _disk_attributes(disk: dict[str, str], disk_id: int, image: Image) -> dict[str, str]:
+        cdrom = image.type == 1
+        attrs = dict(disk)
+        attrs.update(
+            {
+                "ALLOW_ORPHANS": "NO",
+                "CLONE": "NO" if image.persistent else "YES",
+                "CLONE_TARGET": "SYSTEM",
+                "CLUSTER_ID": "0",
+                "DATASTORE": image.datastore,
+                "DATASTORE_ID": str(image.datastore_id),
+                "DEV_PREFIX": disk.get("DEV_PREFIX")
+                or image.template.get("DEV_PREFIX")
+                or ("hd" if cdrom else "vd"),
+                "DISK_ID": str(disk_id),
+                "DISK_SNAPSHOT_TOTAL_SIZE": "0",
+                "DISK_TYPE": "FILE",
+                "DRIVER": image.format or "raw",
+                "FORMAT": image.format or "raw",
+                "IMAGE": image.name,
+                "IMAGE_ID": str(image.id),
+                "IMAGE_STATE": str(image.state),
+                "IMAGE_UNAME": image.uname,
+                "LN_TARGET": "SYSTEM",
+                "ORIGINAL_SIZE": str(image.size_mb),
+                "READONLY": "YES" if cdrom else "NO",
+                "SAVE": "YES" if image.persistent else "NO",
+                "SIZE": str(image.size_mb),
+                "SOURCE": image.source,
+                "TM_MAD": "ssh",
+                "TYPE": "CDROM" if cdrom else "FILE",
+            }
+        )
+        return attrs
+
+    @staticmethod
+    def _assign_targets(disks: list[dict[str, str]], with_context: bool) -> str:
+        """OS disks first (vda), CD-ROMs and the context disk on hd*, then the datablocks."""
+        used = {d["TARGET"] for d in disks if d.get("TARGET")}
+
+        def take(prefix: str) -> str:
+            for letter in "abcdefghijklmnopqrstuvwxyz":
+                if prefix + letter not in used:
+                    used.add(prefix + letter)
+                    return prefix + letter
+            return prefix + "z"
+
+        pending = [d for d in disks if not d.get("TARGET")]
+        for disk in [d for d in pending if d["TYPE"] != "CDROM"][:1] + [
+            d for d in pending if d["TYPE"] == "CDROM"
+        ]:
+            disk["TARGET"] = take(disk["DEV_PREFIX"])
+        context_target = take("hd") if with_context else ""
+        for disk in [d for d in pending if not d.get("TARGET")]:
+            disk["TARGET"] = take(disk["DEV_PREFIX"])
+        return context_target
+
+    def _parse_context(self: Cloud, vm: VM, vector: dict[str, str]) -> dict[str, str]:
+        """Substitute the variables, then add the network and OneGate variables."""
+        user = self.pools["user"][vm.uid]
+
+        def single(name: str) -> str:
+            special = {
+                "UID": str(vm.uid),
+                "UNAME": vm.uname,
+                "GID": str(vm.gid),
+                "GNAME": vm.gname,
+                "NAME": vm.name,
+            }
+            if name in special:
+                return special[name]
+            if name == "TEMPLATE":
+                return ""
+            return vm.template.get(name) or vm.user_template.get(name) or ""
+
+        def vector_value(name: str, attr: str, key: str, wanted: str) -> str:
+            if name == "USER":
+                return user.template.get(attr) or ""
+            if name in ("NETWORK", "IMAGE"):
+                lookup = "NIC" if name == "NETWORK" else "DISK"
+                keys = ("NETWORK", "NETWORK_ID", "NIC_ID") if name == "NETWORK" else ("IMAGE", "IMAGE_ID")
+                if key not in keys:
+                    return ""
+                for item in vm.template.vectors(lookup):
+                    if item.get(key) == wanted:
+                        if name == "NETWORK":
+                            return self.network_attribute(item, attr)
+                        image = self.pools["image"].get(int(item.get("IMAGE_ID", "-1")))
+                        return (image.template.get(attr) or "") if image else ""
+                return ""
+            candidates = vm.template.vectors(name) or vm.user_template.vectors(name)
+            if not key:
+                return candidates[0].get(attr, "") if candidates else ""
+            for candidate in candidates:
+                if candidate.get(key) == wanted:
+                    return candidate.get(attr, "")
+            return ""
+
+        parsed: dict[str, str] = {}
+        for key, value in vector.items():
+            try:
+                parsed[key] = ctx.substitute(value, single, vector_value)
+            except ctx.ContextVariableError as error:
+                raise errors.allocate(f"Cannot parse CONTEXT: {error}") from None
+        if (parsed.get("NETWORK") or "").upper() == "YES":
+            parsed.update(ctx.network_context(vm.template.vectors("NIC"), self.network_attribute))
+        if (parsed.get("TOKEN") or "").upper() == "YES":
+            parsed["ONEGATE_ENDPOINT"] = self.endpoints.get("onegate_guest") or self.endpoints.get(
+                "onegate", ""
+            )
+            parsed["VMID"] = str(vm.id)
+            vm.created_by = vm.uid
+        return parsed
+
+    # ------------------------------------------------------------------ info
+    def vm_info(self: Cloud, oid: int) -> str:
+        with self.lock:
+            return self.get("vm", oid, errors.VM).to_xml()
+
+    def _vm_pool(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> list[VM]:
+        if state < -2 or state > CLONING_FAILURE:
+            raise OneError(errors.RPC_API, f"Incorrect state filter {state}")
+        vms = list(self.pools["vm"].values())
+        if state == -1:
+            vms = [v for v in vms if v.state != DONE]
+        elif state >= 0:
+            vms = [v for v in vms if v.state == state]
+        return self.filter_pool(vms, filter_flag, start, end)
+
+    def vmpool_info(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> str:
+        with self.lock:
+            return (
+                "<VM_POOL>"
+                + "".join(v.to_xml_short() for v in self._vm_pool(filter_flag, start, end, state))
+                + ("</VM_POOL>")
+            )
+
+    def vmpool_infoextended(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> str:
+        with self.lock:
+            return (
+                "<VM_POOL>"
+                + "".join(v.to_xml() for v in self._vm_pool(filter_flag, start, end, state))
+                + ("</VM_POOL>")
+            )
+
+    def vm_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
+        with self.lock:
+            vm: VM = self.get("vm", oid, errors.VM)
+            if append not in (0, 1):
+                raise OneError(errors.RPC_API, "Wrong update type")
+            new = parse_template(text_in, errors.ACTION)
+            if append:
+                vm.user_template.merge(new)
+            else:
+                vm.user_template = new
+            self.save(vm)
+            return oid
+
+    def vm_monitoring(self: Cloud, oid: int) -> str:
+        """``one.vm.monitoring``: the VM's monitoring records (the test cloud keeps the last one)."""
+        with self.lock:
+            vm: VM = self.get("vm", oid, errors.VM)
+            record = vm.monitoring_xml()
+            records = "" if record == "<MONITORING/>" else record
+            return f"<MONITORING_DATA>{records}</MONITORING_DATA>"
+
+    def vm_updateconf(self: Cloud, oid: int, text_in: str, update_type: int) -> int:
+        """``VirtualMachine::updateconf``: replace (0) or merge (1) the OS, FEATURES, INPUT, GRAPHICS, RAW and
+        CPU_MODEL sections, regenerate CONTEXT; a RUNNING guest gets the new context through its driver."""
+        if update_type not in (0, 1):
+            raise OneError(errors.RPC_API, "Wrong update type")
+        new = parse_template(text_in)
+        append = update_type == 1
+        with self.lock:
+            vm: VM = self.get("vm", oid, errors.VM)
+            if not _updateconf_allowed(vm):
+                raise errors.internal(f"configuration cannot be updated in state {vm.state_str()}")
+            old_context = vm.template.get_vector("CONTEXT")
+            new_context = new.get_vector("CONTEXT")
+            if old_context is None and new_context is not None:
+                raise errors.internal("Virtual machine does not have context, cannot add a new one.")
+            updated = vm.template.copy()  # a failure below leaves the VM as it was (oned does not save it)
+            for section in UPDATECONF_SECTIONS:
+                _replace_vector_values(updated, new, section, append)
+            if old_context is not None and new_context is not None:
+                updated.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
+            vm.template = updated
+            self.save(vm)
+            live = vm.state == ACTIVE and vm.lcm_state == RUNNING and vm.host_id >= 0
+            if live:
+                self.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
+            return oid
+
+    def _updated_context(
+        self: Cloud, vm: VM, old: dict[str, str], new: dict[str, str], append: bool
+    ) -> dict[str, str]:
+        """Values equal to the old ones are kept as they are (not substituted again); the rest is parsed as at
+        creation (variables, network and OneGate values), then replaces or is merged into the old context."""
+        equal = {k: v for k, v in new.items() if old.get(k) == v}
+        fresh = {k: v for k, v in new.items() if k not in equal}
+        fresh["TARGET"] = old.get("TARGET", "")
+        fresh["DISK_ID"] = old.get("DISK_ID", "")
+        try:
+            parsed = self._parse_context(vm, fresh)
+        except OneError as error:  # updateconf answers a context it cannot parse with INTERNAL
+            raise errors.internal(error.reason) from None
+        if append:
+            return {**old, **parsed}
+        return {**parsed, **equal}
+
+    def _update_context_work(self: Cloud, vm_id: int) -> None:
+        with self.lock:
+            vm = self.pools["vm"].get(vm_id)
+            if vm is None or not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+                return
+            spec = ContextSpec(files=self.context_files(vm))
+            host_id = vm.host_id
+        self.driver_for(host_id).update_context(vm_id, spec)
+
+    # ------------------------------------------------------------------ actions
+    def vm_action(self: Cloud, action: str, oid: int) -> int:
+        with self.lock:
+            vm: VM = self.get("vm", oid, errors.VM)
+            handlers = {
+                "terminate": lambda: self._terminate(vm, False, action),
+                "terminate-hard": lambda: self._terminate(vm, True, action),
+                "hold": lambda: self._hold(vm, action),
+                "release": lambda: self._release(vm, action),
+                "stop": lambda: self._save(vm, SAVE_STOP, A_STOP, action),
+                "suspend": lambda: self._save(vm, SAVE_SUSPEND, A_SUSPEND, action),
+                "resume": lambda: self._resume(vm, action),
+                "reboot": lambda: self._reboot(vm, False, action),
+                "reboot-hard": lambda: self._reboot(vm, True, action),
+                "resched": lambda: self._resched(vm, 1, action),
+                "unresched": lambda: self._resched(vm, 0, action),
+                "poweroff": lambda: self._shutdown_to(vm, SHUTDOWN_POWEROFF, False, action),
+                "poweroff-hard": lambda: self._shutdown_to(vm, SHUTDOWN_POWEROFF, True, action),
+                "undeploy": lambda: self._shutdown_to(vm, SHUTDOWN_UNDEPLOY, False, action),
+                "undeploy-hard": lambda: self._shutdown_to(vm, SHUTDOWN_UNDEPLOY, True, action),
+            }
+            handler = handlers.get(action)
+            if handler is None:
+                raise errors.action(f'Action "{action}" is not supported')
+            handler()
+            self.save(vm)
+            return oid
+
+    def _terminate(self: Cloud, vm: VM, hard: bool, action: str) -> None:
+        history_action = A_TERMINATE_HARD if hard else A_TERMINATE
+        if vm.state in (SUSPENDED, POWEROFF, STOPPED, UNDEPLOYED):
+            self._open_history_if_needed(vm)
+            self._close_history_action(vm, history_action)
+            self._enter(vm, ACTIVE, EPILOG)
+        elif vm.state in (INIT, PENDING, HOLD, CLONING, CLONING_FAILURE):
+            self._finish(vm, history_action)
+        elif vm.state == DONE:
+            return
+        elif vm.lcm_state in (RUNNING, UNKNOWN) or (vm.lcm_state == SHUTDOWN and hard):
+            self._close_history_action(vm, history_action)
+            self._enter(vm, ACTIVE, SHUTDOWN)
+            self._submit(vm, "stop", self._stop_work, hard=hard)
+        elif vm.lcm_state in FAILURE_LCM_STATES:
+            self._close_history_action(vm, history_action)
+            self._enter(vm, ACTIVE, CLEANUP_DELETE)
+            self._submit(vm, "stop", self._stop_work, hard=True)
+        else:
+            raise errors.action(
+                f'Error performing action "{action}": Could not terminate VM {vm.id}, '
+                f"wrong state {vm.state_str()}."
+            )
+
+    def _hold(self: Cloud, vm: VM, action: str) -> None:
+        if vm.state != PENDING:
+            raise wrong_state(action, vm)
+        self._enter(vm, HOLD, LCM_INIT)
+
+    def _release(self: Cloud, vm: VM, action: str) -> None:
+        if vm.state != HOLD:
+            raise wrong_state(action, vm)
+        self._enter(vm, PENDING, LCM_INIT)
+
+    def _save(self: Cloud, vm: VM, lcm_state: int, history_action: int, action: str) -> None:
+        running = vm.state == ACTIVE and vm.lcm_state == RUNNING
+        if lcm_state == SAVE_STOP and vm.state == SUSPENDED:
+            self._close_history_action(vm, history_action)
+            self._enter(vm, ACTIVE, EPILOG_STOP)
+            return
+        if not running:
+            raise wrong_state(action, vm)
+        self._close_history_action(vm, history_action)
+        self._enter(vm, ACTIVE, lcm_state)
+        self._submit(vm, "stop", self._stop_work, hard=False)
+
+    def _resume(self: Cloud, vm: VM, action: str) -> None:
+        if vm.state in (STOPPED, UNDEPLOYED):
+            origin = vm.state
+            self._enter(vm, PENDING, LCM_INIT)
+            vm.pending_op = "resume_undeployed" if origin == UNDEPLOYED else "resume_stopped"
+        elif vm.state in (SUSPENDED, POWEROFF) or (vm.state == ACTIVE and vm.lcm_state == UNKNOWN):
+            boot = {SUSPENDED: BOOT_SUSPENDED, POWEROFF: BOOT_POWEROFF}.get(vm.state, BOOT_UNKNOWN)
+            self._open_history_if_needed(vm)
+            self._enter(vm, ACTIVE, boot)
+            self._submit(vm, "launch", self._launch_work)
+        else:
+            raise wrong_state(action, vm)
+
+    def _reboot(self: Cloud, vm: VM, hard: bool, action: str) -> None:
+        if not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+            raise wrong_state(action, vm)
+        vm.resched = 0
+        self._submit(vm, "reboot", self._reboot_work, hard=hard)
+
+    def _resched(self: Cloud, vm: VM, flag: int, action: str) -> None:
+        if not (vm.state == POWEROFF or (vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN))):
+            raise wrong_state(action, vm)
+        vm.resched = flag
+
+    def _shutdown_to(self: Cloud, vm: VM, lcm_state: int, hard: bool, action: str) -> None:
+        undeploy = lcm_state == SHUTDOWN_UNDEPLOY
+        history_action = (
+            (A_UNDEPLOY_HARD if hard else A_UNDEPLOY)
+            if undeploy
+            else (A_POWEROFF_HARD if hard else A_POWEROFF)
+        )
+        if undeploy and vm.state == POWEROFF:
+            self._close_history_action(vm, history_action)
+            self._enter(vm, ACTIVE, EPILOG_UNDEPLOY)
+            return
+        active = vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN)
+        if not (active or (hard and vm.state == ACTIVE and vm.lcm_state == lcm_state)):
+            raise wrong_state(action, vm)
+        self._close_history_action(vm, history_action)
+        self._enter(vm, ACTIVE, lcm_state)
+        self._submit(vm, "stop", self._stop_work, hard=hard)
+
+    # ------------------------------------------------------------------ state bookkeeping
+    def _enter(self: Cloud, vm: VM, state: int, lcm_state: int) -> None:
+        vm.set_state(state, lcm_state)
+        vm.op_since = time.time()
+        vm.pending_op = ""
+        self.save(vm)
+
+    def _open_history(self: Cloud, vm: VM, host_id: int) -> None:
+        now = int(time.time())
+        vm.host_id = host_id
+        vm.history.append(
+            {
+                "seq": len(vm.history),
+                "hostname": HOSTS[host_id][0],
+                "hid": host_id,
+                "vm_mad": self.vm_mad(host_id),
+                "tm_mad": "ssh",
+                "ds_id": 0,
+                "stime": now,
+                "etime": 0,
+                "pstime": 0,
+                "petime": 0,
+                "rstime": 0,
+                "retime": 0,
+                "estime": 0,
+                "eetime": 0,
+                "action": A_NONE,
+            }
+        )
+
+    def _open_history_if_needed(self: Cloud, vm: VM) -> None:
+        if not vm.history or vm.history[-1]["etime"]:
+            self._open_history(vm, vm.host_id if vm.host_id >= 0 else self.pick_host(vm))
+
+    def _close_history_action(self: Cloud, vm: VM, action: int) -> None:
+        if vm.history:
+            vm.history[-1]["action"] = action
+
+    def _close_history(self: Cloud, vm: VM, action: int | None = None) -> None:
+        if not vm.history or vm.history[-1]["etime"]:
+            return
+        record = vm.history[-1]
+        now = int(time.time())
+        if action is not None:
+            record["action"] = action
+        if record["rstime"] and not record["retime"]:
+            record["retime"] = now
+        record["etime"] = now
+
+    def _finish(self: Cloud, vm: VM, action: int | None = None) -> None:
+        """DONE: give back the addresses and the images, close the history."""
+        self._close_history(vm, action)
+        if vm.history and vm.history[-1]["estime"] and not vm.history[-1]["eetime"]:
+            vm.history[-1]["eetime"] = int(time.time())
+        self.release_leases(vm.id)
+        for disk in vm.template.vectors("DISK"):
+            self.release_image(vm.id, int(disk.get("IMAGE_ID", "-1")))
+        vm.etime = int(time.time())
+        self._enter(vm, DONE, LCM_INIT)
+        shutil.rmtree(self.vm_dir(vm.id), ignore_errors=True)
+
+    # ------------------------------------------------------------------ workers
+    def _submit(self: Cloud, vm: VM, op: str, work, **kwargs) -> None:
+        vm.pending_op = op
+        vm.op_hard = bool(kwargs.get("hard", False))
+        self.save(vm)
+        self.workers.submit(self._guarded, work, vm.id, op, **kwargs)
+
+    def _guarded(self: Cloud, work, vm_id: int, op: str, **kwargs) -> None:
+        try:
+            work(vm_id, **kwargs)
+        except Exception:
+            log.exception("VM %s: %s failed", vm_id, op)
+
+    def _current(self: Cloud, vm_id: int, op: str) -> VM | None:
+        vm = self.pools["vm"].get(vm_id)
+        if vm is None or vm.pending_op != op:
+            return None
+        return vm
+
+    def _fail(self: Cloud, vm: VM, lcm_state: int, message: str) -> None:
+        stamp = time.strftime("%a %b %d %H:%M:%S %Y")
+        vm.user_template.replace("ERROR", f"{stamp}: {message}")
+        self._enter(vm, ACTIVE, lcm_state)
+
+    def _prolog_work(self: Cloud, vm_id: int) -> None:
+        with self.lock:
+            vm = self._current(vm_id, "prolog")
+            if vm is None:
+                return
+            problem = ""
+            disks = vm.template.vectors("DISK")
+            for disk in disks:
+                image = self.pools["image"].get(int(disk.get("IMAGE_ID", "-1")))
+                if image is None or not image.source or not Path(image.source).exists():
+                    problem = (
+                        f"Error copying disk {disk.get('DISK_ID')}: image {disk.get('IMAGE_ID')} has no file"
+                    )
+                    break
+                disk.update(
+                    {
+                        "SOURCE": image.source,
+                        "FORMAT": image.format or "raw",
+                        "DRIVER": image.format or "raw",
+                        "SIZE": str(image.size_mb),
+                    }
+                )
+            vm.template.erase("DISK")
+            for disk in disks:
+                vm.template.add("DISK", disk)
+            if problem:
+                self._fail(vm, PROLOG_FAILURE, problem)
+                return
+            self.vm_dir(vm_id).mkdir(parents=True, exist_ok=True)
+            vm.history[-1]["petime"] = int(time.time())
+            vm.pending_op = "prolog_done"
+            self.save(vm)
+
+    def launch_spec(self: Cloud, vm: VM) -> LaunchSpec:
+        disks = [
+            DiskSpec(
+                Path(d.get("SOURCE", "")),
+                d.get("FORMAT") or "raw",
+                d.get("TARGET", "vda"),
+                d.get("READONLY", "NO").upper() == "YES",
+            )
+            for d in vm.template.vectors("DISK")
+        ]
+        nics = []
+        for nic in vm.template.vectors("NIC"):
+            mask = self.network_attribute(nic, "NETWORK_MASK") or "255.255.255.0"
+            gateway = self.network_attribute(nic, "GATEWAY") or None
+            nics.append(NicSpec(int(nic["NIC_ID"]), nic["IP"], nic["MAC"], nic["BRIDGE"], mask, gateway))
+        return LaunchSpec(
+            vm_id=vm.id,
+            name=vm.name,
+            disks=disks,
+            nics=nics,
+            context=ContextSpec(files=self.context_files(vm)),
+            vm_dir=self.vm_dir(vm.id),
+            cpu=cpp_float(vm.template.get("CPU")) or 1.0,
+            memory_mb=cpp_long(vm.template.get("MEMORY")) or 1024,
+            extra={"DEPLOY_ID": f"one-{vm.id}", "HOSTNAME": HOSTS[max(vm.host_id, 0)][0]},
+        )
+
+    def context_files(self: Cloud, vm: VM) -> dict[str, bytes]:
+        context = vm.template.get_vector("CONTEXT")
+        if context is None:
+            return {}
+        files = {"context.sh": ctx.context_sh(context).encode()}
+        if (context.get("TOKEN") or "").upper() == "YES":
+            token = ctx.onegate_token(vm.id, vm.stime, self.token_password(vm.created_by))
+            files["token.txt"] = (token + "\n").encode()
+        return files
+
+    def _launch_work(self: Cloud, vm_id: int) -> None:
+        with self.lock:
+            vm = self._current(vm_id, "launch")
+            if vm is None:
+                return
+            spec = self.launch_spec(vm)
+            host_id = vm.host_id
+            vm.history[-1]["rstime"] = vm.history[-1]["rstime"] or int(time.time())
+        error = ""
+        try:
+            spec.vm_dir.mkdir(parents=True, exist_ok=True)
+            self.driver_for(host_id).launch(spec)
+        except DriverUnavailable as failure:
+            error = str(failure)
+        except Exception as failure:  # the driver's own failure becomes the VM's BOOT_FAILURE
+            error = f"{type(failure).__name__}: {failure}"
+        with self.lock:
+            vm = self._current(vm_id, "launch")
+            if vm is None:
+                return
+            if error:
+                self._fail(vm, BOOT_FAILURE, f"Error deploying virtual machine: {error}")
+                return
+            vm.deploy_id = f"one-{vm_id}"
+            vm.pending_op = "launched"
+            self.save(vm)
+
+    def _stop_work(self: Cloud, vm_id: int, hard: bool = False) -> None:
+        with self.lock:
+            vm = self._current(vm_id, "stop")
+            if vm is None:
+                return
+            host_id = vm.host_id
+        error = ""
+        try:
+            if host_id >= 0:
+                self.driver_for(host_id).terminate(vm_id, hard=hard)
+        except DriverUnavailable:
+            pass  # nothing was ever launched by a driver that does not exist
+        except Exception as failure:
+            error = f"{type(failure).__name__}: {failure}"
+        with self.lock:
+            vm = self._current(vm_id, "stop")
+            if vm is None:
+                return
+            if error and vm.lcm_state == SHUTDOWN:
+                self._fail(vm, RUNNING, f"Error shutting down virtual machine: {error}")
+                return
+            vm.pending_op = "stopped"
+            self.save(vm)
+
+    def _reboot_work(self: Cloud, vm_id: int, hard: bool = False) -> None:
+        with self.lock:
+            vm = self._current(vm_id, "reboot")
+            if vm is None:
+                return
+            host_id = vm.host_id
+        try:
+            self.driver_for(host_id).reboot(vm_id, hard=hard)
+        finally:
+            with self.lock:
+                vm = self._current(vm_id, "reboot")
+                if vm is not None:
+                    vm.pending_op = ""
+                    self.save(vm)
+
+    def _recover_work(self: Cloud, vm_id: int) -> None:
+        """After a restart: re-attach to a guest still running, or learn it is gone."""
+        with self.lock:
+            vm = self._current(vm_id, "recover")
+            if vm is None:
+                return
+            spec = self.launch_spec(vm)
+            host_id = vm.host_id
+        try:
+            state = self.driver_for(host_id).recover(vm_id, spec)
+        except Exception as failure:
+            log.warning("VM %s: recover failed: %s", vm_id, failure)
+            state = GuestState.FAILED
+        with self.lock:
+            vm = self._current(vm_id, "recover")
+            if vm is None:
+                return
+            if state == GuestState.RUNNING:
+                if vm.lcm_state in BOOT_STATES:
+                    vm.pending_op = "launched"
+                else:
+                    vm.pending_op = ""
+                    if vm.lcm_state == UNKNOWN:
+                        vm.set_state(ACTIVE, RUNNING)
+            elif state == GuestState.BOOTING:
+                vm.pending_op = "launched"
+            elif state == GuestState.STOPPED:
+                self._close_history_action(vm, A_POWEROFF)
+                self._enter(vm, POWEROFF, LCM_INIT)
+                return
+            else:
+                self._enter(vm, ACTIVE, UNKNOWN)
+                return
+            self.save(vm)
+
+    # ------------------------------------------------------------------ the engine
+    def tick_vms(self: Cloud) -> None:
+        now = time.time()
+        polls: list[tuple[int, int, str]] = []
+        with self.lock:
+            for vm in list(self.pools["vm"].values()):
+                assert isinstance(vm, VM)
+                if vm.state != DONE:
+                    self._advance(vm, now, polls)
+        results = []
+        for vm_id, host_id, op in polls:
+            try:
+                state = self.driver_for(host_id).state(vm_id)
+            except Exception as failure:
+                log.warning("VM %s: driver state failed: %s", vm_id, failure)
+                state = GuestState.FAILED
+            results.append((vm_id, op, state))
+        if results:
+            with self.lock:
+                for vm_id, op, state in results:
+                    self._apply_poll(vm_id, op, state, time.time())
+
+    def _advance(self: Cloud, vm: VM, now: float, polls: list[tuple[int, int, str]]) -> None:
+        timings = self.config.timings
+        elapsed = now - vm.op_since
+        if vm.state == CLONING:
+            ready = [
+                self.image_is_ready_for(int(d.get("IMAGE_ID", "-1"))) for d in vm.template.vectors("DISK")
+            ]
+            if any(r is False for r in ready):
+                vm.user_template.replace("ERROR", "Error cloning the disk images of the VM")
+                self._enter(vm, CLONING_FAILURE, LCM_INIT)
+            elif all(ready):
+                self._enter(vm, PENDING, LCM_INIT)
+        elif vm.state == PENDING and elapsed >= timings.pending:
+            self._deploy(vm)
+        elif vm.state != ACTIVE:
+            return
+        elif vm.lcm_state in PROLOG_TO_BOOT and vm.pending_op == "prolog_done" and elapsed >= timings.prolog:
+            self._enter(vm, ACTIVE, PROLOG_TO_BOOT[vm.lcm_state])
+            self._submit(vm, "launch", self._launch_work)
+        elif vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
+            if now - self._last_running_poll.get(vm.id, 0.0) >= BOOT_POLL_S:
+                self._last_running_poll[vm.id] = now
+                polls.append((vm.id, vm.host_id, "boot"))
+        elif vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
+            if now - self._last_running_poll.get(vm.id, 0.0) >= RUNNING_POLL_S:
+                self._last_running_poll[vm.id] = now
+                polls.append((vm.id, vm.host_id, "running"))
+        elif vm.lcm_state in STOPPING_STATES and vm.pending_op == "stopped" and elapsed >= timings.shutdown:
+            self._after_stop(vm)
+        elif vm.lcm_state in (EPILOG, EPILOG_UNDEPLOY, EPILOG_STOP) and elapsed >= timings.epilog:
+            if vm.history:
+                vm.history[-1]["eetime"] = int(now)
+            if vm.lcm_state == EPILOG:
+                self._finish(vm)
+            else:
+                self._close_history(vm)
+                self._enter(vm, UNDEPLOYED if vm.lcm_state == EPILOG_UNDEPLOY else STOPPED, LCM_INIT)
+
+    def _deploy(self: Cloud, vm: VM) -> None:
+        origin = vm.pending_op
+        self._open_history(vm, self.pick_host(vm))
+        vm.history[-1]["pstime"] = int(time.time())
+        prolog = {"resume_undeployed": PROLOG_UNDEPLOY, "resume_stopped": PROLOG_RESUME}.get(origin, PROLOG)
+        self._enter(vm, ACTIVE, prolog)
+        self._submit(vm, "prolog", self._prolog_work)
+
+    def _after_stop(self: Cloud, vm: VM) -> None:
+        lcm = vm.lcm_state
+        if vm.history and vm.history[-1]["rstime"] and not vm.history[-1]["retime"]:
+            vm.history[-1]["retime"] = int(time.time())
+        if lcm == CLEANUP_DELETE:
+            self._finish(vm)
+        elif lcm == SHUTDOWN_POWEROFF:
+            self._enter(vm, POWEROFF, LCM_INIT)
+        elif lcm == SAVE_SUSPEND:
+            self._enter(vm, SUSPENDED, LCM_INIT)
+        else:
+            if vm.history:
+                vm.history[-1]["estime"] = int(time.time())
+            epilog = {SHUTDOWN: EPILOG, SHUTDOWN_UNDEPLOY: EPILOG_UNDEPLOY, SAVE_STOP: EPILOG_STOP}[lcm]
+            self._enter(vm, ACTIVE, epilog)
+
+    def _apply_poll(self: Cloud, vm_id: int, op: str, state: GuestState, now: float) -> None:
+        vm: VM | None = self.pools["vm"].get(vm_id)
+        if vm is None or vm.state != ACTIVE:
+            return
+        if op == "boot" and vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
+            if state == GuestState.RUNNING and now - vm.op_since >= self.config.timings.boot:
+                vm.last_poll = int(now)
+                self._enter(vm, ACTIVE, RUNNING)
+            elif state in (GuestState.FAILED, GuestState.STOPPED):
+                logs = ""
+                try:
+                    logs = self.driver_for(vm.host_id).logs(vm_id)[-2000:]
+                except Exception:  # the failure report must not fail
+                    logs = ""
+                self._fail(
+                    vm,
+                    BOOT_FAILURE,
+                    "Error deploying virtual machine: the guest did not start"
+                    + (f"\n{logs}" if logs else ""),
+                )
+        elif op == "running" and vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
+            vm.last_poll = int(now)
+            if state == GuestState.RUNNING and vm.lcm_state == UNKNOWN:
+                self._enter(vm, ACTIVE, RUNNING)
+            elif state == GuestState.STOPPED:  # the guest shut itself down: oned sees it powered off
+                self._close_history_action(vm, A_POWEROFF)
+                self._enter(vm, POWEROFF, LCM_INIT)
+            elif state == GuestState.FAILED and vm.lcm_state == RUNNING:
+                self._enter(vm, ACTIVE, UNKNOWN)
+
+    def power_off_all(self: Cloud) -> None:
+        """Stop every guest (``cloud down``); their VMs stay POWEROFF and can be resumed later."""
+        with self.lock:
+            active = [vm for vm in self.pools["vm"].values() if vm.state == ACTIVE]
+        for vm in active:
+            assert isinstance(vm, VM)
+            try:
+                if vm.host_id >= 0 and vm.lcm_state not in (PROLOG, PROLOG_UNDEPLOY, PROLOG_RESUME):
+                    self.driver_for(vm.host_id).terminate(vm.id, hard=True)
+            except Exception as failure:
+                log.warning("VM %s: stopping the guest failed: %s", vm.id, failure)
+            with self.lock:
+                if vm.lcm_state in (EPILOG, CLEANUP_DELETE) or vm.lcm_state == SHUTDOWN:
+                    self._finish(vm)
+                else:
+                    self._close_history_action(vm, A_POWEROFF_HARD)
+                    self._enter(vm, POWEROFF, LCM_INIT)

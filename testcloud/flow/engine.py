@@ -1,0 +1,1112 @@
+"""OneFlow's service engine: templates and services are documents (types 101 and 100) whose TEMPLATE/BODY
+is the JSON OneFlow keeps; this engine moves services and roles through their states as OneFlow's
+LifeCycleManager, EventManager and the ``straight`` strategy do.
+
+Deploying a role instantiates its VM template once per node, named ``<role>_<n>_(service_<id>)``, with
+the template's TEMPLATE deep-merged with ``template_contents``, ``SERVICE_ID`` and ``ROLE_NAME`` added and
+``${parent.xpath}`` filled from the parent's VMs. A deploying role is RUNNING when all its VMs are
+RUNNING, or, with ``ready_status_gate``, when each has ``USER_TEMPLATE/READY=YES``; a VM in a *_FAILURE
+state fails it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from testcloud.api.onegate import xml_to_hash
+from testcloud.core import errors
+from testcloud.core.errors import OneError
+from testcloud.core.objects import (
+    ACTIVE,
+    DOC_SERVICE,
+    DOC_SERVICE_TEMPLATE,
+    DONE,
+    FAILURE_LCM_STATES,
+    POWEROFF,
+    RUNNING,
+    STOPPED,
+    SUSPENDED,
+    UNDEPLOYED,
+    VM,
+    Document,
+)
+from testcloud.core.template import Template
+from testcloud.flow import schema
+
+if TYPE_CHECKING:
+    from testcloud.core.cloud import Cloud
+
+log = logging.getLogger("testcloud")
+
+SERVICE_STATES = [
+    "PENDING",
+    "DEPLOYING",
+    "RUNNING",
+    "UNDEPLOYING",
+    "WARNING",
+    "DONE",
+    "FAILED_UNDEPLOYING",
+    "FAILED_DEPLOYING",
+    "SCALING",
+    "FAILED_SCALING",
+    "COOLDOWN",
+    "DEPLOYING_NETS",
+    "UNDEPLOYING_NETS",
+    "FAILED_DEPLOYING_NETS",
+    "FAILED_UNDEPLOYING_NETS",
+    "HOLD",
+]
+S = {name: number for number, name in enumerate(SERVICE_STATES)}
+ROLE_STATES = [
+    "PENDING",
+    "DEPLOYING",
+    "RUNNING",
+    "UNDEPLOYING",
+    "WARNING",
+    "DONE",
+    "FAILED_UNDEPLOYING",
+    "FAILED_DEPLOYING",
+    "SCALING",
+    "FAILED_SCALING",
+    "COOLDOWN",
+    "HOLD",
+]
+R = {name: number for number, name in enumerate(ROLE_STATES)}
+TRANSIENT = {
+    S[n] for n in ("DEPLOYING", "UNDEPLOYING", "SCALING", "COOLDOWN", "DEPLOYING_NETS", "UNDEPLOYING_NETS")
+}
+FAILED = {
+    S[n]
+    for n in (
+        "FAILED_DEPLOYING",
+        "FAILED_UNDEPLOYING",
+        "FAILED_SCALING",
+        "FAILED_DEPLOYING_NETS",
+        "FAILED_UNDEPLOYING_NETS",
+    )
+}
+SUBSCRIBE_STATES = {STOPPED, SUSPENDED, POWEROFF, UNDEPLOYED}
+VM_INFO_KEYS = ["ID", "UID", "GID", "UNAME", "GNAME", "NAME"]
+SCHEDULE_ACTIONS = [
+    "terminate",
+    "terminate-hard",
+    "undeploy",
+    "undeploy-hard",
+    "hold",
+    "release",
+    "stop",
+    "suspend",
+    "resume",
+    "reboot",
+    "reboot-hard",
+    "poweroff",
+    "poweroff-hard",
+    "snapshot-create",
+    "snapshot-revert",
+    "snapshot-delete",
+    "disk-snapshot-create",
+    "disk-snapshot-revert",
+    "disk-snapshot-delete",
+]
+MAX_LOG = 50
+
+
+class FlowError(Exception):
+    """An answer of the OneFlow server other than success: HTTP status and body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Wait:
+    kind: str  # deploy | scaleup | undeploy | scaledown | cooldown | nets_deploy | nets_undeploy
+    nodes: list[int] = field(default_factory=list)
+    report: bool = False
+    until: float = 0.0
+    successful: dict[int, bool] = field(default_factory=dict)
+
+
+def one_http_status(error: OneError) -> int:
+    """oneflow-server.rb ``one_error_to_http``."""
+    return {errors.AUTHORIZATION: 401, errors.AUTHENTICATION: 403, errors.NO_EXISTS: 404}.get(error.code, 500)
+
+
+def deep_merge(target: dict[str, Any], other: dict[str, Any], merge_array: bool = True) -> dict[str, Any]:
+    """Ruby ``Hash#deep_merge`` of OneFlow's validator."""
+    result = copy.deepcopy(target)
+    for key, value in other.items():
+        current = result.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            result[key] = deep_merge(current, value, merge_array)
+        elif isinstance(value, list) and isinstance(current, list) and merge_array:
+            merged = current + value
+            if all(isinstance(item, dict) for item in merged):
+                unique: list[Any] = []
+                for item in merged:
+                    if item not in unique:
+                        unique.append(item)
+                merged = unique
+            result[key] = merged
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _ruby_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _quote(value: Any) -> str:
+    return '"' + _ruby_str(value).replace('"', '\\"') + '"'
+
+
+def to_raw(content: dict[str, Any]) -> str:
+    """A template hash in ONE syntax (``Hash.to_raw``): hashes are vectors, arrays repeat the key."""
+    lines: list[str] = []
+    for key, value in content.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                members = ",\n".join(f"{k} = {_quote(v)}" for k, v in item.items())
+                lines.append(f"{key} = [\n{members}\n]")
+            else:
+                lines.append(f"{key} = {_quote(item)}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def template_hash(tmpl: Template) -> dict[str, Any]:
+    """The VM template's TEMPLATE as Ruby's ``to_hash`` sees it: strings, hashes, arrays for repeats."""
+    result: dict[str, Any] = {}
+    for attr in tmpl.sorted():
+        value: Any = dict(attr.value) if isinstance(attr.value, dict) else attr.value
+        if attr.name in result:
+            if not isinstance(result[attr.name], list):
+                result[attr.name] = [result[attr.name]]
+            result[attr.name].append(value)
+        else:
+            result[attr.name] = value
+    return result
+
+
+def _ruby_slice_first(items: list[Any], count: int) -> list[Any]:
+    """``items[0..(count - 1)]`` with Ruby's negative end index."""
+    end = count - 1
+    if end < 0:
+        end += len(items)
+    return items[: end + 1] if end >= 0 else []
+
+
+class FlowEngine:
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.waits: dict[tuple[int, str], Wait] = {}
+        with cloud.lock:
+            self._catch_up()
+
+    # ------------------------------------------------------------------ documents and bodies
+    def _doc(self, oid: int, doc_type: int) -> Document:
+        doc = self.cloud.pools["document"].get(oid)
+        if doc is None or doc.type != doc_type:
+            raise FlowError(404, f"[one.document.info] Error getting document [{oid}].")
+        return doc
+
+    @staticmethod
+    def body(doc: Document) -> dict[str, Any]:
+        return json.loads(doc.template.get("BODY") or "{}")
+
+    def save_body(self, doc: Document, body: dict[str, Any]) -> None:
+        if doc.type == DOC_SERVICE:  # what Role/VMRole.new add to every role of a loaded service
+            for role in self._roles(body).values():
+                if role.get("cooldown") is None:
+                    role["cooldown"] = self.cloud.config.flow_cooldown
+        doc.template.replace("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+        self.cloud.save(doc)
+
+    @staticmethod
+    def document_json(doc: Document) -> dict[str, Any]:
+        data = xml_to_hash(etree.fromstring(doc.to_xml().encode()))
+        template = data.get("TEMPLATE")
+        if isinstance(template, dict) and template.get("BODY"):
+            template["BODY"] = json.loads(template["BODY"])
+        return {"DOCUMENT": data}
+
+    def pool_json(self, doc_type: int) -> dict[str, Any]:
+        with self.cloud.lock:
+            docs = sorted(
+                (d for d in self.cloud.pools["document"].values() if d.type == doc_type), key=lambda d: d.id
+            )
+            if not docs:
+                return {"DOCUMENT_POOL": {}}
+            return {"DOCUMENT_POOL": {"DOCUMENT": [self.document_json(d)["DOCUMENT"] for d in docs]}}
+
+    def service_json(self, oid: int) -> dict[str, Any] | None:
+        with self.cloud.lock:
+            doc = self.cloud.pools["document"].get(oid)
+            if doc is None or doc.type != DOC_SERVICE:
+                return None
+            return self.document_json(doc)
+
+    def get_json(self, oid: int, doc_type: int) -> dict[str, Any]:
+        with self.cloud.lock:
+            return self.document_json(self._doc(oid, doc_type))
+
+    # ------------------------------------------------------------------ logging and states
+    @staticmethod
+    def _log(body: dict[str, Any], severity: str, message: str) -> None:
+        body.setdefault("log", []).append(
+            {"timestamp": int(time.time()), "severity": severity, "message": message}
+        )
+        body["log"] = body["log"][-MAX_LOG:]
+
+    def _set_state(self, body: dict[str, Any], state: int) -> None:
+        body["state"] = state
+        self._log(body, "I", f"New state: {SERVICE_STATES[state]}")
+
+    @staticmethod
+    def _roles(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        roles = {}
+        for role in body.get("roles") or []:
+            role.setdefault("state", R["PENDING"])
+            role.setdefault("nodes", [])
+            if role.get("on_hold") is None:
+                role["on_hold"] = False
+            roles[role["name"]] = role
+        return roles
+
+    # ------------------------------------------------------------------ service templates
+    def create_template(self, text_in: str) -> dict[str, Any]:
+        template = parse_json(text_in)
+        try:
+            schema.validate(template)
+        except schema.ParseException as error:
+            raise FlowError(400, str(error)) from None
+        except schema.FloatDomainError as error:
+            raise sinatra_500(str(error)) from None
+        template["registration_time"] = int(time.time())
+        return self._allocate(template, DOC_SERVICE_TEMPLATE)
+
+    def _allocate(self, body: dict[str, Any], doc_type: int) -> dict[str, Any]:
+        name = body.get("name") if isinstance(body.get("name"), str) else ""
+        tmpl = Template(
+            [("NAME", name), ("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))]
+        )
+        try:
+            oid = self.cloud.document_allocate(tmpl.to_xml("TEMPLATE"), doc_type)
+        except OneError as error:
+            raise FlowError(
+                one_http_status(error), error.message("one.document.allocate", errors.DOCUMENT)
+            ) from None
+        return self.get_json(oid, doc_type)
+
+    def update_template(self, oid: int, text_in: str, append: bool = False) -> dict[str, Any]:
+        with self.cloud.lock:
+            doc = self._doc(oid, DOC_SERVICE_TEMPLATE)
+            current = self.body(doc)
+            template = parse_json(text_in)
+            if not isinstance(template, dict):
+                raise FlowError(400, "KEY: '' must be an Object;")
+            if append:
+                if "registration_time" in template:
+                    raise FlowError(
+                        500, "Immutable value: `service_template/registration_time` can not be changed"
+                    )
+                template = {**current, **template}
+            else:
+                template.setdefault("registration_time", current.get("registration_time"))
+                if template["registration_time"] != current.get("registration_time"):
+                    raise FlowError(
+                        500, "Immutable value: `service_template/registration_time` can not be changed"
+                    )
+            try:
+                schema.validate(template)
+            except schema.ParseException as error:
+                raise FlowError(400, str(error)) from None
+            except schema.FloatDomainError as error:
+                raise sinatra_500(str(error)) from None
+            doc.name = template.get("name") or doc.name
+            self.save_body(doc, template)
+            return self.document_json(doc)
+
+    def delete_template(self, oid: int) -> None:
+        with self.cloud.lock:
+            self._doc(oid, DOC_SERVICE_TEMPLATE)
+            self.cloud.document_delete(oid)
+
+    # ------------------------------------------------------------------ instantiate
+    def instantiate(self, template_id: int, merge_template: Any) -> dict[str, Any]:
+        with self.cloud.lock:
+            body = self.body(self._doc(template_id, DOC_SERVICE_TEMPLATE))
+            merge = merge_template if isinstance(merge_template, dict) else {}
+            merge = copy.deepcopy(merge)
+            self._check_inputs(body, merge)
+            self._check_networks(body, merge)
+            body = self._handle_nested_values(body, merge)
+            service = deep_merge(body, merge)
+            try:
+                schema.validate(service)
+            except schema.ParseException as error:
+                raise FlowError(500, str(error)) from None
+            except schema.FloatDomainError as error:
+                raise sinatra_500(str(error)) from None
+            if any(role.get("type") == "vr" for role in service["roles"]):
+                raise FlowError(500, "Virtual router roles are not supported by the test cloud")
+            service["state"] = S["PENDING"]
+            for role in service["roles"]:
+                role.setdefault("state", R["PENDING"])
+            service["start_time"] = int(time.time())
+            created = self._allocate(service, DOC_SERVICE)
+            sid = int(created["DOCUMENT"]["ID"])
+            doc = self._doc(sid, DOC_SERVICE)
+            body = self.body(doc)
+            self._deploy_nets(sid, body)
+            self.save_body(doc, body)
+            return created
+
+    @staticmethod
+    def _check_user_inputs(inputs: Any, values: Any) -> None:
+        if not inputs:
+            return
+        if values is None:
+            raise FlowError(400, "The Service template specifies User Inputs but no values have been found")
+        if not isinstance(inputs, dict) or not isinstance(values, dict):
+            raise FlowError(400, "Wrong User Inputs or User Inputs Values format")
+        if set(inputs) - set(values):
+            raise FlowError(400, "Verify that every User Input have its corresponding value defined")
+        # Nothing more: check_user_inptus (src/flow/oneflow-server.rb) never reads a value's type; only the
+        # CLI's prompt does (one_helper.rb); the factory checks its own (factory/one/service_checks.py).
+
+    def _check_inputs(self, body: dict[str, Any], merge: dict[str, Any]) -> None:
+        if "custom_attrs_values" in merge:
+            merge["user_inputs_values"] = merge.pop("custom_attrs_values")
+        self._check_user_inputs(body.get("user_inputs"), merge.get("user_inputs_values"))
+        for role in body.get("roles") or []:
+            if not isinstance(role.get("template_contents", {}), dict):
+                raise FlowError(
+                    400,
+                    "Error validating template_contents object for the role "
+                    f"{role.get('name')}. The object must be a valid hash.",
+                )
+            if role.get("user_inputs") is None:
+                continue
+            merge_roles = merge.get("roles")
+            if merge_roles is None:
+                raise FlowError(
+                    400,
+                    "The Service template specifies user inputs for the role "
+                    f"{role['name']} but no values have been found",
+                )
+            if not isinstance(merge_roles, list) or not merge_roles:
+                raise FlowError(400, "The role user inputs are empty or do not have a valid format")
+            merge_role = next(
+                (r for r in merge_roles if isinstance(r, dict) and r.get("name") == role["name"]), None
+            )
+            if merge_role is None:
+                continue
+            if "custom_attrs_values" in merge_role:
+                merge_role["user_inputs_values"] = merge_role.pop("custom_attrs_values")
+            self._check_user_inputs(role["user_inputs"], merge_role.get("user_inputs_values"))
+
+    @staticmethod
+    def _check_networks(body: dict[str, Any], merge: dict[str, Any]) -> None:
+        networks = body.get("networks")
+        values = merge.get("networks_values")
+        if networks and not values:
+            values = []
+            try:
+                for key, value in networks.items():
+                    kind, _, ref = value.split("|")[4].strip().partition(":")
+                    values.append({key: {kind: ref}})
+            except (AttributeError, IndexError, TypeError):
+                raise FlowError(400, "Wrong networks format") from None
+            merge["networks_values"] = values
+        if networks and not isinstance(networks, dict):
+            raise FlowError(400, "Wrong networks format")
+        if values and any(not isinstance(v, dict) for v in values):
+            raise FlowError(400, "Wrong networks_values format")
+        if networks and not values:
+            raise FlowError(400, "Missing networks_values")
+        if networks and values and set(networks) - {k for v in values for k in v}:
+            raise FlowError(400, "Every network key must have its value defined at networks_value")
+        for value in values or []:
+            for net in value.values():
+                if isinstance(net, dict):
+                    for key, item in net.items():
+                        if isinstance(item, str):
+                            net[key] = item.replace('\\"', "")
+
+    @staticmethod
+    def _handle_nested_values(template: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        template_nets = template.get("networks_values") or []
+        extra_nets = extra.get("networks_values") or []
+        if extra_nets:
+            for net in extra_nets:
+                if not isinstance(net, dict) or not net:
+                    continue
+                name = next(iter(net))
+                index = next(
+                    (i for i, n in enumerate(template_nets) if isinstance(n, dict) and name in n), None
+                )
+                if index is None:
+                    template_nets.append(net)
+                else:
+                    template_nets[index] = net
+            template["networks_values"] = template_nets
+            extra["networks_values"] = []
+        extra_roles = extra.get("roles") or []
+        if not extra_roles:
+            return template
+        for index, role in enumerate(template.get("roles") or []):
+            match = next(
+                (r for r in extra_roles if isinstance(r, dict) and r.get("name") == role.get("name")), None
+            )
+            if match is not None:
+                template["roles"][index] = deep_merge(role, match)
+        extra.pop("roles", None)
+        return template
+
+    # ------------------------------------------------------------------ deployment
+    def _deploy_nets(self, sid: int, body: dict[str, Any]) -> None:
+        for value in body.get("networks_values") or []:
+            for name, net in value.items():
+                if isinstance(net, dict) and "id" not in net:
+                    self._log(
+                        body,
+                        "E",
+                        f"Network {name}: only existing networks (id) are supported by the test cloud",
+                    )
+                    self._set_state(body, S["FAILED_DEPLOYING"])
+                    return
+        self._set_state(body, S["DEPLOYING_NETS"])
+        self.waits[(sid, "")] = Wait("nets_deploy")
+
+    def _fill_template(self, body: dict[str, Any]) -> None:
+        service_inputs = body.get("user_inputs_values") or {}
+        networks = body.get("networks_values") or []
+        for role in body.get("roles") or []:
+            contents = role.get("template_contents") or {}
+            role_inputs = role.get("user_inputs_values") or {}
+            nics = contents.get("NIC") or []
+            for nic in nics if isinstance(nics, list) else [nics]:
+                if not isinstance(nic, dict) or not isinstance(nic.get("NETWORK_ID"), str):
+                    continue
+                match = re.search(r"\$(\w+)", nic["NETWORK_ID"])
+                if not match:
+                    continue
+                network = next((n for n in networks if isinstance(n, dict) and match.group(1) in n), None)
+                if network is not None:
+                    nic["NETWORK_ID"] = network[match.group(1)].get("id")
+            if service_inputs or role_inputs:
+                merged = deep_merge(service_inputs, role_inputs)
+                contents.setdefault("CONTEXT", {})
+                for key, value in merged.items():
+                    contents[key] = value
+                    contents["CONTEXT"][key] = f"${key}"
+            role["template_contents"] = contents
+
+    def _roles_deploy(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        roles = self._roles(body)
+        if body.get("deployment") == "straight":
+            running = {name for name, role in roles.items() if role["state"] == R["RUNNING"]}
+            return [
+                r
+                for r in roles.values()
+                if r["state"] == R["PENDING"] and all(p in running for p in r.get("parents") or [])
+            ]
+        return [r for r in roles.values() if r["state"] in (R["PENDING"], R["SCALING"])]
+
+    def _roles_shutdown(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        roles = self._roles(body)
+        gone = (R["UNDEPLOYING"], R["DONE"], R["FAILED_UNDEPLOYING"])
+        live = [r for r in roles.values() if r["state"] not in gone]
+        if body.get("deployment") != "straight":
+            return live
+        parents = {p for r in roles.values() if r["state"] != R["DONE"] for p in r.get("parents") or []}
+        return [r for r in live if r["name"] not in parents]
+
+    def _deploy_action(self, sid: int, body: dict[str, Any]) -> None:
+        self._fill_template(body)
+        roles = self._roles_deploy(body)
+        if not roles:
+            if all(r["state"] == R["RUNNING"] for r in self._roles(body).values()):
+                self._set_state(body, S["RUNNING"])
+            return
+        error = self._deploy_roles(sid, body, roles, "DEPLOYING", "FAILED_DEPLOYING", "deploy")
+        if error is None and body.get("on_hold"):
+            self._set_state(body, S["HOLD"])
+        elif error is None:
+            self._set_state(body, S["DEPLOYING"])
+        else:
+            self._set_state(body, S["FAILED_DEPLOYING"])
+
+    def _deploy_roles(
+        self,
+        sid: int,
+        body: dict[str, Any],
+        roles: list[dict[str, Any]],
+        success: str,
+        failure: str,
+        wait_kind: str,
+    ) -> str | None:
+        report = bool(body.get("ready_status_gate"))
+        all_roles = self._roles(body)
+        for role in roles:
+            if role["state"] == R["PENDING"] and (
+                body.get("on_hold")
+                or any(all_roles.get(p, {}).get("on_hold") for p in role.get("parents") or [])
+            ):
+                role["on_hold"] = True
+            ok, result = self._deploy_role(sid, body, role)
+            if not ok:
+                role["state"] = R[failure]
+                message = f"Error deploying role {role['name']}: {result}"
+                log.info("service %s: %s", sid, message)
+                return message
+            if role.get("on_hold") and role["state"] == R["PENDING"]:
+                role["state"] = R["HOLD"]
+            else:
+                role["state"] = R[success]
+                self.waits[(sid, role["name"])] = Wait(wait_kind, list(result), report)
+        return None
+
+    def _deploy_role(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> tuple[bool, Any]:
+        name = role["name"]
+        count = int(role.get("cardinality") or 0) - len(role["nodes"])
+        if count <= 0:
+            return True, []
+        role.setdefault("last_vmname", 0)
+        template_id = int(role["template_id"])
+        extra = copy.deepcopy(role.get("template_contents") or {})
+        if extra:
+            source = self.cloud.pools["template"].get(template_id)
+            if source is None:
+                message = f"[one.template.info] Error getting virtual machine template [{template_id}]."
+                self._log(body, "E", f"Role {name} : Info template {template_id}; {message}")
+                return (
+                    False,
+                    f"Error fetching Info to instantiate template {template_id} in Role {name}: {message}",
+                )
+            extra = deep_merge(template_hash(source.template), extra, merge_array=False)
+        extra["SERVICE_ID"] = sid
+        extra["ROLE_NAME"] = name
+        raw = self._evaluate(body, role, to_raw(extra))
+        deployed: list[int] = []
+        for _ in range(count):
+            vm_name = f"{name}_{role['last_vmname']}_(service_{sid})"
+            role["last_vmname"] += 1
+            try:
+                vm_id = self.cloud.template_instantiate(
+                    template_id, vm_name, bool(role.get("on_hold")), raw, False
+                )
+            except OneError as error:
+                message = error.message("one.template.instantiate", errors.TEMPLATE)
+                self._log(
+                    body, "E", f"Role {name} : Instantiate failed for template {template_id}; {message}"
+                )
+                return False, f"Error instantiating VM Template {template_id} in Role {name}: {message}"
+            deployed.append(vm_id)
+            vm: VM = self.cloud.pools["vm"][vm_id]
+            info = xml_to_hash(etree.fromstring(vm.to_xml().encode()))
+            role["nodes"].append({"deploy_id": vm_id, "vm_info": {"VM": {k: info[k] for k in VM_INFO_KEYS}}})
+        return True, deployed
+
+    def _evaluate(self, body: dict[str, Any], role: dict[str, Any], raw: str) -> str:
+        """``${parent.xpath}``: the first of the parent's VMs that has the element gives its text."""
+        roles = self._roles(body)
+        for value in dict.fromkeys(re.findall(r"\$\{(.*?)\}", raw)):
+            parts = value.split(".")
+            replacement = ""
+            if parts[0] in (role.get("parents") or []) and parts[0] in roles:
+                xpath = "//" + "/".join(parts[1:]).upper()
+                for node in roles[parts[0]]["nodes"]:
+                    vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
+                    if vm is None:
+                        continue
+                    try:
+                        found = etree.fromstring(vm.to_xml().encode()).xpath(xpath)
+                    except etree.XPathError:
+                        found = []
+                    if found:
+                        first = found[0]
+                        replacement = first.text or "" if isinstance(first, etree._Element) else str(first)
+                        break
+            raw = raw.replace("${" + value + "}", replacement)
+        return raw
+
+    # ------------------------------------------------------------------ undeploy
+    def _shutdown_role(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> list[int]:
+        nodes = role["nodes"]
+        cardinality = int(role.get("cardinality") or 0)
+        count = len(nodes) - cardinality if len(nodes) != cardinality else len(nodes)
+        action = role.get("shutdown_action") or body.get("shutdown_action") or "terminate"
+        done: list[int] = []
+        for node in _ruby_slice_first(nodes, count):
+            vm_id = int(node["deploy_id"])
+            try:
+                self.cloud.vm_action("terminate-hard" if action == "terminate-hard" else "terminate", vm_id)
+                done.append(vm_id)
+            except OneError as error:
+                message = error.message("one.vm.action", errors.VM)
+                self._log(
+                    body,
+                    "E",
+                    f"Role {role['name']} : Terminate failed for VM {vm_id}, will perform a "
+                    f"Delete; {message}",
+                )
+                try:
+                    self.cloud.vm_action("terminate-hard", vm_id)
+                    done.append(vm_id)
+                except OneError as second:
+                    self._log(
+                        body,
+                        "E",
+                        f"Role {role['name']} : Delete failed for VM {vm_id}; "
+                        f"{second.message('one.vm.action', errors.VM)}",
+                    )
+        return done
+
+    def _undeploy_roles(
+        self, sid: int, body: dict[str, Any], roles: list[dict[str, Any]], success: str, wait_kind: str
+    ) -> None:
+        for role in roles:
+            nodes = self._shutdown_role(sid, body, role)
+            role["state"] = R[success]
+            self.waits[(sid, role["name"])] = Wait(wait_kind, nodes)
+
+    def undeploy(self, sid: int, delete: bool = False) -> None:
+        with self.cloud.lock:
+            doc = self._doc(sid, DOC_SERVICE)
+            body = self.body(doc)
+            state = body.get("state", 0)
+            can = not (
+                (state in TRANSIENT and state != S["UNDEPLOYING"]) or state == S["DONE"] or state in FAILED
+            )
+            if not can and not delete:
+                raise FlowError(500, f"Service cannot be undeployed in state: {SERVICE_STATES[state]}")
+            self._cancel(sid)
+            roles = self._roles_shutdown(body)
+            if not roles:
+                self.cloud.document_delete(sid)
+                return
+            self._undeploy_roles(sid, body, roles, "UNDEPLOYING", "undeploy")
+            self._set_state(body, S["UNDEPLOYING"])
+            self.save_body(doc, body)
+
+    def _cancel(self, sid: int) -> None:
+        for key in [k for k in self.waits if k[0] == sid]:
+            del self.waits[key]
+
+    # ------------------------------------------------------------------ scale
+    def scale(self, sid: int, role_name: str, cardinality: Any, force: Any) -> str | None:
+        """``scale_action``: None on success, else the error message (HTTP 500)."""
+        try:
+            self._scale(sid, role_name, cardinality, force)
+        except FlowError as error:
+            return error.message
+        return None
+
+    def _scale(self, sid: int, role_name: str, cardinality: Any, force: Any) -> None:
+        with self.cloud.lock:
+            doc = self._doc(sid, DOC_SERVICE)
+            body = self.body(doc)
+            if body.get("state") != S["RUNNING"]:
+                raise FlowError(
+                    500, f"Service cannot be scaled in state: {SERVICE_STATES[body.get('state', 0)]}"
+                )
+            roles = self._roles(body)
+            role = roles.get(role_name)
+            if role is None:
+                raise FlowError(500, f"Role {role_name} not found")
+            try:
+                target = int(cardinality)
+            except (TypeError, ValueError):
+                target = 0
+            diff = target - int(role.get("cardinality") or 0)
+            if force is not True:
+                minimum, maximum = role.get("min_vms"), role.get("max_vms")
+                if target < int(minimum or 0):
+                    raise FlowError(500, f"Can't scale service {sid}: Minimum cardinality is {minimum}")
+                if maximum is not None and target > int(maximum):
+                    raise FlowError(500, f"Can't scale service {sid}: Maximum cardinality is {maximum}")
+            if diff == 0:
+                raise FlowError(500, f"Cardinality of {role_name} is already at {target}")
+            direction = "up" if diff > 0 else "down"
+            self._log(
+                body,
+                "I",
+                f"Role {role_name} scaling {direction} from {role.get('cardinality')} to {target} nodes",
+            )
+            role["cardinality"] = target
+            role.setdefault("cooldown", self.cloud.config.flow_cooldown)
+            if diff > 0:
+                role["scale_way"] = 0
+                error = self._deploy_roles(sid, body, [role], "SCALING", "FAILED_SCALING", "scaleup")
+            else:
+                role["scale_way"] = 1
+                self._undeploy_roles(sid, body, [role], "SCALING", "scaledown")
+                error = None
+            self._set_state(body, S["SCALING"] if error is None else S["FAILED_SCALING"])
+            self.save_body(doc, body)
+            if error is not None:
+                raise FlowError(500, error)
+
+    # ------------------------------------------------------------------ other service actions
+    def action(self, sid: int, perform: str, params: Any) -> None:
+        with self.cloud.lock:
+            doc = self._doc(sid, DOC_SERVICE)
+            body = self.body(doc)
+            params = params if isinstance(params, dict) else {}
+            if perform == "recover":
+                if params.get("delete"):
+                    self.undeploy(sid, delete=True)
+                    return
+                self._recover(sid, body)
+            elif perform == "rename":
+                if not params.get("name"):
+                    raise FlowError(500, f"Action {perform}: You have to specify a name")
+                doc.name = str(params["name"])
+            elif perform == "release":
+                self._release(sid, body)
+            elif perform in SCHEDULE_ACTIONS:
+                for role in self._roles(body).values():
+                    for node in role["nodes"]:
+                        try:
+                            self.cloud.vm_action(perform, int(node["deploy_id"]))
+                        except OneError as error:
+                            self._log(
+                                body,
+                                "E",
+                                f"Role {role['name']} : VM {node['deploy_id']} error scheduling "
+                                f"action; {error.message('one.vm.action', errors.VM)}",
+                            )
+                self._log(body, "I", f"Action:{perform} scheduled on all roles")
+            else:
+                raise FlowError(500, f"Action {perform} not supported")
+            self.save_body(doc, body)
+
+    def _recover(self, sid: int, body: dict[str, Any]) -> None:
+        state = body.get("state", 0)
+        roles = self._roles(body)
+        self._cancel(sid)
+        if state in (S["FAILED_DEPLOYING"], S["DEPLOYING"], S["PENDING"]):
+            report = bool(body.get("ready_status_gate"))
+            for role in roles.values():
+                if role["state"] in (R["FAILED_DEPLOYING"], R["DEPLOYING"]):
+                    kept = []
+                    for node in role["nodes"]:
+                        vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
+                        if vm is None or vm.state == DONE:
+                            continue
+                        if vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
+                            self.cloud.vm_action("terminate-hard", vm.id)
+                            continue
+                        kept.append(node)
+                    role["nodes"] = kept
+                    role["state"] = R["PENDING"]
+            self._set_state(body, S["DEPLOYING"])
+            for role in self._roles_deploy(body):
+                ok, _ = self._deploy_role(sid, body, role)
+                role["state"] = R["DEPLOYING"] if ok else R["FAILED_DEPLOYING"]
+                if ok:
+                    nodes = [int(n["deploy_id"]) for n in role["nodes"]]
+                    self.waits[(sid, role["name"])] = Wait("deploy", nodes, report)
+        elif state in (S["FAILED_UNDEPLOYING"], S["UNDEPLOYING"], S["FAILED_UNDEPLOYING_NETS"]):
+            for role in roles.values():
+                if role["state"] in (R["FAILED_UNDEPLOYING"], R["UNDEPLOYING"]):
+                    role["state"] = R["UNDEPLOYING"]
+                    self.waits[(sid, role["name"])] = Wait("undeploy", self._shutdown_role(sid, body, role))
+            self._set_state(body, S["UNDEPLOYING"])
+        elif state == S["COOLDOWN"]:
+            for role in roles.values():
+                role["state"] = R["RUNNING"]
+            self._set_state(body, S["RUNNING"])
+        elif state == S["WARNING"]:
+            for role in roles.values():
+                if role["state"] == R["WARNING"]:
+                    role["state"] = R["RUNNING"]
+            self._set_state(body, S["RUNNING"])
+        else:
+            raise FlowError(500, f"Service cannot be recovered in state: {SERVICE_STATES[state]}")
+
+    def _release(self, sid: int, body: dict[str, Any]) -> None:
+        report = bool(body.get("ready_status_gate"))
+        roles = [r for r in self._roles(body).values() if r["state"] == R["HOLD"]]
+        if not roles:
+            raise FlowError(
+                500, "Service cannot be released in state: " + SERVICE_STATES[body.get("state", 0)]
+            )
+        for role in roles:
+            for node in role["nodes"]:
+                try:
+                    self.cloud.vm_action("release", int(node["deploy_id"]))
+                except OneError as error:
+                    self._log(
+                        body,
+                        "E",
+                        f"Role {role['name']}: Release failed for VM {node['deploy_id']}, "
+                        f"{error.message('one.vm.action', errors.VM)}",
+                    )
+            role["on_hold"] = False
+            role["state"] = R["DEPLOYING"]
+            self.waits[(sid, role["name"])] = Wait(
+                "deploy", [int(n["deploy_id"]) for n in role["nodes"]], report
+            )
+        body["on_hold"] = False
+        self._set_state(body, S["DEPLOYING"])
+
+    # ------------------------------------------------------------------ the engine
+    def _catch_up(self) -> None:
+        """After a restart: wait again for whatever the services were waiting for."""
+        now = time.time()
+        for doc in self.cloud.pools["document"].values():
+            if doc.type != DOC_SERVICE:
+                continue
+            body = self.body(doc)
+            report = bool(body.get("ready_status_gate"))
+            state = body.get("state")
+            if state == S["DEPLOYING_NETS"]:
+                self.waits[(doc.id, "")] = Wait("nets_deploy")
+            elif state == S["UNDEPLOYING_NETS"]:
+                self.waits[(doc.id, "")] = Wait("nets_undeploy")
+            for role in self._roles(body).values():
+                nodes = [int(n["deploy_id"]) for n in role["nodes"]]
+                key = (doc.id, role["name"])
+                if role["state"] == R["DEPLOYING"]:
+                    self.waits[key] = Wait("deploy", nodes, report)
+                elif role["state"] == R["UNDEPLOYING"]:
+                    self.waits[key] = Wait("undeploy", nodes)
+                elif role["state"] == R["SCALING"]:
+                    self.waits[key] = Wait(
+                        "scaleup" if role.get("scale_way") == 0 else "scaledown", nodes, report
+                    )
+                elif role["state"] == R["COOLDOWN"]:
+                    self.waits[key] = Wait("cooldown", until=now + int(role.get("cooldown") or 0))
+
+    def tick(self) -> None:
+        with self.cloud.lock:
+            for key, wait in list(self.waits.items()):
+                if self.waits.get(key) is not wait:
+                    continue
+                sid, role_name = key
+                doc: Document | None = self.cloud.pools["document"].get(sid)
+                if doc is None:
+                    self.waits.pop(key, None)
+                    continue
+                body = self.body(doc)
+                if self._step(sid, role_name, wait, body) and doc.id in self.cloud.pools["document"]:
+                    self.save_body(doc, body)
+            self._watch_running()
+
+    def _step(self, sid: int, role_name: str, wait: Wait, body: dict[str, Any]) -> bool:
+        """Advance one wait; True when the body changed."""
+        if wait.kind == "nets_deploy":
+            del self.waits[(sid, role_name)]
+            self._deploy_action(sid, body)
+            return True
+        if wait.kind == "nets_undeploy":
+            del self.waits[(sid, role_name)]
+            self.cloud.document_delete(sid)
+            return False
+        roles = self._roles(body)
+        role = roles.get(role_name)
+        if role is None:
+            del self.waits[(sid, role_name)]
+            return False
+        if wait.kind == "cooldown":
+            if time.time() < wait.until:
+                return False
+            del self.waits[(sid, role_name)]
+            self._set_state(body, S["RUNNING"])
+            role["state"] = R["RUNNING"]
+            self._auto_delete(sid, body, role)
+            return True
+        up = wait.kind in ("deploy", "scaleup")
+        finished, failed = self._check(wait, up)
+        if not failed and not finished:
+            return False
+        del self.waits[(sid, role_name)]
+        if wait.kind == "deploy":
+            if failed:
+                self._cancel(sid)
+                self._set_state(body, S["FAILED_DEPLOYING"])
+                role["state"] = R["FAILED_DEPLOYING"]
+                return True
+            role["state"] = R["RUNNING"]
+            if all(r["state"] == R["RUNNING"] for r in roles.values()):
+                self._set_state(body, S["RUNNING"])
+            elif body.get("deployment") == "straight":
+                self._fill_template(body)
+                self._deploy_roles(
+                    sid, body, self._roles_deploy(body), "DEPLOYING", "FAILED_DEPLOYING", "deploy"
+                )
+            self._auto_delete(sid, body, role)
+            return True
+        if wait.kind == "scaleup":
+            if failed:
+                self._set_state(body, S["FAILED_SCALING"])
+                role["state"] = R["FAILED_SCALING"]
+                return True
+            return self._cooldown(sid, body, role)
+        successful = set(wait.successful)
+        role["nodes"] = [n for n in role["nodes"] if int(n["deploy_id"]) not in successful]
+        if wait.kind == "scaledown":
+            if failed:
+                self._set_state(body, S["FAILED_SCALING"])
+                role["state"] = R["FAILED_SCALING"]
+                return True
+            return self._cooldown(sid, body, role)
+        if failed:  # undeploy
+            self._cancel(sid)
+            self._set_state(body, S["FAILED_UNDEPLOYING"])
+            role["state"] = R["FAILED_UNDEPLOYING"]
+            return True
+        role["state"] = R["DONE"]
+        if all(r["state"] == R["DONE"] for r in roles.values()):
+            self._set_state(body, S["UNDEPLOYING_NETS"])
+            self.waits[(sid, "")] = Wait("nets_undeploy")
+        elif body.get("deployment") == "straight":
+            self._undeploy_roles(sid, body, self._roles_shutdown(body), "UNDEPLOYING", "undeploy")
+        return True
+
+    def _cooldown(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> bool:
+        self._set_state(body, S["COOLDOWN"])
+        role["state"] = R["COOLDOWN"]
+        role.pop("scale_way", None)
+        cooldown = role.get("cooldown")
+        seconds = int(cooldown) if cooldown is not None else self.cloud.config.flow_cooldown
+        self.waits[(sid, role["name"])] = Wait("cooldown", until=time.time() + seconds)
+        return True
+
+    def _auto_delete(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> None:
+        if not body.get("automatic_deletion") or role["nodes"]:
+            return
+        if all(not r["nodes"] for r in self._roles(body).values()):
+            self._log(body, "I", f"Automatically deleting service {sid}")
+            self._undeploy_roles(sid, body, self._roles_shutdown(body), "UNDEPLOYING", "undeploy")
+            self._set_state(body, S["UNDEPLOYING"])
+
+    def _check(self, wait: Wait, up: bool) -> tuple[bool, bool]:
+        """EventManager's check_nodes / check_nodes_report: (all nodes done, one failed)."""
+        failed = False
+        remaining = []
+        for vm_id in wait.nodes:
+            vm: VM | None = self.cloud.pools["vm"].get(vm_id)
+            if vm is None or vm.state == DONE:
+                wait.successful[vm_id] = True
+                continue
+            if vm.state in SUBSCRIBE_STATES:
+                wait.successful[vm_id] = False
+                continue
+            if up and wait.report:
+                if (vm.user_template.get("READY") or "").strip() == "YES":
+                    wait.successful[vm_id] = False
+                    continue
+            elif up and vm.state == ACTIVE and vm.lcm_state == RUNNING:
+                wait.successful[vm_id] = True
+                continue
+            if vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
+                failed = True
+                continue
+            remaining.append(vm_id)
+        wait.nodes = remaining
+        return not remaining, failed
+
+    def _watch_running(self) -> None:
+        """ServiceWatchDog: a VM of a RUNNING service that fails turns it WARNING, and back when it runs."""
+        for doc in list(self.cloud.pools["document"].values()):
+            if doc.type != DOC_SERVICE:
+                continue
+            body = self.body(doc)
+            if body.get("state") not in (S["RUNNING"], S["WARNING"]):
+                continue
+            changed = False
+            roles = self._roles(body)
+            for role in roles.values():
+                if (doc.id, role["name"]) in self.waits:
+                    continue
+                failing = False
+                for node in list(role["nodes"]):
+                    vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
+                    if vm is None or vm.state == DONE:
+                        role["nodes"].remove(node)
+                        role["cardinality"] = max(int(role.get("cardinality") or 0) - 1, 0)
+                        self._log(
+                            body, "I", f"Node {node['deploy_id']} is DONE, removed from role {role['name']}"
+                        )
+                        changed = True
+                    elif vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES | {16}:
+                        failing = True
+                wanted = R["WARNING"] if failing else R["RUNNING"]
+                if role["state"] in (R["RUNNING"], R["WARNING"]) and role["state"] != wanted:
+                    role["state"] = wanted
+                    changed = True
+            service_state = (
+                S["WARNING"] if any(r["state"] == R["WARNING"] for r in roles.values()) else S["RUNNING"]
+            )
+            if service_state != body["state"]:
+                self._set_state(body, service_state)
+                changed = True
+            if changed:
+                self.save_body(doc, body)
+
+
+# Ruby's JSON.parse: at most 100 levels of nesting (JSON::NestingError, a ParserError, which oneflow-server.rb
+# answers with 400 where it rescues JSON::ParserError), no NaN or Infinity literals; 1e400 reads as Infinity
+# (a float), which Integer() refuses later with FloatDomainError (a 500, flow_schema.FloatDomainError).
+MAX_NESTING = 100
+
+
+def _no_constant(name: str) -> Any:
+    raise FlowError(400, f"unexpected token at '{name}'")
+
+
+def sinatra_500(reason: str) -> FlowError:
+    """oneflow-server.rb's ``error 500`` handler: an exception it does not rescue, as one line of JSON."""
+    return FlowError(
+        500, json.dumps({"message": "Internal server error", "reason": reason}, separators=(",", ":"))
+    )
+
+
+def _nesting(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def parse_json(text_in: str) -> Any:
+    """A request body as OneFlow's JSON.parse reads it; bad JSON is a 400 naming where."""
+    try:
+        value = json.loads(text_in, parse_constant=_no_constant)
+    except json.JSONDecodeError as error:
+        raise FlowError(400, f"unexpected token at '{text_in[error.pos : error.pos + 40]}'") from None
+    except RecursionError:
+        raise FlowError(400, f"nesting of {MAX_NESTING + 1} is too deep") from None
+    except ValueError:
+        # An integer literal over Python's 4300 digits. Ruby reads it as a Bignum and OneFlow would store it;
+        # the stand-in refuses it (a deviation, docs/testcloud.md), with no Python text.
+        raise FlowError(400, "unexpected number: an integer literal of more than 4300 digits") from None
+    if _nesting(value) > MAX_NESTING:
+        raise FlowError(400, f"nesting of {MAX_NESTING + 1} is too deep")
+    return value
