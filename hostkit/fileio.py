@@ -8,13 +8,15 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
-    """Write ``content`` to ``path`` through a temporary file in the same directory and a rename."""
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Write ``content`` (text as UTF-8, or bytes) to ``path`` through a temporary file in the same
+    directory and a rename: a crash leaves the old file or the new one, never half of one."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(content)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:

@@ -14,8 +14,8 @@ import signal
 import threading
 from pathlib import Path
 
+from hostkit.fileio import write_atomic
 from testcloud import launcher
-from testcloud.core.store import write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

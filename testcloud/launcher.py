@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hostkit.fileio import write_atomic
 from hostkit.host import PROCESS_GONE
 from testcloud.api.httpbase import Server
 from testcloud.core.cloud import Cloud
 from testcloud.core.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
-from testcloud.core.store import write_atomic
 from testcloud.drivers import network
 from testcloud.flow.engine import FlowEngine
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from hostkit.fileio import write_atomic
 from testcloud.core import errors
 from testcloud.core.config import (
     AR_FIRST_IP,
@@ -44,7 +45,7 @@ from testcloud.core.objects import (
     VMTemplate,
     VNet,
 )
-from testcloud.core.store import Store, write_atomic
+from testcloud.core.store import Store
 from testcloud.core.template import Template
 from testcloud.core.validate import check_name, parse_template
 from testcloud.core.vms import VMOps

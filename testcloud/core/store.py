@@ -8,24 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hostkit.fileio import write_atomic
 from testcloud.core.objects import POOL_CLASSES, PoolObject
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Store:
@@ -41,7 +28,7 @@ class Store:
         return {k: int(v) for k, v in json.loads(self.counters_path.read_text()).items()}
 
     def save_counters(self, counters: dict[str, int]) -> None:
-        write_atomic(self.counters_path, json.dumps(counters, sort_keys=True).encode())
+        write_atomic(self.counters_path, json.dumps(counters, sort_keys=True).encode(), 0o600)
 
     def load_all(self) -> dict[str, dict[int, PoolObject]]:
         pools: dict[str, dict[int, PoolObject]] = {kind: {} for kind in POOL_CLASSES}
@@ -57,7 +44,7 @@ class Store:
 
     def save(self, obj: PoolObject) -> None:
         path = self.root / obj.KIND / f"{obj.id}.json"
-        write_atomic(path, json.dumps(obj.to_dict(), sort_keys=True).encode())
+        write_atomic(path, json.dumps(obj.to_dict(), sort_keys=True).encode(), 0o600)
 
     def drop(self, obj: PoolObject) -> None:
         (self.root / obj.KIND / f"{obj.id}.json").unlink(missing_ok=True)
