@@ -568,12 +568,15 @@ def sweep_orphans(min_age: float = 120.0) -> list[str]:
 
 
 def sweep(tag: str) -> list[str]:
-    """Remove every link and namespace named for cloud ``tag``; returns what was removed."""
+    """Remove every link and namespace named for cloud ``tag``; returns what was removed.
+
+    Links first: deleting a namespace also destroys the host end of its veth, but asynchronously, so a
+    namespace-first sweep saw that link or not depending on the machine's load."""
     removed = []
-    for namespace in namespaces_with_prefix(namespace_prefix(tag)):
-        delete_namespace(namespace)
-        removed.append(f"netns {namespace}")
     for link in links_with_prefix(link_prefix(tag)):
         delete_link(link)
         removed.append(f"link {link}")
+    for namespace in namespaces_with_prefix(namespace_prefix(tag)):
+        delete_namespace(namespace)
+        removed.append(f"netns {namespace}")
     return removed

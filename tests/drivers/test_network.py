@@ -207,7 +207,7 @@ def test_a_namespace_gets_a_veth_with_the_nics_mac_and_sweep_removes_all() -> No
         assert "UP" in loopback["flags"]
         assert network.links_with_prefix(network.link_prefix(tag)) == [host_link]
         removed = network.sweep(tag)
-        assert removed == [f"netns {namespace}", f"link {host_link}"]
+        assert removed == [f"link {host_link}", f"netns {namespace}"]
         assert not Path("/run/netns", namespace).exists()
         assert not Path("/sys/class/net", host_link).exists()
     finally:
