@@ -966,8 +966,8 @@ def evaluate_role(
 
 # ============================================================================================ validation
 def validate_role(role: Mapping[str, Any]) -> None:
-    """``ServiceTemplate.validate_vmvalues``, with its messages (note upstream's missing space before
-    "must" and its doubled '#' in the last one, kept so that clients matching them see the same text)."""
+    """``ServiceTemplate.validate_vmvalues``, with its messages (upstream's missing space before "must" is
+    kept, so that clients matching them see the same text)."""
     name = role.get("name")
     cardinality = ruby_to_i(role.get("cardinality"))
     if role.get("min_vms") is not None and ruby_to_i(role["min_vms"]) > cardinality:
@@ -1015,7 +1015,7 @@ def validate_role(role: Mapping[str, Any]) -> None:
                 ) from None
         else:
             raise PolicyError(
-                f"Role '{name}', scheduled policy ##{index} needs to define either 'start_time' or "
+                f"Role '{name}', scheduled policy #{index} needs to define either 'start_time' or "
                 "'recurrence'"
             )
 

@@ -14,15 +14,18 @@ import pytest
 from hostkit.paths import SHARED_DIR
 from testcloud.flow import elasticity as el
 
-GRAMMAR_RB = SHARED_DIR / "upstream" / "one" / "src" / "oca" / "ruby" / "opennebula" / "flow" / "grammar.rb"
+OCA_RUBY = SHARED_DIR / "upstream" / "one" / "src" / "oca" / "ruby"
+GRAMMAR_RB = OCA_RUBY / "opennebula" / "flow" / "grammar.rb"
 
-# The oracle: upstream's grammar.rb and parse-cron, as OneFlow loads them (scripts/setup.sh installs
-# ruby-treetop and ruby-parse-cron). Cases in on stdin, results out as JSON.
+# The oracle: upstream's OCA (service_template.rb, grammar.rb) and parse-cron, as OneFlow loads them
+# (scripts/setup.sh installs ruby-treetop, ruby-parse-cron, ruby-nokogiri...). Cases in on stdin, results
+# out as JSON. 'time' is loaded as oneflow-server's Sinatra loads it (Time.parse).
 ORACLE = r"""
 require 'json'
-require 'treetop'
-require 'parse-cron'
-load ARGV[0]
+require 'time'
+$LOAD_PATH.unshift(ARGV[0])
+require 'opennebula'
+require 'opennebula/flow'
 
 class OracleRole
   def initialize(nodes)
@@ -52,7 +55,22 @@ crons = cases['crons'].map do |c|
     nil
   end
 end
-puts JSON.dump({ 'expressions' => expressions, 'crons' => crons })
+roles = cases['roles'].map do |r|
+  begin
+    OpenNebula::ServiceTemplate.validate_vmvalues(r, ElasticityGrammarParser.new)
+    nil
+  rescue Validator::ParseException => e
+    e.message
+  end
+end
+times = cases['times'].map do |t|
+  begin
+    t.match(/^\d+$/) ? t.to_i : Time.parse(t).to_i
+  rescue ArgumentError
+    nil
+  end
+end
+puts JSON.dump({ 'expressions' => expressions, 'crons' => crons, 'roles' => roles, 'times' => times })
 """
 
 
@@ -97,6 +115,7 @@ EXPRESSIONS: list[tuple[str, list[dict[str, Any]]]] = [
     ("( CPU > 50 || VCPU != 2 ) && MEMORY <= 2048", TWO),
     ("  CPU >= 12.5  ", TWO),
     ("LOAD == 0.13", NODES),
+    ("HALF == 0.13 && NEG == -0.13", [vm(HALF="0.125", NEG="-0.125")]),  # halves round away from zero
     ("ODD == 12 && EMPTY == 0 && UNDER == 1000 && EXP == 1000 && DOT > 0.4", NODES),
     ("VEC > 0 || LIST > 0", NODES),
     ("-1 < -0.5", []),
@@ -151,6 +170,55 @@ CRONS: list[tuple[str, str]] = [
 ]
 
 
+def policy_role(**extra: Any) -> dict[str, Any]:
+    return {"name": "supernode", "type": "vm", "cardinality": 3, "min_vms": 2, "max_vms": 6, **extra}
+
+
+def elastic(expression: str) -> list[dict[str, Any]]:
+    return [{"type": "CHANGE", "adjust": 1, "expression": expression}]
+
+
+def scheduled(**when: str) -> list[dict[str, Any]]:
+    return [{"type": "CHANGE", "adjust": 1, **when}]
+
+
+# Roles for validate_vmvalues, upstream's and ours.
+ROLES: list[dict[str, Any]] = [
+    policy_role(elasticity_policies=elastic("ONEAPP_FL_CONNECTED_NODES < ONEAPP_FL_MIN_NODES")),
+    policy_role(min_vms=4),
+    policy_role(max_vms=2),
+    policy_role(min_vms=5, max_vms=3),
+    {"name": "supernode", "cardinality": 3, "min_vms": 2, "elasticity_policies": elastic("A > 1")},
+    {"name": "supernode", "cardinality": 3, "max_vms": 4, "scheduled_policies": scheduled(start_time="1")},
+    policy_role(elasticity_policies=elastic("")),
+    policy_role(elasticity_policies=elastic("CPU >> 2")),
+    policy_role(elasticity_policies=[*elastic("CPU > 2"), *elastic("MEMORY < ")]),
+    policy_role(scheduled_policies=scheduled()),
+    policy_role(scheduled_policies=scheduled(start_time="1", recurrence="@daily")),
+    policy_role(scheduled_policies=scheduled(start_time="2026-12-24 18:00:00")),
+    policy_role(scheduled_policies=scheduled(start_time="2026-13-24 18:00:00")),
+    policy_role(scheduled_policies=scheduled(start_time="1766599200")),
+    policy_role(scheduled_policies=scheduled(recurrence="0 20 * * 1-5")),
+    policy_role(scheduled_policies=scheduled(recurrence="0 20 * *")),
+    policy_role(scheduled_policies=scheduled(recurrence="0 20 * * * *")),
+    policy_role(scheduled_policies=scheduled(recurrence="61 * * * *")),
+    policy_role(scheduled_policies=scheduled(recurrence="*/0 * * * *")),
+]  # fmt: skip
+
+# start_time spellings this module reads; each must give Time.parse's instant (TZ=UTC).
+TIMES = [
+    "2026-12-24 18:00:00",
+    "2026-12-24 18:00",
+    "2026-12-24",
+    "2026-12-24T18:00:00Z",
+    "2026-12-24T18:00:00+02:00",
+    "2026-12-24T18:00:00-0130",
+    "2026-12-24 18:00:00 UTC",
+    "2026-1-5 7:05:09",
+    "1766599200",
+]
+
+
 def utc(text: str) -> int:
     return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
 
@@ -162,9 +230,11 @@ def oracle() -> dict[str, Any]:
     cases = {
         "expressions": [{"text": text, "nodes": nodes} for text, nodes in EXPRESSIONS],
         "crons": [{"spec": spec, "from": utc(start)} for spec, start in CRONS],
+        "roles": ROLES,
+        "times": TIMES,
     }
     done = subprocess.run(
-        ["ruby", "-e", ORACLE, str(GRAMMAR_RB)],
+        ["ruby", "-e", ORACLE, str(OCA_RUBY)],
         input=json.dumps(cases),
         capture_output=True,
         text=True,
@@ -201,6 +271,22 @@ def test_cron_matches_parse_cron(oracle: dict[str, Any], number: int) -> None:
             el.CronSchedule(spec).next_after(utc(start), dt.UTC)
     else:
         assert el.CronSchedule(spec).next_after(utc(start), dt.UTC) == expected
+
+
+@pytest.mark.parametrize("number", range(len(ROLES)))
+def test_validation_matches_upstream(oracle: dict[str, Any], number: int) -> None:
+    expected = oracle["roles"][number]
+    if expected is None:
+        el.validate_role(ROLES[number])
+    else:
+        with pytest.raises(el.PolicyError) as error:
+            el.validate_role(ROLES[number])
+        assert str(error.value) == expected
+
+
+@pytest.mark.parametrize("text", TIMES)
+def test_start_time_matches_ruby_time_parse(oracle: dict[str, Any], text: str) -> None:
+    assert el.parse_start_time(text, 0, dt.UTC) == oracle["times"][TIMES.index(text)]
 
 
 # ------------------------------------------------------------------------------------------ fixed tables
@@ -458,7 +544,7 @@ def test_a_good_role_passes() -> None:
          "Role 'supernode', elasticity policy #0 'expression' parse error: Expected one of ' ', '-', [0-9], "
          "'\"', '\\'', [a-zA-Z] at line 1, column 6 (byte 6) after CPU >"),
         ({"scheduled_policies": [{"type": "CHANGE", "adjust": 1}]},
-         "Role 'supernode', scheduled policy ##0 needs to define either 'start_time' or 'recurrence'"),
+         "Role 'supernode', scheduled policy #0 needs to define either 'start_time' or 'recurrence'"),
         ({"scheduled_policies": [{"type": "CHANGE", "adjust": 1, "start_time": "1", "recurrence": "@daily"}]},
          "scheduled policy #0 must define 'start_time' or 'recurrence', but not both"),
         ({"scheduled_policies": [{"type": "CHANGE", "adjust": 1, "start_time": "next tuesday"}]},
