@@ -35,7 +35,9 @@ Interface for the engine (everything else is internal):
 ``validate_role(role)``
     ``validate_vmvalues``: raises :class:`PolicyError` with OneFlow's message (HTTP 400).
 ``validate_policy_fields(role)``
-    the schema part of the same check (types, enums, minimums) with ``validator.rb``'s messages.
+    the schema part of the same check (types, enums, minimums) with ``validator.rb``'s messages;
+    ``validate_template(template)`` runs both over a template's vm roles (for the factory's checks; this
+    module imports only the standard library, so it can move under hostkit/ if the factory needs it).
 ``CronSchedule(text).next_after(timestamp, tz=None)``
     parse-cron's ``next``.
 
@@ -1087,6 +1089,20 @@ def validate_policy_fields(role: Mapping[str, Any]) -> None:
                     raise PolicyError(f"KEY: '{key}' must be a String;")
                 elif "enum" in rules and value not in rules["enum"]:
                     raise PolicyError(f"KEY: '{key}' must be one of {', '.join(rules['enum'])};")
+
+
+def validate_template(template: Mapping[str, Any]) -> None:
+    """Both checks for every role of type ``vm`` of a service template, in order (``validate_values``
+    runs ``validate_vmvalues`` for vm roles only); for the factory's pre-flight checks of a template."""
+    roles = template.get("roles")
+    if not isinstance(roles, list):
+        raise PolicyError("KEY: 'roles' must be an Array;")
+    for role in roles:
+        if not isinstance(role, Mapping):
+            raise PolicyError("KEY: 'roles' must be an Object;")
+        if role.get("type", "vm") == "vm":
+            validate_policy_fields(role)
+            validate_role(role)
 
 
 def _check_integer(value: Any, key: str, minimum: int | None) -> None:

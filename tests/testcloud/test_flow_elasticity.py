@@ -607,3 +607,13 @@ def test_the_documented_flower_policy_is_valid_and_scales_up() -> None:
         now += el.AUTOSCALER_INTERVAL
         decision = el.evaluate_role(supernode, nodes, now)
     assert decision.cardinality == supernode["cardinality"] + 1
+
+
+def test_validate_template_checks_vm_roles_only() -> None:
+    bad = {"name": "x", "cardinality": 1, "type": "vm", "elasticity_policies": elastic("CPU >")}
+    router = {**bad, "type": "vr"}
+    el.validate_template({"roles": [router]})
+    with pytest.raises(el.PolicyError, match="must define both 'min_vms' and 'max_vms'"):
+        el.validate_template({"roles": [router, bad]})
+    with pytest.raises(el.PolicyError, match="KEY: 'roles' must be an Array;"):
+        el.validate_template({"roles": "supernode"})
