@@ -1,7 +1,7 @@
 """OneFlow 7 elasticity: the expression grammar, elasticity and scheduled policies, and their validation,
 as pure functions (no I/O, no clock of its own) that the flow engine calls.
 
-Matched against OpenNebula/one (read, not copied):
+Matched against OpenNebula/one at f847cf2e (the pinned OCA 7.5.80 of shared/upstream; read, not copied):
 
 - ``src/oca/ruby/opennebula/flow/grammar.treetop`` and the compiled ``grammar.rb`` (treetop 1.6 runtime,
   ``compiled_parser.rb``): the expression language, its parse errors and the text it logs;
