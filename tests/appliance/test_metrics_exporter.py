@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from metrics_helpers import EXPORTER, promtool_check, samples, start_exporter
 
+from factory.paths import CONTEXT_DIR, REPO_ROOT
 from factory.tlsmaterial import make_tls
 
 BASE_PATH = "/usr/bin:/bin"
@@ -252,3 +253,26 @@ def test_arguments_from_a_file(tmp_path: Path) -> None:
     finally:
         result.terminate()
         result.wait(timeout=10)
+
+
+def test_the_unit_verifies_and_runs_the_installed_exporter(tmp_path: Path) -> None:
+    """systemd-analyze finds nothing to say about flower-metrics.service (ExecStart swapped for /bin/true:
+    the venv is not on this host), and it starts the exporter where the images install it: the venv of
+    images/provision/40-flower.sh, the bin directory 50-appliance.sh copies to /etc/one-appliance."""
+    unit = (CONTEXT_DIR / "appliance" / "systemd" / "flower-metrics.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    python, script, args = exec_start.removeprefix("ExecStart=").split()
+    assert (python, script, args) == (
+        "/opt/flower/venv/bin/python",
+        "/etc/one-appliance/bin/flower-metrics",
+        "@/etc/flower/metrics.args",
+    )
+    provision = REPO_ROOT / "images" / "provision"
+    assert "venv=/opt/flower/venv" in (provision / "40-flower.sh").read_text()
+    assert '"${payload}/appliance/bin"' in (provision / "50-appliance.sh").read_text()
+    copy = tmp_path / "flower-metrics.service"
+    copy.write_text(unit.replace(exec_start, "ExecStart=/bin/true"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
