@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -212,8 +213,6 @@ exec sleep 600
     path = _fake(tmp_path / "bin", "journalctl", script)
     exporter = start_exporter("superlink", "--database", str(tmp_path / "missing.db"), path=path)
     try:
-        import time
-
         deadline = time.monotonic() + 20
         while True:
             text = exporter.scrape()
@@ -276,3 +275,25 @@ def test_the_unit_verifies_and_runs_the_installed_exporter(tmp_path: Path) -> No
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
     )  # fmt: skip
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_a_quiet_log_is_up_and_a_missing_one_is_down(tmp_path: Path) -> None:
+    """The key sync logs nothing until a key changes: an open, empty log is a source that works."""
+    quiet = tmp_path / "quiet.log"
+    quiet.write_text("")
+    for log, up in ((quiet, 1), (tmp_path / "missing.log", 0)):
+        exporter = start_exporter("supernode", "--log", str(log), "--no-gpus")
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                found = samples(exporter.scrape())
+                if (
+                    found['flower_exporter_source_up{source="supernode_log"}'] == up
+                    or time.monotonic() > deadline
+                ):
+                    break
+                time.sleep(0.2)
+        finally:
+            exporter.stop()
+        assert found['flower_exporter_source_up{source="supernode_log"}'] == up, log
+        assert found['flower_supernode_connection_state{state="unknown"}'] == 1
