@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -297,3 +298,50 @@ def test_a_quiet_log_is_up_and_a_missing_one_is_down(tmp_path: Path) -> None:
             exporter.stop()
         assert found['flower_exporter_source_up{source="supernode_log"}'] == up, log
         assert found['flower_supernode_connection_state{state="unknown"}'] == 1
+
+
+def test_run_ids_are_the_unsigned_ids_flwr_shows(tmp_path: Path) -> None:
+    """Flower stores a uint64 run id >= 2**63 as a negative int64 (flwr/supercore/utils.py
+    uint64_to_int64); seen for real with run 13526230806941732539. The tables hold only the columns the
+    exporter reads, named as in Flower 1.41/1.42's linkstate_models.py and corestate_models.py."""
+    database = tmp_path / "state.db"
+    with sqlite3.connect(database) as db:
+        db.executescript(
+            """
+            CREATE TABLE run (run_id BIGINT, primary_task_id BIGINT);
+            CREATE TABLE task (task_id BIGINT, run_id BIGINT, pending_at VARCHAR, starting_at VARCHAR,
+                               running_at VARCHAR, finished_at VARCHAR, sub_status VARCHAR);
+            CREATE TABLE task_logs (timestamp FLOAT, task_id BIGINT, log VARCHAR);
+            CREATE TABLE node (node_id BIGINT, status VARCHAR, online_until FLOAT);
+            """
+        )
+        signed = 13526230806941732539 - 2**64
+        db.execute("INSERT INTO run VALUES (?, 5)", (signed,))
+        db.execute(
+            "INSERT INTO task VALUES (5, ?, '2026-12-02 04:30:30+00:00', '2026-12-02 04:30:31+00:00',"
+            " '2026-12-02 04:30:35+00:00', NULL, '')",
+            (signed,),
+        )
+        db.execute(
+            "INSERT INTO task_logs VALUES (1, 5, ?)",
+            (
+                'FF-START {"rounds": 3}\nFF-ROUND '
+                + json.dumps({"round": 1, "evaluate_metrics": {"eval_loss": 0.5}}),
+            ),
+        )
+        db.execute("INSERT INTO node VALUES (1, 'online', ?)", (time.time() + 60,))
+    exporter = start_exporter(
+        "superlink", "--database", str(database), "--log", str(tmp_path / "none.log"), "--keysync-log", "none"
+    )
+    try:
+        text = exporter.scrape()
+    finally:
+        exporter.stop()
+    promtool_check(text)
+    found = samples(text)
+    run = 'run_id="13526230806941732539"'
+    assert found[f"flower_superlink_run_active{{{run}}}"] == 1
+    assert found[f"flower_superlink_run_rounds_planned{{{run}}}"] == 3
+    assert found[f'flower_superlink_round_loss{{round="1",{run}}}'] == 0.5
+    assert found['flower_superlink_runs{status="running"}'] == 1
+    assert found["flower_superlink_supernodes_connected"] == 1
