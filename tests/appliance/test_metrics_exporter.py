@@ -130,8 +130,12 @@ def test_tls_with_the_appliance_ca(tmp_path: Path) -> None:
                 exporter.url, timeout=5, context=ssl.create_default_context(cafile=str(other))
             )
         assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+        exporter.scrape()  # still serving
     finally:
         exporter.stop()
+    output = exporter.process.stdout.read().decode() if exporter.process.stdout else ""
+    assert "Traceback" not in output, output
+    assert "failed:" in output  # the plain-HTTP request, said in one line
 
 
 GPUS = """echo "0, GPU-0f4a, NVIDIA H200, 37, 1024, 143771"
