@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   packer qemu-system-x86 qemu-utils mmdebstrap xorriso systemd-container e2fsprogs fdisk extlinux
   syslinux-common iproute2 nftables sqlite3 openssh-client openssh-server openssl shellcheck ca-certificates
-  jq curl
+  jq curl prometheus
   ruby ruby-xmlrpc ruby-nokogiri ruby-activesupport ruby-parse-cron ruby-ipaddress ruby-treetop
 )
 

@@ -1,0 +1,103 @@
+"""Running context/appliance/bin/flower-metrics as a process and scraping it (shared by the metrics tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.bareflower import free_port
+from factory.paths import CONTEXT_DIR
+
+EXPORTER = CONTEXT_DIR / "appliance" / "bin" / "flower-metrics"
+
+
+@dataclass
+class Exporter:
+    process: subprocess.Popen
+    port: int
+    scheme: str = "http"
+    ca: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/metrics"
+
+    def scrape(self, timeout: float = 10.0) -> str:
+        context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+        with urllib.request.urlopen(self.url, timeout=timeout, context=context) as reply:
+            assert reply.status == 200
+            assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return reply.read().decode()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_exporter(
+    role: str, *args: str, path: str | None = None, ca: Path | None = None, timeout: float = 20.0
+) -> Exporter:
+    """The exporter on a free loopback port with the project's Python (prometheus-client is pinned there);
+    ``path`` replaces PATH (fake or absent nvidia-smi/journalctl)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if path is not None:
+        env["PATH"] = path
+    process = subprocess.Popen(
+        [sys.executable, str(EXPORTER), role, "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    exporter = Exporter(process, port, "https" if ca else "http", ca)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise AssertionError(f"flower-metrics exited with {process.returncode}: {output}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return exporter
+        except OSError:
+            time.sleep(0.1)
+    exporter.stop()
+    raise AssertionError("flower-metrics did not listen in time")
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value of every sample line of an exposition."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            found[key] = float(value)
+    return found
+
+
+def promtool_check(text: str) -> None:
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+def get_url(url: str, timeout: float = 5.0) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
