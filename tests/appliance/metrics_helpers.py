@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.bareflower import free_port
-from factory.paths import CONTEXT_DIR
+from factory.harness.bareflower import free_port
+from hostkit.paths import CONTEXT_DIR
 
 EXPORTER = CONTEXT_DIR / "appliance" / "bin" / "flower-metrics"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from metrics_helpers import EXPORTER, promtool_check, samples, start_exporter
 
-from factory.paths import CONTEXT_DIR, REPO_ROOT
-from factory.tlsmaterial import make_tls
+from factory.harness.tlsmaterial import make_tls
+from hostkit.paths import CONTEXT_DIR, REPO_ROOT
 
 BASE_PATH = "/usr/bin:/bin"
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from metrics_helpers import Exporter, promtool_check, samples, start_exporter
 
-from factory.bareflower import BareFederation, free_port
-from factory.federation import FederationOutcome, FederationRunner, RoundRecord
-from factory.flwrenv import ensure_flower
-from factory.paths import REPO_ROOT
+from factory.harness.bareflower import BareFederation, free_port
+from factory.harness.federation import FederationOutcome, FederationRunner, RoundRecord
+from factory.harness.flwrenv import ensure_flower
+from hostkit.paths import REPO_ROOT
 from monitoring import dashboard, targets
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.paths import REPO_ROOT
-from factory.tlsmaterial import make_tls
+from factory.harness.tlsmaterial import make_tls
+from hostkit.paths import REPO_ROOT
 from monitoring import config, targets
 
 RULES = REPO_ROOT / "monitoring" / "prometheus" / "alerts.yml"

@@ -7,8 +7,8 @@ import re
 
 import yaml
 
-from factory import params
-from factory.paths import REPO_ROOT
+from factory.model import params
+from hostkit.paths import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "monitoring.md"
 EXPORTER = REPO_ROOT / "context" / "appliance" / "bin" / "flower-metrics"

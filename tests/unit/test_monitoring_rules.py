@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.paths import REPO_ROOT
+from hostkit.paths import REPO_ROOT
 
 RULES = REPO_ROOT / "monitoring" / "prometheus" / "alerts.yml"
 RULE_TESTS = REPO_ROOT / "monitoring" / "prometheus" / "tests" / "alerts_test.yml"

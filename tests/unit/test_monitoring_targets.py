@@ -16,10 +16,10 @@ import pyone
 import pytest
 import requests
 
-from factory.paths import REPO_ROOT
+from hostkit.paths import REPO_ROOT
 from monitoring import targets
 from testcloud import launcher
-from testcloud.config import Timings
+from testcloud.core.config import Timings
 
 FAST = Timings(pending=0.05, prolog=0.05, boot=0.05, shutdown=0.05, epilog=0.05, image_lock=0.05,
                app_lock=0.05, tick=0.02)  # fmt: skip
@@ -150,7 +150,7 @@ def test_file_sd_follows_the_service_as_it_scales(cloud: Any, tmp_path: Path) ->
 
 
 def test_http_sd_serves_the_same_list(cloud: Any, tmp_path: Path) -> None:
-    from factory.bareflower import free_port
+    from factory.harness.bareflower import free_port
 
     service_id = service(cloud)
     env = guest_env(cloud, nodes(cloud, service_id, "supernode")[0])
