@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -198,12 +199,25 @@ class BuildPlan:
     output: Path
     staging: Path
     log: Path
+    tree: Path | None = None  # Packer < 1.7: the directory's symlink tree without plugins.pkr.hcl
 
     def shell(self) -> str:
-        import shlex
-
+        """The build as one POSIX shell line a user can paste: into the rendered directory (where
+        ``build_variant`` runs Packer), make its TMPDIR, run Packer with the environment; every word
+        quoted with ``shlex``."""
         env = " ".join(f"{name}={shlex.quote(value)}" for name, value in self.environment.items())
-        return f"{env} {shlex.join(self.command)}"
+        directory = shlex.quote(str(self.directory))
+        steps = [f"cd {directory}", f"mkdir -p {shlex.quote(self.environment['TMPDIR'])}"]
+        if self.tree is not None:  # what packer_tree makes
+            tree = shlex.quote(str(self.tree))
+            steps += [
+                f"rm -rf {tree}",
+                f"mkdir -p {tree}",
+                f"find {directory} -mindepth 1 -maxdepth 1 ! -name {PLUGINS_FILE} "
+                f"-exec ln -s {{}} {tree}/ ';'",
+            ]
+        steps.append(f"{env} {shlex.join(self.command)}")
+        return " && ".join(steps)
 
 
 def _running_under_a_hypervisor() -> bool:
@@ -239,9 +253,9 @@ def plan_build(
     images_root: Path = IMAGES_DIR,
 ) -> BuildPlan:
     """Check that the rendered variant can be built and assemble the ``packer build`` command."""
-    directory = hcl_root / variant.name
+    directory = (hcl_root / variant.name).resolve()  # absolute: Packer runs inside it
     if not (directory / "build.pkr.hcl").is_file():
-        raise FactoryError(f"{variant.name}: not rendered in {directory}: run python build.py matrix first")
+        raise FactoryError(f"{variant.name}: not rendered in {directory}: run build.py render first")
     if not provisioning_scripts(directory / "payload" / "provision"):
         raise FactoryError(
             f"{variant.name}: no provisioning scripts (images/provision/NN-*.sh): the image would have "
@@ -267,9 +281,10 @@ def plan_build(
     log = LOGS_DIR / f"{variant.name}.packer.log"
     command = [packer_binary(), "build", "-parallel-builds=1", "-color=false", "-force"]
     command += var_arguments(overrides, var_files)
-    command.append(str(work / "tree" / variant.name) if not supports_required_plugins() else str(directory))
+    tree = None if supports_required_plugins() else (work / "tree" / variant.name).resolve()
+    command.append(str(tree or directory))
     environment = {"TMPDIR": str((work / "tmp").resolve()), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
-    return BuildPlan(variant, directory, command, environment, output, staging, log)
+    return BuildPlan(variant, directory, command, environment, output, staging, log, tree)
 
 
 def build_variant(

@@ -63,7 +63,7 @@ def packer_spy(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
 def test_non_utf8_matrix_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_bytes(MATRIX_FILE.read_bytes().replace(b"Debian 12", b"Debian \xe9 12"))
-    for command in ("matrix", "validate", "build"):
+    for command in ("render", "validate", "build"):
         result = run_cli(command, "--matrix", str(path), "--out", str(tmp_path / "hcl"))
         assert_usage_error(result, f"{path}: line ", "not UTF-8 text (byte 0xe9")
         assert result.stdout == ""
@@ -79,7 +79,7 @@ def test_non_utf8_params_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["matrix"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
+    "command", [["render"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
 )
 def test_out_that_is_a_file(tmp_path: Path, command: list[str]) -> None:
     target = tmp_path / "taken"
@@ -111,7 +111,7 @@ def read_only_dir() -> Iterator[tuple[Path, list[str]]]:
 
 
 @pytest.mark.parametrize(
-    "command", [["matrix"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
+    "command", [["render"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
 )
 def test_out_that_is_not_writable(read_only_dir: tuple[Path, list[str]], command: list[str]) -> None:
     locked, prefix = read_only_dir
@@ -123,7 +123,7 @@ def test_out_that_is_not_writable(read_only_dir: tuple[Path, list[str]], command
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root gets past the permission check to mkdir in /sys")
 def test_out_where_mkdir_fails() -> None:
     """Root passes os.access everywhere; the OSError of the first write is the message."""
-    result = run_cli("matrix", "--out", "/sys/flower-factory-no-such-dir")
+    result = run_cli("render", "--out", "/sys/flower-factory-no-such-dir")
     assert_usage_error(result, "--out: cannot write /sys/flower-factory-no-such-dir")
 
 
@@ -138,7 +138,7 @@ def test_jobs_must_be_positive(jobs: str, packer_spy: tuple[dict[str, str], Path
 def test_broken_pipe_exits_quietly() -> None:
     """``build.py matrix | head -1``: the reader goes away; no BrokenPipeError, status 141 as CLIs."""
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "build.py"), "matrix", "--no-render", "--format", "json"],
+        [sys.executable, str(REPO_ROOT / "build.py"), "matrix", "--format", "json"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -155,7 +155,7 @@ def test_broken_pipe_exits_quietly() -> None:
 
 def test_broken_pipe_through_a_shell_pipeline() -> None:
     result = subprocess.run(
-        ["bash", "-c", f'"{sys.executable}" build.py matrix --no-render | head -1'],
+        ["bash", "-c", f'"{sys.executable}" build.py matrix | head -1'],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -177,7 +177,7 @@ def test_duplicate_key_in_matrix_names_key_and_line(tmp_path: Path) -> None:
         text.replace("  cross_version: true\n", "  cross_version: false\n  cross_version: true\n")
     )
     line = text[: text.index("  cross_version: true\n")].count("\n") + 1
-    result = run_cli("matrix", "--matrix", str(path), "--out", str(tmp_path / "hcl"))
+    result = run_cli("render", "--matrix", str(path), "--out", str(tmp_path / "hcl"))
     assert_usage_error(
         result, f"line {line + 1}, column 3: duplicate key 'cross_version' (first on line {line};"
     )

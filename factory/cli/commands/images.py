@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from factory.cli.commands import Command
 from factory.cli.commands._selection import add_selection_arguments
 
+COMMAND = Command(
+    "images",
+    help="build the Debian 12 base and the debian12 appliance images locally (cached by content)",
+    description=(
+        "Build the Debian 12 base (mmdebstrap) and, from it, the selected debian12 appliance images with "
+        "the provisioning scripts run in systemd-nspawn: a raw ext4 image and its manifest per variant, "
+        "for the test cloud's container driver. Everything is cached by content under "
+        "$FLOWER_FACTORY_CACHE/images: an unchanged build is reused at once. --qcow2 also runs the real "
+        "`packer build` of each variant from the base qcow2 (slow without KVM). Only debian12 variants "
+        "can be built here: the others need their vendor cloud image."
+    ),
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "images",
-        help="build the Debian 12 base and the debian12 appliance images locally (cached by content)",
-        description=(
-            "Build the Debian 12 base (mmdebstrap) and, from it, the selected debian12 appliance images with "
-            "the provisioning scripts run in systemd-nspawn: a raw ext4 image and its manifest per variant, "
-            "for the test cloud's container driver. Everything is cached by content under "
-            "$FLOWER_FACTORY_CACHE/images: an unchanged build is reused at once. --qcow2 also runs the real "
-            "`packer build` of each variant from the base qcow2 (slow without KVM). Only debian12 variants "
-            "can be built here: the others need their vendor cloud image."
-        ),
-    )
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser)
     parser.add_argument("--base", action="store_true", help="build only the base (root filesystem and qcow2)")
     parser.add_argument(
@@ -27,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
