@@ -41,9 +41,10 @@ import jinja2
 from factory.model import manifest as manifest_module
 from factory.model import params as params_module
 from factory.model.matrix import Matrix, Variant
+from factory.model.yamlfile import display
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.fileio import replace_directory
-from hostkit.paths import APPS_DIR, BUILD_DIR, CONTEXT_DIR, PACKER_DIR, PARAMS_FILE, PROVISION_DIR, REPO_ROOT
+from hostkit.paths import APPS_DIR, BUILD_DIR, CONTEXT_DIR, PACKER_DIR, PARAMS_FILE, PROVISION_DIR
 from hostkit.progress import DEFAULT as DEFAULT_PROGRESS
 from hostkit.progress import Progress
 
@@ -181,15 +182,8 @@ def check_layer_names(matrix: Matrix, templates: Path) -> None:
         named += [(f"packer.variants[{index}].vars.{name}", name) for name in variables]
     for field, name in named:
         if name not in known:
-            declared_in = f"{_display(templates)}/variables.pkr.hcl"
+            declared_in = f"{display(templates)}/variables.pkr.hcl"
             raise ConfigError(matrix.source, field, f"not a variable of {declared_in}")
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -285,7 +279,7 @@ def _render_into(
             seed = environment.get_template(f"seed/{name}.j2").render(context)
             (directory / "seed" / name).write_text(seed)
     except jinja2.TemplateError as error:
-        raise FactoryError(f"{variant.name}: template error in {_display(templates)}: {error}") from None
+        raise FactoryError(f"{variant.name}: template error in {display(templates)}: {error}") from None
     except FileNotFoundError as error:
         raise FactoryError(f"{variant.name}: missing template file {error.filename}") from None
     for name, variables, comment in layers(matrix, variant):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from factory.cli import main as cli
-from factory.model import pypi
+from factory.model import pypi, versions
 from factory.model.matrix import DISTRO_SCRIPT, parse_matrix, supported_os
 from hostkit.errors import ConfigError
 from hostkit.paths import MATRIX_FILE, PARAMS_FILE, REPO_ROOT
@@ -348,7 +348,9 @@ def test_pypi_document_yanked_and_empty_releases_do_not_count() -> None:
     }
     releases = pypi.releases_from_document(document)
     assert releases == {"1.42.0", "1.43.0rc1"}
-    assert pypi.latest(releases) == "1.42.0"
+    assert versions.latest(releases) == "1.42.0"
+    # PEP 440 order, not text order; pre-releases and non-X.Y.Z forms never count as the latest release
+    assert versions.latest(["1.9.0", "1.10.0", "1.10.1rc1", "2.0", "v3.0.0"]) == "1.10.0"
     with pytest.raises(Exception, match="without a 'releases' mapping"):
         pypi.releases_from_document({"info": {}})
 
@@ -359,3 +361,23 @@ def test_real_pypi_knows_the_matrix_versions_and_not_9_9_9() -> None:
     releases = pypi.fetch_releases()
     assert set(RAW["axes"]["flower"]) <= releases
     assert "9.9.9" not in releases
+
+
+@pytest.mark.parametrize(
+    ("text", "release", "pinned"),
+    [
+        ("1.42.0", True, False),
+        ("1.42", False, False),
+        ("1.42.0rc1", False, False),
+        ("01.42.0", False, False),
+        ("torch==2.5.1", False, True),
+        ("torch>=2.5", False, False),
+        ("torch==2.*", False, False),
+        ("tensorflow[and-cuda]==2.21.0", False, True),
+        ("torch==2.5.1; python_version<'3.12'", False, False),
+        ("torch", False, False),
+    ],
+)
+def test_versions_and_pins_follow_pep_440_and_508(text: str, release: bool, pinned: bool) -> None:
+    assert versions.is_release_version(text) is release
+    assert versions.is_pinned(text) is pinned
