@@ -96,10 +96,6 @@ def sha256_file(path: Path) -> str:
     return checksums(path)["sha256"]
 
 
-def md5_file(path: Path) -> str:
-    return checksums(path)["md5"]
-
-
 _MAGICS: list[tuple[int, bytes, str]] = [
     (1080, b"\x53\xef", "ext4"),  # ext2/3/4 superblock magic (little-endian 0xEF53)
     (0, b"XFSB", "xfs"),

@@ -8,7 +8,7 @@ the rendered files without ``plugins.pkr.hcl``. Packer 1.7+ runs on the rendered
 API::
 
     check_directory(directory, overrides) -> CheckResult   # python-hcl2 parse, fmt -check, validate
-    build_variant(variant, var_overrides) -> BuildResult   # packer build; artifacts and manifest
+    build_variant(variant, var_overrides) -> Image   # packer build; artifacts and manifest
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.images.hcl import HCL_DIR, parse_directory, provisioning_scripts
+from factory.model.image import Image, ImageFormat
+from factory.model.manifest import manifest_path
 from factory.model.matrix import Variant
 from hostkit.errors import ConfigError, FactoryError
+from hostkit.fileio import replace_directory
 from hostkit.paths import BUILD_DIR
 from hostkit.progress import DEFAULT as DEFAULT_PROGRESS
 from hostkit.progress import Progress
@@ -180,15 +183,6 @@ def check_directories(
 
 
 @dataclass(frozen=True)
-class BuildResult:
-    variant: str
-    image: Path
-    manifest: Path
-    log: Path
-    seconds: float
-
-
-@dataclass(frozen=True)
 class BuildPlan:
     """Everything ``packer build`` of one variant needs; ``command`` is what runs (in ``tree``)."""
 
@@ -295,7 +289,7 @@ def build_variant(
     images_root: Path = IMAGES_DIR,
     progress: Progress | None = None,
     on_line: Callable[[str], None] | None = None,
-) -> BuildResult:
+) -> Image:
     """``packer build`` one rendered variant. Output goes to a log file; Packer's step lines (``==>``)
     are shown as progress. The image lands in ``images_root/<variant>/`` only when the build succeeded."""
     progress = progress or DEFAULT_PROGRESS
@@ -311,7 +305,22 @@ def build_variant(
     if plan.staging.exists():
         shutil.rmtree(plan.staging)
     started = time.monotonic()
-    with progress.stage(f"packer build {variant.name} (log: {plan.log})"), open(plan.log, "w") as log:
+    with progress.stage(f"packer build {variant.name} (log: {plan.log})"):
+        _run_packer(plan, on_line or progress.line)
+    image = plan.staging / f"{variant.name}.qcow2"
+    if not image.is_file() or not manifest_path(image).is_file():
+        raise FactoryError(f"{variant.name}: packer build left no image and manifest in {plan.staging}")
+    replace_directory(plan.staging, plan.output)
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = time.monotonic() - started
+    return Image.beside(variant.name, plan.output / image.name, ImageFormat.QCOW2, seconds=seconds)
+
+
+def _run_packer(plan: BuildPlan, show: Callable[[str], None]) -> None:
+    """Run the plan's command, its output into the log, ``==>`` lines to ``show``; FactoryError with
+    the last lines when Packer fails (the staging directory is removed)."""
+    name = plan.variant.name
+    with open(plan.log, "w") as log:
         process = subprocess.Popen(
             plan.command,
             stdout=subprocess.PIPE,
@@ -327,26 +336,9 @@ def build_variant(
             log.flush()
             tail = [*tail[-19:], line.rstrip()]
             if line.startswith("==> "):
-                (on_line or progress.line)(f"{variant.name}: {line[4:].rstrip()}")
+                show(f"{name}: {line[4:].rstrip()}")
         status = process.wait()
-        if status != 0:
-            shutil.rmtree(plan.staging, ignore_errors=True)
-            last = "\n".join(f"    {line}" for line in tail if line.strip())
-            raise FactoryError(
-                f"{variant.name}: packer build failed (exit {status}); full log: {plan.log}\n{last}"
-            )
-    image = plan.staging / f"{variant.name}.qcow2"
-    manifest = plan.staging / f"{variant.name}.manifest.json"
-    if not image.is_file() or not manifest.is_file():
-        raise FactoryError(f"{variant.name}: packer build left no image and manifest in {plan.staging}")
-    from hostkit.fileio import replace_directory
-
-    replace_directory(plan.staging, plan.output)
-    shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(
-        variant=variant.name,
-        image=plan.output / image.name,
-        manifest=plan.output / manifest.name,
-        log=plan.log,
-        seconds=time.monotonic() - started,
-    )
+    if status != 0:
+        shutil.rmtree(plan.staging, ignore_errors=True)
+        last = "\n".join(f"    {line}" for line in tail if line.strip())
+        raise FactoryError(f"{name}: packer build failed (exit {status}); full log: {plan.log}\n{last}")

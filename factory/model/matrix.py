@@ -49,8 +49,10 @@ RUNNER_LABELS = {"x86_64": "X64", "aarch64": "ARM64"}
 
 
 @dataclass(frozen=True)
-class BaseImage:
-    """The image a variant is built from. ``local`` bases are supplied at build time (``-var``)."""
+class BaseImagePin:
+    """Where a variant's Packer build starts (matrix.yaml ``os.<name>.images``): a vendor cloud image's URL
+    and checksum, or ``local`` (the base is supplied at build time with ``-var``). A pin, not a built image:
+    built images are factory/model/image.py ``Image``."""
 
     url: str
     checksum: str
@@ -70,7 +72,7 @@ class Pins:
     one_context_url: str
     cuda: str  # "" for CPU images
     nvidia_driver: str  # "" for CPU images
-    base_image: BaseImage
+    base_image: BaseImagePin
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -227,7 +229,7 @@ class OsInfo:
     python: str
     one_context: str
     seed: str
-    images: Mapping[str, BaseImage]
+    images: Mapping[str, BaseImagePin]
 
 
 @dataclass(frozen=True)
@@ -256,13 +258,6 @@ class Matrix:
         if selection is None:
             return pairs
         return tuple(pair for pair in pairs if selection.matches_pair(pair))
-
-    def pairs_of(self, variant: Variant) -> tuple[Pair, ...]:
-        return tuple(
-            pair
-            for pair in self.pairs + self.cross_pairs
-            if variant == pair.superlink or variant in pair.supernodes
-        )
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -589,29 +584,10 @@ def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> d
         seed = read.string(entry.get("seed"), f"{where}.seed")
         if seed not in SEEDS:
             raise read.fail(f"{where}.seed", f"unknown seed {seed!r} (known: {', '.join(SEEDS)})")
-        images: dict[str, BaseImage] = {}
-        for arch, image in read.mapping(entry.get("images"), f"{where}.images").items():
-            image_field = f"{where}.images.{arch}"
-            if arch not in ARCHES:
-                raise read.fail(image_field, f"unknown architecture (known: {', '.join(ARCHES)})")
-            image = read.mapping(image, image_field)
-            read.known_keys(image, image_field, ("url", "checksum", "local"))
-            if image.get("local") is True:
-                if "url" in image or "checksum" in image:
-                    problem = "a local base takes no url or checksum (they come with -var)"
-                    raise read.fail(image_field, problem)
-                images[arch] = BaseImage(url="", checksum="", local=True)
-                continue
-            if "local" in image and image["local"] is not False:
-                problem = f"expected true or false, got {_kind(image['local'])}"
-                raise read.fail(f"{image_field}.local", problem)
-            url = read.string(image.get("url"), f"{image_field}.url")
-            if not url.startswith(("https://", "file:///")):
-                raise read.fail(f"{image_field}.url", f"expected an https:// or file:/// URL, got {url!r}")
-            checksum = read.string(image.get("checksum"), f"{image_field}.checksum")
-            if not _SHA256.match(checksum):
-                raise read.fail(f"{image_field}.checksum", "expected sha256:<64 lower-case hex digits>")
-            images[arch] = BaseImage(url=url, checksum=checksum)
+        images = {
+            arch: _parse_base_image(read, image, f"{where}.images.{arch}", arch)
+            for arch, image in read.mapping(entry.get("images"), f"{where}.images").items()
+        }
         title = entry.get("title", name)
         result[name] = OsInfo(
             name=name,
@@ -625,6 +601,27 @@ def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> d
         if name not in axes["os"]:
             raise read.fail(f"os.{name}", f"not a value of axes.os ({', '.join(axes['os'])})")
     return result
+
+
+def _parse_base_image(read: _Reader, raw: Any, where: str, arch: str) -> BaseImagePin:
+    """One ``os.<name>.images.<arch>`` entry: a vendor image's https/file URL and sha256, or ``local``."""
+    if arch not in ARCHES:
+        raise read.fail(where, f"unknown architecture (known: {', '.join(ARCHES)})")
+    image = read.mapping(raw, where)
+    read.known_keys(image, where, ("url", "checksum", "local"))
+    if image.get("local") is True:
+        if "url" in image or "checksum" in image:
+            raise read.fail(where, "a local base takes no url or checksum (they come with -var)")
+        return BaseImagePin(url="", checksum="", local=True)
+    if "local" in image and image["local"] is not False:
+        raise read.fail(f"{where}.local", f"expected true or false, got {_kind(image['local'])}")
+    url = read.string(image.get("url"), f"{where}.url")
+    if not url.startswith(("https://", "file:///")):
+        raise read.fail(f"{where}.url", f"expected an https:// or file:/// URL, got {url!r}")
+    checksum = read.string(image.get("checksum"), f"{where}.checksum")
+    if not _SHA256.match(checksum):
+        raise read.fail(f"{where}.checksum", "expected sha256:<64 lower-case hex digits>")
+    return BaseImagePin(url=url, checksum=checksum)
 
 
 def _parse_frameworks(

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             failures.append(variant.name)
             continue
-        print(f"built {result.image} ({result.seconds:.0f} s), manifest {result.manifest}")
+        print(f"built {result.image} ({result.seconds:.0f} s), manifest {result.manifest_path}")
     if failures:
         print(f"build: {len(failures)} variant(s) failed: {', '.join(failures)}", file=sys.stderr)
         return 1
