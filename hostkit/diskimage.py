@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostkit import host
 from hostkit.errors import FactoryError
 
 MIB = 1024 * 1024
@@ -42,16 +43,11 @@ class DiskImageError(FactoryError):
 
 
 def _run(argv: list[str], what: str, *, input: bytes | None = None, timeout: float = 1800) -> str:
+    """``hostkit.host.run`` with the step named: its HostError becomes a DiskImageError."""
     try:
-        completed = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
-    except FileNotFoundError as error:
-        raise DiskImageError(f"{what}: {argv[0]} is not installed (run scripts/setup.sh)") from error
-    except subprocess.TimeoutExpired as error:
-        raise DiskImageError(f"{what}: {argv[0]} timed out after {timeout:.0f} s") from error
-    if completed.returncode != 0:
-        detail = (completed.stderr or completed.stdout).decode(errors="replace").strip()[-1500:]
-        raise DiskImageError(f"{what}: {' '.join(argv)} failed (exit {completed.returncode}): {detail}")
-    return completed.stdout.decode(errors="replace")
+        return host.run(argv, timeout=timeout, input=input)
+    except host.HostError as error:
+        raise DiskImageError(f"{what}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------- facts
@@ -94,10 +90,6 @@ def checksums(path: Path, chunk_size: int = 4 * MIB) -> dict[str, str]:
 
 def sha256_file(path: Path) -> str:
     return checksums(path)["sha256"]
-
-
-def md5_file(path: Path) -> str:
-    return checksums(path)["md5"]
 
 
 _MAGICS: list[tuple[int, bytes, str]] = [

@@ -1,7 +1,10 @@
 """Progress for long operations: one line per stage, and a counter for loops.
 
-Lines go to stderr so that machine-readable output on stdout (``--format json``) stays clean.
-On a terminal the counter redraws in place; elsewhere (CI logs) it prints one line per step.
+Lines go to stderr so that machine-readable output on stdout (``--format json``) stays clean; ``quiet``
+(the command line's ``--quiet``) silences them. On a terminal the counter redraws one line in place with
+the count, a bar and an ETA (the mean time per item so far times the items left). Elsewhere (CI logs) a
+loop writes at most one line every ``LOG_INTERVAL_S`` seconds and one when it ends, so a quick stage is one
+line and a stage of long steps (image builds) still shows it is alive.
 """
 
 from __future__ import annotations
@@ -40,21 +43,50 @@ class Progress:
             raise
         self._write(f"<== {name}: ok ({time.monotonic() - started:.1f} s)\n")
 
+    def interactive(self) -> bool:
+        return hasattr(self.stream, "isatty") and self.stream.isatty()
+
     def iterate(self, items: Iterable[T], label: str, total: int | None = None) -> Iterator[T]:
-        """Yield items while showing ``label [k/n]`` (a bar on a terminal)."""
+        """Yield items while showing ``label [k/n]`` with an ETA (a bar on a terminal)."""
         materialised = list(items)
         count = total if total is not None else len(materialised)
-        interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-        for index, item in enumerate(materialised, start=1):
+        interactive = self.interactive()
+        started = last_line = time.monotonic()
+        for index, item in enumerate(materialised):
             if interactive:
-                width = 30
-                filled = int(width * index / max(count, 1))
-                self._write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {index}/{count}")
-            else:
-                self._write(f"{label} [{index}/{count}]\n")
+                self._write(f"\r{_counter(label, index, count, started)}")
             yield item
-        if interactive and count:
-            self._write("\n")
+            now = time.monotonic()
+            if not interactive and index + 1 < count and now - last_line >= LOG_INTERVAL_S:
+                self._write(_counter(label, index + 1, count, started) + "\n")
+                last_line = now
+        elapsed = time.monotonic() - started
+        if interactive:
+            self._write(f"\r{_counter(label, count, count, started)}\n")
+        elif count:
+            self._write(f"{label} [{count}/{count}] done ({_clock(elapsed)})\n")
+
+
+LOG_INTERVAL_S = 10.0
+BAR_WIDTH = 30
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+def _counter(label: str, done: int, count: int, started: float) -> str:
+    """``label [####......] 3/10 eta 0:42`` (no ETA before the first item finished, none at the end)."""
+    filled = int(BAR_WIDTH * done / max(count, 1))
+    text = f"{label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{count}"
+    elapsed = time.monotonic() - started
+    if 0 < done < count:
+        text += f" eta {_clock(elapsed / done * (count - done))}"
+    elif done == count:
+        text += f" ({_clock(elapsed)})"
+    return text
 
 
 DEFAULT = Progress()

@@ -15,7 +15,9 @@
   already in the local base qcow2);
 - ``scripts/`` (facts, hygiene, manifest) and ``variant.json``.
 
-A directory is rendered into a staging directory and moved into place when complete.
+One run renders all its variants into a staging directory and moves them into place only when every one
+rendered (a template error leaves ``build/hcl`` as it was); ``prune_stale`` deletes the directories of
+variants the matrix no longer has.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +41,10 @@ import jinja2
 from factory.model import manifest as manifest_module
 from factory.model import params as params_module
 from factory.model.matrix import Matrix, Variant
+from factory.model.yamlfile import display
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.fileio import replace_directory
-from hostkit.paths import APPS_DIR, BUILD_DIR, CONTEXT_DIR, PACKER_DIR, PARAMS_FILE, PROVISION_DIR, REPO_ROOT
+from hostkit.paths import APPS_DIR, BUILD_DIR, CONTEXT_DIR, PACKER_DIR, PARAMS_FILE, PROVISION_DIR
 from hostkit.progress import DEFAULT as DEFAULT_PROGRESS
 from hostkit.progress import Progress
 
@@ -178,15 +182,8 @@ def check_layer_names(matrix: Matrix, templates: Path) -> None:
         named += [(f"packer.variants[{index}].vars.{name}", name) for name in variables]
     for field, name in named:
         if name not in known:
-            declared_in = f"{_display(templates)}/variables.pkr.hcl"
+            declared_in = f"{display(templates)}/variables.pkr.hcl"
             raise ConfigError(matrix.source, field, f"not a variable of {declared_in}")
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -248,22 +245,7 @@ def render_variant(
     decl: params_module.ParamsDecl | None = None,
 ) -> Path:
     """Render one variant into ``out_root/<variant>`` and return that directory."""
-    sources = sources or RenderSources()
-    decl = decl or params_module.load_params(sources.params_file)
-    check_layer_names(matrix, sources.templates)
-    out_root.mkdir(parents=True, exist_ok=True)
-    target = out_root / variant.name
-    staging = out_root / f".{variant.name}.staging-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    try:
-        _render_into(staging, matrix, variant, sources, decl, previous=target if target.is_dir() else None)
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return render_variants(matrix, (variant,), out_root, sources, decl=decl)[0]
 
 
 def _render_into(
@@ -297,7 +279,7 @@ def _render_into(
             seed = environment.get_template(f"seed/{name}.j2").render(context)
             (directory / "seed" / name).write_text(seed)
     except jinja2.TemplateError as error:
-        raise FactoryError(f"{variant.name}: template error in {_display(templates)}: {error}") from None
+        raise FactoryError(f"{variant.name}: template error in {display(templates)}: {error}") from None
     except FileNotFoundError as error:
         raise FactoryError(f"{variant.name}: missing template file {error.filename}") from None
     for name, variables, comment in layers(matrix, variant):
@@ -331,16 +313,43 @@ def render_variants(
     out_root: Path = HCL_DIR,
     sources: RenderSources | None = None,
     progress: Progress | None = None,
+    decl: params_module.ParamsDecl | None = None,
 ) -> list[Path]:
-    """Render several variants (the declaration is read once); shows a counter."""
+    """Render several variants as one step: every directory is written into a staging directory under
+    ``out_root`` first and moved into place only when all rendered, so a template error leaves ``out_root``
+    as it was. A variant's build key is carried over from its previous render. Shows a counter."""
     sources = sources or RenderSources()
     progress = progress or DEFAULT_PROGRESS
-    decl = params_module.load_params(sources.params_file)
+    decl = decl or params_module.load_params(sources.params_file)
     check_layer_names(matrix, sources.templates)
-    return [
-        render_variant(matrix, variant, out_root, sources, decl)
-        for variant in progress.iterate(variants, "render")
-    ]
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out_root))
+    try:
+        for variant in progress.iterate(variants, "render"):
+            directory = staging / variant.name
+            directory.mkdir()
+            previous = out_root / variant.name
+            _render_into(directory, matrix, variant, sources, decl, previous if previous.is_dir() else None)
+        for variant in variants:
+            replace_directory(staging / variant.name, out_root / variant.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_root / variant.name for variant in variants]
+
+
+def prune_stale(out_root: Path, matrix: Matrix) -> list[Path]:
+    """Delete the rendered directories under ``out_root`` (those holding a ``variant.json``) whose variant
+    the matrix no longer has; return them. Anything else there is left alone."""
+    names = {variant.name for variant in matrix.variants}
+    stale = sorted(
+        path
+        for path in (out_root.iterdir() if out_root.is_dir() else ())
+        if path.is_dir() and not path.name.startswith(".") and path.name not in names
+        and (path / "variant.json").is_file()
+    )  # fmt: skip
+    for path in stale:
+        shutil.rmtree(path)
+    return stale
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -393,7 +402,3 @@ def _unquote(value: Any) -> Any:
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
         return json.loads(value.replace("$${", "${"))
     return value
-
-
-def variant_directories(out_root: Path, names: Iterable[str]) -> list[Path]:
-    return [out_root / name for name in names]

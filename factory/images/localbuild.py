@@ -20,6 +20,7 @@ builds anew. Entries are created under a lock and marked complete only when whol
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -27,12 +28,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from factory.model import manifest as manifest_module
+from factory.model.image import Image, ImageFormat
 from factory.model.matrix import Variant
 from hostkit import onecontext
 from hostkit.errors import ConfigError, FactoryError
@@ -75,23 +77,15 @@ BUILD_TIMEOUT_S = 3600
 
 
 @dataclass(frozen=True)
-class BaseImage:
+class BaseRootfs:
+    """The cached Debian 12 base root filesystem (a directory, not an image) every local build copies."""
+
     key: str
     directory: Path
 
     @property
     def rootfs(self) -> Path:
         return self.directory / "rootfs"
-
-
-@dataclass(frozen=True)
-class ApplianceImage:
-    variant: str
-    key: str
-    image: Path
-    manifest_path: Path
-    reused: bool
-    manifest: dict[str, object] = field(default_factory=dict)
 
 
 def images_cache() -> Path:
@@ -149,7 +143,7 @@ HYGIENE_SCRIPTS = ("collect-facts.sh", "sysprep.sh")
 
 
 def appliance_key(
-    variant: Variant, base: BaseImage, params_text: str, one_context: onecontext.OneContextPackage
+    variant: Variant, base: BaseRootfs, params_text: str, one_context: onecontext.OneContextPackage
 ) -> str:
     description = {
         "builder": BUILDER_VERSION,
@@ -218,6 +212,28 @@ def _run_logged(argv: list[str], log: Path, progress: Progress, what: str, **kwa
         raise FactoryError(f"{what} failed (exit {status}); last lines of {log}:\n{tail}")
 
 
+def _cache_entry(directory: Path, work_name: str, force: bool, fill: Callable[[Path], str]) -> bool:
+    """The one way a cache entry is made: unless ``directory`` is complete (and not ``force``), ``fill``
+    writes it into a fresh work directory and returns the text of its completion marker; then the work
+    directory replaces ``directory`` in one rename. Under a lock, re-checked after waiting for it, so
+    parallel builders never see half an entry and never build one twice. True when it was reused."""
+    marker = directory / ".complete"
+    if marker.exists() and not force:
+        return True
+    with _locked(directory.with_name(f".{directory.name}.lock")):
+        if marker.exists() and not force:
+            return True
+        work = _work_dir(work_name)
+        try:
+            (work / ".complete").write_text(fill(work) + "\n")
+            _remove_tree(directory)
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            work.rename(directory)
+        finally:
+            _remove_tree(work)
+    return False
+
+
 def _copy_tree(source: Path, destination: Path) -> None:
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], check=True)
 
@@ -231,49 +247,38 @@ def _remove_tree(path: Path) -> None:
 # the Debian 12 base
 
 
-def base_image() -> BaseImage:
+def base_rootfs() -> BaseRootfs:
     key = base_key()
-    return BaseImage(key, images_cache() / "base" / f"{LOCAL_OS}-{key[:16]}")
+    return BaseRootfs(key, images_cache() / "base" / f"{LOCAL_OS}-{key[:16]}")
 
 
-def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseImage:
+def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseRootfs:
     """The Debian 12 base root filesystem (mmdebstrap), built once per content key."""
-    base = base_image()
-    marker = base.directory / ".complete"
-    if marker.exists() and not force:
-        progress.line(f"{LOCAL_OS} base: reusing {base.directory} (unchanged inputs)")
-        return base
-    with _locked(base.directory.with_name(f".{base.directory.name}.lock")):
-        if marker.exists() and not force:
-            progress.line(f"{LOCAL_OS} base: reusing {base.directory} (built meanwhile)")
-            return base
+    base = base_rootfs()
+
+    def fill(work: Path) -> str:
         with progress.stage(f"{LOCAL_OS} base: mmdebstrap {DEBIAN_SUITE} ({len(BASE_PACKAGES)} packages)"):
-            work = _work_dir(f"base-{base.key[:16]}")
-            try:
-                rootfs = work / "rootfs"
-                argv = [
-                    "mmdebstrap",
-                    "--mode=root",
-                    "--format=directory",
-                    "--variant=apt",
-                    "--components=main",
-                    f"--include={','.join(BASE_PACKAGES)}",
-                    '--aptopt=Acquire::Retries "3"',
-                    '--customize-hook=echo localhost >"$1/etc/hostname"',
-                    '--customize-hook=: >"$1/etc/machine-id"',
-                    DEBIAN_SUITE,
-                    str(rootfs),
-                    *DEBIAN_SOURCES,
-                ]
-                _run_logged(argv, work / "build.log", progress, "base", env=build_environment())
-                (work / "key").write_text(base.key + "\n")
-                (work / "build.log").rename(work / "mmdebstrap.log")
-                (work / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
-                _remove_tree(base.directory)
-                base.directory.parent.mkdir(parents=True, exist_ok=True)
-                work.rename(base.directory)
-            finally:
-                _remove_tree(work)
+            argv = [
+                "mmdebstrap",
+                "--mode=root",
+                "--format=directory",
+                "--variant=apt",
+                "--components=main",
+                f"--include={','.join(BASE_PACKAGES)}",
+                '--aptopt=Acquire::Retries "3"',
+                '--customize-hook=echo localhost >"$1/etc/hostname"',
+                '--customize-hook=: >"$1/etc/machine-id"',
+                DEBIAN_SUITE,
+                str(work / "rootfs"),
+                *DEBIAN_SOURCES,
+            ]
+            _run_logged(argv, work / "build.log", progress, "base", env=build_environment())
+        (work / "key").write_text(base.key + "\n")
+        (work / "build.log").rename(work / "mmdebstrap.log")
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    if _cache_entry(base.directory, f"base-{base.key[:16]}", force, fill):
+        progress.line(f"{LOCAL_OS} base: reusing {base.directory} (unchanged inputs)")
     return base
 
 
@@ -313,8 +318,6 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
 
     Next to it, ``debian12-base.qcow2.sha256`` holds the checksum Packer is given.
     """
-    from hostkit import diskimage
-
     base = build_base(progress)
     package = onecontext.build_package()
     trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
@@ -324,57 +327,56 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     key = _digest([*(part.encode() for part in parts), distro, trust, size])
     directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
     image = directory / f"{LOCAL_OS}-base.qcow2"
-    marker = directory / ".complete"
-    if marker.exists() and not force:
-        progress.line(f"{LOCAL_OS} base qcow2: reusing {image}")
-        return image
-    with _locked(directory.with_name(f".{directory.name}.lock")):
-        if marker.exists() and not force:
-            return image
+
+    def fill(work: Path) -> str:
         with progress.stage(f"{LOCAL_OS} base qcow2 (base + one-context {package.version}, extlinux)"):
-            work = _work_dir(f"base-qcow2-{key[:16]}")
-            try:
-                rootfs = work / "rootfs"
-                _copy_tree(base.rootfs, rootfs)
-                payload = work / "payload"
-                shutil.copytree(PROVISION_DIR / "lib", payload / "provision" / "lib")
-                (payload / "one-context").mkdir()
-                shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
-                script = (
-                    "set -euo pipefail\n"
-                    f". {GUEST_PAYLOAD}/provision/lib/distro.sh\n"
-                    "distro_block_service_starts\ndistro_refresh\ndistro_install_one_context\n"
-                    "distro_allow_service_starts\ndistro_cleanup\n"
-                )
-                environment = {
-                    "FL_OS": LOCAL_OS,
-                    "FL_BUILD_TARGET": "chroot",
-                    "FL_ONE_CONTEXT": "source",
-                    "FL_PAYLOAD": GUEST_PAYLOAD,
-                    "FL_PROVISION_STEP": "base-one-context",
-                }
-                _run_logged(
-                    _nspawn_argv(rootfs, payload, environment, script),
-                    work / "build.log",
-                    progress,
-                    "one-context",
-                    env=build_environment(),
-                )
-                _remove_tree(payload)
-                if trust:
-                    add_build_trust(rootfs, trust)
-                output = work / image.name
-                diskimage.make_bootable_qcow2(rootfs, output, size=base_qcow2_size())
-                _remove_tree(rootfs)
-                sha256 = diskimage.sha256_file(output)
-                (work / f"{image.name}.sha256").write_text(f"{sha256}  {image.name}\n")
-                (work / ".complete").write_text(sha256 + "\n")
-                _remove_tree(directory)
-                directory.parent.mkdir(parents=True, exist_ok=True)
-                work.rename(directory)
-            finally:
-                _remove_tree(work)
+            return _make_base_qcow2(work, base, package, trust, image.name, progress)
+
+    if _cache_entry(directory, f"base-qcow2-{key[:16]}", force, fill):
+        progress.line(f"{LOCAL_OS} base qcow2: reusing {image}")
     return image
+
+
+def _make_base_qcow2(
+    work: Path,
+    base: BaseRootfs,
+    package: onecontext.OneContextPackage,
+    trust: bytes,
+    name: str,
+    progress: Progress,
+) -> str:
+    """Write ``work/<name>`` and its ``.sha256``; return the checksum."""
+    from hostkit import diskimage
+
+    rootfs = work / "rootfs"
+    _copy_tree(base.rootfs, rootfs)
+    payload = work / "payload"
+    shutil.copytree(PROVISION_DIR / "lib", payload / "provision" / "lib")
+    (payload / "one-context").mkdir()
+    shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
+    script = (
+        "set -euo pipefail\n"
+        f". {GUEST_PAYLOAD}/provision/lib/distro.sh\n"
+        "distro_block_service_starts\ndistro_refresh\ndistro_install_one_context\n"
+        "distro_allow_service_starts\ndistro_cleanup\n"
+    )
+    environment = {
+        "FL_OS": LOCAL_OS,
+        "FL_BUILD_TARGET": "chroot",
+        "FL_ONE_CONTEXT": "source",
+        "FL_PAYLOAD": GUEST_PAYLOAD,
+        "FL_PROVISION_STEP": "base-one-context",
+    }
+    argv = _nspawn_argv(rootfs, payload, environment, script)
+    _run_logged(argv, work / "build.log", progress, "one-context", env=build_environment())
+    _remove_tree(payload)
+    if trust:
+        add_build_trust(rootfs, trust)
+    diskimage.make_bootable_qcow2(rootfs, work / name, size=base_qcow2_size())
+    _remove_tree(rootfs)
+    sha256 = diskimage.sha256_file(work / name)
+    (work / f"{name}.sha256").write_text(f"{sha256}  {name}\n")
+    return sha256
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -451,142 +453,126 @@ def appliance_directory(variant: Variant, key: str) -> Path:
     return images_cache() / "appliances" / f"{variant.name}-{key[:16]}"
 
 
-def cached_appliance(variant: Variant, params_text: str) -> ApplianceImage | None:
-    """The complete cached image of the variant for the current inputs, if there is one."""
-    key = appliance_key(variant, base_image(), params_text, onecontext.build_package())
-    directory = appliance_directory(variant, key)
-    image = directory / f"{variant.name}.img"
-    manifest_path = manifest_module.manifest_path(image)
-    if not (directory / ".complete").exists():
-        return None
-    return ApplianceImage(
-        variant.name, key, image, manifest_path, True, json.loads(manifest_path.read_text())
-    )
-
-
 def build_appliance(
     variant: Variant,
     params_text: str | None = None,
     progress: Progress = DEFAULT,
     force: bool = False,
-) -> ApplianceImage:
+) -> Image:
     """Build (or reuse) the raw ext4 appliance image of a debian12 variant, and its manifest.
 
     ``params_text`` is the in-guest parameter declaration of the role (default: generated from
     images/params.yaml by factory/model/params.py).
     """
     from factory.model import params as params_module
-    from hostkit import diskimage
 
     check_buildable(variant)
     if params_text is None:
         params_text = params_module.guest_defaults(variant.role)
     package = onecontext.build_package()  # first: a missing upstream source fails before any work
     base = build_base(progress)
-    if not force and (cached := cached_appliance(variant, params_text)) is not None:
-        progress.line(f"{variant.name}: reusing {cached.image} (unchanged inputs, key {cached.key[:16]})")
-        return cached
     key = appliance_key(variant, base, params_text, package)
     directory = appliance_directory(variant, key)
     image = directory / f"{variant.name}.img"
-    with _locked(directory.with_name(f".{directory.name}.lock")):
-        if not force and (cached := cached_appliance(variant, params_text)) is not None:
-            progress.line(f"{variant.name}: reusing {cached.image} (built meanwhile)")
-            return cached
-        started = time.monotonic()
-        work = _work_dir(f"{variant.name}-{key[:16]}")
-        try:
-            rootfs = work / "rootfs"
-            facts = work / "facts"
-            facts.mkdir()
-            with progress.stage(f"{variant.name}: copy the {LOCAL_OS} base"):
-                _copy_tree(base.rootfs, rootfs)
-            payload = _payload(work, variant, params_text, package)
-            with progress.stage(f"{variant.name}: provisioning, facts and hygiene in systemd-nspawn"):
-                provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress)
-            with progress.stage(f"{variant.name}: raw ext4 image"):
-                diskimage.make_ext4_image(rootfs, work / image.name)
-            _remove_tree(rootfs)
-            _remove_tree(payload)
-            manifest = manifest_module.build_manifest(
-                work / image.name,
-                variant.as_dict(),
-                manifest_module.parse_os_release((facts / "os-release").read_text()),
-                manifest_module.parse_facts((facts / "facts.env").read_text()),
-                tool="localbuild-nspawn",
-            )
-            manifest["build"] |= {
-                "key": key,
-                "base_key": base.key,
-                "seconds": round(time.monotonic() - started),
-                "one_context": package.record(),
-            }
-            manifest_module.write_manifest(work / image.name, manifest)
-            (work / ".complete").write_text(key + "\n")
-            _remove_tree(directory)
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            work.rename(directory)
-        finally:
-            _remove_tree(work)
-    progress.line(f"{variant.name}: built {image} in {manifest['build']['seconds']} s")
-    return ApplianceImage(variant.name, key, image, manifest_module.manifest_path(image), False, manifest)
+
+    def fill(work: Path) -> str:
+        _make_appliance(work, image.name, variant, base, key, params_text, package, progress)
+        return key
+
+    reused = _cache_entry(directory, f"{variant.name}-{key[:16]}", force, fill)
+    built = Image.beside(variant.name, image, ImageFormat.RAW, key=key, reused=reused)
+    if reused:
+        progress.line(f"{variant.name}: reusing {image} (unchanged inputs, key {key[:16]})")
+        return built
+    seconds = float(built.manifest["build"]["seconds"])
+    progress.line(f"{variant.name}: built {image} in {seconds:.0f} s")
+    return dataclasses.replace(built, seconds=seconds)
+
+
+def _make_appliance(
+    work: Path,
+    name: str,
+    variant: Variant,
+    base: BaseRootfs,
+    key: str,
+    params_text: str,
+    package: onecontext.OneContextPackage,
+    progress: Progress,
+) -> None:
+    """Copy the base, provision it in systemd-nspawn, write ``work/<name>`` and its manifest."""
+    from hostkit import diskimage
+
+    started = time.monotonic()
+    rootfs = work / "rootfs"
+    facts = work / "facts"
+    facts.mkdir()
+    with progress.stage(f"{variant.name}: copy the {LOCAL_OS} base"):
+        _copy_tree(base.rootfs, rootfs)
+    payload = _payload(work, variant, params_text, package)
+    with progress.stage(f"{variant.name}: provisioning, facts and hygiene in systemd-nspawn"):
+        provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress)
+    with progress.stage(f"{variant.name}: raw ext4 image"):
+        diskimage.make_ext4_image(rootfs, work / name)
+    _remove_tree(rootfs)
+    _remove_tree(payload)
+    manifest = manifest_module.build_manifest(
+        work / name,
+        variant.as_dict(),
+        manifest_module.parse_os_release((facts / "os-release").read_text()),
+        manifest_module.parse_facts((facts / "facts.env").read_text()),
+        tool="localbuild-nspawn",
+    )
+    manifest["build"] |= {
+        "key": key,
+        "base_key": base.key,
+        "seconds": round(time.monotonic() - started),
+        "one_context": package.record(),
+    }
+    manifest_module.write_manifest(work / name, manifest)
 
 
 # ----------------------------------------------------------------------------------------------------
 # the qcow2 through a real `packer build` (slow without KVM: opt-in)
 
 
-@dataclass(frozen=True)
-class Qcow2Image:
-    variant: str
-    image: Path
-    manifest: Path
-    reused: bool
-    seconds: float
-
-
-def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = False) -> Qcow2Image:
+def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = False) -> Image:
     """The variant's qcow2 from a real ``packer build`` of its rendered debian12 HCL, started from the
     local base qcow2. Cached by content (the appliance key plus the base qcow2's checksum)."""
     from factory.images.hcl import render_variant
     from factory.images.packer import build_variant
+    from factory.model import params as params_module
     from factory.model.matrix import load_matrix
 
     check_buildable(variant)
-    from factory.model import params as params_module
-
     params_text = params_module.guest_defaults(variant.role)
     base_qcow2 = build_base_qcow2(progress)
     base_sha256 = (base_qcow2.parent / f"{base_qcow2.name}.sha256").read_text().split()[0]
     package = onecontext.build_package()
-    key = _digest([appliance_key(variant, base_image(), params_text, package).encode(), base_sha256.encode()])
+    key = _digest(
+        [appliance_key(variant, base_rootfs(), params_text, package).encode(), base_sha256.encode()]
+    )
     directory = images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
-    image = directory / f"{variant.name}.qcow2"
-    manifest = manifest_module.manifest_path(image)
-    if (directory / ".complete").exists() and not force:
-        progress.line(f"{variant.name}: reusing {image} (unchanged inputs)")
-        return Qcow2Image(variant.name, image, manifest, True, 0.0)
-    with _locked(directory.with_name(f".{directory.name}.lock")):
-        if (directory / ".complete").exists() and not force:
-            return Qcow2Image(variant.name, image, manifest, True, 0.0)
+    seconds = 0.0
+
+    def fill(work: Path) -> str:
+        nonlocal seconds
         render_variant(load_matrix(), variant)
         overrides = {"base_image_url": f"file://{base_qcow2}", "base_image_checksum": f"sha256:{base_sha256}"}
         result = build_variant(variant, overrides, progress=progress)
-        work = _work_dir(f"qcow2-{variant.name}-{key[:16]}")
+        seconds = result.seconds
         try:
-            try:
-                os.link(result.image, work / result.image.name)
-            except OSError:
-                shutil.copy2(result.image, work / result.image.name)
-            # The base qcow2 brought one-context: record which source it was built from, as the
-            # container images' manifests do.
-            built = json.loads(result.manifest.read_text())
-            built.setdefault("build", {})["one_context"] = package.record()
-            (work / result.manifest.name).write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
-            (work / ".complete").write_text(key + "\n")
-            _remove_tree(directory)
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            work.rename(directory)
-        finally:
-            _remove_tree(work)
-    return Qcow2Image(variant.name, image, manifest, False, result.seconds)
+            os.link(result.image, work / result.image.name)
+        except OSError:
+            shutil.copy2(result.image, work / result.image.name)
+        # The base qcow2 brought one-context: record which source it was built from, as the
+        # container images' manifests do.
+        built = dict(result.manifest)
+        built.setdefault("build", {})["one_context"] = package.record()
+        (work / result.manifest_path.name).write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
+        return key
+
+    reused = _cache_entry(directory, f"qcow2-{variant.name}-{key[:16]}", force, fill)
+    if reused:
+        progress.line(f"{variant.name}: reusing {directory / variant.name}.qcow2 (unchanged inputs)")
+    image = directory / f"{variant.name}.qcow2"
+    return Image.beside(variant.name, image, ImageFormat.QCOW2, key=key, reused=reused, seconds=seconds)

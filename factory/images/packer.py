@@ -8,7 +8,7 @@ the rendered files without ``plugins.pkr.hcl``. Packer 1.7+ runs on the rendered
 API::
 
     check_directory(directory, overrides) -> CheckResult   # python-hcl2 parse, fmt -check, validate
-    build_variant(variant, var_overrides) -> BuildResult   # packer build; artifacts and manifest
+    build_variant(variant, var_overrides) -> Image   # packer build; artifacts and manifest
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -26,8 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.images.hcl import HCL_DIR, parse_directory, provisioning_scripts
+from factory.model.image import Image, ImageFormat
+from factory.model.manifest import manifest_path
 from factory.model.matrix import Variant
 from hostkit.errors import ConfigError, FactoryError
+from hostkit.fileio import replace_directory
 from hostkit.paths import BUILD_DIR
 from hostkit.progress import DEFAULT as DEFAULT_PROGRESS
 from hostkit.progress import Progress
@@ -179,15 +183,6 @@ def check_directories(
 
 
 @dataclass(frozen=True)
-class BuildResult:
-    variant: str
-    image: Path
-    manifest: Path
-    log: Path
-    seconds: float
-
-
-@dataclass(frozen=True)
 class BuildPlan:
     """Everything ``packer build`` of one variant needs; ``command`` is what runs (in ``tree``)."""
 
@@ -198,12 +193,25 @@ class BuildPlan:
     output: Path
     staging: Path
     log: Path
+    tree: Path | None = None  # Packer < 1.7: the directory's symlink tree without plugins.pkr.hcl
 
     def shell(self) -> str:
-        import shlex
-
+        """The build as one POSIX shell line a user can paste: into the rendered directory (where
+        ``build_variant`` runs Packer), make its TMPDIR, run Packer with the environment; every word
+        quoted with ``shlex``."""
         env = " ".join(f"{name}={shlex.quote(value)}" for name, value in self.environment.items())
-        return f"{env} {shlex.join(self.command)}"
+        directory = shlex.quote(str(self.directory))
+        steps = [f"cd {directory}", f"mkdir -p {shlex.quote(self.environment['TMPDIR'])}"]
+        if self.tree is not None:  # what packer_tree makes
+            tree = shlex.quote(str(self.tree))
+            steps += [
+                f"rm -rf {tree}",
+                f"mkdir -p {tree}",
+                f"find {directory} -mindepth 1 -maxdepth 1 ! -name {PLUGINS_FILE} "
+                f"-exec ln -s {{}} {tree}/ ';'",
+            ]
+        steps.append(f"{env} {shlex.join(self.command)}")
+        return " && ".join(steps)
 
 
 def _running_under_a_hypervisor() -> bool:
@@ -239,9 +247,9 @@ def plan_build(
     images_root: Path = IMAGES_DIR,
 ) -> BuildPlan:
     """Check that the rendered variant can be built and assemble the ``packer build`` command."""
-    directory = hcl_root / variant.name
+    directory = (hcl_root / variant.name).resolve()  # absolute: Packer runs inside it
     if not (directory / "build.pkr.hcl").is_file():
-        raise FactoryError(f"{variant.name}: not rendered in {directory}: run python build.py matrix first")
+        raise FactoryError(f"{variant.name}: not rendered in {directory}: run build.py render first")
     if not provisioning_scripts(directory / "payload" / "provision"):
         raise FactoryError(
             f"{variant.name}: no provisioning scripts (images/provision/NN-*.sh): the image would have "
@@ -267,9 +275,10 @@ def plan_build(
     log = LOGS_DIR / f"{variant.name}.packer.log"
     command = [packer_binary(), "build", "-parallel-builds=1", "-color=false", "-force"]
     command += var_arguments(overrides, var_files)
-    command.append(str(work / "tree" / variant.name) if not supports_required_plugins() else str(directory))
+    tree = None if supports_required_plugins() else (work / "tree" / variant.name).resolve()
+    command.append(str(tree or directory))
     environment = {"TMPDIR": str((work / "tmp").resolve()), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
-    return BuildPlan(variant, directory, command, environment, output, staging, log)
+    return BuildPlan(variant, directory, command, environment, output, staging, log, tree)
 
 
 def build_variant(
@@ -280,7 +289,7 @@ def build_variant(
     images_root: Path = IMAGES_DIR,
     progress: Progress | None = None,
     on_line: Callable[[str], None] | None = None,
-) -> BuildResult:
+) -> Image:
     """``packer build`` one rendered variant. Output goes to a log file; Packer's step lines (``==>``)
     are shown as progress. The image lands in ``images_root/<variant>/`` only when the build succeeded."""
     progress = progress or DEFAULT_PROGRESS
@@ -296,7 +305,22 @@ def build_variant(
     if plan.staging.exists():
         shutil.rmtree(plan.staging)
     started = time.monotonic()
-    with progress.stage(f"packer build {variant.name} (log: {plan.log})"), open(plan.log, "w") as log:
+    with progress.stage(f"packer build {variant.name} (log: {plan.log})"):
+        _run_packer(plan, on_line or progress.line)
+    image = plan.staging / f"{variant.name}.qcow2"
+    if not image.is_file() or not manifest_path(image).is_file():
+        raise FactoryError(f"{variant.name}: packer build left no image and manifest in {plan.staging}")
+    replace_directory(plan.staging, plan.output)
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = time.monotonic() - started
+    return Image.beside(variant.name, plan.output / image.name, ImageFormat.QCOW2, seconds=seconds)
+
+
+def _run_packer(plan: BuildPlan, show: Callable[[str], None]) -> None:
+    """Run the plan's command, its output into the log, ``==>`` lines to ``show``; FactoryError with
+    the last lines when Packer fails (the staging directory is removed)."""
+    name = plan.variant.name
+    with open(plan.log, "w") as log:
         process = subprocess.Popen(
             plan.command,
             stdout=subprocess.PIPE,
@@ -312,26 +336,9 @@ def build_variant(
             log.flush()
             tail = [*tail[-19:], line.rstrip()]
             if line.startswith("==> "):
-                (on_line or progress.line)(f"{variant.name}: {line[4:].rstrip()}")
+                show(f"{name}: {line[4:].rstrip()}")
         status = process.wait()
-        if status != 0:
-            shutil.rmtree(plan.staging, ignore_errors=True)
-            last = "\n".join(f"    {line}" for line in tail if line.strip())
-            raise FactoryError(
-                f"{variant.name}: packer build failed (exit {status}); full log: {plan.log}\n{last}"
-            )
-    image = plan.staging / f"{variant.name}.qcow2"
-    manifest = plan.staging / f"{variant.name}.manifest.json"
-    if not image.is_file() or not manifest.is_file():
-        raise FactoryError(f"{variant.name}: packer build left no image and manifest in {plan.staging}")
-    from hostkit.fileio import replace_directory
-
-    replace_directory(plan.staging, plan.output)
-    shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(
-        variant=variant.name,
-        image=plan.output / image.name,
-        manifest=plan.output / manifest.name,
-        log=plan.log,
-        seconds=time.monotonic() - started,
-    )
+    if status != 0:
+        shutil.rmtree(plan.staging, ignore_errors=True)
+        last = "\n".join(f"    {line}" for line in tail if line.strip())
+        raise FactoryError(f"{name}: packer build failed (exit {status}); full log: {plan.log}\n{last}")

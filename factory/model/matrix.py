@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory.model.yamlfile import load_yaml
+from factory.model.versions import is_pinned, is_python_series, is_release_version
+from factory.model.yamlfile import display, load_file
 from hostkit.errors import ConfigError
-from hostkit.paths import MATRIX_FILE, PROVISION_DIR, REPO_ROOT
+from hostkit.paths import MATRIX_FILE, PROVISION_DIR
 
 # Name order of the axes: {role}-{flower}-{os}-{accel}-{profile}-{framework}-{arch}.
 AXES = ("role", "flower", "os", "accel", "profile", "framework", "arch")
@@ -40,7 +41,6 @@ SEEDS = ("cloud-init", "context")
 ONE_CONTEXT_KINDS = ("deb", "rpm", "source")
 
 _VALUE = re.compile(r"^[a-z0-9][a-z0-9._]*$")
-_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TOP_LEVEL = ("axes", "defaults", "roles", "exclude", "pairs", "components", "os", "packer")
 _GITHUB_MATRIX_LIMIT = 256
@@ -49,8 +49,10 @@ RUNNER_LABELS = {"x86_64": "X64", "aarch64": "ARM64"}
 
 
 @dataclass(frozen=True)
-class BaseImage:
-    """The image a variant is built from. ``local`` bases are supplied at build time (``-var``)."""
+class BaseImagePin:
+    """Where a variant's Packer build starts (matrix.yaml ``os.<name>.images``): a vendor cloud image's URL
+    and checksum, or ``local`` (the base is supplied at build time with ``-var``). A pin, not a built image:
+    built images are factory/model/image.py ``Image``."""
 
     url: str
     checksum: str
@@ -70,7 +72,7 @@ class Pins:
     one_context_url: str
     cuda: str  # "" for CPU images
     nvidia_driver: str  # "" for CPU images
-    base_image: BaseImage
+    base_image: BaseImagePin
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -227,7 +229,7 @@ class OsInfo:
     python: str
     one_context: str
     seed: str
-    images: Mapping[str, BaseImage]
+    images: Mapping[str, BaseImagePin]
 
 
 @dataclass(frozen=True)
@@ -256,13 +258,6 @@ class Matrix:
         if selection is None:
             return pairs
         return tuple(pair for pair in pairs if selection.matches_pair(pair))
-
-    def pairs_of(self, variant: Variant) -> tuple[Pair, ...]:
-        return tuple(
-            pair
-            for pair in self.pairs + self.cross_pairs
-            if variant == pair.superlink or variant in pair.supernodes
-        )
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -327,19 +322,9 @@ def _parse_clause(text: str, option: str, axes: Mapping[str, Sequence[str]]) -> 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def load_matrix(path: Path | None = None) -> Matrix:
     """Read, validate and expand a matrix file. Raises ConfigError naming the file, field and problem."""
-    path = MATRIX_FILE if path is None else Path(path)
-    source = _display(path)
-    data = load_yaml(path, source)
-    return parse_matrix(data, source)
+    return load_file(path, MATRIX_FILE, parse_matrix)
 
 
 def _kind(value: Any) -> str:
@@ -460,7 +445,7 @@ def _parse_axes(read: _Reader, raw: Any) -> dict[str, tuple[str, ...]]:
                 raise read.fail(where, f"expected a string, got {_kind(value)} {value!r} (quote it in YAML)")
             if not _VALUE.match(value):
                 raise read.fail(where, f"{value!r} must be lower-case letters, digits, '.' or '_' (no '-')")
-            if axis == "flower" and not _VERSION.match(value):
+            if axis == "flower" and not is_release_version(value):
                 raise read.fail(where, f"{value!r} is not a Flower release version X.Y.Z")
             if axis in fixed and value not in fixed[axis]:
                 raise read.fail(where, f"unknown {axis} {value!r} (known: {', '.join(fixed[axis])})")
@@ -563,10 +548,10 @@ def supported_os(script: Path = DISTRO_SCRIPT) -> tuple[str, ...]:
     try:
         text = script.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(_display(script), "", f"cannot read: {error.strerror}") from None
+        raise ConfigError(display(script), "", f"cannot read: {error.strerror}") from None
     match = _DISTRO_CASE.search(text)
     if match is None:
-        raise ConfigError(_display(script), "", 'no case "${FL_OS}" block: cannot tell the supported OSes')
+        raise ConfigError(display(script), "", 'no case "${FL_OS}" block: cannot tell the supported OSes')
     names = [
         name.strip() for found in _CASE_PATTERN.finditer(match["body"]) for name in found["names"].split("|")
     ]
@@ -584,13 +569,13 @@ def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> d
         if name not in known:
             raise read.fail(
                 where,
-                f"no provisioning script supports OS {name!r} ({_display(DISTRO_SCRIPT)} knows "
+                f"no provisioning script supports OS {name!r} ({display(DISTRO_SCRIPT)} knows "
                 f"{', '.join(known)}): the image build would fail at its first step",
             )
         entry = read.mapping(raw[name], where)
         read.known_keys(entry, where, ("title", "python", "one_context", "seed", "images"))
         python = read.string(entry.get("python"), f"{where}.python")
-        if not re.match(r"^3\.[0-9]+$", python):
+        if not is_python_series(python):
             raise read.fail(f"{where}.python", f"expected a Python version like '3.11', got {python!r}")
         one_context = read.string(entry.get("one_context"), f"{where}.one_context")
         if one_context not in ONE_CONTEXT_KINDS:
@@ -599,29 +584,10 @@ def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> d
         seed = read.string(entry.get("seed"), f"{where}.seed")
         if seed not in SEEDS:
             raise read.fail(f"{where}.seed", f"unknown seed {seed!r} (known: {', '.join(SEEDS)})")
-        images: dict[str, BaseImage] = {}
-        for arch, image in read.mapping(entry.get("images"), f"{where}.images").items():
-            image_field = f"{where}.images.{arch}"
-            if arch not in ARCHES:
-                raise read.fail(image_field, f"unknown architecture (known: {', '.join(ARCHES)})")
-            image = read.mapping(image, image_field)
-            read.known_keys(image, image_field, ("url", "checksum", "local"))
-            if image.get("local") is True:
-                if "url" in image or "checksum" in image:
-                    problem = "a local base takes no url or checksum (they come with -var)"
-                    raise read.fail(image_field, problem)
-                images[arch] = BaseImage(url="", checksum="", local=True)
-                continue
-            if "local" in image and image["local"] is not False:
-                problem = f"expected true or false, got {_kind(image['local'])}"
-                raise read.fail(f"{image_field}.local", problem)
-            url = read.string(image.get("url"), f"{image_field}.url")
-            if not url.startswith(("https://", "file:///")):
-                raise read.fail(f"{image_field}.url", f"expected an https:// or file:/// URL, got {url!r}")
-            checksum = read.string(image.get("checksum"), f"{image_field}.checksum")
-            if not _SHA256.match(checksum):
-                raise read.fail(f"{image_field}.checksum", "expected sha256:<64 lower-case hex digits>")
-            images[arch] = BaseImage(url=url, checksum=checksum)
+        images = {
+            arch: _parse_base_image(read, image, f"{where}.images.{arch}", arch)
+            for arch, image in read.mapping(entry.get("images"), f"{where}.images").items()
+        }
         title = entry.get("title", name)
         result[name] = OsInfo(
             name=name,
@@ -635,6 +601,27 @@ def _parse_os(read: _Reader, raw: Any, axes: Mapping[str, tuple[str, ...]]) -> d
         if name not in axes["os"]:
             raise read.fail(f"os.{name}", f"not a value of axes.os ({', '.join(axes['os'])})")
     return result
+
+
+def _parse_base_image(read: _Reader, raw: Any, where: str, arch: str) -> BaseImagePin:
+    """One ``os.<name>.images.<arch>`` entry: a vendor image's https/file URL and sha256, or ``local``."""
+    if arch not in ARCHES:
+        raise read.fail(where, f"unknown architecture (known: {', '.join(ARCHES)})")
+    image = read.mapping(raw, where)
+    read.known_keys(image, where, ("url", "checksum", "local"))
+    if image.get("local") is True:
+        if "url" in image or "checksum" in image:
+            raise read.fail(where, "a local base takes no url or checksum (they come with -var)")
+        return BaseImagePin(url="", checksum="", local=True)
+    if "local" in image and image["local"] is not False:
+        raise read.fail(f"{where}.local", f"expected true or false, got {_kind(image['local'])}")
+    url = read.string(image.get("url"), f"{where}.url")
+    if not url.startswith(("https://", "file:///")):
+        raise read.fail(f"{where}.url", f"expected an https:// or file:/// URL, got {url!r}")
+    checksum = read.string(image.get("checksum"), f"{where}.checksum")
+    if not _SHA256.match(checksum):
+        raise read.fail(f"{where}.checksum", "expected sha256:<64 lower-case hex digits>")
+    return BaseImagePin(url=url, checksum=checksum)
 
 
 def _parse_frameworks(
@@ -657,7 +644,7 @@ def _parse_frameworks(
             read.known_keys(spec, spec_field, ("packages", "index_url"))
             packages = read.strings(spec.get("packages"), f"{spec_field}.packages")
             for index, requirement in enumerate(packages):
-                if "==" not in requirement or " " in requirement:
+                if not is_pinned(requirement):
                     raise read.fail(
                         f"{spec_field}.packages[{index}]", f"{requirement!r} is not pinned as name==version"
                     )

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory.model.yamlfile import load_yaml
+from factory.model.yamlfile import load_file
 from hostkit.errors import ConfigError
-from hostkit.paths import PARAMS_FILE, REPO_ROOT
+from hostkit.paths import PARAMS_FILE
 
 ROLES = ("superlink", "supernode")
 TYPES = ("text", "text64", "password", "boolean", "number", "list", "range")
@@ -98,22 +98,12 @@ def _check_role(role: str) -> None:
         raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
 def load_params(path: Path | None = None) -> ParamsDecl:
     """Read and validate the declaration. Raises ConfigError naming the file, field and problem."""
-    path = PARAMS_FILE if path is None else Path(path)
-    source = _display(path)
-    data = load_yaml(path, source)
-    return parse_params(data, source)
+    return load_file(path, PARAMS_FILE, parse_params)
 
 
 def parse_params(data: Any, source: str = "params.yaml") -> ParamsDecl:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 
+from factory.model.versions import latest
 from hostkit.errors import ConfigError, FactoryError
 
 PROJECT = "flwr"
@@ -54,16 +54,6 @@ def fetch_releases(url: str = JSON_URL) -> frozenset[str]:
             f"or set {OFFLINE_ENV}=1 to skip the check"
         ) from None
     return releases_from_document(document)
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"[0-9]+", version.split("rc")[0].split("a")[0])[:3])
-
-
-def latest(versions: Iterable[str]) -> str:
-    """The highest X.Y.Z among ``versions`` (pre-releases left out); "none" when there is none."""
-    finals = [version for version in versions if re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version)]
-    return max(finals, key=_version_key) if finals else "none"
 
 
 def check_versions(

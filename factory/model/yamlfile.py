@@ -1,17 +1,24 @@
 """Reading the YAML files users write (matrix.yaml, params.yaml) strictly: UTF-8 text, no duplicate keys.
 
+``load_file(path, default, parse)`` is the one way a model file is read: the path shown in messages
+(``display``), the strict parse, then the model's own ``parse(data, source)``.
+
 PyYAML's ``safe_load`` lets the last of two equal keys win silently (``cross_version: false`` followed by
 ``cross_version: true`` is ``true``); here that is an error naming the key and both lines.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from hostkit.errors import ConfigError
+from hostkit.paths import REPO_ROOT
+
+T = TypeVar("T")
 
 
 class DuplicateKeyError(yaml.MarkedYAMLError):
@@ -69,3 +76,19 @@ def load_yaml(path: Path, source: str) -> Any:
         if isinstance(error, DuplicateKeyError):
             raise ConfigError(source, where, problem) from None
         raise ConfigError(source, where, f"YAML syntax error: {problem}") from None
+
+
+def display(path: Path) -> str:
+    """``path`` as messages name it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_file(path: Path | None, default: Path, parse: Callable[[Any, str], T]) -> T:
+    """Read ``path`` (``default`` when None) strictly and hand the data to ``parse(data, source)``;
+    every problem is a ConfigError naming the file as ``display`` shows it."""
+    path = default if path is None else Path(path)
+    source = display(path)
+    return parse(load_yaml(path, source), source)

@@ -22,7 +22,7 @@ def test_packer_built_superlink_boots_under_qemu_and_reaches_ready(tmp_path: Pat
     started = time.monotonic()
     built = build_qcow2(load_matrix().variant(SUPERLINK_VARIANT))
     build_seconds = time.monotonic() - started
-    assert built.image.is_file() and built.manifest.is_file()
+    assert built.image.is_file() and built.manifest_path.is_file()
     handle = launcher.start(tmp_path / "cloud", driver="auto")
     try:
         one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)

@@ -42,7 +42,7 @@ def test_tree_digest_sees_content_and_executable_bit(tmp_path: Path) -> None:
 
 def test_appliance_key_is_stable_and_follows_every_input(matrix, monkeypatch, tmp_path: Path) -> None:
     variant = matrix.variant(SUPERLINK)
-    base = localbuild.base_image()
+    base = localbuild.base_rootfs()
     package = onecontext.OneContextPackage(Path("/x.deb"), "7.0.0-0.gitae5a43e", "a" * 40, Path("/src"), "d1")
 
     def key_of(variant=variant, base=base, params="params v1", package=package) -> str:
@@ -52,7 +52,7 @@ def test_appliance_key_is_stable_and_follows_every_input(matrix, monkeypatch, tm
     assert key_of() == key
     assert key_of(params="params v2") != key
     assert key_of(variant=matrix.variant("superlink-1.41.0-debian12-cpu-standard-sklearn-x86_64")) != key
-    assert key_of(base=localbuild.BaseImage("0" * 64, base.directory)) != key
+    assert key_of(base=localbuild.BaseRootfs("0" * 64, base.directory)) != key
     # another one-context source (commit or content) or version is another image
     for change in ({"commit": "b" * 40}, {"source_digest": "d2"}, {"version": "7.0.1-1"}):
         assert key_of(package=dataclasses.replace(package, **change)) != key, change
@@ -94,7 +94,7 @@ def test_a_source_at_another_commit_is_refused(monkeypatch, tmp_path: Path) -> N
 
 def test_base_key_is_deterministic() -> None:
     assert localbuild.base_key() == localbuild.base_key()
-    assert localbuild.base_image().directory.name.startswith("debian12-")
+    assert localbuild.base_rootfs().directory.name.startswith("debian12-")
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from factory.cli import main as cli
-from factory.model import pypi
+from factory.model import pypi, versions
 from factory.model.matrix import DISTRO_SCRIPT, parse_matrix, supported_os
 from hostkit.errors import ConfigError
 from hostkit.paths import MATRIX_FILE, PARAMS_FILE, REPO_ROOT
@@ -63,7 +63,7 @@ def packer_spy(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
 def test_non_utf8_matrix_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "matrix.yaml"
     path.write_bytes(MATRIX_FILE.read_bytes().replace(b"Debian 12", b"Debian \xe9 12"))
-    for command in ("matrix", "validate", "build"):
+    for command in ("render", "validate", "build"):
         result = run_cli(command, "--matrix", str(path), "--out", str(tmp_path / "hcl"))
         assert_usage_error(result, f"{path}: line ", "not UTF-8 text (byte 0xe9")
         assert result.stdout == ""
@@ -79,7 +79,7 @@ def test_non_utf8_params_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["matrix"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
+    "command", [["render"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
 )
 def test_out_that_is_a_file(tmp_path: Path, command: list[str]) -> None:
     target = tmp_path / "taken"
@@ -111,7 +111,7 @@ def read_only_dir() -> Iterator[tuple[Path, list[str]]]:
 
 
 @pytest.mark.parametrize(
-    "command", [["matrix"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
+    "command", [["render"], ["validate"], ["build", "--dry-run", "--only", "os=ubuntu2404"], ["params"]]
 )
 def test_out_that_is_not_writable(read_only_dir: tuple[Path, list[str]], command: list[str]) -> None:
     locked, prefix = read_only_dir
@@ -123,7 +123,7 @@ def test_out_that_is_not_writable(read_only_dir: tuple[Path, list[str]], command
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root gets past the permission check to mkdir in /sys")
 def test_out_where_mkdir_fails() -> None:
     """Root passes os.access everywhere; the OSError of the first write is the message."""
-    result = run_cli("matrix", "--out", "/sys/flower-factory-no-such-dir")
+    result = run_cli("render", "--out", "/sys/flower-factory-no-such-dir")
     assert_usage_error(result, "--out: cannot write /sys/flower-factory-no-such-dir")
 
 
@@ -138,7 +138,7 @@ def test_jobs_must_be_positive(jobs: str, packer_spy: tuple[dict[str, str], Path
 def test_broken_pipe_exits_quietly() -> None:
     """``build.py matrix | head -1``: the reader goes away; no BrokenPipeError, status 141 as CLIs."""
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "build.py"), "matrix", "--no-render", "--format", "json"],
+        [sys.executable, str(REPO_ROOT / "build.py"), "matrix", "--format", "json"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -155,7 +155,7 @@ def test_broken_pipe_exits_quietly() -> None:
 
 def test_broken_pipe_through_a_shell_pipeline() -> None:
     result = subprocess.run(
-        ["bash", "-c", f'"{sys.executable}" build.py matrix --no-render | head -1'],
+        ["bash", "-c", f'"{sys.executable}" build.py matrix | head -1'],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -177,7 +177,7 @@ def test_duplicate_key_in_matrix_names_key_and_line(tmp_path: Path) -> None:
         text.replace("  cross_version: true\n", "  cross_version: false\n  cross_version: true\n")
     )
     line = text[: text.index("  cross_version: true\n")].count("\n") + 1
-    result = run_cli("matrix", "--matrix", str(path), "--out", str(tmp_path / "hcl"))
+    result = run_cli("render", "--matrix", str(path), "--out", str(tmp_path / "hcl"))
     assert_usage_error(
         result, f"line {line + 1}, column 3: duplicate key 'cross_version' (first on line {line};"
     )
@@ -348,7 +348,9 @@ def test_pypi_document_yanked_and_empty_releases_do_not_count() -> None:
     }
     releases = pypi.releases_from_document(document)
     assert releases == {"1.42.0", "1.43.0rc1"}
-    assert pypi.latest(releases) == "1.42.0"
+    assert versions.latest(releases) == "1.42.0"
+    # PEP 440 order, not text order; pre-releases and non-X.Y.Z forms never count as the latest release
+    assert versions.latest(["1.9.0", "1.10.0", "1.10.1rc1", "2.0", "v3.0.0"]) == "1.10.0"
     with pytest.raises(Exception, match="without a 'releases' mapping"):
         pypi.releases_from_document({"info": {}})
 
@@ -359,3 +361,23 @@ def test_real_pypi_knows_the_matrix_versions_and_not_9_9_9() -> None:
     releases = pypi.fetch_releases()
     assert set(RAW["axes"]["flower"]) <= releases
     assert "9.9.9" not in releases
+
+
+@pytest.mark.parametrize(
+    ("text", "release", "pinned"),
+    [
+        ("1.42.0", True, False),
+        ("1.42", False, False),
+        ("1.42.0rc1", False, False),
+        ("01.42.0", False, False),
+        ("torch==2.5.1", False, True),
+        ("torch>=2.5", False, False),
+        ("torch==2.*", False, False),
+        ("tensorflow[and-cuda]==2.21.0", False, True),
+        ("torch==2.5.1; python_version<'3.12'", False, False),
+        ("torch", False, False),
+    ],
+)
+def test_versions_and_pins_follow_pep_440_and_508(text: str, release: bool, pinned: bool) -> None:
+    assert versions.is_release_version(text) is release
+    assert versions.is_pinned(text) is pinned

@@ -213,3 +213,48 @@ def test_manifest_of_a_real_qcow2(matrix, rendered: Path, tmp_path: Path) -> Non
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert broken.returncode == 1 and "manifest:" in broken.stderr
+
+
+# ---------------------------------------------------------------------------------------------- cache entries
+
+
+def test_a_cache_entry_is_made_once_and_never_seen_half_written(monkeypatch, tmp_path: Path) -> None:
+    from factory.images import localbuild
+
+    monkeypatch.setattr(localbuild, "images_cache", lambda: tmp_path)
+    entry = tmp_path / "appliances" / "x-0123"
+    calls: list[Path] = []
+
+    def fill(work: Path) -> str:
+        calls.append(work)
+        (work / "x.img").write_text("image")
+        return "key"
+
+    def broken(work: Path) -> str:
+        (work / "x.img").write_text("half")
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError):
+        localbuild._cache_entry(entry, "x", False, broken)
+    assert not entry.exists() and list((tmp_path / "work").iterdir()) == []
+    assert localbuild._cache_entry(entry, "x", False, fill) is False
+    assert localbuild._cache_entry(entry, "x", False, fill) is True
+    assert len(calls) == 1 and (entry / ".complete").read_text() == "key\n"
+    assert localbuild._cache_entry(entry, "x", True, fill) is False and len(calls) == 2
+
+
+def test_an_image_reads_the_manifest_beside_it(tmp_path: Path) -> None:
+    from factory.model.image import Image, ImageFormat
+    from hostkit.errors import FactoryError
+
+    image = tmp_path / f"{DEBIAN_NODE}.img"
+    image.write_bytes(b"")
+    with pytest.raises(FactoryError, match="no readable manifest"):
+        Image.beside(DEBIAN_NODE, image, ImageFormat.RAW)
+    (tmp_path / f"{DEBIAN_NODE}.manifest.json").write_text('{"sha256": "ab"}')
+    built = Image.beside(DEBIAN_NODE, image, ImageFormat.RAW, key="k", reused=True)
+    assert (built.manifest["sha256"], built.manifest_path.name, built.format) == (
+        "ab",
+        f"{DEBIAN_NODE}.manifest.json",
+        "raw",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import stat
@@ -20,12 +21,14 @@ from factory.images.hcl import (
     layered_values,
     parse_directory,
     pkrvars,
+    prune_stale,
     render_variant,
+    render_variants,
 )
 from factory.images.packer import check_directory, packer_binary, packer_tree
 from factory.model import params
 from factory.model.matrix import load_matrix, parse_matrix
-from hostkit.errors import ConfigError
+from hostkit.errors import ConfigError, FactoryError
 from hostkit.paths import MATRIX_FILE, PACKER_DIR, REPO_ROOT
 
 PACKER = shutil.which("packer")
@@ -210,6 +213,40 @@ def test_unknown_packer_variable_in_matrix_is_a_config_error(matrix, fixture_sou
     assert not (tmp_path / "hcl").exists()
 
 
+def test_a_template_error_leaves_the_previous_render_untouched(
+    matrix, fixture_sources, tmp_path: Path
+) -> None:
+    """One run is one step: a template that fails on the second variant writes nothing new, keeps what the
+    last good run rendered and leaves no staging directory behind."""
+    out = tmp_path / "hcl"
+    first, second = matrix.variant(DEBIAN_NODE), matrix.variant(UBUNTU_GPU)
+    render_variants(matrix, [first], out, fixture_sources)
+    before = (out / first.name / "build.pkr.hcl").read_text()
+    templates = tmp_path / "templates"
+    shutil.copytree(fixture_sources.templates, templates)
+    source = (templates / "source.pkr.hcl.j2").read_text()
+    (templates / "source.pkr.hcl.j2").write_text(
+        source + f"{{% if variant == '{second.name}' %}}{{{{ nope }}}}{{% endif %}}\n"
+    )
+    broken = dataclasses.replace(fixture_sources, templates=templates)
+    with pytest.raises(FactoryError, match="template error"):
+        render_variants(matrix, [first, second], out, broken)
+    assert sorted(path.name for path in out.iterdir()) == [first.name]
+    assert (out / first.name / "build.pkr.hcl").read_text() == before
+
+
+def test_prune_removes_only_rendered_directories_of_variants_gone_from_the_matrix(
+    matrix, fixture_sources, tmp_path: Path
+) -> None:
+    out = tmp_path / "hcl"
+    render_variants(matrix, [matrix.variant(DEBIAN_NODE)], out, fixture_sources)
+    gone = out / "supernode-0.0.1-debian12-cpu-standard-sklearn-x86_64"
+    shutil.copytree(out / DEBIAN_NODE, gone)
+    (out / "notes").mkdir()
+    assert prune_stale(out, matrix) == [gone]
+    assert sorted(path.name for path in out.iterdir()) == sorted([DEBIAN_NODE, "notes"])
+
+
 # ---------------------------------------------------------------------------------------------- Packer
 
 
@@ -300,3 +337,23 @@ def test_rendering_is_deterministic_apart_from_the_key(matrix, fixture_sources, 
         relative = path.relative_to(first)
         if path.is_file() and relative.parts[0] not in (".ssh", "seed"):
             assert path.read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_progress_counts_with_an_eta_on_a_terminal_and_one_line_in_a_log() -> None:
+    import io
+
+    from hostkit.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log, terminal = io.StringIO(), Terminal()
+    assert list(Progress(log).iterate(range(5), "render")) == [0, 1, 2, 3, 4]
+    assert log.getvalue().count("\n") == 1 and log.getvalue().startswith("render [5/5] done (")
+    list(Progress(terminal).iterate(range(3), "build"))
+    frames = terminal.getvalue().split("\r")
+    assert "0/3" in frames[1] and "eta" in frames[2] and "2/3" in frames[3] and "3/3" in frames[-1]
+    quiet = io.StringIO()
+    list(Progress(quiet, quiet=True).iterate(range(3), "x"))
+    assert quiet.getvalue() == ""

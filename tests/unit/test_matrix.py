@@ -200,28 +200,52 @@ def test_github_format_is_an_actions_matrix() -> None:
 
 
 def test_matrix_command_formats(tmp_path: Path) -> None:
-    table = run_cli("matrix", "--no-render")
+    table = run_cli("matrix")
     assert table.returncode == 0, table.stderr
     matrix = load_matrix()
     for variant in matrix.variants:
         assert variant.name in table.stdout
     for pair in matrix.pairs + matrix.cross_pairs:
         assert pair.name in table.stdout
-    as_json = run_cli("matrix", "--no-render", "--format", "json", "--only", "os=debian12")
+    as_json = run_cli("matrix", "--format", "json", "--only", "os=debian12")
     document = json.loads(as_json.stdout)
     assert {v["os"] for v in document["variants"]} == {"debian12"}
     assert document["pairs"] and document["cross_pairs"]
-    github = run_cli("matrix", "--no-render", "--format", "github", "--except", "role=superlink")
+    github = run_cli("matrix", "--format", "github", "--except", "role=superlink")
     include = json.loads(github.stdout)["include"]
     assert include and all(entry["role"] == "supernode" for entry in include)
-    rendered = run_cli(
-        "matrix", "--format", "json", "--only", "os=debian12,role=superlink", "--out", str(tmp_path)
-    )
+    assert not any(tmp_path.iterdir())
+    listed = run_cli("matrix", "--format", "json", "--only", "os=debian12,role=superlink")
+    rendered = run_cli("render", "--only", "os=debian12,role=superlink", "--out", str(tmp_path))
     assert rendered.returncode == 0, rendered.stderr
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
-        v["name"] for v in json.loads(rendered.stdout)["variants"]
-    )
-    assert "render [" in rendered.stderr  # progress goes to stderr, JSON stays clean
+    names = sorted(v["name"] for v in json.loads(listed.stdout)["variants"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == names
+    assert sorted(rendered.stdout.split()) == [str(tmp_path / name) for name in names]
+    assert "render [" in rendered.stderr  # progress goes to stderr, stdout stays clean
+
+
+def test_matrix_lists_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing is not rendering: `matrix` takes no --out, and in every format opens no file for writing."""
+    result = run_cli("matrix", "--format", "json", "--out", str(tmp_path / "hcl"))
+    assert result.returncode == 2 and "unrecognized arguments: --out" in result.stderr
+    assert not (tmp_path / "hcl").exists()
+    import builtins
+
+    from factory.cli import main as cli
+
+    real_open = builtins.open
+    written: list[str] = []
+
+    def watching_open(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        if any(flag in mode for flag in "wax+"):
+            written.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: written.append(str(self)))
+    for output in ("table", "json", "github"):
+        assert cli.main(["matrix", "--format", output]) == 0
+    assert written == []
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -350,7 +374,7 @@ def test_bad_files_exit_2_with_one_message_and_no_output(
     path = tmp_path / "matrix.yaml"
     path.write_text(content)
     out = tmp_path / "hcl"
-    result = run_cli("matrix", "--matrix", str(path), "--out", str(out))
+    result = run_cli("render", "--matrix", str(path), "--out", str(out))
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -364,7 +388,7 @@ def test_semantic_error_through_the_cli_writes_nothing(tmp_path: Path) -> None:
     data["exclude"].append({"when": {"role": "superlink", "profile": "edge"}})
     path = tmp_path / "matrix.yaml"
     path.write_text(yaml.safe_dump(data))
-    for command in ("matrix", "validate", "build"):
+    for command in ("render", "validate", "build"):
         result = run_cli(command, "--matrix", str(path), "--out", str(tmp_path / "hcl"))
         assert result.returncode == 2, result.stderr
         assert result.stdout == ""
@@ -375,8 +399,8 @@ def test_semantic_error_through_the_cli_writes_nothing(tmp_path: Path) -> None:
 def test_missing_file_and_bad_filter_exit_2(tmp_path: Path) -> None:
     missing = run_cli("matrix", "--matrix", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml: file not found" in missing.stderr
-    bad_filter = run_cli("matrix", "--no-render", "--only", "colour=red")
+    bad_filter = run_cli("matrix", "--only", "colour=red")
     assert bad_filter.returncode == 2 and "--only: unknown axis 'colour'" in bad_filter.stderr
     assert bad_filter.stdout == ""
-    nothing = run_cli("matrix", "--no-render", "--only", "os=debian12,accel=gpu")
+    nothing = run_cli("matrix", "--only", "os=debian12,accel=gpu")
     assert nothing.returncode == 2 and "select no variant" in nothing.stderr

@@ -1,12 +1,14 @@
-"""Command-line options shared by matrix, validate and build: the matrix file, filters, Packer variables,
-the output directory, and the checks that run before anything is rendered or built."""
+"""Command-line options shared by matrix, render, validate and build: the matrix file, filters, Packer
+variables, the output directory, and the checks that run before anything is rendered or built."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostkit.errors import ConfigError
 
@@ -39,6 +41,11 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="AXIS=VALUE[,...]",
         help="leave out variants matching all conditions (repeatable)",
     )
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    """The selection, and where (``--out``) and from what (``--templates``) the HCL is rendered."""
+    add_selection_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="rendered HCL root (default build/hcl)")
     parser.add_argument(
         "--templates",
@@ -154,11 +161,39 @@ def output_root(args: argparse.Namespace) -> Path:
 
 
 def render(args: argparse.Namespace, matrix, variants, out_root: Path) -> list[Path]:
-    """Render the selected variants under ``out_root``; an OSError there is a ConfigError naming it."""
-    from factory.images.hcl import render_variants
+    """Render the selected variants under ``out_root`` in one step and prune the directories of variants
+    the matrix no longer has; an OSError there is a ConfigError naming ``--out``."""
+    from factory.images.hcl import prune_stale, render_variants
     from hostkit.fileio import output_error
+    from hostkit.progress import DEFAULT as progress
 
     try:
-        return render_variants(matrix, variants, out_root, render_sources(args))
+        directories = render_variants(matrix, variants, out_root, render_sources(args))
+        for stale in prune_stale(out_root, matrix):
+            progress.line(f"removed {stale}: its variant is no longer in {matrix.source}")
     except OSError as error:
         raise output_error(error, "--out") from None
+    return directories
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What validate and build start from: the selection, the checked ``--var`` overrides and the rendered
+    directories (one per variant, in order)."""
+
+    matrix: Any  # Matrix
+    variants: tuple[Any, ...]  # Variant
+    overrides: dict[str, str]
+    out_root: Path
+    directories: list[Path]
+
+
+def check_and_render(args: argparse.Namespace) -> Rendered:
+    """Everything is checked (filters, ``--var``, ``--out``, Flower versions) before one file is written;
+    then the selection is rendered."""
+    matrix, variants, _selection = load_selection(args)
+    overrides = parse_vars(args.var, args.var_file, render_sources(args).templates)
+    out_root = output_root(args)
+    check_flower_versions(args, matrix, variants)
+    directories = render(args, matrix, variants, out_root)
+    return Rendered(matrix, variants, overrides, out_root, directories)

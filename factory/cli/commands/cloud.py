@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from factory.cli.commands import Command
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.paths import CLOUD_DIR
 
@@ -80,8 +81,14 @@ def set_user_ssh_key(one: Any, key: str) -> int:
     return user_id
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("cloud", help="start, inspect or stop the local test cloud")
+COMMAND = Command(
+    "cloud",
+    help="start, inspect or stop the local test cloud",
+    description="Start (up), inspect (status), stop (down) or restart the local test cloud daemon.",
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="cloud_action", metavar="ACTION", required=True)
     for name, help_text in (
         ("up", "start the test cloud in the background and print its endpoints"),
@@ -106,7 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             action.add_argument("--format", choices=("text", "json"), default="text")
         if name == "down":
             action.add_argument("--purge", action="store_true", help="also delete the state directory")
-    parser.set_defaults(handler=run)
 
 
 def _ports(value: str) -> str | dict[str, int]:

@@ -1,21 +1,24 @@
-"""``python build.py matrix``: list the expanded matrix (variants and pairs) and render their Packer HCL."""
+"""``flower-factory matrix``: list the expanded matrix (variants and pairs). It writes nothing: ``render``,
+``validate`` and ``build`` render the Packer HCL."""
 
 from __future__ import annotations
 
 import argparse
 
+from factory.cli.commands import Command
 from factory.cli.commands._selection import add_selection_arguments
 
+COMMAND = Command(
+    "matrix",
+    help="expand matrix.yaml: list the variants and pairs (writes nothing)",
+    description=(
+        "Expand matrix.yaml into image variants and pairs and print them. It writes no file: "
+        "`render` writes the Packer HCL of the selected variants into build/hcl/<variant>/."
+    ),
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "matrix",
-        help="expand matrix.yaml: list variants and pairs, render their Packer HCL",
-        description=(
-            "Expand matrix.yaml into image variants and pairs, print them, and render the Packer HCL of the "
-            "selected variants into build/hcl/<variant>/."
-        ),
-    )
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser)
     parser.add_argument(
         "--format",
@@ -23,8 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="table",
         help="table (people), json (tools) or github (a GitHub Actions strategy.matrix)",
     )
-    parser.add_argument("--no-render", action="store_true", help="only list; do not render HCL")
-    parser.set_defaults(handler=run)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -37,11 +38,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from factory.cli.commands._selection import load_selection, output_root, render
+    from factory.cli.commands._selection import load_selection
     from factory.model.matrix import github_matrix
 
     matrix, variants, selection = load_selection(args)
-    out_root = output_root(args) if not args.no_render else None
     pairs = matrix.select_pairs(selection, cross=False)
     cross_pairs = tuple(pair for pair in matrix.select_pairs(selection) if pair.cross_version)
     if args.format == "github":
@@ -77,9 +77,5 @@ def run(args: argparse.Namespace) -> int:
             if rows:
                 parts.append(_table(["PAIR", "SUPERLINK", "SUPERNODES"], rows))
         output = "\n".join(parts)
-    if out_root is not None:
-        render(args, matrix, variants, out_root)
     print(output)
-    if out_root is not None and args.format == "table":
-        print(f"\nRendered {len(variants)} build directories under {out_root}/")
     return 0

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from factory.cli.commands import Command
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "params",
-        help="generate in-guest defaults, OpenNebula user inputs and README tables from images/params.yaml",
-        description="Generate params-<role>.sh, opennebula-<role>.json and params.md from the declaration.",
-    )
+COMMAND = Command(
+    "params",
+    help="generate in-guest defaults, OpenNebula user inputs and README tables from images/params.yaml",
+    description="Generate params-<role>.sh, opennebula-<role>.json and params.md from the declaration.",
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params", type=Path, default=None, help="declaration file (default images/params.yaml)"
     )
@@ -23,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if README.md is not up to date"
     )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

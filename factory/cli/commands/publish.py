@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from factory.cli.commands import Command
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "publish",
-        help="publish the passing pairs of a test run to the http marketplace and as appliance YAML",
-        description=(
-            "For the release pairs that passed in the run (default: the latest): re-verify every "
-            "image's checksum and manifest (a mismatch blocks everything), create marketplace apps through "
-            "the OpenNebula API in the http marketplace (IMAGE apps and a SERVICE_TEMPLATE app per pair, "
-            "in the form onemarketapp export and pyone read; an app is reused only when the checksums the "
-            "marketplace computed match the tested image), and write the marketplace appliance YAMLs "
-            "(marketplace/appliances/service/, one per app) and community certification files under "
-            "results/<run>/publish/. A failed pair is never published."
-        ),
-    )
+COMMAND = Command(
+    "publish",
+    help="publish the passing pairs of a test run to the http marketplace and as appliance YAML",
+    description=(
+        "For the release pairs that passed in the run (default: the latest): re-verify every "
+        "image's checksum and manifest (a mismatch blocks everything), create marketplace apps through "
+        "the OpenNebula API in the http marketplace (IMAGE apps and a SERVICE_TEMPLATE app per pair, "
+        "in the form onemarketapp export and pyone read; an app is reused only when the checksums the "
+        "marketplace computed match the tested image), and write the marketplace appliance YAMLs "
+        "(marketplace/appliances/service/, one per app) and community certification files under "
+        "results/<run>/publish/. A failed pair is never published."
+    ),
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="results/<run> to publish from (default: the latest run)")
     parser.add_argument(
         "--release",
@@ -31,7 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only write the files (no OpenNebula connection): for a marketplace pull request",
     )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

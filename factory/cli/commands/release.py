@@ -5,21 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from factory.cli.commands import Command
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "release",
-        help="the whole job: build images, test every pair in the cloud, publish what passed, report",
-        description=(
-            "images -> cloud -> test -> publish -> report. Without ONE_XMLRPC it runs on the embedded local "
-            "test cloud (started, and left running, if none is up: `build.py cloud down` stops it) with the "
-            "pairs that can be built on this machine (debian12); "
-            "with ONE_XMLRPC/ONE_AUTH/ONEFLOW_URL it tests the Packer-built images of the selected pairs in "
-            "that OpenNebula. Passing pairs are published to the http marketplace; results and the "
-            "compatibility report land in results/. Exit status 1 when a pair failed (the rest is still "
-            "published and reported)."
-        ),
-    )
+COMMAND = Command(
+    "release",
+    help="the whole job: build images, test every pair in the cloud, publish what passed, report",
+    description=(
+        "images -> cloud -> test -> publish -> report. Without ONE_XMLRPC it runs on the embedded local "
+        "test cloud (started, and left running, if none is up: `build.py cloud down` stops it) with the "
+        "pairs that can be built on this machine (debian12); "
+        "with ONE_XMLRPC/ONE_AUTH/ONEFLOW_URL it tests the Packer-built images of the selected pairs in "
+        "that OpenNebula. Passing pairs are published to the http marketplace; results and the "
+        "compatibility report land in results/. Exit status 1 when a pair failed (the rest is still "
+        "published and reported)."
+    ),
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     from factory.cli.commands.test import add_pair_test_arguments
 
     add_pair_test_arguments(parser)
@@ -35,7 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "directory, whose path is printed)"
         ),
     )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from factory.cli.commands import Command
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="write the compatibility report (results/compat.{json,md,html}) of a test run",
-        description=(
-            "Read the pair results of a run (default: the latest) and write compat.json, compat.md and "
-            "a self-contained compat.html (SuperLink x SuperNode version grid per OS and accelerator, "
-            "convergence and round time per pair) into results/ and into the run's directory."
-        ),
-    )
+COMMAND = Command(
+    "report",
+    help="write the compatibility report (results/compat.{json,md,html}) of a test run",
+    description=(
+        "Read the pair results of a run (default: the latest) and write compat.json, compat.md and "
+        "a self-contained compat.html (SuperLink x SuperNode version grid per OS and accelerator, "
+        "convergence and round time per pair) into results/ and into the run's directory."
+    ),
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="results/<run> to report on (default: the latest run)")
     parser.add_argument("--out", type=Path, help="also write the report here")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,25 +8,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from factory.cli.commands import Command
+
 TARGETS = ("cloud", "bare")
 SECURITY = ("tls-auth", "tls", "insecure")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "krum", "multikrum", "fedtrimmedavg")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "test",
-        help="test the selected pairs (and cross-version pairs) with real federation rounds",
-        description=(
-            "Boot each selected pair in OpenNebula (the local test cloud, or the one ONE_XMLRPC/ONE_AUTH/"
-            "ONEFLOW_URL name) or run its Flower versions on bare processes (--target bare), run the factory "
-            "app for N rounds through the SuperLink's Control API (the numpy canary, then the task of the "
-            "SuperNode image's framework, held to apps/task-checks.toml), and write "
-            "results/<run>/<pair>.json and junit.xml. Exit status 1 when a pair failed."
-        ),
-    )
+COMMAND = Command(
+    "test",
+    help="test the selected pairs (and cross-version pairs) with real federation rounds",
+    description=(
+        "Boot each selected pair in OpenNebula (the local test cloud, or the one ONE_XMLRPC/ONE_AUTH/"
+        "ONEFLOW_URL name) or run its Flower versions on bare processes (--target bare), run the factory "
+        "app for N rounds through the SuperLink's Control API (the numpy canary, then the task of the "
+        "SuperNode image's framework, held to apps/task-checks.toml), and write "
+        "results/<run>/<pair>.json and junit.xml. Exit status 1 when a pair failed."
+    ),
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_pair_test_arguments(parser)
-    parser.set_defaults(handler=run)
 
 
 def add_pair_selection_arguments(parser: argparse.ArgumentParser) -> None:

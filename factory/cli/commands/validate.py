@@ -5,54 +5,45 @@ from __future__ import annotations
 
 import argparse
 
+from factory.cli.commands import Command
 from factory.cli.commands._selection import (
     add_offline_argument,
     add_packer_variable_arguments,
-    add_selection_arguments,
+    add_render_arguments,
     positive_int,
 )
 
+COMMAND = Command(
+    "validate",
+    help="render and validate the selected variants with python-hcl2, packer fmt and packer validate",
+    description=(
+        "Render every selected variant, parse its HCL with python-hcl2, check packer fmt -check and run "
+        "packer validate. A failure names the variant and gives Packer's message; exit status 1."
+    ),
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "validate",
-        help="render and validate the selected variants with python-hcl2, packer fmt and packer validate",
-        description=(
-            "Render every selected variant, parse its HCL with python-hcl2, check packer fmt -check and run "
-            "packer validate. A failure names the variant and gives Packer's message; exit status 1."
-        ),
-    )
-    add_selection_arguments(parser)
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    add_render_arguments(parser)
     add_packer_variable_arguments(parser)
     parser.add_argument(
         "--jobs", type=positive_int, default=None, help="parallel packer runs, >= 1 (default: CPUs)"
     )
     add_offline_argument(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from factory.cli.commands._selection import (
-        check_flower_versions,
-        load_selection,
-        output_root,
-        parse_vars,
-        render,
-        render_sources,
-    )
+    from factory.cli.commands._selection import check_and_render
     from factory.images.packer import check_directories, packer_version
 
-    matrix, variants, _selection = load_selection(args)
-    overrides = parse_vars(args.var, args.var_file, render_sources(args).templates)
-    out_root = output_root(args)
-    check_flower_versions(args, matrix, variants)
     started = time.perf_counter()
-    directories = render(args, matrix, variants, out_root)
-    entries = [(d, v.pins.base_image.local) for d, v in zip(directories, variants, strict=True)]
-    results = check_directories(entries, overrides, args.var_file, jobs=args.jobs)
+    rendered = check_and_render(args)
+    local = [variant.pins.base_image.local for variant in rendered.variants]
+    entries = list(zip(rendered.directories, local, strict=True))
+    results = check_directories(entries, rendered.overrides, args.var_file, jobs=args.jobs)
     failed = [result for result in results if not result.ok]
     for result in results:
         if result.ok:
