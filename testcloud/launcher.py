@@ -186,6 +186,7 @@ def start(
         datastore_limit_mb=datastore_limit_mb,
     )
     cloud = Cloud(config)
+    flow = FlowEngine(cloud)
     from testcloud.api import market as marketserver
     from testcloud.api import oneflow as oneflowserver
     from testcloud.api import onegate, xmlrpc
@@ -195,18 +196,18 @@ def start(
     try:
         servers["xmlrpc"] = _bind(lambda p: xmlrpc.make_server(cloud, "127.0.0.1", p), wanted["xmlrpc"])
         servers["market"] = _bind(lambda p: marketserver.make_server(cloud, "127.0.0.1", p), wanted["market"])
-        servers["onegate"] = _bind(lambda p: onegate.make_server(cloud, onegate_host, p), wanted["onegate"])
+        servers["onegate"] = _bind(
+            lambda p: onegate.make_server(cloud, flow, onegate_host, p), wanted["onegate"]
+        )
         endpoints = {
             "xmlrpc": f"http://127.0.0.1:{servers['xmlrpc'].port}/RPC2",
             "market": f"http://127.0.0.1:{servers['market'].port}/",
             "onegate": f"http://{onegate_host}:{servers['onegate'].port}",
         }
         cloud.endpoints.update(endpoints)
-        cloud.set_market_url(endpoints["market"])
-        engine = FlowEngine(cloud)
-        cloud.flow = engine
+        cloud.market.set_market_url(endpoints["market"])
         servers["oneflow"] = _bind(
-            lambda p: oneflowserver.make_server(cloud, engine, "127.0.0.1", p), wanted["oneflow"]
+            lambda p: oneflowserver.make_server(cloud, flow, "127.0.0.1", p), wanted["oneflow"]
         )
     except BaseException:
         for server in servers.values():
@@ -217,7 +218,7 @@ def start(
     endpoints["auth"] = f"oneadmin:{cloud.password()}"
     if driver != "dummy":
         _allow_guests(state_dir, servers.values())
-    cloud.start_engine()
+    cloud.start_engine(flow.tick)
     for name, server in servers.items():
         server.start(f"testcloud-{name}")
     write_atomic(

@@ -13,11 +13,11 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from testcloud.core import context as ctx
 from testcloud.core import errors
 from testcloud.core.errors import OneError
+from testcloud.core.images import ImagePool
 from testcloud.core.objects import (
     ACTIVE,
     BOOT,
@@ -62,13 +62,12 @@ from testcloud.core.objects import (
     Image,
     VMTemplate,
 )
+from testcloud.core.pool import PoolStore
 from testcloud.core.template import Template
 from testcloud.core.validate import check_name, parse_template
+from testcloud.core.vnets import VNetPool
 from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec, VMDriver
 from testcloud.drivers.loader import DriverUnavailable, load_driver
-
-if TYPE_CHECKING:
-    from testcloud.core.cloud import Cloud
 
 log = logging.getLogger("testcloud")
 
@@ -159,16 +158,17 @@ def wrong_state(action: str, vm: VM) -> OneError:
     )
 
 
-class VMOps:
-    _driver_cache: dict[str, VMDriver]
-    _last_running_poll: dict[int, float]
+class VMPool:
+    def __init__(self, db: PoolStore, images: ImagePool, vnets: VNetPool) -> None:
+        self.db = db
+        self.images = images
+        self.vnets = vnets
+        self._driver_cache: dict[str, VMDriver] = {}
+        self._last_running_poll: dict[int, float] = {}
 
-    def _init_vms(self: Cloud) -> None:
-        self._driver_cache = {}
-        self._last_running_poll = {}
-        self.resume_locked_images()
-        self.resume_locked_apps()
-        for vm in self.pools["vm"].values():
+    def resume(self) -> None:
+        """At start: carry on with the work the VMs recorded (the images' and apps' copies resume first)."""
+        for vm in self.db.pools["vm"].values():
             assert isinstance(vm, VM)
             if vm.state != ACTIVE:
                 continue
@@ -186,15 +186,15 @@ class VMOps:
                 self._submit(vm, "recover", self._recover_work)
 
     # ------------------------------------------------------------------ drivers and hosts
-    def vm_mad(self: Cloud, host_id: int) -> str:
-        return "dummy" if self.config.driver == "dummy" else HOSTS[host_id][1]
+    def vm_mad(self, host_id: int) -> str:
+        return "dummy" if self.db.config.driver == "dummy" else HOSTS[host_id][1]
 
-    def driver_for(self: Cloud, host_id: int) -> VMDriver:
-        name = HOSTS[host_id][2] if self.config.driver == "auto" else self.config.driver
-        with self.lock:
+    def driver_for(self, host_id: int) -> VMDriver:
+        name = HOSTS[host_id][2] if self.db.config.driver == "auto" else self.db.config.driver
+        with self.db.lock:
             driver = self._driver_cache.get(name)
             if driver is None:
-                driver = load_driver(name, self.state_dir / "drivers" / name)
+                driver = load_driver(name, self.db.state_dir / "drivers" / name)
                 self._driver_cache[name] = driver
             return driver
 
@@ -207,13 +207,13 @@ class VMOps:
             return 1
         return 0
 
-    def vm_dir(self: Cloud, vm_id: int) -> Path:
-        return self.state_dir / "vms" / str(vm_id)
+    def vm_dir(self, vm_id: int) -> Path:
+        return self.db.state_dir / "vms" / str(vm_id)
 
     # ------------------------------------------------------------------ creation
-    def vm_allocate(self: Cloud, text_in: str, hold: bool = False) -> int:
+    def vm_allocate(self, text_in: str, hold: bool = False) -> int:
         tmpl = parse_template(text_in)
-        with self.lock:
+        with self.db.lock:
             try:
                 return self._create_vm(tmpl, hold).id
             except OneError as error:  # VirtualMachineAllocateAPI answers a refused VM with INTERNAL
@@ -221,11 +221,9 @@ class VMOps:
                     raise errors.internal(error.reason) from None
                 raise
 
-    def template_instantiate(
-        self: Cloud, tid: int, name: str, hold: bool, extra: str, persistent: bool
-    ) -> int:
-        with self.lock:
-            source: VMTemplate = self.get("template", tid, errors.TEMPLATE)
+    def template_instantiate(self, tid: int, name: str, hold: bool, extra: str, persistent: bool) -> int:
+        with self.db.lock:
+            source: VMTemplate = self.db.get("template", tid, errors.TEMPLATE)
             if persistent:
                 raise errors.internal(
                     "Persistent instantiation (a private copy of template and images) "
@@ -243,8 +241,8 @@ class VMOps:
                 tmpl.add("NAME", name)
             return self._create_vm(tmpl, hold).id
 
-    def _create_vm(self: Cloud, utmpl: Template, hold: bool) -> VM:
-        oid = self.counters.get("vm", 0)
+    def _create_vm(self, utmpl: Template, hold: bool) -> VM:
+        oid = self.db.counters.get("vm", 0)
         acquired: list[int] = []
         leased = False
         try:
@@ -291,13 +289,13 @@ class VMOps:
             utmpl.erase("NIC")
             for nic_id, nic in enumerate(nics):
                 leased = True
-                otmpl.add("NIC", self.lease_nic(oid, nic_id, nic))
+                otmpl.add("NIC", self.vnets.lease_nic(oid, nic_id, nic))
             # ---- DISKs: acquire the images
             disks = utmpl.vectors("DISK")
             utmpl.erase("DISK")
             built: list[tuple[dict[str, str], Image]] = []
             for disk_id, disk in enumerate(disks):
-                image = self.acquire_image(oid, disk)
+                image = self.images.acquire_image(oid, disk)
                 acquired.append(image.id)
                 built.append((self._disk_attributes(disk, disk_id, image), image))
             context_vector = utmpl.get_vector("CONTEXT")
@@ -333,13 +331,13 @@ class VMOps:
             vm.op_since = time.time()
         except OneError:
             for image_id in acquired:
-                self.release_image(oid, image_id)
+                self.images.release_image(oid, image_id)
             if leased:
-                self.release_leases(oid)
+                self.vnets.release_leases(oid)
             raise
-        self.counters["vm"] = oid + 1
-        self.store.save_counters(self.counters)
-        self._insert(vm, "vm")
+        self.db.counters["vm"] = oid + 1
+        self.db.store.save_counters(self.db.counters)
+        self.db.insert(vm, "vm")
         return vm
 
     @staticmethod
@@ -400,9 +398,9 @@ class VMOps:
             disk["TARGET"] = take(disk["DEV_PREFIX"])
         return context_target
 
-    def _parse_context(self: Cloud, vm: VM, vector: dict[str, str]) -> dict[str, str]:
+    def _parse_context(self, vm: VM, vector: dict[str, str]) -> dict[str, str]:
         """Substitute the variables, then add the network and OneGate variables."""
-        user = self.pools["user"][vm.uid]
+        user = self.db.pools["user"][vm.uid]
 
         def single(name: str) -> str:
             special = {
@@ -429,8 +427,8 @@ class VMOps:
                 for item in vm.template.vectors(lookup):
                     if item.get(key) == wanted:
                         if name == "NETWORK":
-                            return self.network_attribute(item, attr)
-                        image = self.pools["image"].get(int(item.get("IMAGE_ID", "-1")))
+                            return self.vnets.network_attribute(item, attr)
+                        image = self.db.pools["image"].get(int(item.get("IMAGE_ID", "-1")))
                         return (image.template.get(attr) or "") if image else ""
                 return ""
             candidates = vm.template.vectors(name) or vm.user_template.vectors(name)
@@ -448,9 +446,9 @@ class VMOps:
             except ctx.ContextVariableError as error:
                 raise errors.allocate(f"Cannot parse CONTEXT: {error}") from None
         if (parsed.get("NETWORK") or "").upper() == "YES":
-            parsed.update(ctx.network_context(vm.template.vectors("NIC"), self.network_attribute))
+            parsed.update(ctx.network_context(vm.template.vectors("NIC"), self.vnets.network_attribute))
         if (parsed.get("TOKEN") or "").upper() == "YES":
-            parsed["ONEGATE_ENDPOINT"] = self.endpoints.get("onegate_guest") or self.endpoints.get(
+            parsed["ONEGATE_ENDPOINT"] = self.db.endpoints.get("onegate_guest") or self.db.endpoints.get(
                 "onegate", ""
             )
             parsed["VMID"] = str(vm.id)
@@ -458,39 +456,39 @@ class VMOps:
         return parsed
 
     # ------------------------------------------------------------------ info
-    def vm_info(self: Cloud, oid: int) -> str:
-        with self.lock:
-            return self.get("vm", oid, errors.VM).to_xml()
+    def vm_info(self, oid: int) -> str:
+        with self.db.lock:
+            return self.db.get("vm", oid, errors.VM).to_xml()
 
-    def _vm_pool(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> list[VM]:
+    def _vm_pool(self, filter_flag: int, start: int, end: int, state: int) -> list[VM]:
         if state < -2 or state > CLONING_FAILURE:
             raise OneError(errors.RPC_API, f"Incorrect state filter {state}")
-        vms = list(self.pools["vm"].values())
+        vms = list(self.db.pools["vm"].values())
         if state == -1:
             vms = [v for v in vms if v.state != DONE]
         elif state >= 0:
             vms = [v for v in vms if v.state == state]
-        return self.filter_pool(vms, filter_flag, start, end)
+        return self.db.filter_pool(vms, filter_flag, start, end)
 
-    def vmpool_info(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> str:
-        with self.lock:
+    def vmpool_info(self, filter_flag: int, start: int, end: int, state: int) -> str:
+        with self.db.lock:
             return (
                 "<VM_POOL>"
                 + "".join(v.to_xml_short() for v in self._vm_pool(filter_flag, start, end, state))
                 + ("</VM_POOL>")
             )
 
-    def vmpool_infoextended(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> str:
-        with self.lock:
+    def vmpool_infoextended(self, filter_flag: int, start: int, end: int, state: int) -> str:
+        with self.db.lock:
             return (
                 "<VM_POOL>"
                 + "".join(v.to_xml() for v in self._vm_pool(filter_flag, start, end, state))
                 + ("</VM_POOL>")
             )
 
-    def vm_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+    def vm_update(self, oid: int, text_in: str, append: int) -> int:
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             if append not in (0, 1):
                 raise OneError(errors.RPC_API, "Wrong update type")
             new = parse_template(text_in, errors.ACTION)
@@ -498,26 +496,26 @@ class VMOps:
                 vm.user_template.merge(new)
             else:
                 vm.user_template = new
-            self.save(vm)
+            self.db.save(vm)
             return oid
 
-    def vm_monitoring(self: Cloud, oid: int) -> str:
+    def vm_monitoring(self, oid: int) -> str:
         """``one.vm.monitoring``: the VM's monitoring records (the test cloud keeps the last one)."""
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             record = vm.monitoring_xml()
             records = "" if record == "<MONITORING/>" else record
             return f"<MONITORING_DATA>{records}</MONITORING_DATA>"
 
-    def vm_updateconf(self: Cloud, oid: int, text_in: str, update_type: int) -> int:
+    def vm_updateconf(self, oid: int, text_in: str, update_type: int) -> int:
         """``VirtualMachine::updateconf``: replace (0) or merge (1) the OS, FEATURES, INPUT, GRAPHICS, RAW and
         CPU_MODEL sections, regenerate CONTEXT; a RUNNING guest gets the new context through its driver."""
         if update_type not in (0, 1):
             raise OneError(errors.RPC_API, "Wrong update type")
         new = parse_template(text_in)
         append = update_type == 1
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             if not _updateconf_allowed(vm):
                 raise errors.internal(f"configuration cannot be updated in state {vm.state_str()}")
             old_context = vm.template.get_vector("CONTEXT")
@@ -530,14 +528,14 @@ class VMOps:
             if old_context is not None and new_context is not None:
                 updated.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
             vm.template = updated
-            self.save(vm)
+            self.db.save(vm)
             live = vm.state == ACTIVE and vm.lcm_state == RUNNING and vm.host_id >= 0
             if live:
-                self.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
+                self.db.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
             return oid
 
     def _updated_context(
-        self: Cloud, vm: VM, old: dict[str, str], new: dict[str, str], append: bool
+        self, vm: VM, old: dict[str, str], new: dict[str, str], append: bool
     ) -> dict[str, str]:
         """Values equal to the old ones are kept as they are (not substituted again); the rest is parsed as at
         creation (variables, network and OneGate values), then replaces or is merged into the old context."""
@@ -553,9 +551,9 @@ class VMOps:
             return {**old, **parsed}
         return {**parsed, **equal}
 
-    def _update_context_work(self: Cloud, vm_id: int) -> None:
-        with self.lock:
-            vm = self.pools["vm"].get(vm_id)
+    def _update_context_work(self, vm_id: int) -> None:
+        with self.db.lock:
+            vm = self.db.pools["vm"].get(vm_id)
             if vm is None or not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
                 return
             spec = ContextSpec(files=self.context_files(vm))
@@ -563,9 +561,9 @@ class VMOps:
         self.driver_for(host_id).update_context(vm_id, spec)
 
     # ------------------------------------------------------------------ actions
-    def vm_action(self: Cloud, action: str, oid: int) -> int:
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+    def vm_action(self, action: str, oid: int) -> int:
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             handlers = {
                 "terminate": lambda: self._terminate(vm, False, action),
                 "terminate-hard": lambda: self._terminate(vm, True, action),
@@ -587,10 +585,10 @@ class VMOps:
             if handler is None:
                 raise errors.action(f'Action "{action}" is not supported')
             handler()
-            self.save(vm)
+            self.db.save(vm)
             return oid
 
-    def _terminate(self: Cloud, vm: VM, hard: bool, action: str) -> None:
+    def _terminate(self, vm: VM, hard: bool, action: str) -> None:
         history_action = A_TERMINATE_HARD if hard else A_TERMINATE
         if vm.state in (SUSPENDED, POWEROFF, STOPPED, UNDEPLOYED):
             self._open_history_if_needed(vm)
@@ -614,17 +612,17 @@ class VMOps:
                 f"wrong state {vm.state_str()}."
             )
 
-    def _hold(self: Cloud, vm: VM, action: str) -> None:
+    def _hold(self, vm: VM, action: str) -> None:
         if vm.state != PENDING:
             raise wrong_state(action, vm)
         self._enter(vm, HOLD, LCM_INIT)
 
-    def _release(self: Cloud, vm: VM, action: str) -> None:
+    def _release(self, vm: VM, action: str) -> None:
         if vm.state != HOLD:
             raise wrong_state(action, vm)
         self._enter(vm, PENDING, LCM_INIT)
 
-    def _save(self: Cloud, vm: VM, lcm_state: int, history_action: int, action: str) -> None:
+    def _save(self, vm: VM, lcm_state: int, history_action: int, action: str) -> None:
         running = vm.state == ACTIVE and vm.lcm_state == RUNNING
         if lcm_state == SAVE_STOP and vm.state == SUSPENDED:
             self._close_history_action(vm, history_action)
@@ -636,7 +634,7 @@ class VMOps:
         self._enter(vm, ACTIVE, lcm_state)
         self._submit(vm, "stop", self._stop_work, hard=False)
 
-    def _resume(self: Cloud, vm: VM, action: str) -> None:
+    def _resume(self, vm: VM, action: str) -> None:
         if vm.state in (STOPPED, UNDEPLOYED):
             origin = vm.state
             self._enter(vm, PENDING, LCM_INIT)
@@ -649,18 +647,18 @@ class VMOps:
         else:
             raise wrong_state(action, vm)
 
-    def _reboot(self: Cloud, vm: VM, hard: bool, action: str) -> None:
+    def _reboot(self, vm: VM, hard: bool, action: str) -> None:
         if not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
             raise wrong_state(action, vm)
         vm.resched = 0
         self._submit(vm, "reboot", self._reboot_work, hard=hard)
 
-    def _resched(self: Cloud, vm: VM, flag: int, action: str) -> None:
+    def _resched(self, vm: VM, flag: int, action: str) -> None:
         if not (vm.state == POWEROFF or (vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN))):
             raise wrong_state(action, vm)
         vm.resched = flag
 
-    def _shutdown_to(self: Cloud, vm: VM, lcm_state: int, hard: bool, action: str) -> None:
+    def _shutdown_to(self, vm: VM, lcm_state: int, hard: bool, action: str) -> None:
         undeploy = lcm_state == SHUTDOWN_UNDEPLOY
         history_action = (
             (A_UNDEPLOY_HARD if hard else A_UNDEPLOY)
@@ -679,13 +677,13 @@ class VMOps:
         self._submit(vm, "stop", self._stop_work, hard=hard)
 
     # ------------------------------------------------------------------ state bookkeeping
-    def _enter(self: Cloud, vm: VM, state: int, lcm_state: int) -> None:
+    def _enter(self, vm: VM, state: int, lcm_state: int) -> None:
         vm.set_state(state, lcm_state)
         vm.op_since = time.time()
         vm.pending_op = ""
-        self.save(vm)
+        self.db.save(vm)
 
-    def _open_history(self: Cloud, vm: VM, host_id: int) -> None:
+    def _open_history(self, vm: VM, host_id: int) -> None:
         now = int(time.time())
         vm.host_id = host_id
         vm.history.append(
@@ -708,15 +706,15 @@ class VMOps:
             }
         )
 
-    def _open_history_if_needed(self: Cloud, vm: VM) -> None:
+    def _open_history_if_needed(self, vm: VM) -> None:
         if not vm.history or vm.history[-1]["etime"]:
             self._open_history(vm, vm.host_id if vm.host_id >= 0 else self.pick_host(vm))
 
-    def _close_history_action(self: Cloud, vm: VM, action: int) -> None:
+    def _close_history_action(self, vm: VM, action: int) -> None:
         if vm.history:
             vm.history[-1]["action"] = action
 
-    def _close_history(self: Cloud, vm: VM, action: int | None = None) -> None:
+    def _close_history(self, vm: VM, action: int | None = None) -> None:
         if not vm.history or vm.history[-1]["etime"]:
             return
         record = vm.history[-1]
@@ -727,51 +725,51 @@ class VMOps:
             record["retime"] = now
         record["etime"] = now
 
-    def _finish(self: Cloud, vm: VM, action: int | None = None) -> None:
+    def _finish(self, vm: VM, action: int | None = None) -> None:
         """DONE: give back the addresses and the images, close the history."""
         self._close_history(vm, action)
         if vm.history and vm.history[-1]["estime"] and not vm.history[-1]["eetime"]:
             vm.history[-1]["eetime"] = int(time.time())
-        self.release_leases(vm.id)
+        self.vnets.release_leases(vm.id)
         for disk in vm.template.vectors("DISK"):
-            self.release_image(vm.id, int(disk.get("IMAGE_ID", "-1")))
+            self.images.release_image(vm.id, int(disk.get("IMAGE_ID", "-1")))
         vm.etime = int(time.time())
         self._enter(vm, DONE, LCM_INIT)
         shutil.rmtree(self.vm_dir(vm.id), ignore_errors=True)
 
     # ------------------------------------------------------------------ workers
-    def _submit(self: Cloud, vm: VM, op: str, work, **kwargs) -> None:
+    def _submit(self, vm: VM, op: str, work, **kwargs) -> None:
         vm.pending_op = op
         vm.op_hard = bool(kwargs.get("hard", False))
-        self.save(vm)
-        self.workers.submit(self._guarded, work, vm.id, op, **kwargs)
+        self.db.save(vm)
+        self.db.workers.submit(self._guarded, work, vm.id, op, **kwargs)
 
-    def _guarded(self: Cloud, work, vm_id: int, op: str, **kwargs) -> None:
+    def _guarded(self, work, vm_id: int, op: str, **kwargs) -> None:
         try:
             work(vm_id, **kwargs)
         except Exception:
             log.exception("VM %s: %s failed", vm_id, op)
 
-    def _current(self: Cloud, vm_id: int, op: str) -> VM | None:
-        vm = self.pools["vm"].get(vm_id)
+    def _current(self, vm_id: int, op: str) -> VM | None:
+        vm = self.db.pools["vm"].get(vm_id)
         if vm is None or vm.pending_op != op:
             return None
         return vm
 
-    def _fail(self: Cloud, vm: VM, lcm_state: int, message: str) -> None:
+    def _fail(self, vm: VM, lcm_state: int, message: str) -> None:
         stamp = time.strftime("%a %b %d %H:%M:%S %Y")
         vm.user_template.replace("ERROR", f"{stamp}: {message}")
         self._enter(vm, ACTIVE, lcm_state)
 
-    def _prolog_work(self: Cloud, vm_id: int) -> None:
-        with self.lock:
+    def _prolog_work(self, vm_id: int) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "prolog")
             if vm is None:
                 return
             problem = ""
             disks = vm.template.vectors("DISK")
             for disk in disks:
-                image = self.pools["image"].get(int(disk.get("IMAGE_ID", "-1")))
+                image = self.db.pools["image"].get(int(disk.get("IMAGE_ID", "-1")))
                 if image is None or not image.source or not Path(image.source).exists():
                     problem = (
                         f"Error copying disk {disk.get('DISK_ID')}: image {disk.get('IMAGE_ID')} has no file"
@@ -794,9 +792,9 @@ class VMOps:
             self.vm_dir(vm_id).mkdir(parents=True, exist_ok=True)
             vm.history[-1]["petime"] = int(time.time())
             vm.pending_op = "prolog_done"
-            self.save(vm)
+            self.db.save(vm)
 
-    def launch_spec(self: Cloud, vm: VM) -> LaunchSpec:
+    def launch_spec(self, vm: VM) -> LaunchSpec:
         disks = [
             DiskSpec(
                 Path(d.get("SOURCE", "")),
@@ -808,8 +806,8 @@ class VMOps:
         ]
         nics = []
         for nic in vm.template.vectors("NIC"):
-            mask = self.network_attribute(nic, "NETWORK_MASK") or "255.255.255.0"
-            gateway = self.network_attribute(nic, "GATEWAY") or None
+            mask = self.vnets.network_attribute(nic, "NETWORK_MASK") or "255.255.255.0"
+            gateway = self.vnets.network_attribute(nic, "GATEWAY") or None
             nics.append(NicSpec(int(nic["NIC_ID"]), nic["IP"], nic["MAC"], nic["BRIDGE"], mask, gateway))
         return LaunchSpec(
             vm_id=vm.id,
@@ -823,18 +821,18 @@ class VMOps:
             extra={"DEPLOY_ID": f"one-{vm.id}", "HOSTNAME": HOSTS[max(vm.host_id, 0)][0]},
         )
 
-    def context_files(self: Cloud, vm: VM) -> dict[str, bytes]:
+    def context_files(self, vm: VM) -> dict[str, bytes]:
         context = vm.template.get_vector("CONTEXT")
         if context is None:
             return {}
         files = {"context.sh": ctx.context_sh(context).encode()}
         if (context.get("TOKEN") or "").upper() == "YES":
-            token = ctx.onegate_token(vm.id, vm.stime, self.token_password(vm.created_by))
+            token = ctx.onegate_token(vm.id, vm.stime, self.db.token_password(vm.created_by))
             files["token.txt"] = (token + "\n").encode()
         return files
 
-    def _launch_work(self: Cloud, vm_id: int) -> None:
-        with self.lock:
+    def _launch_work(self, vm_id: int) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "launch")
             if vm is None:
                 return
@@ -849,7 +847,7 @@ class VMOps:
             error = str(failure)
         except Exception as failure:  # the driver's own failure becomes the VM's BOOT_FAILURE
             error = f"{type(failure).__name__}: {failure}"
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "launch")
             if vm is None:
                 return
@@ -858,10 +856,10 @@ class VMOps:
                 return
             vm.deploy_id = f"one-{vm_id}"
             vm.pending_op = "launched"
-            self.save(vm)
+            self.db.save(vm)
 
-    def _stop_work(self: Cloud, vm_id: int, hard: bool = False) -> None:
-        with self.lock:
+    def _stop_work(self, vm_id: int, hard: bool = False) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "stop")
             if vm is None:
                 return
@@ -874,7 +872,7 @@ class VMOps:
             pass  # nothing was ever launched by a driver that does not exist
         except Exception as failure:
             error = f"{type(failure).__name__}: {failure}"
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "stop")
             if vm is None:
                 return
@@ -882,10 +880,10 @@ class VMOps:
                 self._fail(vm, RUNNING, f"Error shutting down virtual machine: {error}")
                 return
             vm.pending_op = "stopped"
-            self.save(vm)
+            self.db.save(vm)
 
-    def _reboot_work(self: Cloud, vm_id: int, hard: bool = False) -> None:
-        with self.lock:
+    def _reboot_work(self, vm_id: int, hard: bool = False) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "reboot")
             if vm is None:
                 return
@@ -893,15 +891,15 @@ class VMOps:
         try:
             self.driver_for(host_id).reboot(vm_id, hard=hard)
         finally:
-            with self.lock:
+            with self.db.lock:
                 vm = self._current(vm_id, "reboot")
                 if vm is not None:
                     vm.pending_op = ""
-                    self.save(vm)
+                    self.db.save(vm)
 
-    def _recover_work(self: Cloud, vm_id: int) -> None:
+    def _recover_work(self, vm_id: int) -> None:
         """After a restart: re-attach to a guest still running, or learn it is gone."""
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "recover")
             if vm is None:
                 return
@@ -912,7 +910,7 @@ class VMOps:
         except Exception as failure:
             log.warning("VM %s: recover failed: %s", vm_id, failure)
             state = GuestState.FAILED
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "recover")
             if vm is None:
                 return
@@ -932,14 +930,14 @@ class VMOps:
             else:
                 self._enter(vm, ACTIVE, UNKNOWN)
                 return
-            self.save(vm)
+            self.db.save(vm)
 
     # ------------------------------------------------------------------ the engine
-    def tick_vms(self: Cloud) -> None:
+    def tick_vms(self) -> None:
         now = time.time()
         polls: list[tuple[int, int, str]] = []
-        with self.lock:
-            for vm in list(self.pools["vm"].values()):
+        with self.db.lock:
+            for vm in list(self.db.pools["vm"].values()):
                 assert isinstance(vm, VM)
                 if vm.state != DONE:
                     self._advance(vm, now, polls)
@@ -952,16 +950,17 @@ class VMOps:
                 state = GuestState.FAILED
             results.append((vm_id, op, state))
         if results:
-            with self.lock:
+            with self.db.lock:
                 for vm_id, op, state in results:
                     self._apply_poll(vm_id, op, state, time.time())
 
-    def _advance(self: Cloud, vm: VM, now: float, polls: list[tuple[int, int, str]]) -> None:
-        timings = self.config.timings
+    def _advance(self, vm: VM, now: float, polls: list[tuple[int, int, str]]) -> None:
+        timings = self.db.config.timings
         elapsed = now - vm.op_since
         if vm.state == CLONING:
             ready = [
-                self.image_is_ready_for(int(d.get("IMAGE_ID", "-1"))) for d in vm.template.vectors("DISK")
+                self.images.image_is_ready_for(int(d.get("IMAGE_ID", "-1")))
+                for d in vm.template.vectors("DISK")
             ]
             if any(r is False for r in ready):
                 vm.user_template.replace("ERROR", "Error cloning the disk images of the VM")
@@ -994,7 +993,7 @@ class VMOps:
                 self._close_history(vm)
                 self._enter(vm, UNDEPLOYED if vm.lcm_state == EPILOG_UNDEPLOY else STOPPED, LCM_INIT)
 
-    def _deploy(self: Cloud, vm: VM) -> None:
+    def _deploy(self, vm: VM) -> None:
         origin = vm.pending_op
         self._open_history(vm, self.pick_host(vm))
         vm.history[-1]["pstime"] = int(time.time())
@@ -1002,7 +1001,7 @@ class VMOps:
         self._enter(vm, ACTIVE, prolog)
         self._submit(vm, "prolog", self._prolog_work)
 
-    def _after_stop(self: Cloud, vm: VM) -> None:
+    def _after_stop(self, vm: VM) -> None:
         lcm = vm.lcm_state
         if vm.history and vm.history[-1]["rstime"] and not vm.history[-1]["retime"]:
             vm.history[-1]["retime"] = int(time.time())
@@ -1018,12 +1017,12 @@ class VMOps:
             epilog = {SHUTDOWN: EPILOG, SHUTDOWN_UNDEPLOY: EPILOG_UNDEPLOY, SAVE_STOP: EPILOG_STOP}[lcm]
             self._enter(vm, ACTIVE, epilog)
 
-    def _apply_poll(self: Cloud, vm_id: int, op: str, state: GuestState, now: float) -> None:
-        vm: VM | None = self.pools["vm"].get(vm_id)
+    def _apply_poll(self, vm_id: int, op: str, state: GuestState, now: float) -> None:
+        vm: VM | None = self.db.pools["vm"].get(vm_id)
         if vm is None or vm.state != ACTIVE:
             return
         if op == "boot" and vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
-            if state == GuestState.RUNNING and now - vm.op_since >= self.config.timings.boot:
+            if state == GuestState.RUNNING and now - vm.op_since >= self.db.config.timings.boot:
                 vm.last_poll = int(now)
                 self._enter(vm, ACTIVE, RUNNING)
             elif state in (GuestState.FAILED, GuestState.STOPPED):
@@ -1048,10 +1047,10 @@ class VMOps:
             elif state == GuestState.FAILED and vm.lcm_state == RUNNING:
                 self._enter(vm, ACTIVE, UNKNOWN)
 
-    def power_off_all(self: Cloud) -> None:
+    def power_off_all(self) -> None:
         """Stop every guest (``cloud down``); their VMs stay POWEROFF and can be resumed later."""
-        with self.lock:
-            active = [vm for vm in self.pools["vm"].values() if vm.state == ACTIVE]
+        with self.db.lock:
+            active = [vm for vm in self.db.pools["vm"].values() if vm.state == ACTIVE]
         for vm in active:
             assert isinstance(vm, VM)
             try:
@@ -1059,7 +1058,7 @@ class VMOps:
                     self.driver_for(vm.host_id).terminate(vm.id, hard=True)
             except Exception as failure:
                 log.warning("VM %s: stopping the guest failed: %s", vm.id, failure)
-            with self.lock:
+            with self.db.lock:
                 if vm.lcm_state in (EPILOG, CLEANUP_DELETE) or vm.lcm_state == SHUTDOWN:
                     self._finish(vm)
                 else:

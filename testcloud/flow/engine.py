@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from testcloud.api.onegate import xml_to_hash
+from hostkit.xmldict import xml_to_dict
 from testcloud.core import errors
 from testcloud.core.errors import OneError
 from testcloud.core.objects import (
@@ -239,11 +239,11 @@ class FlowEngine:
                 if role.get("cooldown") is None:
                     role["cooldown"] = self.cloud.config.flow_cooldown
         doc.template.replace("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))
-        self.cloud.save(doc)
+        self.cloud.db.save(doc)
 
     @staticmethod
     def document_json(doc: Document) -> dict[str, Any]:
-        data = xml_to_hash(etree.fromstring(doc.to_xml().encode()))
+        data = xml_to_dict(etree.fromstring(doc.to_xml().encode()))
         template = data.get("TEMPLATE")
         if isinstance(template, dict) and template.get("BODY"):
             template["BODY"] = json.loads(template["BODY"])
@@ -310,7 +310,7 @@ class FlowEngine:
             [("NAME", name), ("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))]
         )
         try:
-            oid = self.cloud.document_allocate(tmpl.to_xml("TEMPLATE"), doc_type)
+            oid = self.cloud.documents.document_allocate(tmpl.to_xml("TEMPLATE"), doc_type)
         except OneError as error:
             raise FlowError(
                 one_http_status(error), error.message("one.document.allocate", errors.DOCUMENT)
@@ -349,7 +349,7 @@ class FlowEngine:
     def delete_template(self, oid: int) -> None:
         with self.cloud.lock:
             self._doc(oid, DOC_SERVICE_TEMPLATE)
-            self.cloud.document_delete(oid)
+            self.cloud.documents.document_delete(oid)
 
     # ------------------------------------------------------------------ instantiate
     def instantiate(self, template_id: int, merge_template: Any) -> dict[str, Any]:
@@ -613,7 +613,7 @@ class FlowEngine:
             vm_name = f"{name}_{role['last_vmname']}_(service_{sid})"
             role["last_vmname"] += 1
             try:
-                vm_id = self.cloud.template_instantiate(
+                vm_id = self.cloud.vms.template_instantiate(
                     template_id, vm_name, bool(role.get("on_hold")), raw, False
                 )
             except OneError as error:
@@ -624,7 +624,7 @@ class FlowEngine:
                 return False, f"Error instantiating VM Template {template_id} in Role {name}: {message}"
             deployed.append(vm_id)
             vm: VM = self.cloud.pools["vm"][vm_id]
-            info = xml_to_hash(etree.fromstring(vm.to_xml().encode()))
+            info = xml_to_dict(etree.fromstring(vm.to_xml().encode()))
             role["nodes"].append({"deploy_id": vm_id, "vm_info": {"VM": {k: info[k] for k in VM_INFO_KEYS}}})
         return True, deployed
 
@@ -661,7 +661,9 @@ class FlowEngine:
         for node in _ruby_slice_first(nodes, count):
             vm_id = int(node["deploy_id"])
             try:
-                self.cloud.vm_action("terminate-hard" if action == "terminate-hard" else "terminate", vm_id)
+                self.cloud.vms.vm_action(
+                    "terminate-hard" if action == "terminate-hard" else "terminate", vm_id
+                )
                 done.append(vm_id)
             except OneError as error:
                 message = error.message("one.vm.action", errors.VM)
@@ -672,7 +674,7 @@ class FlowEngine:
                     f"Delete; {message}",
                 )
                 try:
-                    self.cloud.vm_action("terminate-hard", vm_id)
+                    self.cloud.vms.vm_action("terminate-hard", vm_id)
                     done.append(vm_id)
                 except OneError as second:
                     self._log(
@@ -704,7 +706,7 @@ class FlowEngine:
             self._cancel(sid)
             roles = self._roles_shutdown(body)
             if not roles:
-                self.cloud.document_delete(sid)
+                self.cloud.documents.document_delete(sid)
                 return
             self._undeploy_roles(sid, body, roles, "UNDEPLOYING", "undeploy")
             self._set_state(body, S["UNDEPLOYING"])
@@ -789,7 +791,7 @@ class FlowEngine:
                 for role in self._roles(body).values():
                     for node in role["nodes"]:
                         try:
-                            self.cloud.vm_action(perform, int(node["deploy_id"]))
+                            self.cloud.vms.vm_action(perform, int(node["deploy_id"]))
                         except OneError as error:
                             self._log(
                                 body,
@@ -816,7 +818,7 @@ class FlowEngine:
                         if vm is None or vm.state == DONE:
                             continue
                         if vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
-                            self.cloud.vm_action("terminate-hard", vm.id)
+                            self.cloud.vms.vm_action("terminate-hard", vm.id)
                             continue
                         kept.append(node)
                     role["nodes"] = kept
@@ -856,7 +858,7 @@ class FlowEngine:
         for role in roles:
             for node in role["nodes"]:
                 try:
-                    self.cloud.vm_action("release", int(node["deploy_id"]))
+                    self.cloud.vms.vm_action("release", int(node["deploy_id"]))
                 except OneError as error:
                     self._log(
                         body,
@@ -923,7 +925,7 @@ class FlowEngine:
             return True
         if wait.kind == "nets_undeploy":
             del self.waits[(sid, role_name)]
-            self.cloud.document_delete(sid)
+            self.cloud.documents.document_delete(sid)
             return False
         roles = self._roles(body)
         role = roles.get(role_name)

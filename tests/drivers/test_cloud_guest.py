@@ -31,7 +31,7 @@ def _wait(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
 
 
 def _ssh_diagnostics(cloud: Any, vm_id: int) -> str:
-    driver = cloud.cloud.driver_for(0)
+    driver = cloud.cloud.vms.driver_for(0)
     script = "systemctl status --no-pager ssh.service 2>&1 | tail -n 15; ss -ltn; ip -4 -br addr"
     result = driver.execute(vm_id, ["sh", "-c", script], timeout=20)
     return f"rc={result.returncode}\n{result.stdout}{result.stderr}"

@@ -90,7 +90,7 @@ def test_driver_failures_become_oned_failure_states(cloud: Any, one: Any) -> Non
     """When the hypervisor fails: BOOT_FAILURE with the reason, UNKNOWN for a dead guest."""
     from testcloud.drivers.base import GuestState
 
-    driver = cloud.cloud.driver_for(0)
+    driver = cloud.cloud.vms.driver_for(0)
     original = driver.launch
 
     def broken(spec: Any) -> None:

@@ -30,16 +30,8 @@ KNOWN_UPWARD = {
     "factory.harness.pairtest -> factory.release.appliance_templates",
     "factory.harness.pairtest -> factory.release.results",
     "factory.one.cloud -> factory.harness.tunnel",
-    "testcloud.flow.engine -> testcloud.api.onegate",
 }
-KNOWN_CYCLES = {
-    "testcloud.core.cloud -> testcloud.core.documents -> testcloud.core.cloud",
-    "testcloud.core.cloud -> testcloud.core.images -> testcloud.core.cloud",
-    "testcloud.core.cloud -> testcloud.core.infra -> testcloud.core.cloud",
-    "testcloud.core.cloud -> testcloud.core.infra -> testcloud.core.vms -> testcloud.core.cloud",
-    "testcloud.core.cloud -> testcloud.core.market -> testcloud.core.cloud",
-    "testcloud.core.cloud -> testcloud.core.vnets -> testcloud.core.cloud",
-}
+KNOWN_CYCLES: set[str] = set()
 
 
 def _module_name(path: Path) -> str:
