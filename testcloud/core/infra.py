@@ -14,8 +14,9 @@ import time
 from testcloud.core import errors
 from testcloud.core.errors import OneError
 from testcloud.core.images import ImagePool
-from testcloud.core.objects import ACTIVE, VM, User, ids_xml
+from testcloud.core.objects import VM, User, ids_xml
 from testcloud.core.pool import PoolStore
+from testcloud.core.states import VmState
 from testcloud.core.template import cdata, text
 from testcloud.core.validate import parse_template
 from testcloud.core.vms import HOSTS, VMPool
@@ -61,7 +62,7 @@ class InfraPool:
         running = [
             vm
             for vm in self.db.pools["vm"].values()
-            if isinstance(vm, VM) and vm.state == ACTIVE and vm.host_id == host_id
+            if isinstance(vm, VM) and vm.state == VmState.ACTIVE and vm.host_id == host_id
         ]
         cpus = os.cpu_count() or 1
         total_cpu = cpus * 100

@@ -11,85 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from testcloud.core.states import LcmState, VmState
 from testcloud.core.template import Template, attribute_xml, cdata, text
-
-# VM states (VirtualMachine::VmState) and the LCM states the test cloud uses (VirtualMachine::LcmState)
-INIT, PENDING, HOLD, ACTIVE, STOPPED, SUSPENDED, DONE, POWEROFF, UNDEPLOYED = 0, 1, 2, 3, 4, 5, 6, 8, 9
-CLONING, CLONING_FAILURE = 10, 11
-VM_STATE_NAMES = {
-    0: "INIT",
-    1: "PENDING",
-    2: "HOLD",
-    3: "ACTIVE",
-    4: "STOPPED",
-    5: "SUSPENDED",
-    6: "DONE",
-    7: "FAILED",
-    8: "POWEROFF",
-    9: "UNDEPLOYED",
-    10: "CLONING",
-    11: "CLONING_FAILURE",
-}
-LCM_INIT, PROLOG, BOOT, RUNNING = 0, 1, 2, 3
-SAVE_STOP, SAVE_SUSPEND, PROLOG_RESUME, EPILOG_STOP, EPILOG, SHUTDOWN = 5, 6, 9, 10, 11, 12
-UNKNOWN, SHUTDOWN_POWEROFF, BOOT_UNKNOWN, BOOT_POWEROFF, CLEANUP_DELETE = 16, 18, 19, 20, 23
-BOOT_SUSPENDED, BOOT_STOPPED = 21, 22
-SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, BOOT_UNDEPLOY = 29, 30, 31, 32
-BOOT_FAILURE, PROLOG_FAILURE, EPILOG_FAILURE = 36, 39, 40
-LCM_STATE_NAMES = [
-    "LCM_INIT",
-    "PROLOG",
-    "BOOT",
-    "RUNNING",
-    "MIGRATE",
-    "SAVE_STOP",
-    "SAVE_SUSPEND",
-    "SAVE_MIGRATE",
-    "PROLOG_MIGRATE",
-    "PROLOG_RESUME",
-    "EPILOG_STOP",
-    "EPILOG",
-    "SHUTDOWN",
-    "CANCEL",
-    "FAILURE",
-    "CLEANUP_RESUBMIT",
-    "UNKNOWN",
-    "HOTPLUG",
-    "SHUTDOWN_POWEROFF",
-    "BOOT_UNKNOWN",
-    "BOOT_POWEROFF",
-    "BOOT_SUSPENDED",
-    "BOOT_STOPPED",
-    "CLEANUP_DELETE",
-    "HOTPLUG_SNAPSHOT",
-    "HOTPLUG_NIC",
-    "HOTPLUG_SAVEAS",
-    "HOTPLUG_SAVEAS_POWEROFF",
-    "HOTPLUG_SAVEAS_SUSPENDED",
-    "SHUTDOWN_UNDEPLOY",
-    "EPILOG_UNDEPLOY",
-    "PROLOG_UNDEPLOY",
-    "BOOT_UNDEPLOY",
-    "HOTPLUG_PROLOG_POWEROFF",
-    "HOTPLUG_EPILOG_POWEROFF",
-    "BOOT_MIGRATE",
-    "BOOT_FAILURE",
-    "BOOT_MIGRATE_FAILURE",
-    "PROLOG_MIGRATE_FAILURE",
-    "PROLOG_FAILURE",
-    "EPILOG_FAILURE",
-    "EPILOG_STOP_FAILURE",
-    "EPILOG_UNDEPLOY_FAILURE",
-    "PROLOG_MIGRATE_POWEROFF",
-    "PROLOG_MIGRATE_POWEROFF_FAILURE",
-    "PROLOG_MIGRATE_SUSPEND",
-    "PROLOG_MIGRATE_SUSPEND_FAILURE",
-    "BOOT_UNDEPLOY_FAILURE",
-    "BOOT_STOPPED_FAILURE",
-    "PROLOG_RESUME_FAILURE",
-    "PROLOG_UNDEPLOY_FAILURE",
-]
-FAILURE_LCM_STATES = {36, 37, 38, 39, 40, 41, 42, 44, 46, 47, 48, 49, 50, 60}
 
 # Image states and types
 IMG_INIT, IMG_READY, IMG_USED, IMG_DISABLED, IMG_LOCKED, IMG_ERROR = 0, 1, 2, 3, 4, 5
@@ -562,10 +485,10 @@ SHORT_DISK = [
 @dataclass
 class VM(PoolObject):
     KIND: ClassVar[str] = "vm"
-    state: int = PENDING
-    lcm_state: int = LCM_INIT
-    prev_state: int = PENDING
-    prev_lcm_state: int = LCM_INIT
+    state: int = VmState.PENDING
+    lcm_state: int = LcmState.LCM_INIT
+    prev_state: int = VmState.PENDING
+    prev_lcm_state: int = LcmState.LCM_INIT
     resched: int = 0
     stime: int = 0
     etime: int = 0
@@ -581,17 +504,17 @@ class VM(PoolObject):
     op_since: float = 0.0
     op_hard: bool = False
 
-    def set_state(self, state: int, lcm_state: int = LCM_INIT) -> None:
+    def set_state(self, state: int, lcm_state: int = LcmState.LCM_INIT) -> None:
         self.prev_state, self.prev_lcm_state = self.state, self.lcm_state
         self.state, self.lcm_state = state, lcm_state
 
     def state_str(self) -> str:
-        if self.state == ACTIVE:
-            return LCM_STATE_NAMES[self.lcm_state]
-        return VM_STATE_NAMES[self.state]
+        if self.state == VmState.ACTIVE:
+            return LcmState(self.lcm_state).name
+        return VmState(self.state).name
 
     def monitoring_xml(self) -> str:
-        if self.state != ACTIVE or self.lcm_state != RUNNING:
+        if self.state != VmState.ACTIVE or self.lcm_state != LcmState.RUNNING:
             return "<MONITORING/>"
         memory_kb = int(self.template.get("MEMORY", "0") or 0) * 1024
         return (
@@ -600,7 +523,7 @@ class VM(PoolObject):
         )
 
     def monitoring_xml_short(self) -> str:
-        if self.state != ACTIVE or self.lcm_state != RUNNING:
+        if self.state != VmState.ACTIVE or self.lcm_state != LcmState.RUNNING:
             return "<MONITORING/>"
         memory_kb = int(self.template.get("MEMORY", "0") or 0) * 1024
         return f"<MONITORING><CPU>0</CPU><MEMORY>{memory_kb}</MEMORY></MONITORING>"

@@ -19,42 +19,7 @@ from testcloud.core import errors
 from testcloud.core.errors import OneError
 from testcloud.core.images import ImagePool
 from testcloud.core.objects import (
-    ACTIVE,
-    BOOT,
-    BOOT_FAILURE,
-    BOOT_POWEROFF,
-    BOOT_STOPPED,
-    BOOT_SUSPENDED,
-    BOOT_UNDEPLOY,
-    BOOT_UNKNOWN,
-    CLEANUP_DELETE,
-    CLONING,
-    CLONING_FAILURE,
-    DONE,
-    EPILOG,
-    EPILOG_STOP,
-    EPILOG_UNDEPLOY,
-    FAILURE_LCM_STATES,
-    HOLD,
     IMG_LOCKED_USED,
-    INIT,
-    LCM_INIT,
-    PENDING,
-    POWEROFF,
-    PROLOG,
-    PROLOG_FAILURE,
-    PROLOG_RESUME,
-    PROLOG_UNDEPLOY,
-    RUNNING,
-    SAVE_STOP,
-    SAVE_SUSPEND,
-    SHUTDOWN,
-    SHUTDOWN_POWEROFF,
-    SHUTDOWN_UNDEPLOY,
-    STOPPED,
-    SUSPENDED,
-    UNDEPLOYED,
-    UNKNOWN,
     VM,
     VM_TEMPLATE_ONCE,
     VM_TEMPLATE_SINGLES,
@@ -63,6 +28,7 @@ from testcloud.core.objects import (
     VMTemplate,
 )
 from testcloud.core.pool import PoolStore
+from testcloud.core.states import FAILURE_LCM_STATES, LcmState, VmState
 from testcloud.core.template import Template
 from testcloud.core.validate import check_name, parse_template
 from testcloud.core.vnets import VNetPool
@@ -78,9 +44,27 @@ HOSTS = {0: ("nspawn", "lxc", "container"), 1: ("qemu", "kvm", "qemu")}
 A_NONE, A_UNDEPLOY, A_UNDEPLOY_HARD, A_STOP, A_SUSPEND = 0, 5, 6, 9, 10
 A_POWEROFF, A_POWEROFF_HARD, A_TERMINATE, A_TERMINATE_HARD = 19, 20, 27, 28
 
-PROLOG_TO_BOOT = {PROLOG: BOOT, PROLOG_UNDEPLOY: BOOT_UNDEPLOY, PROLOG_RESUME: BOOT_STOPPED}
-BOOT_STATES = {BOOT, BOOT_UNDEPLOY, BOOT_STOPPED, BOOT_POWEROFF, BOOT_SUSPENDED, BOOT_UNKNOWN}
-STOPPING_STATES = {SHUTDOWN, SHUTDOWN_POWEROFF, SHUTDOWN_UNDEPLOY, SAVE_STOP, SAVE_SUSPEND, CLEANUP_DELETE}
+PROLOG_TO_BOOT = {
+    LcmState.PROLOG: LcmState.BOOT,
+    LcmState.PROLOG_UNDEPLOY: LcmState.BOOT_UNDEPLOY,
+    LcmState.PROLOG_RESUME: LcmState.BOOT_STOPPED,
+}
+BOOT_STATES = {
+    LcmState.BOOT,
+    LcmState.BOOT_UNDEPLOY,
+    LcmState.BOOT_STOPPED,
+    LcmState.BOOT_POWEROFF,
+    LcmState.BOOT_SUSPENDED,
+    LcmState.BOOT_UNKNOWN,
+}
+STOPPING_STATES = {
+    LcmState.SHUTDOWN,
+    LcmState.SHUTDOWN_POWEROFF,
+    LcmState.SHUTDOWN_UNDEPLOY,
+    LcmState.SAVE_STOP,
+    LcmState.SAVE_SUSPEND,
+    LcmState.CLEANUP_DELETE,
+}
 RUNNING_POLL_S = 2.0  # how often a running guest is asked whether it still runs
 BOOT_POLL_S = 0.2  # and a booting one whether it is up
 
@@ -117,14 +101,38 @@ UPDATECONF_ATTRS: dict[str, tuple[str, ...]] = {
     "CPU_MODEL": ("MODEL", "FEATURES"),
 }  # fmt: skip
 UPDATECONF_SECTIONS = tuple(UPDATECONF_ATTRS)
-UPDATECONF_STATES = {PENDING, HOLD, POWEROFF, UNDEPLOYED, CLONING, CLONING_FAILURE}
-UPDATECONF_LCM_STATES = {LCM_INIT, PROLOG, RUNNING, EPILOG, SHUTDOWN, 15, SHUTDOWN_POWEROFF, CLEANUP_DELETE}
-UPDATECONF_LCM_STATES |= {27, SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, 33, 34, BOOT_FAILURE}
-UPDATECONF_LCM_STATES |= {PROLOG_FAILURE, 40, 42, 43, 44, 47, 50, 52, 53, 54}
+UPDATECONF_STATES = {
+    VmState.PENDING,
+    VmState.HOLD,
+    VmState.POWEROFF,
+    VmState.UNDEPLOYED,
+    VmState.CLONING,
+    VmState.CLONING_FAILURE,
+}
+UPDATECONF_LCM_STATES = {
+    LcmState.LCM_INIT,
+    LcmState.PROLOG,
+    LcmState.RUNNING,
+    LcmState.EPILOG,
+    LcmState.SHUTDOWN,
+    15,
+    LcmState.SHUTDOWN_POWEROFF,
+    LcmState.CLEANUP_DELETE,
+}
+UPDATECONF_LCM_STATES |= {
+    27,
+    LcmState.SHUTDOWN_UNDEPLOY,
+    LcmState.EPILOG_UNDEPLOY,
+    LcmState.PROLOG_UNDEPLOY,
+    33,
+    34,
+    LcmState.BOOT_FAILURE,
+}
+UPDATECONF_LCM_STATES |= {LcmState.PROLOG_FAILURE, 40, 42, 43, 44, 47, 50, 52, 53, 54}
 
 
 def _updateconf_allowed(vm: VM) -> bool:
-    if vm.state == ACTIVE:
+    if vm.state == VmState.ACTIVE:
         return vm.lcm_state in UPDATECONF_LCM_STATES
     return vm.state in UPDATECONF_STATES
 
@@ -170,7 +178,7 @@ class VMPool:
         """At start: carry on with the work the VMs recorded (the images' and apps' copies resume first)."""
         for vm in self.db.pools["vm"].values():
             assert isinstance(vm, VM)
-            if vm.state != ACTIVE:
+            if vm.state != VmState.ACTIVE:
                 continue
             if vm.pending_op in ("prolog",):
                 self._submit(vm, "prolog", self._prolog_work)
@@ -178,7 +186,7 @@ class VMPool:
                 self._submit(vm, "launch", self._launch_work)
             elif vm.pending_op == "stop":
                 self._submit(vm, "stop", self._stop_work)
-            elif vm.lcm_state in BOOT_STATES | {RUNNING, UNKNOWN} and vm.pending_op in (
+            elif vm.lcm_state in BOOT_STATES | {LcmState.RUNNING, LcmState.UNKNOWN} and vm.pending_op in (
                 "",
                 "launched",
                 "reboot",
@@ -325,9 +333,9 @@ class VMPool:
             otmpl.add("TM_MAD_SYSTEM", "ssh")
             otmpl.add("VMID", str(oid))
             if on_hold:
-                vm.state = vm.prev_state = HOLD
+                vm.state = vm.prev_state = VmState.HOLD
             elif any(img.state == IMG_LOCKED_USED for _, img in built):
-                vm.state = vm.prev_state = CLONING
+                vm.state = vm.prev_state = VmState.CLONING
             vm.op_since = time.time()
         except OneError:
             for image_id in acquired:
@@ -461,11 +469,11 @@ class VMPool:
             return self.db.get("vm", oid, errors.VM).to_xml()
 
     def _vm_pool(self, filter_flag: int, start: int, end: int, state: int) -> list[VM]:
-        if state < -2 or state > CLONING_FAILURE:
+        if state < -2 or state > VmState.CLONING_FAILURE:
             raise OneError(errors.RPC_API, f"Incorrect state filter {state}")
         vms = list(self.db.pools["vm"].values())
         if state == -1:
-            vms = [v for v in vms if v.state != DONE]
+            vms = [v for v in vms if v.state != VmState.DONE]
         elif state >= 0:
             vms = [v for v in vms if v.state == state]
         return self.db.filter_pool(vms, filter_flag, start, end)
@@ -529,7 +537,7 @@ class VMPool:
                 updated.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
             vm.template = updated
             self.db.save(vm)
-            live = vm.state == ACTIVE and vm.lcm_state == RUNNING and vm.host_id >= 0
+            live = vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING and vm.host_id >= 0
             if live:
                 self.db.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
             return oid
@@ -554,7 +562,7 @@ class VMPool:
     def _update_context_work(self, vm_id: int) -> None:
         with self.db.lock:
             vm = self.db.pools["vm"].get(vm_id)
-            if vm is None or not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+            if vm is None or not (vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING):
                 return
             spec = ContextSpec(files=self.context_files(vm))
             host_id = vm.host_id
@@ -569,17 +577,17 @@ class VMPool:
                 "terminate-hard": lambda: self._terminate(vm, True, action),
                 "hold": lambda: self._hold(vm, action),
                 "release": lambda: self._release(vm, action),
-                "stop": lambda: self._save(vm, SAVE_STOP, A_STOP, action),
-                "suspend": lambda: self._save(vm, SAVE_SUSPEND, A_SUSPEND, action),
+                "stop": lambda: self._save(vm, LcmState.SAVE_STOP, A_STOP, action),
+                "suspend": lambda: self._save(vm, LcmState.SAVE_SUSPEND, A_SUSPEND, action),
                 "resume": lambda: self._resume(vm, action),
                 "reboot": lambda: self._reboot(vm, False, action),
                 "reboot-hard": lambda: self._reboot(vm, True, action),
                 "resched": lambda: self._resched(vm, 1, action),
                 "unresched": lambda: self._resched(vm, 0, action),
-                "poweroff": lambda: self._shutdown_to(vm, SHUTDOWN_POWEROFF, False, action),
-                "poweroff-hard": lambda: self._shutdown_to(vm, SHUTDOWN_POWEROFF, True, action),
-                "undeploy": lambda: self._shutdown_to(vm, SHUTDOWN_UNDEPLOY, False, action),
-                "undeploy-hard": lambda: self._shutdown_to(vm, SHUTDOWN_UNDEPLOY, True, action),
+                "poweroff": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_POWEROFF, False, action),
+                "poweroff-hard": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_POWEROFF, True, action),
+                "undeploy": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_UNDEPLOY, False, action),
+                "undeploy-hard": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_UNDEPLOY, True, action),
             }
             handler = handlers.get(action)
             if handler is None:
@@ -590,21 +598,29 @@ class VMPool:
 
     def _terminate(self, vm: VM, hard: bool, action: str) -> None:
         history_action = A_TERMINATE_HARD if hard else A_TERMINATE
-        if vm.state in (SUSPENDED, POWEROFF, STOPPED, UNDEPLOYED):
+        if vm.state in (VmState.SUSPENDED, VmState.POWEROFF, VmState.STOPPED, VmState.UNDEPLOYED):
             self._open_history_if_needed(vm)
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, EPILOG)
-        elif vm.state in (INIT, PENDING, HOLD, CLONING, CLONING_FAILURE):
+            self._enter(vm, VmState.ACTIVE, LcmState.EPILOG)
+        elif vm.state in (
+            VmState.INIT,
+            VmState.PENDING,
+            VmState.HOLD,
+            VmState.CLONING,
+            VmState.CLONING_FAILURE,
+        ):
             self._finish(vm, history_action)
-        elif vm.state == DONE:
+        elif vm.state == VmState.DONE:
             return
-        elif vm.lcm_state in (RUNNING, UNKNOWN) or (vm.lcm_state == SHUTDOWN and hard):
+        elif vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN) or (
+            vm.lcm_state == LcmState.SHUTDOWN and hard
+        ):
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, SHUTDOWN)
+            self._enter(vm, VmState.ACTIVE, LcmState.SHUTDOWN)
             self._submit(vm, "stop", self._stop_work, hard=hard)
         elif vm.lcm_state in FAILURE_LCM_STATES:
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, CLEANUP_DELETE)
+            self._enter(vm, VmState.ACTIVE, LcmState.CLEANUP_DELETE)
             self._submit(vm, "stop", self._stop_work, hard=True)
         else:
             raise errors.action(
@@ -613,67 +629,74 @@ class VMPool:
             )
 
     def _hold(self, vm: VM, action: str) -> None:
-        if vm.state != PENDING:
+        if vm.state != VmState.PENDING:
             raise wrong_state(action, vm)
-        self._enter(vm, HOLD, LCM_INIT)
+        self._enter(vm, VmState.HOLD, LcmState.LCM_INIT)
 
     def _release(self, vm: VM, action: str) -> None:
-        if vm.state != HOLD:
+        if vm.state != VmState.HOLD:
             raise wrong_state(action, vm)
-        self._enter(vm, PENDING, LCM_INIT)
+        self._enter(vm, VmState.PENDING, LcmState.LCM_INIT)
 
     def _save(self, vm: VM, lcm_state: int, history_action: int, action: str) -> None:
-        running = vm.state == ACTIVE and vm.lcm_state == RUNNING
-        if lcm_state == SAVE_STOP and vm.state == SUSPENDED:
+        running = vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING
+        if lcm_state == LcmState.SAVE_STOP and vm.state == VmState.SUSPENDED:
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, EPILOG_STOP)
+            self._enter(vm, VmState.ACTIVE, LcmState.EPILOG_STOP)
             return
         if not running:
             raise wrong_state(action, vm)
         self._close_history_action(vm, history_action)
-        self._enter(vm, ACTIVE, lcm_state)
+        self._enter(vm, VmState.ACTIVE, lcm_state)
         self._submit(vm, "stop", self._stop_work, hard=False)
 
     def _resume(self, vm: VM, action: str) -> None:
-        if vm.state in (STOPPED, UNDEPLOYED):
+        if vm.state in (VmState.STOPPED, VmState.UNDEPLOYED):
             origin = vm.state
-            self._enter(vm, PENDING, LCM_INIT)
-            vm.pending_op = "resume_undeployed" if origin == UNDEPLOYED else "resume_stopped"
-        elif vm.state in (SUSPENDED, POWEROFF) or (vm.state == ACTIVE and vm.lcm_state == UNKNOWN):
-            boot = {SUSPENDED: BOOT_SUSPENDED, POWEROFF: BOOT_POWEROFF}.get(vm.state, BOOT_UNKNOWN)
+            self._enter(vm, VmState.PENDING, LcmState.LCM_INIT)
+            vm.pending_op = "resume_undeployed" if origin == VmState.UNDEPLOYED else "resume_stopped"
+        elif vm.state in (VmState.SUSPENDED, VmState.POWEROFF) or (
+            vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.UNKNOWN
+        ):
+            boot = {VmState.SUSPENDED: LcmState.BOOT_SUSPENDED, VmState.POWEROFF: LcmState.BOOT_POWEROFF}.get(
+                vm.state, LcmState.BOOT_UNKNOWN
+            )
             self._open_history_if_needed(vm)
-            self._enter(vm, ACTIVE, boot)
+            self._enter(vm, VmState.ACTIVE, boot)
             self._submit(vm, "launch", self._launch_work)
         else:
             raise wrong_state(action, vm)
 
     def _reboot(self, vm: VM, hard: bool, action: str) -> None:
-        if not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+        if not (vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING):
             raise wrong_state(action, vm)
         vm.resched = 0
         self._submit(vm, "reboot", self._reboot_work, hard=hard)
 
     def _resched(self, vm: VM, flag: int, action: str) -> None:
-        if not (vm.state == POWEROFF or (vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN))):
+        if not (
+            vm.state == VmState.POWEROFF
+            or (vm.state == VmState.ACTIVE and vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN))
+        ):
             raise wrong_state(action, vm)
         vm.resched = flag
 
     def _shutdown_to(self, vm: VM, lcm_state: int, hard: bool, action: str) -> None:
-        undeploy = lcm_state == SHUTDOWN_UNDEPLOY
+        undeploy = lcm_state == LcmState.SHUTDOWN_UNDEPLOY
         history_action = (
             (A_UNDEPLOY_HARD if hard else A_UNDEPLOY)
             if undeploy
             else (A_POWEROFF_HARD if hard else A_POWEROFF)
         )
-        if undeploy and vm.state == POWEROFF:
+        if undeploy and vm.state == VmState.POWEROFF:
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, EPILOG_UNDEPLOY)
+            self._enter(vm, VmState.ACTIVE, LcmState.EPILOG_UNDEPLOY)
             return
-        active = vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN)
-        if not (active or (hard and vm.state == ACTIVE and vm.lcm_state == lcm_state)):
+        active = vm.state == VmState.ACTIVE and vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN)
+        if not (active or (hard and vm.state == VmState.ACTIVE and vm.lcm_state == lcm_state)):
             raise wrong_state(action, vm)
         self._close_history_action(vm, history_action)
-        self._enter(vm, ACTIVE, lcm_state)
+        self._enter(vm, VmState.ACTIVE, lcm_state)
         self._submit(vm, "stop", self._stop_work, hard=hard)
 
     # ------------------------------------------------------------------ state bookkeeping
@@ -734,7 +757,7 @@ class VMPool:
         for disk in vm.template.vectors("DISK"):
             self.images.release_image(vm.id, int(disk.get("IMAGE_ID", "-1")))
         vm.etime = int(time.time())
-        self._enter(vm, DONE, LCM_INIT)
+        self._enter(vm, VmState.DONE, LcmState.LCM_INIT)
         shutil.rmtree(self.vm_dir(vm.id), ignore_errors=True)
 
     # ------------------------------------------------------------------ workers
@@ -759,7 +782,7 @@ class VMPool:
     def _fail(self, vm: VM, lcm_state: int, message: str) -> None:
         stamp = time.strftime("%a %b %d %H:%M:%S %Y")
         vm.user_template.replace("ERROR", f"{stamp}: {message}")
-        self._enter(vm, ACTIVE, lcm_state)
+        self._enter(vm, VmState.ACTIVE, lcm_state)
 
     def _prolog_work(self, vm_id: int) -> None:
         with self.db.lock:
@@ -787,7 +810,7 @@ class VMPool:
             for disk in disks:
                 vm.template.add("DISK", disk)
             if problem:
-                self._fail(vm, PROLOG_FAILURE, problem)
+                self._fail(vm, LcmState.PROLOG_FAILURE, problem)
                 return
             self.vm_dir(vm_id).mkdir(parents=True, exist_ok=True)
             vm.history[-1]["petime"] = int(time.time())
@@ -852,7 +875,7 @@ class VMPool:
             if vm is None:
                 return
             if error:
-                self._fail(vm, BOOT_FAILURE, f"Error deploying virtual machine: {error}")
+                self._fail(vm, LcmState.BOOT_FAILURE, f"Error deploying virtual machine: {error}")
                 return
             vm.deploy_id = f"one-{vm_id}"
             vm.pending_op = "launched"
@@ -876,8 +899,8 @@ class VMPool:
             vm = self._current(vm_id, "stop")
             if vm is None:
                 return
-            if error and vm.lcm_state == SHUTDOWN:
-                self._fail(vm, RUNNING, f"Error shutting down virtual machine: {error}")
+            if error and vm.lcm_state == LcmState.SHUTDOWN:
+                self._fail(vm, LcmState.RUNNING, f"Error shutting down virtual machine: {error}")
                 return
             vm.pending_op = "stopped"
             self.db.save(vm)
@@ -919,16 +942,16 @@ class VMPool:
                     vm.pending_op = "launched"
                 else:
                     vm.pending_op = ""
-                    if vm.lcm_state == UNKNOWN:
-                        vm.set_state(ACTIVE, RUNNING)
+                    if vm.lcm_state == LcmState.UNKNOWN:
+                        vm.set_state(VmState.ACTIVE, LcmState.RUNNING)
             elif state == GuestState.BOOTING:
                 vm.pending_op = "launched"
             elif state == GuestState.STOPPED:
                 self._close_history_action(vm, A_POWEROFF)
-                self._enter(vm, POWEROFF, LCM_INIT)
+                self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
                 return
             else:
-                self._enter(vm, ACTIVE, UNKNOWN)
+                self._enter(vm, VmState.ACTIVE, LcmState.UNKNOWN)
                 return
             self.db.save(vm)
 
@@ -939,7 +962,7 @@ class VMPool:
         with self.db.lock:
             for vm in list(self.db.pools["vm"].values()):
                 assert isinstance(vm, VM)
-                if vm.state != DONE:
+                if vm.state != VmState.DONE:
                     self._advance(vm, now, polls)
         results = []
         for vm_id, host_id, op in polls:
@@ -957,74 +980,88 @@ class VMPool:
     def _advance(self, vm: VM, now: float, polls: list[tuple[int, int, str]]) -> None:
         timings = self.db.config.timings
         elapsed = now - vm.op_since
-        if vm.state == CLONING:
+        if vm.state == VmState.CLONING:
             ready = [
                 self.images.image_is_ready_for(int(d.get("IMAGE_ID", "-1")))
                 for d in vm.template.vectors("DISK")
             ]
             if any(r is False for r in ready):
                 vm.user_template.replace("ERROR", "Error cloning the disk images of the VM")
-                self._enter(vm, CLONING_FAILURE, LCM_INIT)
+                self._enter(vm, VmState.CLONING_FAILURE, LcmState.LCM_INIT)
             elif all(ready):
-                self._enter(vm, PENDING, LCM_INIT)
-        elif vm.state == PENDING and elapsed >= timings.pending:
+                self._enter(vm, VmState.PENDING, LcmState.LCM_INIT)
+        elif vm.state == VmState.PENDING and elapsed >= timings.pending:
             self._deploy(vm)
-        elif vm.state != ACTIVE:
+        elif vm.state != VmState.ACTIVE:
             return
         elif vm.lcm_state in PROLOG_TO_BOOT and vm.pending_op == "prolog_done" and elapsed >= timings.prolog:
-            self._enter(vm, ACTIVE, PROLOG_TO_BOOT[vm.lcm_state])
+            self._enter(vm, VmState.ACTIVE, PROLOG_TO_BOOT[vm.lcm_state])
             self._submit(vm, "launch", self._launch_work)
         elif vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
             if now - self._last_running_poll.get(vm.id, 0.0) >= BOOT_POLL_S:
                 self._last_running_poll[vm.id] = now
                 polls.append((vm.id, vm.host_id, "boot"))
-        elif vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
+        elif vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN) and vm.pending_op == "":
             if now - self._last_running_poll.get(vm.id, 0.0) >= RUNNING_POLL_S:
                 self._last_running_poll[vm.id] = now
                 polls.append((vm.id, vm.host_id, "running"))
         elif vm.lcm_state in STOPPING_STATES and vm.pending_op == "stopped" and elapsed >= timings.shutdown:
             self._after_stop(vm)
-        elif vm.lcm_state in (EPILOG, EPILOG_UNDEPLOY, EPILOG_STOP) and elapsed >= timings.epilog:
+        elif (
+            vm.lcm_state in (LcmState.EPILOG, LcmState.EPILOG_UNDEPLOY, LcmState.EPILOG_STOP)
+            and elapsed >= timings.epilog
+        ):
             if vm.history:
                 vm.history[-1]["eetime"] = int(now)
-            if vm.lcm_state == EPILOG:
+            if vm.lcm_state == LcmState.EPILOG:
                 self._finish(vm)
             else:
                 self._close_history(vm)
-                self._enter(vm, UNDEPLOYED if vm.lcm_state == EPILOG_UNDEPLOY else STOPPED, LCM_INIT)
+                self._enter(
+                    vm,
+                    VmState.UNDEPLOYED if vm.lcm_state == LcmState.EPILOG_UNDEPLOY else VmState.STOPPED,
+                    LcmState.LCM_INIT,
+                )
 
     def _deploy(self, vm: VM) -> None:
         origin = vm.pending_op
         self._open_history(vm, self.pick_host(vm))
         vm.history[-1]["pstime"] = int(time.time())
-        prolog = {"resume_undeployed": PROLOG_UNDEPLOY, "resume_stopped": PROLOG_RESUME}.get(origin, PROLOG)
-        self._enter(vm, ACTIVE, prolog)
+        prolog = {
+            "resume_undeployed": LcmState.PROLOG_UNDEPLOY,
+            "resume_stopped": LcmState.PROLOG_RESUME,
+        }.get(origin, LcmState.PROLOG)
+        self._enter(vm, VmState.ACTIVE, prolog)
         self._submit(vm, "prolog", self._prolog_work)
 
     def _after_stop(self, vm: VM) -> None:
         lcm = vm.lcm_state
         if vm.history and vm.history[-1]["rstime"] and not vm.history[-1]["retime"]:
             vm.history[-1]["retime"] = int(time.time())
-        if lcm == CLEANUP_DELETE:
+        if lcm == LcmState.CLEANUP_DELETE:
             self._finish(vm)
-        elif lcm == SHUTDOWN_POWEROFF:
-            self._enter(vm, POWEROFF, LCM_INIT)
-        elif lcm == SAVE_SUSPEND:
-            self._enter(vm, SUSPENDED, LCM_INIT)
+        elif lcm == LcmState.SHUTDOWN_POWEROFF:
+            self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
+        elif lcm == LcmState.SAVE_SUSPEND:
+            self._enter(vm, VmState.SUSPENDED, LcmState.LCM_INIT)
         else:
             if vm.history:
                 vm.history[-1]["estime"] = int(time.time())
-            epilog = {SHUTDOWN: EPILOG, SHUTDOWN_UNDEPLOY: EPILOG_UNDEPLOY, SAVE_STOP: EPILOG_STOP}[lcm]
-            self._enter(vm, ACTIVE, epilog)
+            epilog = {
+                LcmState.SHUTDOWN: LcmState.EPILOG,
+                LcmState.SHUTDOWN_UNDEPLOY: LcmState.EPILOG_UNDEPLOY,
+                LcmState.SAVE_STOP: LcmState.EPILOG_STOP,
+            }[lcm]
+            self._enter(vm, VmState.ACTIVE, epilog)
 
     def _apply_poll(self, vm_id: int, op: str, state: GuestState, now: float) -> None:
         vm: VM | None = self.db.pools["vm"].get(vm_id)
-        if vm is None or vm.state != ACTIVE:
+        if vm is None or vm.state != VmState.ACTIVE:
             return
         if op == "boot" and vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
             if state == GuestState.RUNNING and now - vm.op_since >= self.db.config.timings.boot:
                 vm.last_poll = int(now)
-                self._enter(vm, ACTIVE, RUNNING)
+                self._enter(vm, VmState.ACTIVE, LcmState.RUNNING)
             elif state in (GuestState.FAILED, GuestState.STOPPED):
                 logs = ""
                 try:
@@ -1033,34 +1070,41 @@ class VMPool:
                     logs = ""
                 self._fail(
                     vm,
-                    BOOT_FAILURE,
+                    LcmState.BOOT_FAILURE,
                     "Error deploying virtual machine: the guest did not start"
                     + (f"\n{logs}" if logs else ""),
                 )
-        elif op == "running" and vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
+        elif op == "running" and vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN) and vm.pending_op == "":
             vm.last_poll = int(now)
-            if state == GuestState.RUNNING and vm.lcm_state == UNKNOWN:
-                self._enter(vm, ACTIVE, RUNNING)
+            if state == GuestState.RUNNING and vm.lcm_state == LcmState.UNKNOWN:
+                self._enter(vm, VmState.ACTIVE, LcmState.RUNNING)
             elif state == GuestState.STOPPED:  # the guest shut itself down: oned sees it powered off
                 self._close_history_action(vm, A_POWEROFF)
-                self._enter(vm, POWEROFF, LCM_INIT)
-            elif state == GuestState.FAILED and vm.lcm_state == RUNNING:
-                self._enter(vm, ACTIVE, UNKNOWN)
+                self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
+            elif state == GuestState.FAILED and vm.lcm_state == LcmState.RUNNING:
+                self._enter(vm, VmState.ACTIVE, LcmState.UNKNOWN)
 
     def power_off_all(self) -> None:
         """Stop every guest (``cloud down``); their VMs stay POWEROFF and can be resumed later."""
         with self.db.lock:
-            active = [vm for vm in self.db.pools["vm"].values() if vm.state == ACTIVE]
+            active = [vm for vm in self.db.pools["vm"].values() if vm.state == VmState.ACTIVE]
         for vm in active:
             assert isinstance(vm, VM)
             try:
-                if vm.host_id >= 0 and vm.lcm_state not in (PROLOG, PROLOG_UNDEPLOY, PROLOG_RESUME):
+                if vm.host_id >= 0 and vm.lcm_state not in (
+                    LcmState.PROLOG,
+                    LcmState.PROLOG_UNDEPLOY,
+                    LcmState.PROLOG_RESUME,
+                ):
                     self.driver_for(vm.host_id).terminate(vm.id, hard=True)
             except Exception as failure:
                 log.warning("VM %s: stopping the guest failed: %s", vm.id, failure)
             with self.db.lock:
-                if vm.lcm_state in (EPILOG, CLEANUP_DELETE) or vm.lcm_state == SHUTDOWN:
+                if (
+                    vm.lcm_state in (LcmState.EPILOG, LcmState.CLEANUP_DELETE)
+                    or vm.lcm_state == LcmState.SHUTDOWN
+                ):
                     self._finish(vm)
                 else:
                     self._close_history_action(vm, A_POWEROFF_HARD)
-                    self._enter(vm, POWEROFF, LCM_INIT)
+                    self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
