@@ -125,11 +125,6 @@ class Template:
     def remove(self, attr: Attribute) -> None:
         self._attrs = [a for a in self._attrs if a is not attr]
 
-    def pop_all(self, name: str) -> list[Attribute]:
-        found = self.get_all(name)
-        self.erase(name)
-        return found
-
     def merge(self, other: Template) -> None:
         """``Template::merge``: every name in ``other`` replaces all attributes of that name here;
         empty vectors only delete."""
