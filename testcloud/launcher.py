@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 
 from hostkit.fileio import write_atomic
 from hostkit.host import PROCESS_GONE
+from hostkit.waiting import wait_until
 from testcloud.api.httpbase import Server
 from testcloud.core.cloud import Cloud
 from testcloud.core.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
@@ -287,17 +287,21 @@ def _start_daemon(
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def started() -> CloudHandle | None:
         document = read_endpoints(state_dir)
         if document and document.get("pid") == str(process.pid):
             endpoints = {k: document[k] for k in (*SERVICES, "auth")}
             return CloudHandle(state_dir, endpoints, pid=process.pid)
         if process.poll() is not None:
             raise LaunchError(f"the test cloud daemon exited with {process.returncode}; see {log_path}")
-        time.sleep(0.1)
-    process.terminate()
-    raise LaunchError(f"the test cloud daemon did not start within 60 s; see {log_path}")
+        return None
+
+    try:
+        return wait_until(started, 60, interval=0.1)
+    except TimeoutError:
+        process.terminate()
+        raise LaunchError(f"the test cloud daemon did not start within 60 s; see {log_path}") from None
 
 
 def stop_daemon(state_dir: Path, keep_guests: bool = False, timeout: float = 60.0) -> bool:
@@ -306,14 +310,16 @@ def stop_daemon(state_dir: Path, keep_guests: bool = False, timeout: float = 60.
     if pid is None:
         return False
     os.kill(pid, signal.SIGUSR1 if keep_guests else signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+        return not _alive(pid)
+
+    try:
+        wait_until(gone, timeout, interval=0.1)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
     return True
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from hostkit import diskimage
 from hostkit.errors import FactoryError
 from hostkit.host import HostError, ProcessIdentity, boot_id, run
+from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
@@ -328,14 +329,15 @@ class QemuDriver:
         arguments = {"path": "/usr/bin/env", "arg": [*environment, *argv], "capture-output": True}
         with GuestAgent(machine.agent_path) as agent:
             pid = agent.execute("guest-exec", arguments)["pid"]
-            deadline = time.monotonic() + timeout
-            while True:
-                status = agent.execute("guest-exec-status", {"pid": pid})
-                if status.get("exited"):
-                    break
-                if time.monotonic() > deadline:
-                    return ExecResult(124, "", f"[timed out after {timeout:.0f} s]")
-                time.sleep(0.1)
+
+            def exited() -> dict | None:
+                reply = agent.execute("guest-exec-status", {"pid": pid})
+                return reply if reply.get("exited") else None
+
+            try:
+                status = wait_until(exited, timeout, interval=0.1)
+            except TimeoutError:
+                return ExecResult(124, "", f"[timed out after {timeout:.0f} s]")
 
         def decoded(key: str) -> str:
             return base64.b64decode(status.get(key, "")).decode(errors="replace")
@@ -416,9 +418,8 @@ class QemuDriver:
             return "unknown"
 
     def _wait(self, machine: _Machine, done: Callable[[], bool], timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            wait_until(done, self.stop_timeout if timeout is None else timeout, interval=0.2)
 
     def _clean_host_side(self, machine: _Machine) -> None:
         """Remove taps, ISOs and sockets; every step is tried. The disk overlays and console.log stay: a VM

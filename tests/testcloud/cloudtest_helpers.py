@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from lxml import etree
 
 from hostkit.paths import SHARED_DIR
+from hostkit.waiting import wait_until
 from hostkit.xmldict import xml_to_dict
 from testcloud.core.config import Timings
 
@@ -34,14 +34,7 @@ SLOW = Timings(
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval=interval, error=AssertionError)
 
 
 def make_qcow2(path: Path, size: str = "64M") -> Path:
