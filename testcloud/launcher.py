@@ -26,6 +26,9 @@ from urllib.parse import urlsplit
 from hostkit.fileio import write_atomic
 from hostkit.host import PROCESS_GONE
 from hostkit.waiting import wait_until
+from testcloud.api import market as marketserver
+from testcloud.api import oneflow as oneflowserver
+from testcloud.api import onegate, xmlrpc
 from testcloud.api.httpbase import Server
 from testcloud.core.cloud import Cloud
 from testcloud.core.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
@@ -187,11 +190,28 @@ def start(
     )
     cloud = Cloud(config)
     flow = FlowEngine(cloud)
-    from testcloud.api import market as marketserver
-    from testcloud.api import oneflow as oneflowserver
-    from testcloud.api import onegate, xmlrpc
+    servers, endpoints = _serve(cloud, flow, _ports_wanted(state_dir, ports), onegate_host)
+    endpoints["auth"] = f"oneadmin:{cloud.password()}"
+    if driver != "dummy":
+        _allow_guests(state_dir, servers.values())
+    cloud.start_engine(flow.tick)
+    for name, server in servers.items():
+        server.start(f"testcloud-{name}")
+    write_atomic(
+        state_dir / "ports.json", json.dumps({n: s.port for n, s in servers.items()}).encode(), 0o600
+    )
+    document = dict(endpoints, pid=str(os.getpid()), driver=driver)
+    write_atomic(state_dir / "endpoints.json", json.dumps(document, indent=2).encode(), 0o600)
+    return CloudHandle(
+        state_dir, {k: endpoints[k] for k in (*SERVICES, "auth")}, cloud, list(servers.values())
+    )
 
-    wanted = _ports_wanted(state_dir, ports)
+
+def _serve(
+    cloud: Cloud, flow: FlowEngine, wanted: dict[str, int], onegate_host: str
+) -> tuple[dict[str, Server], dict[str, str]]:
+    """Bind the four servers (not yet serving) and tell the cloud where they are; on failure close what
+    was bound and stop the cloud."""
     servers: dict[str, Server] = {}
     try:
         servers["xmlrpc"] = _bind(lambda p: xmlrpc.make_server(cloud, "127.0.0.1", p), wanted["xmlrpc"])
@@ -215,20 +235,7 @@ def start(
         cloud.shutdown(keep_guests=True)
         raise
     endpoints["oneflow"] = f"http://127.0.0.1:{servers['oneflow'].port}"
-    endpoints["auth"] = f"oneadmin:{cloud.password()}"
-    if driver != "dummy":
-        _allow_guests(state_dir, servers.values())
-    cloud.start_engine(flow.tick)
-    for name, server in servers.items():
-        server.start(f"testcloud-{name}")
-    write_atomic(
-        state_dir / "ports.json", json.dumps({n: s.port for n, s in servers.items()}).encode(), 0o600
-    )
-    document = dict(endpoints, pid=str(os.getpid()), driver=driver)
-    write_atomic(state_dir / "endpoints.json", json.dumps(document, indent=2).encode(), 0o600)
-    return CloudHandle(
-        state_dir, {k: endpoints[k] for k in (*SERVICES, "auth")}, cloud, list(servers.values())
-    )
+    return servers, endpoints
 
 
 # ---------------------------------------------------------------------------------------------- daemon

@@ -292,15 +292,7 @@ class OneGate:
     # ------------------------------------------------------------------ routes
     def route(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, str]:
         raw = body.decode("utf-8", errors="replace")
-        parsed_url = urllib.parse.urlsplit(path)
-        params = {
-            k: v[-1] for k, v in urllib.parse.parse_qs(parsed_url.query, keep_blank_values=True).items()
-        }
-        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type == "application/x-www-form-urlencoded" or (method == "POST" and not content_type):
-            form = urllib.parse.parse_qs(raw, keep_blank_values=True)
-            params.update({k: v[-1] for k, v in form.items()})
-        route = parsed_url.path
+        route, params = _route_and_params(method, path, headers, raw)
         if method == "GET" and route == "/":
             self.authenticate(headers)
             host = headers.get("Host") or ""
@@ -347,19 +339,33 @@ class OneGate:
             return 204, ""
         match = re.fullmatch(r"/service/role/([^/]+)", route)
         if match and method == "PUT":
-            vm = self.source_vm(headers)
-            service_id = vm.user_template.get("SERVICE_ID")
-            self.check_vm_in_service(vm.id, service_id)
-            try:
-                cardinality = json.loads(raw)["cardinality"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise Halt(500, f"Internal server error: {error}") from None
-            role = urllib.parse.unquote(match.group(1))
-            error = self.flow.scale(int(service_id), role, cardinality, False)
-            if error is not None:
-                raise Halt(400, f"Error performing action on service {service_id} role {role}")
-            return 200, ""
+            return self.scale_role(urllib.parse.unquote(match.group(1)), headers, raw)
         return 400, "OneGate server doesn't support this feature"
+
+    def scale_role(self, role: str, headers: Any, raw: str) -> tuple[int, str]:
+        """``PUT /service/role/<name>``: the role's new cardinality, asked from one of the service's VMs."""
+        vm = self.source_vm(headers)
+        service_id = vm.user_template.get("SERVICE_ID")
+        self.check_vm_in_service(vm.id, service_id)
+        try:
+            cardinality = json.loads(raw)["cardinality"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise Halt(500, f"Internal server error: {error}") from None
+        error = self.flow.scale(int(service_id), role, cardinality, False)
+        if error is not None:
+            raise Halt(400, f"Error performing action on service {service_id} role {role}")
+        return 200, ""
+
+
+def _route_and_params(method: str, path: str, headers: Any, raw: str) -> tuple[str, dict[str, str]]:
+    """The path, and the parameters of the query and (form-encoded, or a POST without a type) the body."""
+    parsed_url = urllib.parse.urlsplit(path)
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed_url.query, keep_blank_values=True).items()}
+    content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded" or (method == "POST" and not content_type):
+        form = urllib.parse.parse_qs(raw, keep_blank_values=True)
+        params.update({k: v[-1] for k, v in form.items()})
+    return parsed_url.path, params
 
 
 def _json(data: Any) -> str:

@@ -95,6 +95,13 @@ class Cloud:
         )
         write_atomic(self.state_dir / "one_auth", f"oneadmin:{password}\n".encode(), 0o600)
         self.db.insert(user, "user")
+        self._bootstrap_datastores()
+        self._bootstrap_markets()
+        self._bootstrap_vnet()
+        self.db.counters.update({"user": 1, "datastore": 100, "market": 100, "vnet": 1})
+        self.db.store.save_counters(self.db.counters)
+
+    def _bootstrap_datastores(self) -> None:
         ds_root = self.state_dir / "datastores"
         system = Datastore(id=0, name="system", type=DS_SYSTEM, ds_mad="-", base_path=str(ds_root / "0"))
         system.template = Template([("SHARED", "NO"), ("TM_MAD", "ssh"), ("TYPE", "SYSTEM_DS")])
@@ -117,6 +124,8 @@ class Cloud:
             ds.permissions = "110100000"
             Path(ds.base_path).mkdir(parents=True, exist_ok=True)
             self.db.insert(ds, "datastore")
+
+    def _bootstrap_markets(self) -> None:
         public = Marketplace(id=0, name="OpenNebula Public", market_mad="one", permissions="110100100")
         public.template = Template(
             [
@@ -138,6 +147,8 @@ class Cloud:
         )
         self.db.insert(public, "market")
         self.db.insert(local, "market")
+
+    def _bootstrap_vnet(self) -> None:
         vnet = VNet(id=0, name="testcloud", bridge=BRIDGE, permissions="110100000")
         vnet.template = Template(
             [
@@ -155,8 +166,6 @@ class Cloud:
         )
         vnet.store_ranges([AddressRange(ar_id=0, ip=AR_FIRST_IP, size=AR_SIZE)])
         self.db.insert(vnet, "vnet")
-        self.db.counters.update({"user": 1, "datastore": 100, "market": 100, "vnet": 1})
-        self.db.store.save_counters(self.db.counters)
 
     def password(self) -> str:
         return (self.state_dir / "one_auth").read_text().strip().split(":", 1)[1]

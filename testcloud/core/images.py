@@ -216,15 +216,12 @@ class ImagePool:
         except SizeError as error:
             raise errors.internal(f"Cannot parse image SIZE: {error}") from None
 
-    def _new_image(self, tmpl: Template, ds: Datastore, size_mb: int) -> Image:
-        name = tmpl.get("NAME") or ""
+    def _check_name_and_type(self, name: str, type_name: str, ds: Datastore) -> None:
         reason = check_name(name)
         if reason:
             raise errors.allocate(reason)
-        type_name = (tmpl.get("TYPE") or "OS").strip().upper()
         if type_name not in IMAGE_TYPES or type_name == "BACKUP":
             raise errors.allocate(f"Unknown type {type_name}")
-        image_type = IMAGE_TYPES[type_name]
         if type_name in ("OS", "DATABLOCK", "CDROM", "FILESYSTEM") and ds.type != DS_IMAGE:
             raise errors.allocate(
                 "Only IMAGES of type KERNEL, RAMDISK and CONTEXT can be registered in a FILE_DS datastore"
@@ -236,6 +233,12 @@ class ImagePool:
         taken = next((i for i in self.db.pools["image"].values() if i.name == name), None)
         if taken is not None:
             raise errors.allocate(f"NAME is already taken by IMAGE {taken.id}.")
+
+    def _new_image(self, tmpl: Template, ds: Datastore, size_mb: int) -> Image:
+        name = tmpl.get("NAME") or ""
+        type_name = (tmpl.get("TYPE") or "OS").strip().upper()
+        self._check_name_and_type(name, type_name, ds)
+        image_type = IMAGE_TYPES[type_name]
         path, source = tmpl.get("PATH") or "", tmpl.get("SOURCE") or ""
         image_format = tmpl.get("FORMAT") or ""
         if source and path:

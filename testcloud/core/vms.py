@@ -263,35 +263,8 @@ class VMPool:
             utmpl.erase("NAME")
             utmpl.erase("TEMPLATE_NAME")
             name = name or f"{prefix}-{oid}"
-            reason = check_name(name)
-            if reason:
-                raise errors.allocate(reason)
-            memory = cpp_long(utmpl.get("MEMORY"))
-            if memory is None or memory <= 0:
-                raise errors.allocate("MEMORY attribute must be a positive integer value.")
-            cpu = cpp_float(utmpl.get("CPU"))
-            if cpu is None or cpu <= 0:
-                raise errors.allocate("CPU attribute must be a positive float or integer value.")
-            vcpu = utmpl.get("VCPU")
-            if vcpu:
-                number = cpp_long(vcpu)
-                if number is None or number <= 0:
-                    raise errors.allocate("VCPU attribute must be a positive integer value.")
-            for cost in ("CPU_COST", "MEMORY_COST", "DISK_COST"):
-                value = utmpl.get(cost)
-                if value is not None and (cpp_float(value) or 0) < 0:
-                    raise errors.allocate(f"{cost} attribute must be a positive float or integer value.")
-            for key in VM_TEMPLATE_SINGLES:
-                value = utmpl.get(key)
-                if value is not None:
-                    utmpl.erase(key)
-                    otmpl.add(key, value)
-            for key in VM_TEMPLATE_VECTORS - {"NIC", "DISK", "CONTEXT"}:
-                vectors = utmpl.vectors(key)
-                if vectors:
-                    utmpl.erase(key)
-                    for vector in vectors[:1] if key in VM_TEMPLATE_ONCE else vectors:
-                        otmpl.add(key, vector)
+            self._check_capacity(name, utmpl)
+            self._move_template_attributes(utmpl, otmpl)
             # ---- NICs: an address from the network of each
             nics = utmpl.vectors("NIC")
             utmpl.erase("NIC")
@@ -311,27 +284,15 @@ class VMPool:
             context_target = self._assign_targets([d for d, _ in built], context_vector is not None)
             for disk, _ in built:
                 otmpl.add("DISK", disk)
-            on_hold = hold or (utmpl.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
-            if utmpl.get("SUBMIT_ON_HOLD") is not None:
-                otmpl.add("SUBMIT_ON_HOLD", "YES" if on_hold else "NO")
-                utmpl.erase("SUBMIT_ON_HOLD")
+            on_hold = self._submit_on_hold(utmpl, otmpl, hold)
             if template_id is not None:
                 otmpl.add("TEMPLATE_ID", template_id)
             vm = VM(id=oid, name=name, stime=int(time.time()), template=otmpl, user_template=utmpl)
             if context_vector is not None:
-                context_vector = dict(context_vector)
-                context_vector.pop("FILES_DS", None)
-                context_vector["DISK_ID"] = str(len(built))
-                context_vector["TARGET"] = context_target
-                otmpl.add("CONTEXT", self._parse_context(vm, context_vector))
-            otmpl.add("AUTOMATIC_DS_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
-            if nics:
-                otmpl.add("AUTOMATIC_NIC_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
-            otmpl.add(
-                "AUTOMATIC_REQUIREMENTS", "(CLUSTER_ID = 0) & !(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)"
-            )
-            otmpl.add("TM_MAD_SYSTEM", "ssh")
-            otmpl.add("VMID", str(oid))
+                context = {k: v for k, v in context_vector.items() if k != "FILES_DS"}
+                context.update(DISK_ID=str(len(built)), TARGET=context_target)
+                otmpl.add("CONTEXT", self._parse_context(vm, context))
+            self._add_scheduling(otmpl, oid, bool(nics))
             if on_hold:
                 vm.state = vm.prev_state = VmState.HOLD
             elif any(img.state == IMG_LOCKED_USED for _, img in built):
@@ -347,6 +308,62 @@ class VMPool:
         self.db.store.save_counters(self.db.counters)
         self.db.insert(vm, "vm")
         return vm
+
+    @staticmethod
+    def _submit_on_hold(utmpl: Template, otmpl: Template, hold: bool) -> bool:
+        on_hold = hold or (utmpl.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
+        if utmpl.get("SUBMIT_ON_HOLD") is not None:
+            otmpl.add("SUBMIT_ON_HOLD", "YES" if on_hold else "NO")
+            utmpl.erase("SUBMIT_ON_HOLD")
+        return on_hold
+
+    @staticmethod
+    def _check_capacity(name: str, utmpl: Template) -> None:
+        """VirtualMachine::parse_template's checks of the name, MEMORY, CPU, VCPU and the costs."""
+        reason = check_name(name)
+        if reason:
+            raise errors.allocate(reason)
+        memory = cpp_long(utmpl.get("MEMORY"))
+        if memory is None or memory <= 0:
+            raise errors.allocate("MEMORY attribute must be a positive integer value.")
+        cpu = cpp_float(utmpl.get("CPU"))
+        if cpu is None or cpu <= 0:
+            raise errors.allocate("CPU attribute must be a positive float or integer value.")
+        vcpu = utmpl.get("VCPU")
+        if vcpu:
+            number = cpp_long(vcpu)
+            if number is None or number <= 0:
+                raise errors.allocate("VCPU attribute must be a positive integer value.")
+        for cost in ("CPU_COST", "MEMORY_COST", "DISK_COST"):
+            value = utmpl.get(cost)
+            if value is not None and (cpp_float(value) or 0) < 0:
+                raise errors.allocate(f"{cost} attribute must be a positive float or integer value.")
+
+    @staticmethod
+    def _move_template_attributes(utmpl: Template, otmpl: Template) -> None:
+        """The attributes oned keeps in the VM's TEMPLATE (not USER_TEMPLATE), bar NICs, DISKs and CONTEXT."""
+        for key in VM_TEMPLATE_SINGLES:
+            value = utmpl.get(key)
+            if value is not None:
+                utmpl.erase(key)
+                otmpl.add(key, value)
+        for key in VM_TEMPLATE_VECTORS - {"NIC", "DISK", "CONTEXT"}:
+            vectors = utmpl.vectors(key)
+            if vectors:
+                utmpl.erase(key)
+                for vector in vectors[:1] if key in VM_TEMPLATE_ONCE else vectors:
+                    otmpl.add(key, vector)
+
+    @staticmethod
+    def _add_scheduling(otmpl: Template, oid: int, with_nics: bool) -> None:
+        otmpl.add("AUTOMATIC_DS_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+        if with_nics:
+            otmpl.add("AUTOMATIC_NIC_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+        otmpl.add(
+            "AUTOMATIC_REQUIREMENTS", "(CLUSTER_ID = 0) & !(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)"
+        )
+        otmpl.add("TM_MAD_SYSTEM", "ssh")
+        otmpl.add("VMID", str(oid))
 
     @staticmethod
     def _disk_attributes(disk: dict[str, str], disk_id: int, image: Image) -> dict[str, str]:

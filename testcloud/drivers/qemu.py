@@ -222,6 +222,25 @@ class QemuDriver:
                     raise DriverError(f"VM {spec.vm_id}: launch failed: {error}") from error
                 raise
 
+    @staticmethod
+    def _disk_arguments(machine: _Machine, spec: LaunchSpec) -> list[str]:
+        """One qcow2 overlay per disk, on the image as its backing file (kept across a poweroff)."""
+        argv: list[str] = []
+        for index, disk in enumerate(spec.disks):
+            info = diskimage.image_info(Path(disk.image_path))
+            overlay = machine.vm_dir / f"disk-{disk.target}.qcow2"
+            machine.disks.append(str(overlay))
+            machine.save()
+            image = str(Path(disk.image_path).resolve())
+            if not overlay.exists() or diskimage.image_info(overlay).backing_file != image:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", image, str(overlay)])
+            # else: a VM resumed after a poweroff boots on the overlay it left
+            drive = f"file={_option(str(overlay))},if=none,id=disk{index},format=qcow2,discard=unmap"
+            if disk.read_only:
+                drive += ",readonly=on"
+            argv += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{index},bootindex={index + 1}"]
+        return argv
+
     def _prepare(self, machine: _Machine, spec: LaunchSpec) -> list[str]:
         machine.vm_dir.mkdir(parents=True, exist_ok=True)
         SOCKET_DIR.mkdir(parents=True, exist_ok=True)
@@ -261,19 +280,7 @@ class QemuDriver:
             str(machine.vm_dir / "qemu.pid"),
             "-daemonize",
         ]
-        for index, disk in enumerate(spec.disks):
-            info = diskimage.image_info(Path(disk.image_path))
-            overlay = machine.vm_dir / f"disk-{disk.target}.qcow2"
-            machine.disks.append(str(overlay))
-            machine.save()
-            image = str(Path(disk.image_path).resolve())
-            if not overlay.exists() or diskimage.image_info(overlay).backing_file != image:
-                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", image, str(overlay)])
-            # else: a VM resumed after a poweroff boots on the overlay it left
-            drive = f"file={_option(str(overlay))},if=none,id=disk{index},format=qcow2,discard=unmap"
-            if disk.read_only:
-                drive += ",readonly=on"
-            argv += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{index},bootindex={index + 1}"]
+        argv += self._disk_arguments(machine, spec)
         iso = machine.vm_dir / "context.iso"
         contextmedia.write_context_iso(spec.context, iso)
         machine.iso = str(iso)
