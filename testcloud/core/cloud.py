@@ -260,18 +260,7 @@ class Cloud:
             return oid
 
     def template_update(self, oid: int, text_in: str, append: int) -> int:
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.lock:
-            obj: VMTemplate = self.db.get("template", oid, errors.TEMPLATE)
-            new = parse_template(text_in, errors.ACTION)
-            new.erase("NAME")
-            if append:
-                obj.template.merge(new)
-            else:
-                obj.template = new
-            self.db.save(obj)
-            return oid
+        return self.db.update_template("template", oid, errors.TEMPLATE, text_in, append).id
 
     def templatepool_info(self, filter_flag: int, start: int, end: int) -> str:
         with self.lock:

@@ -31,17 +31,7 @@ class DocumentPool:
             return self.db.get("document", oid, errors.DOCUMENT).to_xml()
 
     def document_update(self, oid: int, text_in: str, append: int) -> int:
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.db.lock:
-            doc: Document = self.db.get("document", oid, errors.DOCUMENT)
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                doc.template.merge(new)
-            else:
-                doc.template = new
-            self.db.save(doc)
-            return oid
+        return self.db.update_template("document", oid, errors.DOCUMENT, text_in, append).id
 
     def document_delete(self, oid: int) -> int:
         with self.db.lock:

@@ -19,7 +19,6 @@ from pathlib import Path
 import requests
 
 from testcloud.core import errors
-from testcloud.core.errors import OneError
 from testcloud.core.objects import (
     DS_FILE,
     DS_IMAGE,
@@ -348,17 +347,7 @@ class ImagePool:
 
     def image_update(self, oid: int, text_in: str, append: int) -> int:
         """``one.image.update``: replace or merge the image's TEMPLATE (the CLI's export rewrites it)."""
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.db.lock:
-            image: Image = self.db.get("image", oid, errors.IMAGE)
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                image.template.merge(new)
-            else:
-                image.template = new
-            self.db.save(image)
-            return oid
+        return self.db.update_template("image", oid, errors.IMAGE, text_in, append).id
 
     def image_delete(self, oid: int, force: bool = False) -> int:
         with self.db.lock:

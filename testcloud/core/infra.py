@@ -12,13 +12,11 @@ import os
 import time
 
 from testcloud.core import errors
-from testcloud.core.errors import OneError
 from testcloud.core.images import ImagePool
 from testcloud.core.objects import VM, User, ids_xml
 from testcloud.core.pool import PoolStore
 from testcloud.core.states import VmState
 from testcloud.core.template import cdata, text
-from testcloud.core.validate import parse_template
 from testcloud.core.vms import HOSTS, VMPool
 
 CLUSTER_ID, CLUSTER_NAME = 0, "default"
@@ -145,14 +143,4 @@ class InfraPool:
             )
 
     def user_update(self, oid: int, text_in: str, append: int) -> int:
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.db.lock:
-            user: User = self.db.get("user", oid, errors.USER)
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                user.template.merge(new)
-            else:
-                user.template = new
-            self.db.save(user)
-            return user.id
+        return self.db.update_template("user", oid, errors.USER, text_in, append).id

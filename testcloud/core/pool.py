@@ -17,6 +17,7 @@ from testcloud.core.config import CloudConfig
 from testcloud.core.errors import OneError
 from testcloud.core.objects import PoolObject
 from testcloud.core.store import Store
+from testcloud.core.validate import parse_template
 
 T = TypeVar("T", bound=PoolObject)
 
@@ -57,6 +58,25 @@ class PoolStore:
 
     def find_by_name(self, kind: str, name: str) -> PoolObject | None:
         return next((o for o in self.pools[kind].values() if o.name == name), None)
+
+    def update_template(
+        self, kind: str, oid: int, obj: str, text_in: str, append: int, attribute: str = "template"
+    ) -> PoolObject:
+        """RequestManagerUpdateTemplate (``one.<object>.update``): ``text_in`` replaces (0) or is merged into
+        (1) the object's ``attribute`` (TEMPLATE, or a VM's USER_TEMPLATE); NAME never changes by it."""
+        if append not in (0, 1):
+            raise OneError(errors.RPC_API, "Wrong update type")
+        with self.lock:
+            found = self.get(kind, oid, obj)
+            new = parse_template(text_in, errors.ACTION)
+            if kind == "template":
+                new.erase("NAME")
+            if append:
+                getattr(found, attribute).merge(new)
+            else:
+                setattr(found, attribute, new)
+            self.save(found)
+            return found
 
     def token_password(self, uid: int) -> str:
         user = self.pools["user"].get(uid)

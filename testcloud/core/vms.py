@@ -512,17 +512,7 @@ class VMPool:
             )
 
     def vm_update(self, oid: int, text_in: str, append: int) -> int:
-        with self.db.lock:
-            vm: VM = self.db.get("vm", oid, errors.VM)
-            if append not in (0, 1):
-                raise OneError(errors.RPC_API, "Wrong update type")
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                vm.user_template.merge(new)
-            else:
-                vm.user_template = new
-            self.db.save(vm)
-            return oid
+        return self.db.update_template("vm", oid, errors.VM, text_in, append, "user_template").id
 
     def vm_monitoring(self, oid: int) -> str:
         """``one.vm.monitoring``: the VM's monitoring records (the test cloud keeps the last one)."""

@@ -935,10 +935,7 @@ class FlowEngine:
         self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
     ) -> bool:
         if failed:
-            self._cancel(sid)
-            self._set_state(body, ServiceState.FAILED_DEPLOYING)
-            role["state"] = RoleState.FAILED_DEPLOYING
-            return True
+            return self._failed(sid, body, role, ServiceState.FAILED_DEPLOYING, cancel=True)
         role["state"] = RoleState.RUNNING
         if all(r["state"] == RoleState.RUNNING for r in roles.values()):
             self._set_state(body, ServiceState.RUNNING)
@@ -955,23 +952,29 @@ class FlowEngine:
         self._auto_delete(sid, body, role)
         return True
 
+    def _failed(
+        self, sid: int, body: dict[str, Any], role: dict[str, Any], state: ServiceState, cancel: bool
+    ) -> bool:
+        """The service and the role enter the failure ``state`` (the same name in both); with ``cancel``
+        the service's other waits go."""
+        if cancel:
+            self._cancel(sid)
+        self._set_state(body, state)
+        role["state"] = RoleState[state.name]
+        return True
+
     def _scaled(
         self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
     ) -> bool:
         if failed:
-            self._set_state(body, ServiceState.FAILED_SCALING)
-            role["state"] = RoleState.FAILED_SCALING
-            return True
+            return self._failed(sid, body, role, ServiceState.FAILED_SCALING, cancel=False)
         return self._cooldown(sid, body, role)
 
     def _undeployed(
         self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
     ) -> bool:
         if failed:
-            self._cancel(sid)
-            self._set_state(body, ServiceState.FAILED_UNDEPLOYING)
-            role["state"] = RoleState.FAILED_UNDEPLOYING
-            return True
+            return self._failed(sid, body, role, ServiceState.FAILED_UNDEPLOYING, cancel=True)
         role["state"] = RoleState.DONE
         if all(r["state"] == RoleState.DONE for r in roles.values()):
             self._set_state(body, ServiceState.UNDEPLOYING_NETS)
