@@ -189,6 +189,38 @@ def text(value: object) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+class CData(str):
+    """A value written as CDATA (oned's template values and most strings) rather than escaped text."""
+
+
+def elements(*parts: str | tuple[str, object]) -> str:
+    """oned's XML for a run of elements, in order. A part is XML already written (a string), or
+    ``(tag, value)``: ``None`` an empty element ``<TAG/>``, a :class:`CData` as CDATA, a number as is, other
+    text escaped, a list or tuple of parts the element's children."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        tag, value = part
+        if value is None:
+            out.append(f"<{tag}/>")
+        elif isinstance(value, CData):
+            out.append(f"<{tag}>{cdata(value)}</{tag}>")
+        elif isinstance(value, int | float):
+            out.append(f"<{tag}>{value}</{tag}>")
+        elif isinstance(value, list | tuple):
+            out.append(f"<{tag}>{elements(*value)}</{tag}>")
+        else:
+            out.append(f"<{tag}>{text(value)}</{tag}>")
+    return "".join(out)
+
+
+def element(tag: str, *children: str | tuple[str, object]) -> str:
+    """``<TAG>children</TAG>`` (see :func:`elements`)."""
+    return f"<{tag}>{elements(*children)}</{tag}>"
+
+
 def attribute_xml(name: str, value: Value) -> str:
     if isinstance(value, dict):
         inner = "".join(f"<{k}>{cdata(v)}</{k}>" for k, v in sorted(value.items()) if k)
