@@ -117,7 +117,3 @@ def mounts_under(directory: Path) -> list[Path]:
         if mount_point == root or mount_point.startswith(root + "/"):
             found.append(Path(mount_point))
     return sorted(found, key=lambda path: len(path.parts), reverse=True)
-
-
-def is_mount_point(path: Path) -> bool:
-    return path.resolve() in mounts_under(path)

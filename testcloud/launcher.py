@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,10 @@ from urllib.parse import urlsplit
 
 from hostkit.fileio import write_atomic
 from hostkit.host import PROCESS_GONE
+from hostkit.waiting import wait_until
+from testcloud.api import market as marketserver
+from testcloud.api import oneflow as oneflowserver
+from testcloud.api import onegate, xmlrpc
 from testcloud.api.httpbase import Server
 from testcloud.core.cloud import Cloud
 from testcloud.core.config import BRIDGE_ADDRESS, DRIVERS, CloudConfig, Timings
@@ -186,38 +189,12 @@ def start(
         datastore_limit_mb=datastore_limit_mb,
     )
     cloud = Cloud(config)
-    from testcloud.api import market as marketserver
-    from testcloud.api import oneflow as oneflowserver
-    from testcloud.api import onegate, xmlrpc
-
-    wanted = _ports_wanted(state_dir, ports)
-    servers: dict[str, Server] = {}
-    try:
-        servers["xmlrpc"] = _bind(lambda p: xmlrpc.make_server(cloud, "127.0.0.1", p), wanted["xmlrpc"])
-        servers["market"] = _bind(lambda p: marketserver.make_server(cloud, "127.0.0.1", p), wanted["market"])
-        servers["onegate"] = _bind(lambda p: onegate.make_server(cloud, onegate_host, p), wanted["onegate"])
-        endpoints = {
-            "xmlrpc": f"http://127.0.0.1:{servers['xmlrpc'].port}/RPC2",
-            "market": f"http://127.0.0.1:{servers['market'].port}/",
-            "onegate": f"http://{onegate_host}:{servers['onegate'].port}",
-        }
-        cloud.endpoints.update(endpoints)
-        cloud.set_market_url(endpoints["market"])
-        engine = FlowEngine(cloud)
-        cloud.flow = engine
-        servers["oneflow"] = _bind(
-            lambda p: oneflowserver.make_server(cloud, engine, "127.0.0.1", p), wanted["oneflow"]
-        )
-    except BaseException:
-        for server in servers.values():
-            server.server_close()
-        cloud.shutdown(keep_guests=True)
-        raise
-    endpoints["oneflow"] = f"http://127.0.0.1:{servers['oneflow'].port}"
+    flow = FlowEngine(cloud)
+    servers, endpoints = _serve(cloud, flow, _ports_wanted(state_dir, ports), onegate_host)
     endpoints["auth"] = f"oneadmin:{cloud.password()}"
     if driver != "dummy":
         _allow_guests(state_dir, servers.values())
-    cloud.start_engine()
+    cloud.start_engine(flow.tick)
     for name, server in servers.items():
         server.start(f"testcloud-{name}")
     write_atomic(
@@ -228,6 +205,37 @@ def start(
     return CloudHandle(
         state_dir, {k: endpoints[k] for k in (*SERVICES, "auth")}, cloud, list(servers.values())
     )
+
+
+def _serve(
+    cloud: Cloud, flow: FlowEngine, wanted: dict[str, int], onegate_host: str
+) -> tuple[dict[str, Server], dict[str, str]]:
+    """Bind the four servers (not yet serving) and tell the cloud where they are; on failure close what
+    was bound and stop the cloud."""
+    servers: dict[str, Server] = {}
+    try:
+        servers["xmlrpc"] = _bind(lambda p: xmlrpc.make_server(cloud, "127.0.0.1", p), wanted["xmlrpc"])
+        servers["market"] = _bind(lambda p: marketserver.make_server(cloud, "127.0.0.1", p), wanted["market"])
+        servers["onegate"] = _bind(
+            lambda p: onegate.make_server(cloud, flow, onegate_host, p), wanted["onegate"]
+        )
+        endpoints = {
+            "xmlrpc": f"http://127.0.0.1:{servers['xmlrpc'].port}/RPC2",
+            "market": f"http://127.0.0.1:{servers['market'].port}/",
+            "onegate": f"http://{onegate_host}:{servers['onegate'].port}",
+        }
+        cloud.endpoints.update(endpoints)
+        cloud.market.set_market_url(endpoints["market"])
+        servers["oneflow"] = _bind(
+            lambda p: oneflowserver.make_server(cloud, flow, "127.0.0.1", p), wanted["oneflow"]
+        )
+    except BaseException:
+        for server in servers.values():
+            server.server_close()
+        cloud.shutdown(keep_guests=True)
+        raise
+    endpoints["oneflow"] = f"http://127.0.0.1:{servers['oneflow'].port}"
+    return servers, endpoints
 
 
 # ---------------------------------------------------------------------------------------------- daemon
@@ -286,17 +294,21 @@ def _start_daemon(
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def started() -> CloudHandle | None:
         document = read_endpoints(state_dir)
         if document and document.get("pid") == str(process.pid):
             endpoints = {k: document[k] for k in (*SERVICES, "auth")}
             return CloudHandle(state_dir, endpoints, pid=process.pid)
         if process.poll() is not None:
             raise LaunchError(f"the test cloud daemon exited with {process.returncode}; see {log_path}")
-        time.sleep(0.1)
-    process.terminate()
-    raise LaunchError(f"the test cloud daemon did not start within 60 s; see {log_path}")
+        return None
+
+    try:
+        return wait_until(started, 60, interval=0.1)
+    except TimeoutError:
+        process.terminate()
+        raise LaunchError(f"the test cloud daemon did not start within 60 s; see {log_path}") from None
 
 
 def stop_daemon(state_dir: Path, keep_guests: bool = False, timeout: float = 60.0) -> bool:
@@ -305,14 +317,16 @@ def stop_daemon(state_dir: Path, keep_guests: bool = False, timeout: float = 60.
     if pid is None:
         return False
     os.kill(pid, signal.SIGUSR1 if keep_guests else signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+        return not _alive(pid)
+
+    try:
+        wait_until(gone, timeout, interval=0.1)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
     return True
 
 

@@ -606,7 +606,3 @@ class ServiceDeployment:
                 self.cloud.flow.recover_delete(self.id)
             time.sleep(2.0)
         raise FactoryError(f"service {self.id} not deleted after {timeout:.0f} s (state {state})")
-
-
-def encode64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()

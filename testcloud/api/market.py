@@ -25,7 +25,7 @@ class MarketHandler(Handler):
         if not _NAME.match(name) or name.startswith("."):
             return None
         cloud: Cloud = self.server.app
-        path = cloud.market_public_dir() / name
+        path = cloud.market.market_public_dir() / name
         return path if path.is_file() else None
 
     def do_HEAD(self) -> None:

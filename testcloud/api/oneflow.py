@@ -72,20 +72,7 @@ class OneFlowApp:
                 return 204, ""
         match = re.fullmatch(r"/service_template/(\d+)/action", route)
         if match and method == "POST":
-            action = _json_body(body)
-            action = action.get("action") if isinstance(action, dict) else None
-            if not isinstance(action, dict):
-                raise FlowError(500, "Internal server error")
-            params = action.get("params") if isinstance(action.get("params"), dict) else {}
-            if action.get("perform") == "instantiate":
-                return 201, _pretty(engine.instantiate(int(match.group(1)), params.get("merge_template")))
-            if action.get("perform") == "update":
-                template = params.get("template_json")
-                if not template:
-                    raise FlowError(500, "Action update: You have to provide a template")
-                engine.update_template(int(match.group(1)), template, params.get("append") is True)
-                return 204, ""
-            raise FlowError(500, f"Action {action.get('perform')} not supported")
+            return self._template_action(int(match.group(1)), body)
         match = re.fullmatch(r"/service/(\d+)", route)
         if match:
             oid = int(match.group(1))
@@ -114,6 +101,23 @@ class OneFlowApp:
             engine.action(int(match.group(1)), str(action.get("perform")), action.get("params"))
             return 204, ""
         return 404, "<h1>Not Found</h1>"
+
+    def _template_action(self, oid: int, body: bytes) -> tuple[int, str]:
+        """``POST /service_template/<id>/action``: instantiate or update."""
+        action = _json_body(body)
+        action = action.get("action") if isinstance(action, dict) else None
+        if not isinstance(action, dict):
+            raise FlowError(500, "Internal server error")
+        params = action.get("params") if isinstance(action.get("params"), dict) else {}
+        if action.get("perform") == "instantiate":
+            return 201, _pretty(self.engine.instantiate(oid, params.get("merge_template")))
+        if action.get("perform") == "update":
+            template = params.get("template_json")
+            if not template:
+                raise FlowError(500, "Action update: You have to provide a template")
+            self.engine.update_template(oid, template, params.get("append") is True)
+            return 204, ""
+        raise FlowError(500, f"Action {action.get('perform')} not supported")
 
 
 class OneFlowHandler(Handler):

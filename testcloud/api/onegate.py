@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from hostkit.xmldict import xml_to_dict
 from testcloud.api.httpbase import BodyTooLarge, Handler, Server
 from testcloud.core import errors
 from testcloud.core.context import decrypt_token
@@ -25,6 +26,7 @@ from testcloud.core.objects import VM
 
 if TYPE_CHECKING:
     from testcloud.core.cloud import Cloud
+    from testcloud.flow.engine import FlowEngine
 
 log = logging.getLogger("testcloud")
 
@@ -67,24 +69,6 @@ class Halt(Exception):
         super().__init__(body)
         self.status = status
         self.body = body
-
-
-def xml_to_hash(element: etree._Element) -> Any:
-    """OpenNebula's Ruby ``XMLElement#to_hash`` of one element: text, or a hash of children (lists for
-    repeated names, ``{}`` when empty)."""
-    children = [c for c in element if isinstance(c.tag, str)]
-    if not children:
-        return element.text if element.text is not None else {}
-    result: dict[str, Any] = {}
-    for child in children:
-        value = xml_to_hash(child)
-        if child.tag in result:
-            if not isinstance(result[child.tag], list):
-                result[child.tag] = [result[child.tag]]
-            result[child.tag].append(value)
-        else:
-            result[child.tag] = value
-    return result
 
 
 def build_vm_hash(vm: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +133,9 @@ def escape_attr(attr: str) -> str:
 
 
 class OneGate:
-    def __init__(self, cloud: Cloud) -> None:
+    def __init__(self, cloud: Cloud, flow: FlowEngine) -> None:
         self.cloud = cloud
+        self.flow = flow
 
     # ------------------------------------------------------------------ auth
     def authenticate(self, headers: Any) -> VM:
@@ -162,7 +147,7 @@ class OneGate:
             vm: VM | None = self.cloud.pools["vm"].get(int(vmid))
             if vm is None:
                 raise Halt(401, "Not authorized")
-            password = self.cloud.token_password(vm.created_by)
+            password = self.cloud.db.token_password(vm.created_by)
             stime = vm.stime
         if not password:
             raise Halt(401, "Not authorized")
@@ -204,8 +189,7 @@ class OneGate:
     def service_doc(self, service_id: str | None) -> dict[str, Any]:
         if service_id is None or not re.fullmatch(r"\d+", service_id):
             raise Halt(400, "Empty or invalid SERVICE_ID")
-        flow = self.cloud.flow
-        document = flow.service_json(int(service_id)) if flow is not None else None
+        document = self.flow.service_json(int(service_id))
         if document is None:
             raise Halt(404, f"Service {service_id} not found")
         return document
@@ -263,15 +247,15 @@ class OneGate:
                 raise Halt(403, f"Attribute ({key}) {error}")
         try:
             if kind == 1:
-                self.cloud.vm_update(vm.id, attr, 1)
+                self.cloud.vms.vm_update(vm.id, attr, 1)
                 return
             with self.cloud.lock:
-                current: VM = self.cloud.get("vm", vm.id, errors.VM)
+                current: VM = self.cloud.db.get("vm", vm.id, errors.VM)
                 if not current.user_template.get_all(attr.strip()):
                     raise Halt(500, "attribute not found")
                 remaining = current.user_template.copy()
                 remaining.erase(attr.strip())
-                self.cloud.vm_update(vm.id, remaining.to_one(), 0)
+                self.cloud.vms.vm_update(vm.id, remaining.to_one(), 0)
         except OneError as failure:
             raise Halt(500, failure.message("one.vm.update", errors.VM)) from None
 
@@ -292,7 +276,7 @@ class OneGate:
         if action.get("params") is True and name in ("terminate", "reboot", "poweroff", "undeploy"):
             name += "-hard"
         try:
-            self.cloud.vm_action(name, vm.id)
+            self.cloud.vms.vm_action(name, vm.id)
         except OneError as failure:
             raise Halt(500, failure.message("one.vm.action", errors.VM)) from None
 
@@ -308,15 +292,7 @@ class OneGate:
     # ------------------------------------------------------------------ routes
     def route(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, str]:
         raw = body.decode("utf-8", errors="replace")
-        parsed_url = urllib.parse.urlsplit(path)
-        params = {
-            k: v[-1] for k, v in urllib.parse.parse_qs(parsed_url.query, keep_blank_values=True).items()
-        }
-        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type == "application/x-www-form-urlencoded" or (method == "POST" and not content_type):
-            form = urllib.parse.parse_qs(raw, keep_blank_values=True)
-            params.update({k: v[-1] for k, v in form.items()})
-        route = parsed_url.path
+        route, params = _route_and_params(method, path, headers, raw)
         if method == "GET" and route == "/":
             self.authenticate(headers)
             host = headers.get("Host") or ""
@@ -324,7 +300,7 @@ class OneGate:
         if method == "GET" and route == "/vm":
             vm = self.source_vm(headers)
             with self.cloud.lock:
-                data = build_vm_hash(xml_to_hash(_vm_tree(vm)))
+                data = build_vm_hash(xml_to_dict(_vm_tree(vm)))
             return 200, _json(data)
         if method == "PUT" and route == "/vm":
             self.update(self.source_vm(headers), params, raw)
@@ -352,7 +328,7 @@ class OneGate:
             requested = self.requested_vm(_to_i(match.group(1)), headers)
             if method == "GET":
                 with self.cloud.lock:
-                    data = build_vm_hash(xml_to_hash(_vm_tree(requested)))
+                    data = build_vm_hash(xml_to_dict(_vm_tree(requested)))
                 return 200, _json(data)
             self.update(requested, params, raw)
             return 200, ""
@@ -363,19 +339,33 @@ class OneGate:
             return 204, ""
         match = re.fullmatch(r"/service/role/([^/]+)", route)
         if match and method == "PUT":
-            vm = self.source_vm(headers)
-            service_id = vm.user_template.get("SERVICE_ID")
-            self.check_vm_in_service(vm.id, service_id)
-            try:
-                cardinality = json.loads(raw)["cardinality"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise Halt(500, f"Internal server error: {error}") from None
-            role = urllib.parse.unquote(match.group(1))
-            error = self.cloud.flow.scale(int(service_id), role, cardinality, False)
-            if error is not None:
-                raise Halt(400, f"Error performing action on service {service_id} role {role}")
-            return 200, ""
+            return self.scale_role(urllib.parse.unquote(match.group(1)), headers, raw)
         return 400, "OneGate server doesn't support this feature"
+
+    def scale_role(self, role: str, headers: Any, raw: str) -> tuple[int, str]:
+        """``PUT /service/role/<name>``: the role's new cardinality, asked from one of the service's VMs."""
+        vm = self.source_vm(headers)
+        service_id = vm.user_template.get("SERVICE_ID")
+        self.check_vm_in_service(vm.id, service_id)
+        try:
+            cardinality = json.loads(raw)["cardinality"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise Halt(500, f"Internal server error: {error}") from None
+        error = self.flow.scale(int(service_id), role, cardinality, False)
+        if error is not None:
+            raise Halt(400, f"Error performing action on service {service_id} role {role}")
+        return 200, ""
+
+
+def _route_and_params(method: str, path: str, headers: Any, raw: str) -> tuple[str, dict[str, str]]:
+    """The path, and the parameters of the query and (form-encoded, or a POST without a type) the body."""
+    parsed_url = urllib.parse.urlsplit(path)
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed_url.query, keep_blank_values=True).items()}
+    content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded" or (method == "POST" and not content_type):
+        form = urllib.parse.parse_qs(raw, keep_blank_values=True)
+        params.update({k: v[-1] for k, v in form.items()})
+    return parsed_url.path, params
 
 
 def _json(data: Any) -> str:
@@ -416,5 +406,5 @@ class OneGateHandler(Handler):
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
 
-def make_server(cloud: Cloud, host: str, port: int) -> Server:
-    return Server((host, port), OneGateHandler, OneGate(cloud))
+def make_server(cloud: Cloud, flow: FlowEngine, host: str, port: int) -> Server:
+    return Server((host, port), OneGateHandler, OneGate(cloud, flow))

@@ -58,59 +58,71 @@ def _m(
 METHODS: dict[str, Method] = {
     "one.system.version": _m(lambda c: c.system_version()),
     "one.image.allocate": _m(
-        lambda c, t, ds, skip: c.image_allocate(t, ds, skip), "si|b", (False,), errors.IMAGE
+        lambda c, t, ds, skip: c.images.image_allocate(t, ds, skip), "si|b", (False,), errors.IMAGE
     ),
-    "one.image.info": _m(lambda c, i, _d: c.image_info(i), "i|b", (False,), errors.IMAGE),
-    "one.image.update": _m(lambda c, i, t, a: c.image_update(i, t, a), "is|i", (0,), errors.IMAGE),
-    "one.image.delete": _m(lambda c, i, force: c.image_delete(i, force), "i|b", (False,), errors.IMAGE),
-    "one.imagepool.info": _m(lambda c, f, s, e: c.imagepool_info(f, s, e), "iii", (), errors.IMAGE),
+    "one.image.info": _m(lambda c, i, _d: c.images.image_info(i), "i|b", (False,), errors.IMAGE),
+    "one.image.update": _m(lambda c, i, t, a: c.images.image_update(i, t, a), "is|i", (0,), errors.IMAGE),
+    "one.image.delete": _m(
+        lambda c, i, force: c.images.image_delete(i, force), "i|b", (False,), errors.IMAGE
+    ),
+    "one.imagepool.info": _m(lambda c, f, s, e: c.images.imagepool_info(f, s, e), "iii", (), errors.IMAGE),
     "one.template.allocate": _m(lambda c, t: c.template_allocate(t), "s", (), errors.TEMPLATE),
     "one.template.info": _m(lambda c, i, _x, _d: c.template_info(i), "i|bb", (False, False), errors.TEMPLATE),
     "one.template.update": _m(lambda c, i, t, a: c.template_update(i, t, a), "is|i", (0,), errors.TEMPLATE),
     "one.template.delete": _m(lambda c, i, r: c.template_delete(i, r), "i|b", (False,), errors.TEMPLATE),
     "one.template.instantiate": _m(
-        lambda c, i, n, h, x, p: c.template_instantiate(i, n, h, x, p),
+        lambda c, i, n, h, x, p: c.vms.template_instantiate(i, n, h, x, p),
         "is|bsb",
         (False, "", False),
         errors.TEMPLATE,
     ),
     "one.templatepool.info": _m(lambda c, f, s, e: c.templatepool_info(f, s, e), "iii", (), errors.TEMPLATE),
     "one.template.clone": _m(lambda c, i, n, r: c.template_clone(i, n, r), "is|b", (False,), errors.TEMPLATE),
-    "one.vm.allocate": _m(lambda c, t, h: c.vm_allocate(t, h), "s|b", (False,)),
-    "one.vm.info": _m(lambda c, i, _d: c.vm_info(i), "i|b", (False,)),
-    "one.vm.update": _m(lambda c, i, t, a: c.vm_update(i, t, a), "is|i", (0,)),
-    "one.vm.updateconf": _m(lambda c, i, t, a: c.vm_updateconf(i, t, a), "is|i", (0,)),
-    "one.vm.monitoring": _m(lambda c, i: c.vm_monitoring(i), "i"),
-    "one.vm.action": _m(lambda c, a, i: c.vm_action(a, i), "si"),
-    "one.vmpool.info": _m(lambda c, f, s, e, st, _q: c.vmpool_info(f, s, e, st), "iiii|s", ("",)),
+    "one.vm.allocate": _m(lambda c, t, h: c.vms.vm_allocate(t, h), "s|b", (False,)),
+    "one.vm.info": _m(lambda c, i, _d: c.vms.vm_info(i), "i|b", (False,)),
+    "one.vm.update": _m(lambda c, i, t, a: c.vms.vm_update(i, t, a), "is|i", (0,)),
+    "one.vm.updateconf": _m(lambda c, i, t, a: c.vms.vm_updateconf(i, t, a), "is|i", (0,)),
+    "one.vm.monitoring": _m(lambda c, i: c.vms.vm_monitoring(i), "i"),
+    "one.vm.action": _m(lambda c, a, i: c.vms.vm_action(a, i), "si"),
+    "one.vmpool.info": _m(lambda c, f, s, e, st, _q: c.vms.vmpool_info(f, s, e, st), "iiii|s", ("",)),
     "one.vmpool.infoextended": _m(
-        lambda c, f, s, e, st, _q: c.vmpool_infoextended(f, s, e, st), "iiii|s", ("",)
+        lambda c, f, s, e, st, _q: c.vms.vmpool_infoextended(f, s, e, st), "iiii|s", ("",)
     ),
-    "one.vn.info": _m(lambda c, i, _d: c.vn_info(i), "i|b", (False,), errors.NET),
-    "one.vnpool.info": _m(lambda c, f, s, e: c.vnpool_info(f, s, e), "iii", (), errors.NET),
+    "one.vn.info": _m(lambda c, i, _d: c.vnets.vn_info(i), "i|b", (False,), errors.NET),
+    "one.vnpool.info": _m(lambda c, f, s, e: c.vnets.vnpool_info(f, s, e), "iii", (), errors.NET),
     "one.datastore.info": _m(lambda c, i, _d: c.datastore_info(i), "i|b", (False,), errors.DATASTORE),
     "one.datastorepool.info": _m(lambda c: c.datastorepool_info(), "", (), errors.DATASTORE),
-    "one.market.info": _m(lambda c, i, _d: c.market_info(i), "i|b", (False,), errors.MARKETPLACE),
-    "one.marketpool.info": _m(lambda c: c.marketpool_info(), "", (), errors.MARKETPLACE),
-    "one.marketapp.allocate": _m(lambda c, t, m: c.marketapp_allocate(t, m), "si", (), errors.MARKETPLACEAPP),
-    "one.marketapp.info": _m(lambda c, i, _d: c.marketapp_info(i), "i|b", (False,), errors.MARKETPLACEAPP),
-    "one.marketapp.delete": _m(lambda c, i: c.marketapp_delete(i), "i", (), errors.MARKETPLACEAPP),
-    "one.marketapppool.info": _m(
-        lambda c, f, s, e: c.marketapppool_info(f, s, e), "iii", (), errors.MARKETPLACEAPP
+    "one.market.info": _m(lambda c, i, _d: c.market.market_info(i), "i|b", (False,), errors.MARKETPLACE),
+    "one.marketpool.info": _m(lambda c: c.market.marketpool_info(), "", (), errors.MARKETPLACE),
+    "one.marketapp.allocate": _m(
+        lambda c, t, m: c.market.marketapp_allocate(t, m), "si", (), errors.MARKETPLACEAPP
     ),
-    "one.cluster.info": _m(lambda c, i, _d: c.cluster_info(i), "i|b", (False,), errors.CLUSTER),
-    "one.clusterpool.info": _m(lambda c: c.clusterpool_info(), "", (), errors.CLUSTER),
-    "one.host.info": _m(lambda c, i, _d: c.host_info(i), "i|b", (False,), errors.HOST),
-    "one.hostpool.info": _m(lambda c: c.hostpool_info(), "", (), errors.HOST),
-    "one.user.info": _m(lambda c, u, i, _d: c.user_info(u, i), "i|b", (False,), errors.USER, caller=True),
-    "one.userpool.info": _m(lambda c: c.userpool_info(), "", (), errors.USER),
-    "one.user.update": _m(lambda c, i, t, a: c.user_update(i, t, a), "is|i", (0,), errors.USER),
-    "one.document.allocate": _m(lambda c, t, ty: c.document_allocate(t, ty), "si", (), errors.DOCUMENT),
-    "one.document.info": _m(lambda c, i, _d: c.document_info(i), "i|b", (False,), errors.DOCUMENT),
-    "one.document.update": _m(lambda c, i, t, a: c.document_update(i, t, a), "is|i", (0,), errors.DOCUMENT),
-    "one.document.delete": _m(lambda c, i: c.document_delete(i), "i", (), errors.DOCUMENT),
+    "one.marketapp.info": _m(
+        lambda c, i, _d: c.market.marketapp_info(i), "i|b", (False,), errors.MARKETPLACEAPP
+    ),
+    "one.marketapp.delete": _m(lambda c, i: c.market.marketapp_delete(i), "i", (), errors.MARKETPLACEAPP),
+    "one.marketapppool.info": _m(
+        lambda c, f, s, e: c.market.marketapppool_info(f, s, e), "iii", (), errors.MARKETPLACEAPP
+    ),
+    "one.cluster.info": _m(lambda c, i, _d: c.infra.cluster_info(i), "i|b", (False,), errors.CLUSTER),
+    "one.clusterpool.info": _m(lambda c: c.infra.clusterpool_info(), "", (), errors.CLUSTER),
+    "one.host.info": _m(lambda c, i, _d: c.infra.host_info(i), "i|b", (False,), errors.HOST),
+    "one.hostpool.info": _m(lambda c: c.infra.hostpool_info(), "", (), errors.HOST),
+    "one.user.info": _m(
+        lambda c, u, i, _d: c.infra.user_info(u, i), "i|b", (False,), errors.USER, caller=True
+    ),
+    "one.userpool.info": _m(lambda c: c.infra.userpool_info(), "", (), errors.USER),
+    "one.user.update": _m(lambda c, i, t, a: c.infra.user_update(i, t, a), "is|i", (0,), errors.USER),
+    "one.document.allocate": _m(
+        lambda c, t, ty: c.documents.document_allocate(t, ty), "si", (), errors.DOCUMENT
+    ),
+    "one.document.info": _m(lambda c, i, _d: c.documents.document_info(i), "i|b", (False,), errors.DOCUMENT),
+    "one.document.update": _m(
+        lambda c, i, t, a: c.documents.document_update(i, t, a), "is|i", (0,), errors.DOCUMENT
+    ),
+    "one.document.delete": _m(lambda c, i: c.documents.document_delete(i), "i", (), errors.DOCUMENT),
     "one.documentpool.info": _m(
-        lambda c, f, s, e, ty: c.documentpool_info(f, s, e, ty), "iiii", (), errors.DOCUMENT
+        lambda c, f, s, e, ty: c.documents.documentpool_info(f, s, e, ty), "iiii", (), errors.DOCUMENT
     ),
 }
 

@@ -10,12 +10,10 @@ import hashlib
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from hostkit.fileio import write_atomic
 from testcloud.core import errors
@@ -28,11 +26,11 @@ from testcloud.core.config import (
     VERSION,
     CloudConfig,
 )
-from testcloud.core.documents import DocumentOps
+from testcloud.core.documents import DocumentPool
 from testcloud.core.errors import OneError
-from testcloud.core.images import ImageOps
-from testcloud.core.infra import InfraOps
-from testcloud.core.market import MarketOps
+from testcloud.core.images import ImagePool
+from testcloud.core.infra import InfraPool
+from testcloud.core.market import MarketPool
 from testcloud.core.objects import (
     DS_FILE,
     DS_IMAGE,
@@ -40,40 +38,48 @@ from testcloud.core.objects import (
     AddressRange,
     Datastore,
     Marketplace,
-    PoolObject,
     User,
     VMTemplate,
     VNet,
 )
-from testcloud.core.store import Store
+from testcloud.core.pool import PoolStore
 from testcloud.core.template import Template
 from testcloud.core.validate import check_name, parse_template
-from testcloud.core.vms import VMOps
-from testcloud.core.vnets import VNetOps
+from testcloud.core.vms import VMPool
+from testcloud.core.vnets import VNetPool
 
 log = logging.getLogger("testcloud")
 
-T = TypeVar("T", bound=PoolObject)
 
+class Cloud:
+    """oned: the pools composed around one shared :class:`PoolStore`, each given only what it uses.
 
-class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
+    ``images``, ``vnets``, ``documents``: the store alone; ``market``: images (an app is exported from an
+    image); ``vms``: images and vnets (a VM holds disks and leases); ``infra``: images and vms (a host reports
+    the system datastore and its VMs). VM templates, datastores, users and authentication live here."""
+
     def __init__(self, config: CloudConfig) -> None:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
+        self.db = PoolStore(config)
         self.config = config
         self.state_dir = config.state_dir
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
-        self.lock = threading.RLock()
-        self.store = Store(self.state_dir)
-        self.pools = self.store.load_all()
-        self.counters = self.store.load_counters()
-        self.endpoints: dict[str, str] = {}
-        self.workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="testcloud-work")
+        self.lock = self.db.lock
+        self.pools = self.db.pools
+        self.endpoints = self.db.endpoints
+        self.images = ImagePool(self.db)
+        self.vnets = VNetPool(self.db)
+        self.documents = DocumentPool(self.db)
+        self.market = MarketPool(self.db, self.images)
+        self.vms = VMPool(self.db, self.images, self.vnets)
+        self.infra = InfraPool(self.db, self.images, self.vms)
         self._stop = threading.Event()
         self._engine: threading.Thread | None = None
-        self.flow = None  # the OneFlow engine, attached by the launcher
         if not self.pools["user"]:
             self._bootstrap()
-        self._init_vms()
+        self.images.resume_locked_images()
+        self.market.resume_locked_apps()
+        self.vms.resume()
 
     # ------------------------------------------------------------------ first start
     def _bootstrap(self) -> None:
@@ -88,7 +94,14 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
             ),
         )
         write_atomic(self.state_dir / "one_auth", f"oneadmin:{password}\n".encode(), 0o600)
-        self._insert(user, "user")
+        self.db.insert(user, "user")
+        self._bootstrap_datastores()
+        self._bootstrap_markets()
+        self._bootstrap_vnet()
+        self.db.counters.update({"user": 1, "datastore": 100, "market": 100, "vnet": 1})
+        self.db.store.save_counters(self.db.counters)
+
+    def _bootstrap_datastores(self) -> None:
         ds_root = self.state_dir / "datastores"
         system = Datastore(id=0, name="system", type=DS_SYSTEM, ds_mad="-", base_path=str(ds_root / "0"))
         system.template = Template([("SHARED", "NO"), ("TM_MAD", "ssh"), ("TYPE", "SYSTEM_DS")])
@@ -110,7 +123,9 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
         for ds in (system, default, files):
             ds.permissions = "110100000"
             Path(ds.base_path).mkdir(parents=True, exist_ok=True)
-            self._insert(ds, "datastore")
+            self.db.insert(ds, "datastore")
+
+    def _bootstrap_markets(self) -> None:
         public = Marketplace(id=0, name="OpenNebula Public", market_mad="one", permissions="110100100")
         public.template = Template(
             [
@@ -130,8 +145,10 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
                 ("PUBLIC_DIR", str(market_dir)),
             ]
         )
-        self._insert(public, "market")
-        self._insert(local, "market")
+        self.db.insert(public, "market")
+        self.db.insert(local, "market")
+
+    def _bootstrap_vnet(self) -> None:
         vnet = VNet(id=0, name="testcloud", bridge=BRIDGE, permissions="110100000")
         vnet.template = Template(
             [
@@ -148,90 +165,28 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
             ]
         )
         vnet.store_ranges([AddressRange(ar_id=0, ip=AR_FIRST_IP, size=AR_SIZE)])
-        self._insert(vnet, "vnet")
-        self.counters.update({"user": 1, "datastore": 100, "market": 100, "vnet": 1})
-        self.store.save_counters(self.counters)
+        self.db.insert(vnet, "vnet")
 
     def password(self) -> str:
         return (self.state_dir / "one_auth").read_text().strip().split(":", 1)[1]
-
-    # ------------------------------------------------------------------ pools
-    def _insert(self, obj: PoolObject, kind: str) -> None:
-        self.pools[kind][obj.id] = obj
-        self.store.save(obj)
-
-    def next_id(self, kind: str) -> int:
-        value = self.counters.get(kind, 0)
-        self.counters[kind] = value + 1
-        self.store.save_counters(self.counters)
-        return value
-
-    def save(self, obj: PoolObject) -> None:
-        self.store.save(obj)
-
-    def drop(self, obj: PoolObject) -> None:
-        self.pools[obj.KIND].pop(obj.id, None)
-        self.store.drop(obj)
-
-    def get(self, kind: str, oid: int, obj: str) -> PoolObject:
-        found = self.pools[kind].get(oid)
-        if found is None:
-            raise errors.no_exists(oid, obj)
-        return found
-
-    def find_by_name(self, kind: str, name: str) -> PoolObject | None:
-        return next((o for o in self.pools[kind].values() if o.name == name), None)
-
-    @staticmethod
-    def filter_pool(objects: list[T], filter_flag: int, start: int, end: int) -> list[T]:
-        """oned's pool filters: -4 group, -3 mine, -2 all, -1 mine and group, >=0 that user; ids from
-        ``start`` to ``end`` (-1: no bound), or a page (``end`` < -1: ``-end`` items from ``start`` on)."""
-        if filter_flag < -4:
-            raise OneError(errors.RPC_API, "Incorrect filter_flag")
-        objects = sorted(objects, key=lambda o: o.id)
-        if filter_flag >= 0:
-            objects = [o for o in objects if o.uid == filter_flag]
-        if end >= -1:
-            if start != -1:
-                objects = [o for o in objects if o.id >= start and (end == -1 or o.id <= end)]
-            return objects
-        offset = max(start, 0)
-        return objects[offset : offset + (-end)]
 
     # ------------------------------------------------------------------ authentication
     def authenticate(self, session: str) -> User:
         user_name, _, password = session.partition(":")
         with self.lock:
-            user = self.find_by_name("user", user_name)
+            user = self.db.find_by_name("user", user_name)
             digest = hashlib.sha256(password.encode()).hexdigest()
             if user is None or not secrets.compare_digest(digest, user.password_sha256):
                 raise OneError(errors.AUTHENTICATION)
             return user
 
-    def token_password(self, uid: int) -> str:
-        user = self.pools["user"].get(uid)
-        return (user.template.get("TOKEN_PASSWORD") or "") if user else ""
-
     # ------------------------------------------------------------------ system, datastores
     def system_version(self) -> str:
         return VERSION
 
-    def datastore_space(self, ds: Datastore) -> tuple[int, int, int]:
-        """TOTAL_MB, FREE_MB, USED_MB of the filesystem holding the datastore (capped by LIMIT_MB)."""
-        path = Path(ds.base_path)
-        path.mkdir(parents=True, exist_ok=True)
-        usage = shutil.disk_usage(path)
-        total, free = usage.total // 2**20, usage.free // 2**20
-        used = total - free
-        limit = ds.template.get("LIMIT_MB")
-        if limit is not None and limit.strip().isdigit():
-            images_mb = sum(i.size_mb for i in self.pools["image"].values() if i.datastore_id == ds.id)
-            total, free, used = int(limit), max(int(limit) - images_mb, 0), images_mb
-        return total, free, used
-
     def datastore_xml(self, ds: Datastore) -> str:
         images = [i.id for i in self.pools["image"].values() if i.datastore_id == ds.id]
-        return ds.to_xml(images, *self.datastore_space(ds))
+        return ds.to_xml(images, *self.images.datastore_space(ds))
 
     def datastorepool_info(self) -> str:
         with self.lock:
@@ -240,7 +195,7 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
 
     def datastore_info(self, oid: int) -> str:
         with self.lock:
-            return self.datastore_xml(self.get("datastore", oid, errors.DATASTORE))
+            return self.datastore_xml(self.db.get("datastore", oid, errors.DATASTORE))
 
     # ------------------------------------------------------------------ VM templates
     def template_allocate(self, text_in: str) -> int:
@@ -249,20 +204,22 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
             name = tmpl.get("NAME") or ""
             reason = check_name(name)
             if reason is None:
-                taken = self.find_by_name("template", name)
+                taken = self.db.find_by_name("template", name)
                 if taken is not None:
                     reason = f"NAME is already taken by TEMPLATE {taken.id}."
             if reason:
                 raise OneError(errors.INTERNAL, reason)
             tmpl.erase("NAME")
-            obj = VMTemplate(id=self.next_id("template"), name=name, regtime=int(time.time()), template=tmpl)
-            self._insert(obj, "template")
+            obj = VMTemplate(
+                id=self.db.next_id("template"), name=name, regtime=int(time.time()), template=tmpl
+            )
+            self.db.insert(obj, "template")
             return obj.id
 
     def template_clone(self, oid: int, name: str, recursive: bool) -> int:
         """``TemplateClone``: a copy of the template under a new name (``onetemplate clone``)."""
         with self.lock:
-            source: VMTemplate = self.get("template", oid, errors.TEMPLATE)
+            source: VMTemplate = self.db.get("template", oid, errors.TEMPLATE)
             if recursive:
                 raise errors.internal(
                     "Recursive cloning (copies of the template's images) is not supported by the test cloud"
@@ -273,21 +230,21 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
 
     def template_info(self, oid: int) -> str:
         with self.lock:
-            return self.get("template", oid, errors.TEMPLATE).to_xml()
+            return self.db.get("template", oid, errors.TEMPLATE).to_xml()
 
     def template_delete(self, oid: int, recursive: bool = False) -> int:
         """``TemplateDelete``: with ``recursive`` the images its DISKs name by IMAGE_ID go too (as
         ``onetemplate delete --recursive`` and the CLI's export rollback ask); those that cannot be deleted
         are named in the error, the template is gone regardless."""
         with self.lock:
-            template: VMTemplate = self.get("template", oid, errors.TEMPLATE)
-            self.drop(template)
+            template: VMTemplate = self.db.get("template", oid, errors.TEMPLATE)
+            self.db.drop(template)
             if not recursive:
                 return oid
             image_ids: set[int] = set()
             for disk in template.template.vectors("DISK"):  # by IMAGE_ID, or by IMAGE name
                 raw = (disk.get("IMAGE_ID") or "").strip()
-                named = self.find_by_name("image", disk.get("IMAGE") or "") if not raw else None
+                named = self.db.find_by_name("image", disk.get("IMAGE") or "") if not raw else None
                 if raw.isdigit():
                     image_ids.add(int(raw))
                 elif named is not None:
@@ -295,7 +252,7 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
             failed = []
             for image_id in sorted(image_ids):
                 try:
-                    self.image_delete(image_id)
+                    self.images.image_delete(image_id)
                 except OneError:
                     failed.append(str(image_id))
             if failed:  # RequestManagerDelete's TemplateDelete: the template is gone, these images are not
@@ -303,41 +260,32 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
             return oid
 
     def template_update(self, oid: int, text_in: str, append: int) -> int:
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.lock:
-            obj: VMTemplate = self.get("template", oid, errors.TEMPLATE)
-            new = parse_template(text_in, errors.ACTION)
-            new.erase("NAME")
-            if append:
-                obj.template.merge(new)
-            else:
-                obj.template = new
-            self.save(obj)
-            return oid
+        return self.db.update_template("template", oid, errors.TEMPLATE, text_in, append).id
 
     def templatepool_info(self, filter_flag: int, start: int, end: int) -> str:
         with self.lock:
-            pool = self.filter_pool(list(self.pools["template"].values()), filter_flag, start, end)
+            pool = self.db.filter_pool(list(self.pools["template"].values()), filter_flag, start, end)
             return "<VMTEMPLATE_POOL>" + "".join(t.to_xml() for t in pool) + "</VMTEMPLATE_POOL>"
 
     # ------------------------------------------------------------------ engine
-    def start_engine(self) -> None:
+    def start_engine(self, *after_vms: Callable[[], None]) -> None:
+        """Run the lifecycle every tick: the VMs' step, then each of ``after_vms`` (the launcher passes the
+        OneFlow engine's, which sits a layer above this one). Images and apps change state in their copy
+        workers."""
         self._stop.clear()
-        self._engine = threading.Thread(target=self._engine_loop, name="testcloud-engine", daemon=True)
+        steps = (self.vms.tick_vms, *after_vms)
+        self._engine = threading.Thread(
+            target=self._engine_loop, args=(steps,), name="testcloud-engine", daemon=True
+        )
         self._engine.start()
 
-    def _engine_loop(self) -> None:
+    def _engine_loop(self, steps: tuple[Callable[[], None], ...]) -> None:
         while not self._stop.wait(self.config.timings.tick):
-            try:
-                self.tick()
-            except Exception:  # the engine must outlive any bug in one step
-                log.exception("lifecycle step failed")
-
-    def tick(self) -> None:
-        self.tick_vms()  # images and apps change state in their copy workers
-        if self.flow is not None:
-            self.flow.tick()
+            for step in steps:
+                try:
+                    step()
+                except Exception:  # the engine must outlive any bug in one step
+                    log.exception("lifecycle step failed")
 
     def shutdown(self, keep_guests: bool) -> None:
         """Stop the engine; with ``keep_guests`` the guests keep running for the next start to re-attach,
@@ -346,6 +294,6 @@ class Cloud(ImageOps, VMOps, VNetOps, MarketOps, DocumentOps, InfraOps):
         if self._engine is not None:
             self._engine.join(timeout=10)
         if not keep_guests:
-            self.power_off_all()
+            self.vms.power_off_all()
         # work not yet started is dropped: it is recorded in the objects and resumes at the next start
-        self.workers.shutdown(wait=True, cancel_futures=True)
+        self.db.workers.shutdown(wait=True, cancel_futures=True)

@@ -3,54 +3,43 @@ and service templates (type 101) in them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from testcloud.core import errors
 from testcloud.core.errors import OneError
 from testcloud.core.objects import Document
+from testcloud.core.pool import PoolStore
 from testcloud.core.validate import parse_template
 
-if TYPE_CHECKING:
-    from testcloud.core.cloud import Cloud
 
+class DocumentPool:
+    def __init__(self, db: PoolStore) -> None:
+        self.db = db
 
-class DocumentOps:
-    def document_allocate(self: Cloud, text_in: str, doc_type: int) -> int:
+    def document_allocate(self, text_in: str, doc_type: int) -> int:
         tmpl = parse_template(text_in)
-        with self.lock:
+        with self.db.lock:
             name = tmpl.get("NAME") or ""
             if len(name) > 128:  # Document::insert: any other name is fine, an empty one is generated
                 raise OneError(errors.INTERNAL, "NAME is too long; max length is 128 chars.")
             tmpl.erase("NAME")
-            oid = self.next_id("document")
+            oid = self.db.next_id("document")
             doc = Document(id=oid, name=name or f"document-{oid}", type=doc_type, template=tmpl)
-            self._insert(doc, "document")
+            self.db.insert(doc, "document")
             return doc.id
 
-    def document_info(self: Cloud, oid: int) -> str:
-        with self.lock:
-            return self.get("document", oid, errors.DOCUMENT).to_xml()
+    def document_info(self, oid: int) -> str:
+        with self.db.lock:
+            return self.db.get("document", oid, errors.DOCUMENT).to_xml()
 
-    def document_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.lock:
-            doc: Document = self.get("document", oid, errors.DOCUMENT)
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                doc.template.merge(new)
-            else:
-                doc.template = new
-            self.save(doc)
+    def document_update(self, oid: int, text_in: str, append: int) -> int:
+        return self.db.update_template("document", oid, errors.DOCUMENT, text_in, append).id
+
+    def document_delete(self, oid: int) -> int:
+        with self.db.lock:
+            self.db.drop(self.db.get("document", oid, errors.DOCUMENT))
             return oid
 
-    def document_delete(self: Cloud, oid: int) -> int:
-        with self.lock:
-            self.drop(self.get("document", oid, errors.DOCUMENT))
-            return oid
-
-    def documentpool_info(self: Cloud, filter_flag: int, start: int, end: int, doc_type: int) -> str:
-        with self.lock:
-            docs = [d for d in self.pools["document"].values() if d.type == doc_type]
-            pool = self.filter_pool(docs, filter_flag, start, end)
+    def documentpool_info(self, filter_flag: int, start: int, end: int, doc_type: int) -> str:
+        with self.db.lock:
+            docs = [d for d in self.db.pools["document"].values() if d.type == doc_type]
+            pool = self.db.filter_pool(docs, filter_flag, start, end)
             return "<DOCUMENT_POOL>" + "".join(d.to_xml() for d in pool) + "</DOCUMENT_POOL>"

@@ -10,16 +10,15 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import requests
 
 from testcloud.core import errors
-from testcloud.core.errors import OneError
 from testcloud.core.objects import (
     DS_FILE,
     DS_IMAGE,
@@ -36,11 +35,9 @@ from testcloud.core.objects import (
     Datastore,
     Image,
 )
+from testcloud.core.pool import PoolStore
 from testcloud.core.template import Template
 from testcloud.core.validate import check_name, parse_template
-
-if TYPE_CHECKING:
-    from testcloud.core.cloud import Cloud
 
 log = logging.getLogger("testcloud")
 
@@ -147,17 +144,33 @@ def copy_into(source: str, destination: Path) -> tuple[str, str]:
     return md5.hexdigest(), sha256.hexdigest()
 
 
-class ImageOps:
+class ImagePool:
+    def __init__(self, db: PoolStore) -> None:
+        self.db = db
+
+    def datastore_space(self, ds: Datastore) -> tuple[int, int, int]:
+        """TOTAL_MB, FREE_MB, USED_MB of the filesystem holding the datastore (capped by LIMIT_MB)."""
+        path = Path(ds.base_path)
+        path.mkdir(parents=True, exist_ok=True)
+        usage = shutil.disk_usage(path)
+        total, free = usage.total // 2**20, usage.free // 2**20
+        used = total - free
+        limit = ds.template.get("LIMIT_MB")
+        if limit is not None and limit.strip().isdigit():
+            images_mb = sum(i.size_mb for i in self.db.pools["image"].values() if i.datastore_id == ds.id)
+            total, free, used = int(limit), max(int(limit) - images_mb, 0), images_mb
+        return total, free, used
+
     # ------------------------------------------------------------------ one.image.*
-    def image_allocate(self: Cloud, text_in: str, ds_id: int, skip_capacity_check: bool = False) -> int:
+    def image_allocate(self, text_in: str, ds_id: int, skip_capacity_check: bool = False) -> int:
         tmpl = parse_template(text_in)
-        with self.lock:
-            ds: Datastore = self.get("datastore", ds_id, errors.DATASTORE)
+        with self.db.lock:
+            ds: Datastore = self.db.get("datastore", ds_id, errors.DATASTORE)
             if ds.type == DS_SYSTEM:
                 raise errors.allocate("New images can only be allocated in a files or image datastore.")
             from_app = tmpl.get("FROM_APP")
             if from_app is not None:
-                app = self.pools["marketapp"].get(int(from_app)) if from_app.strip().isdigit() else None
+                app = self.db.pools["marketapp"].get(int(from_app)) if from_app.strip().isdigit() else None
                 if app is None:
                     raise errors.internal("Cannot determine image SIZE.")
                 tmpl.replace("FROM_APP_NAME", app.name)
@@ -171,11 +184,11 @@ class ImageOps:
             if not skip_capacity_check and size_mb > free:
                 raise errors.action("Not enough space in datastore")
             image = self._new_image(tmpl, ds, size_mb)
-            self._insert(image, "image")
-            self.workers.submit(self._register_file, image.id)
+            self.db.insert(image, "image")
+            self.db.workers.submit(self._register_file, image.id)
             return image.id
 
-    def _stat_image(self: Cloud, tmpl: Template) -> int:
+    def _stat_image(self, tmpl: Template) -> int:
         """``ImageManager::stat_image``: the size in MB, or oned's reason it cannot be known."""
         type_name = (tmpl.get("TYPE") or "OS").upper()
         path, source = tmpl.get("PATH") or "", tmpl.get("SOURCE") or ""
@@ -202,15 +215,12 @@ class ImageOps:
         except SizeError as error:
             raise errors.internal(f"Cannot parse image SIZE: {error}") from None
 
-    def _new_image(self: Cloud, tmpl: Template, ds: Datastore, size_mb: int) -> Image:
-        name = tmpl.get("NAME") or ""
+    def _check_name_and_type(self, name: str, type_name: str, ds: Datastore) -> None:
         reason = check_name(name)
         if reason:
             raise errors.allocate(reason)
-        type_name = (tmpl.get("TYPE") or "OS").strip().upper()
         if type_name not in IMAGE_TYPES or type_name == "BACKUP":
             raise errors.allocate(f"Unknown type {type_name}")
-        image_type = IMAGE_TYPES[type_name]
         if type_name in ("OS", "DATABLOCK", "CDROM", "FILESYSTEM") and ds.type != DS_IMAGE:
             raise errors.allocate(
                 "Only IMAGES of type KERNEL, RAMDISK and CONTEXT can be registered in a FILE_DS datastore"
@@ -219,9 +229,15 @@ class ImageOps:
             raise errors.allocate(
                 "IMAGES of type KERNEL, RAMDISK and CONTEXT cannot be registered in an IMAGE_DS datastore"
             )
-        taken = next((i for i in self.pools["image"].values() if i.name == name), None)
+        taken = next((i for i in self.db.pools["image"].values() if i.name == name), None)
         if taken is not None:
             raise errors.allocate(f"NAME is already taken by IMAGE {taken.id}.")
+
+    def _new_image(self, tmpl: Template, ds: Datastore, size_mb: int) -> Image:
+        name = tmpl.get("NAME") or ""
+        type_name = (tmpl.get("TYPE") or "OS").strip().upper()
+        self._check_name_and_type(name, type_name, ds)
+        image_type = IMAGE_TYPES[type_name]
         path, source = tmpl.get("PATH") or "", tmpl.get("SOURCE") or ""
         image_format = tmpl.get("FORMAT") or ""
         if source and path:
@@ -255,7 +271,7 @@ class ImageOps:
             tmpl.add("DEV_PREFIX", "vd")
         now = int(time.time())
         return Image(
-            id=self.next_id("image"),
+            id=self.db.next_id("image"),
             name=name,
             type=image_type,
             persistent=int(persistent and image_type in (0, 2)),
@@ -271,14 +287,14 @@ class ImageOps:
             template=tmpl,
         )
 
-    def _register_file(self: Cloud, image_id: int) -> None:
+    def _register_file(self, image_id: int) -> None:
         """The datastore ``cp``: bring the file into the datastore, then unlock the image."""
         started = time.monotonic()
-        with self.lock:
-            image: Image | None = self.pools["image"].get(image_id)
+        with self.db.lock:
+            image: Image | None = self.db.pools["image"].get(image_id)
             if image is None:
                 return
-            ds: Datastore = self.pools["datastore"][image.datastore_id]
+            ds: Datastore = self.db.pools["datastore"][image.datastore_id]
             path, source, size_mb = image.path, image.source, image.size_mb
             expected_md5 = image.template.get("FROM_APP_MD5") or ""
         destination = (
@@ -302,9 +318,9 @@ class ImageOps:
             error = f"Error copying image in the datastore: {failure}"
             if not source:
                 destination.unlink(missing_ok=True)
-        time.sleep(max(0.0, self.config.timings.image_lock - (time.monotonic() - started)))
-        with self.lock:
-            image = self.pools["image"].get(image_id)
+        time.sleep(max(0.0, self.db.config.timings.image_lock - (time.monotonic() - started)))
+        with self.db.lock:
+            image = self.db.pools["image"].get(image_id)
             if image is None:  # deleted while being copied
                 if not source:
                     destination.unlink(missing_ok=True)
@@ -318,56 +334,46 @@ class ImageOps:
                     image.format = detected_format
                 image.state = IMG_USED if image.vms else IMG_READY
             image.modtime = int(time.time())
-            self.save(image)
+            self.db.save(image)
 
-    def image_info(self: Cloud, oid: int) -> str:
-        with self.lock:
-            return self.get("image", oid, errors.IMAGE).to_xml()
+    def image_info(self, oid: int) -> str:
+        with self.db.lock:
+            return self.db.get("image", oid, errors.IMAGE).to_xml()
 
-    def imagepool_info(self: Cloud, filter_flag: int, start: int, end: int) -> str:
-        with self.lock:
-            pool = self.filter_pool(list(self.pools["image"].values()), filter_flag, start, end)
+    def imagepool_info(self, filter_flag: int, start: int, end: int) -> str:
+        with self.db.lock:
+            pool = self.db.filter_pool(list(self.db.pools["image"].values()), filter_flag, start, end)
             return "<IMAGE_POOL>" + "".join(i.to_xml() for i in pool) + "</IMAGE_POOL>"
 
-    def image_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
+    def image_update(self, oid: int, text_in: str, append: int) -> int:
         """``one.image.update``: replace or merge the image's TEMPLATE (the CLI's export rewrites it)."""
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.lock:
-            image: Image = self.get("image", oid, errors.IMAGE)
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                image.template.merge(new)
-            else:
-                image.template = new
-            self.save(image)
-            return oid
+        return self.db.update_template("image", oid, errors.IMAGE, text_in, append).id
 
-    def image_delete(self: Cloud, oid: int, force: bool = False) -> int:
-        with self.lock:
-            image: Image = self.get("image", oid, errors.IMAGE)
+    def image_delete(self, oid: int, force: bool = False) -> int:
+        with self.db.lock:
+            image: Image = self.db.get("image", oid, errors.IMAGE)
             if image.vms or image.state in (IMG_USED, IMG_LOCKED_USED):
                 raise errors.action(f"Cannot delete image. There are {len(image.vms)} VMs using it.")
             if image.app_clones and image.state == IMG_LOCKED:
                 raise errors.action(
                     f"Cannot delete image. There are {len(image.app_clones)} active clone operations."
                 )
-            self.drop(image)
-            ds: Datastore = self.pools["datastore"][image.datastore_id]
+            self.db.drop(image)
+            ds: Datastore = self.db.pools["datastore"][image.datastore_id]
             if image.source and Path(image.source).parent == Path(ds.base_path):
                 Path(image.source).unlink(missing_ok=True)
             return oid
 
     # ------------------------------------------------------------------ used by VMs
-    def acquire_image(self: Cloud, vm_id: int, disk: dict[str, str]) -> Image:
+    def acquire_image(self, vm_id: int, disk: dict[str, str]) -> Image:
         """``ImageManager::acquire_image`` for a DISK of a new VM."""
         if "IMAGE_ID" in disk:
             raw = disk["IMAGE_ID"].strip()
-            image = self.pools["image"].get(int(raw)) if raw.lstrip("-").isdigit() else None
+            image = self.db.pools["image"].get(int(raw)) if raw.lstrip("-").isdigit() else None
             if image is None:
                 raise errors.allocate(f"Image with ID: {raw} does not exist")
         elif "IMAGE" in disk:
-            image = next((i for i in self.pools["image"].values() if i.name == disk["IMAGE"]), None)
+            image = next((i for i in self.db.pools["image"].values() if i.name == disk["IMAGE"]), None)
             if image is None:
                 raise errors.allocate(
                     f"User 0 does not own an image with name: {disk['IMAGE']} . "
@@ -392,11 +398,11 @@ class ImageOps:
                 f"Cannot acquire image {image.id}, it is in state: {IMAGE_STATE_NAMES[image.state]}"
             )
         image.vms.append(vm_id)
-        self.save(image)
+        self.db.save(image)
         return image
 
-    def release_image(self: Cloud, vm_id: int, image_id: int) -> None:
-        image: Image | None = self.pools["image"].get(image_id)
+    def release_image(self, vm_id: int, image_id: int) -> None:
+        image: Image | None = self.db.pools["image"].get(image_id)
         if image is None or vm_id not in image.vms:
             return
         image.vms.remove(vm_id)
@@ -405,17 +411,17 @@ class ImageOps:
                 image.state = IMG_READY
             elif image.state == IMG_LOCKED_USED:
                 image.state = IMG_LOCKED
-        self.save(image)
+        self.db.save(image)
 
-    def resume_locked_images(self: Cloud) -> None:
+    def resume_locked_images(self) -> None:
         """After a restart: copies that were under way start again."""
-        for image in list(self.pools["image"].values()):
+        for image in list(self.db.pools["image"].values()):
             if image.state in (IMG_LOCKED, IMG_LOCKED_USED):
-                self.workers.submit(self._register_file, image.id)
+                self.db.workers.submit(self._register_file, image.id)
 
-    def image_is_ready_for(self: Cloud, image_id: int) -> bool | None:
+    def image_is_ready_for(self, image_id: int) -> bool | None:
         """For a CLONING VM: True when its image is usable, False when it failed, None while locked."""
-        image: Image | None = self.pools["image"].get(image_id)
+        image: Image | None = self.db.pools["image"].get(image_id)
         if image is None or image.state in (IMG_ERROR, IMG_DISABLED):
             return False
         if image.state in (IMG_LOCKED, IMG_LOCKED_USED):

@@ -10,28 +10,30 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 from testcloud.core import errors
-from testcloud.core.errors import OneError
-from testcloud.core.objects import ACTIVE, VM, User, ids_xml
+from testcloud.core.images import ImagePool
+from testcloud.core.objects import VM, User, ids_xml
+from testcloud.core.pool import PoolStore
+from testcloud.core.states import VmState
 from testcloud.core.template import cdata, text
-from testcloud.core.validate import parse_template
-from testcloud.core.vms import HOSTS
-
-if TYPE_CHECKING:
-    from testcloud.core.cloud import Cloud
+from testcloud.core.vms import HOSTS, VMPool
 
 CLUSTER_ID, CLUSTER_NAME = 0, "default"
 HOST_MONITORED = 2  # Host::HostState MONITORED
 QUOTAS = ("DATASTORE_QUOTA", "NETWORK_QUOTA", "VM_QUOTA", "IMAGE_QUOTA")
 
 
-class InfraOps:
+class InfraPool:
+    def __init__(self, db: PoolStore, images: ImagePool, vms: VMPool) -> None:
+        self.db = db
+        self.images = images
+        self.vms = vms
+
     # ------------------------------------------------------------------ clusters
-    def _cluster_xml(self: Cloud) -> str:
-        datastores = [d.id for d in self.pools["datastore"].values()]
-        vnets = [v.id for v in self.pools["vnet"].values()]
+    def _cluster_xml(self) -> str:
+        datastores = [d.id for d in self.db.pools["datastore"].values()]
+        vnets = [v.id for v in self.db.pools["vnet"].values()]
         return (
             f"<CLUSTER><ID>{CLUSTER_ID}</ID><NAME>{text(CLUSTER_NAME)}</NAME>"
             + ids_xml("HOSTS", list(HOSTS))
@@ -41,24 +43,24 @@ class InfraOps:
             + f"<RESERVED_MEM>{cdata('')}</RESERVED_MEM></TEMPLATE></CLUSTER>"
         )
 
-    def cluster_info(self: Cloud, oid: int) -> str:
-        with self.lock:
+    def cluster_info(self, oid: int) -> str:
+        with self.db.lock:
             if oid != CLUSTER_ID:
                 raise errors.no_exists(oid)
             return self._cluster_xml()
 
-    def clusterpool_info(self: Cloud) -> str:
-        with self.lock:
+    def clusterpool_info(self) -> str:
+        with self.db.lock:
             return "<CLUSTER_POOL>" + self._cluster_xml() + "</CLUSTER_POOL>"
 
     # ------------------------------------------------------------------ hosts
-    def _host_xml(self: Cloud, host_id: int) -> str:
+    def _host_xml(self, host_id: int) -> str:
         name, vm_mad, _ = HOSTS[host_id]
-        mad = self.vm_mad(host_id)
+        mad = self.vms.vm_mad(host_id)
         running = [
             vm
-            for vm in self.pools["vm"].values()
-            if isinstance(vm, VM) and vm.state == ACTIVE and vm.host_id == host_id
+            for vm in self.db.pools["vm"].values()
+            if isinstance(vm, VM) and vm.state == VmState.ACTIVE and vm.host_id == host_id
         ]
         cpus = os.cpu_count() or 1
         total_cpu = cpus * 100
@@ -66,8 +68,8 @@ class InfraOps:
         total_mem = os.sysconf("SC_PHYS_PAGES") * page // 1024 if hasattr(os, "sysconf") else 0
         cpu_usage = int(sum(float(vm.template.get("CPU") or 0) for vm in running) * 100)
         mem_usage = sum(int(vm.template.get("MEMORY") or 0) for vm in running) * 1024
-        system = self.pools["datastore"][0]
-        total_mb, free_mb, used_mb = self.datastore_space(system)
+        system = self.db.pools["datastore"][0]
+        total_mb, free_mb, used_mb = self.images.datastore_space(system)
         now = int(time.time())
         return (
             f"<HOST><ID>{host_id}</ID><NAME>{text(name)}</NAME><STATE>{HOST_MONITORED}</STATE>"
@@ -94,14 +96,14 @@ class InfraOps:
             f"<SYSTEM><NETRX>0</NETRX><NETTX>0</NETTX></SYSTEM></MONITORING></HOST>"
         )
 
-    def host_info(self: Cloud, oid: int) -> str:
-        with self.lock:
+    def host_info(self, oid: int) -> str:
+        with self.db.lock:
             if oid not in HOSTS:
                 raise errors.no_exists(oid)
             return self._host_xml(oid)
 
-    def hostpool_info(self: Cloud) -> str:
-        with self.lock:
+    def hostpool_info(self) -> str:
+        with self.db.lock:
             return "<HOST_POOL>" + "".join(self._host_xml(h) for h in sorted(HOSTS)) + "</HOST_POOL>"
 
     # ------------------------------------------------------------------ users
@@ -118,9 +120,9 @@ class InfraOps:
     def _default_quotas() -> str:
         return "<DEFAULT_USER_QUOTAS>" + "".join(f"<{q}/>" for q in QUOTAS) + "</DEFAULT_USER_QUOTAS>"
 
-    def user_info(self: Cloud, caller: User, oid: int) -> str:
-        with self.lock:
-            user: User = self.get("user", caller.id if oid == -1 else oid, errors.USER)
+    def user_info(self, caller: User, oid: int) -> str:
+        with self.db.lock:
+            user: User = self.db.get("user", caller.id if oid == -1 else oid, errors.USER)
             return (
                 "<USER>"
                 + self._user_body(user)
@@ -129,9 +131,9 @@ class InfraOps:
                 + "</USER>"
             )
 
-    def userpool_info(self: Cloud) -> str:
-        with self.lock:
-            users = sorted(self.pools["user"].values(), key=lambda u: u.id)
+    def userpool_info(self) -> str:
+        with self.db.lock:
+            users = sorted(self.db.pools["user"].values(), key=lambda u: u.id)
             return (
                 "<USER_POOL>"
                 + "".join(f"<USER>{self._user_body(u)}</USER>" for u in users)
@@ -140,15 +142,5 @@ class InfraOps:
                 + "</USER_POOL>"
             )
 
-    def user_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
-        if append not in (0, 1):
-            raise OneError(errors.RPC_API, "Wrong update type")
-        with self.lock:
-            user: User = self.get("user", oid, errors.USER)
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                user.template.merge(new)
-            else:
-                user.template = new
-            self.save(user)
-            return user.id
+    def user_update(self, oid: int, text_in: str, append: int) -> int:
+        return self.db.update_template("user", oid, errors.USER, text_in, append).id

@@ -11,85 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from testcloud.core.template import Template, attribute_xml, cdata, text
-
-# VM states (VirtualMachine::VmState) and the LCM states the test cloud uses (VirtualMachine::LcmState)
-INIT, PENDING, HOLD, ACTIVE, STOPPED, SUSPENDED, DONE, POWEROFF, UNDEPLOYED = 0, 1, 2, 3, 4, 5, 6, 8, 9
-CLONING, CLONING_FAILURE = 10, 11
-VM_STATE_NAMES = {
-    0: "INIT",
-    1: "PENDING",
-    2: "HOLD",
-    3: "ACTIVE",
-    4: "STOPPED",
-    5: "SUSPENDED",
-    6: "DONE",
-    7: "FAILED",
-    8: "POWEROFF",
-    9: "UNDEPLOYED",
-    10: "CLONING",
-    11: "CLONING_FAILURE",
-}
-LCM_INIT, PROLOG, BOOT, RUNNING = 0, 1, 2, 3
-SAVE_STOP, SAVE_SUSPEND, PROLOG_RESUME, EPILOG_STOP, EPILOG, SHUTDOWN = 5, 6, 9, 10, 11, 12
-UNKNOWN, SHUTDOWN_POWEROFF, BOOT_UNKNOWN, BOOT_POWEROFF, CLEANUP_DELETE = 16, 18, 19, 20, 23
-BOOT_SUSPENDED, BOOT_STOPPED = 21, 22
-SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, BOOT_UNDEPLOY = 29, 30, 31, 32
-BOOT_FAILURE, PROLOG_FAILURE, EPILOG_FAILURE = 36, 39, 40
-LCM_STATE_NAMES = [
-    "LCM_INIT",
-    "PROLOG",
-    "BOOT",
-    "RUNNING",
-    "MIGRATE",
-    "SAVE_STOP",
-    "SAVE_SUSPEND",
-    "SAVE_MIGRATE",
-    "PROLOG_MIGRATE",
-    "PROLOG_RESUME",
-    "EPILOG_STOP",
-    "EPILOG",
-    "SHUTDOWN",
-    "CANCEL",
-    "FAILURE",
-    "CLEANUP_RESUBMIT",
-    "UNKNOWN",
-    "HOTPLUG",
-    "SHUTDOWN_POWEROFF",
-    "BOOT_UNKNOWN",
-    "BOOT_POWEROFF",
-    "BOOT_SUSPENDED",
-    "BOOT_STOPPED",
-    "CLEANUP_DELETE",
-    "HOTPLUG_SNAPSHOT",
-    "HOTPLUG_NIC",
-    "HOTPLUG_SAVEAS",
-    "HOTPLUG_SAVEAS_POWEROFF",
-    "HOTPLUG_SAVEAS_SUSPENDED",
-    "SHUTDOWN_UNDEPLOY",
-    "EPILOG_UNDEPLOY",
-    "PROLOG_UNDEPLOY",
-    "BOOT_UNDEPLOY",
-    "HOTPLUG_PROLOG_POWEROFF",
-    "HOTPLUG_EPILOG_POWEROFF",
-    "BOOT_MIGRATE",
-    "BOOT_FAILURE",
-    "BOOT_MIGRATE_FAILURE",
-    "PROLOG_MIGRATE_FAILURE",
-    "PROLOG_FAILURE",
-    "EPILOG_FAILURE",
-    "EPILOG_STOP_FAILURE",
-    "EPILOG_UNDEPLOY_FAILURE",
-    "PROLOG_MIGRATE_POWEROFF",
-    "PROLOG_MIGRATE_POWEROFF_FAILURE",
-    "PROLOG_MIGRATE_SUSPEND",
-    "PROLOG_MIGRATE_SUSPEND_FAILURE",
-    "BOOT_UNDEPLOY_FAILURE",
-    "BOOT_STOPPED_FAILURE",
-    "PROLOG_RESUME_FAILURE",
-    "PROLOG_UNDEPLOY_FAILURE",
-]
-FAILURE_LCM_STATES = {36, 37, 38, 39, 40, 41, 42, 44, 46, 47, 48, 49, 50, 60}
+from testcloud.core.states import LcmState, VmState
+from testcloud.core.template import CData, Template, attribute_xml, element, elements
 
 # Image states and types
 IMG_INIT, IMG_READY, IMG_USED, IMG_DISABLED, IMG_LOCKED, IMG_ERROR = 0, 1, 2, 3, 4, 5
@@ -128,9 +51,7 @@ DOC_SERVICE, DOC_SERVICE_TEMPLATE = 100, 101
 
 
 def ids_xml(tag: str, ids: list[int]) -> str:
-    if not ids:
-        return f"<{tag}/>"
-    return f"<{tag}>" + "".join(f"<ID>{i}</ID>" for i in sorted(ids)) + f"</{tag}>"
+    return elements((tag, [("ID", i) for i in sorted(ids)] if ids else None))
 
 
 @dataclass
@@ -159,16 +80,15 @@ class PoolObject:
             "OTHER_M",
             "OTHER_A",
         ]
-        return (
-            "<PERMISSIONS>"
-            + "".join(f"<{n}>{d}</{n}>" for n, d in zip(names, self.permissions, strict=True))
-            + ("</PERMISSIONS>")
-        )
+        return element("PERMISSIONS", *zip(names, self.permissions, strict=True))
 
     def owner_xml(self) -> str:
-        return (
-            f"<ID>{self.id}</ID><UID>{self.uid}</UID><GID>{self.gid}</GID>"
-            f"<UNAME>{text(self.uname)}</UNAME><GNAME>{text(self.gname)}</GNAME>"
+        return elements(
+            ("ID", self.id),
+            ("UID", self.uid),
+            ("GID", self.gid),
+            ("UNAME", self.uname),
+            ("GNAME", self.gname),
         )
 
     # ------------------------------------------------------------- persistence
@@ -211,19 +131,23 @@ class Datastore(PoolObject):
     template: Template = field(default_factory=Template)
 
     def to_xml(self, images: list[int], total_mb: int, free_mb: int, used_mb: int) -> str:
-        return (
-            "<DATASTORE>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME>"
-            + self.permissions_xml()
-            + f"<DS_MAD>{cdata(self.ds_mad)}</DS_MAD><TM_MAD>{cdata(self.tm_mad)}</TM_MAD>"
-            + f"<BASE_PATH>{cdata(self.base_path)}</BASE_PATH>"
-            + f"<TYPE>{self.type}</TYPE><DISK_TYPE>0</DISK_TYPE>"
-            + "<STATE>0</STATE><CLUSTERS><ID>0</ID></CLUSTERS>"
-            + f"<TOTAL_MB>{total_mb}</TOTAL_MB><FREE_MB>{free_mb}</FREE_MB><USED_MB>{used_mb}</USED_MB>"
-            + ids_xml("IMAGES", images)
-            + self.template.to_xml("TEMPLATE")
-            + "</DATASTORE>"
+        return element(
+            "DATASTORE",
+            self.owner_xml(),
+            ("NAME", self.name),
+            self.permissions_xml(),
+            ("DS_MAD", CData(self.ds_mad)),
+            ("TM_MAD", CData(self.tm_mad)),
+            ("BASE_PATH", CData(self.base_path)),
+            ("TYPE", self.type),
+            ("DISK_TYPE", 0),
+            ("STATE", 0),
+            ("CLUSTERS", [("ID", 0)]),
+            ("TOTAL_MB", total_mb),
+            ("FREE_MB", free_mb),
+            ("USED_MB", used_mb),
+            ids_xml("IMAGES", images),
+            self.template.to_xml("TEMPLATE"),
         )
 
 
@@ -249,27 +173,36 @@ class Image(PoolObject):
     template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
-        return (
-            "<IMAGE>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME>"
-            + self.permissions_xml()
-            + f"<TYPE>{self.type}</TYPE><DISK_TYPE>{self.disk_type}</DISK_TYPE>"
-            + f"<PERSISTENT>{self.persistent}</PERSISTENT><REGTIME>{self.regtime}</REGTIME>"
-            + f"<MODTIME>{self.modtime}</MODTIME><SOURCE>{cdata(self.source)}</SOURCE>"
-            + f"<PATH>{cdata(self.path)}</PATH><FORMAT>{cdata(self.format)}</FORMAT><FS>{cdata(self.fs)}</FS>"
-            + f"<SIZE>{self.size_mb}</SIZE><STATE>{self.state}</STATE>"
-            + f"<PREV_STATE>{self.prev_state}</PREV_STATE>"
-            + f"<RUNNING_VMS>{len(self.vms)}</RUNNING_VMS>"
-            + "<CLONING_OPS>0</CLONING_OPS><CLONING_ID>-1</CLONING_ID>"
-            + f"<TARGET_SNAPSHOT>-1</TARGET_SNAPSHOT><DATASTORE_ID>{self.datastore_id}</DATASTORE_ID>"
-            + f"<DATASTORE>{text(self.datastore)}</DATASTORE>"
-            + ids_xml("VMS", self.vms)
-            + "<CLONES/>"
-            + ids_xml("APP_CLONES", self.app_clones)
-            + self.template.to_xml("TEMPLATE")
-            + "<SNAPSHOTS><ALLOW_ORPHANS><![CDATA[NO]]></ALLOW_ORPHANS><CURRENT_BASE>-1</CURRENT_BASE>"
-            + "<NEXT_SNAPSHOT>0</NEXT_SNAPSHOT></SNAPSHOTS><BACKUP_INCREMENTS/><BACKUP_DISK_IDS/></IMAGE>"
+        return element(
+            "IMAGE",
+            self.owner_xml(),
+            ("NAME", self.name),
+            self.permissions_xml(),
+            ("TYPE", self.type),
+            ("DISK_TYPE", self.disk_type),
+            ("PERSISTENT", self.persistent),
+            ("REGTIME", self.regtime),
+            ("MODTIME", self.modtime),
+            ("SOURCE", CData(self.source)),
+            ("PATH", CData(self.path)),
+            ("FORMAT", CData(self.format)),
+            ("FS", CData(self.fs)),
+            ("SIZE", self.size_mb),
+            ("STATE", self.state),
+            ("PREV_STATE", self.prev_state),
+            ("RUNNING_VMS", len(self.vms)),
+            ("CLONING_OPS", 0),
+            ("CLONING_ID", -1),
+            ("TARGET_SNAPSHOT", -1),
+            ("DATASTORE_ID", self.datastore_id),
+            ("DATASTORE", self.datastore),
+            ids_xml("VMS", self.vms),
+            ("CLONES", None),
+            ids_xml("APP_CLONES", self.app_clones),
+            self.template.to_xml("TEMPLATE"),
+            ("SNAPSHOTS", [("ALLOW_ORPHANS", CData("NO")), ("CURRENT_BASE", -1), ("NEXT_SNAPSHOT", 0)]),
+            ("BACKUP_INCREMENTS", None),
+            ("BACKUP_DISK_IDS", None),
         )
 
 
@@ -280,14 +213,13 @@ class VMTemplate(PoolObject):
     template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
-        return (
-            "<VMTEMPLATE>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME>"
-            + self.permissions_xml()
-            + f"<REGTIME>{self.regtime}</REGTIME>"
-            + self.template.to_xml("TEMPLATE")
-            + "</VMTEMPLATE>"
+        return element(
+            "VMTEMPLATE",
+            self.owner_xml(),
+            ("NAME", self.name),
+            self.permissions_xml(),
+            ("REGTIME", self.regtime),
+            self.template.to_xml("TEMPLATE"),
         )
 
 
@@ -310,20 +242,27 @@ class AddressRange:
 
     def xml(self, extended: bool) -> str:
         last = str(ipaddress.IPv4Address(self.ip) + self.size - 1)
-        head = (
-            f"<AR><AR_ID>{cdata(str(self.ar_id))}</AR_ID><IP>{cdata(self.ip)}</IP>"
-            f"<MAC>{cdata(self.mac_of(self.ip))}</MAC><NEXT_INDEX>{len(self.leases)}</NEXT_INDEX>"
-            f"<SIZE>{self.size}</SIZE><TYPE>{cdata('IP4')}</TYPE>"
-        )
+        head = [
+            ("AR_ID", CData(str(self.ar_id))),
+            ("IP", CData(self.ip)),
+            ("MAC", CData(self.mac_of(self.ip))),
+            ("NEXT_INDEX", len(self.leases)),
+            ("SIZE", self.size),
+            ("TYPE", CData("IP4")),
+        ]
         if not extended:
-            return head + "</AR>"
-        leases = "".join(
-            f"<LEASE><IP>{cdata(ip)}</IP><MAC>{cdata(self.mac_of(ip))}</MAC><VM>{vm}</VM></LEASE>"
+            return element("AR", *head)
+        leases = [
+            ("LEASE", [("IP", CData(ip)), ("MAC", CData(self.mac_of(ip))), ("VM", vm)])
             for ip, vm in sorted(self.leases.items(), key=lambda item: ipaddress.IPv4Address(item[0]))
-        )
-        return (
-            head + f"<MAC_END>{cdata(self.mac_of(last))}</MAC_END><IP_END>{cdata(last)}</IP_END>"
-            f"<USED_LEASES>{len(self.leases)}</USED_LEASES><LEASES>{leases}</LEASES></AR>"
+        ]
+        return element(
+            "AR",
+            *head,
+            ("MAC_END", CData(self.mac_of(last))),
+            ("IP_END", CData(last)),
+            ("USED_LEASES", len(self.leases)),
+            ("LEASES", leases),
         )
 
 
@@ -345,24 +284,31 @@ class VNet(PoolObject):
         return sum(len(ar["leases"]) for ar in self.ars)
 
     def to_xml(self, extended: bool = True) -> str:
-        return (
-            "<VNET>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME>"
-            + self.permissions_xml()
-            + f"<CLUSTERS><ID>0</ID></CLUSTERS><BRIDGE>{cdata(self.bridge)}</BRIDGE>"
-            + f"<BRIDGE_TYPE>{cdata('linux')}</BRIDGE_TYPE><STATE>1</STATE><PREV_STATE>0</PREV_STATE>"
-            + f"<PARENT_NETWORK_ID>{cdata('')}</PARENT_NETWORK_ID><TEMPLATE_ID>{cdata('-1')}</TEMPLATE_ID>"
-            + f"<VN_MAD>{cdata(self.vn_mad)}</VN_MAD>"
-            + f"<PHYDEV>{cdata('')}</PHYDEV><VLAN_ID>{cdata('')}</VLAN_ID>"
-            + f"<OUTER_VLAN_ID>{cdata('')}</OUTER_VLAN_ID><VLAN_ID_AUTOMATIC>0</VLAN_ID_AUTOMATIC>"
-            + "<OUTER_VLAN_ID_AUTOMATIC>0</OUTER_VLAN_ID_AUTOMATIC>"
-            + f"<USED_LEASES>{self.used_leases()}</USED_LEASES><VROUTERS/><UPDATED_VMS/><OUTDATED_VMS/>"
-            + "<UPDATING_VMS/><ERROR_VMS/>"
-            + self.template.to_xml("TEMPLATE")
-            + "<AR_POOL>"
-            + "".join(ar.xml(extended) for ar in self.address_ranges())
-            + "</AR_POOL></VNET>"
+        return element(
+            "VNET",
+            self.owner_xml(),
+            ("NAME", self.name),
+            self.permissions_xml(),
+            ("CLUSTERS", [("ID", 0)]),
+            ("BRIDGE", CData(self.bridge)),
+            ("BRIDGE_TYPE", CData("linux")),
+            ("STATE", 1),
+            ("PREV_STATE", 0),
+            ("PARENT_NETWORK_ID", CData("")),
+            ("TEMPLATE_ID", CData("-1")),
+            ("VN_MAD", CData(self.vn_mad)),
+            ("PHYDEV", CData("")),
+            ("VLAN_ID", CData("")),
+            ("OUTER_VLAN_ID", CData("")),
+            ("VLAN_ID_AUTOMATIC", 0),
+            ("OUTER_VLAN_ID_AUTOMATIC", 0),
+            ("USED_LEASES", self.used_leases()),
+            *(
+                (name, None)
+                for name in ("VROUTERS", "UPDATED_VMS", "OUTDATED_VMS", "UPDATING_VMS", "ERROR_VMS")
+            ),
+            self.template.to_xml("TEMPLATE"),
+            ("AR_POOL", [ar.xml(extended) for ar in self.address_ranges()]),
         )
 
 
@@ -373,16 +319,19 @@ class Marketplace(PoolObject):
     template: Template = field(default_factory=Template)
 
     def to_xml(self, apps: list[int], total_mb: int, free_mb: int, used_mb: int) -> str:
-        return (
-            "<MARKETPLACE>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME><STATE>0</STATE>"
-            + f"<MARKET_MAD>{cdata(self.market_mad)}</MARKET_MAD><ZONE_ID>{cdata('0')}</ZONE_ID>"
-            + f"<TOTAL_MB>{total_mb}</TOTAL_MB><FREE_MB>{free_mb}</FREE_MB><USED_MB>{used_mb}</USED_MB>"
-            + ids_xml("MARKETPLACEAPPS", apps)
-            + self.permissions_xml()
-            + self.template.to_xml("TEMPLATE")
-            + "</MARKETPLACE>"
+        return element(
+            "MARKETPLACE",
+            self.owner_xml(),
+            ("NAME", self.name),
+            ("STATE", 0),
+            ("MARKET_MAD", CData(self.market_mad)),
+            ("ZONE_ID", CData("0")),
+            ("TOTAL_MB", total_mb),
+            ("FREE_MB", free_mb),
+            ("USED_MB", used_mb),
+            ids_xml("MARKETPLACEAPPS", apps),
+            self.permissions_xml(),
+            self.template.to_xml("TEMPLATE"),
         )
 
 
@@ -405,22 +354,26 @@ class MarketApp(PoolObject):
     template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
-        return (
-            "<MARKETPLACEAPP>"
-            + self.owner_xml()
-            + f"<REGTIME>{self.regtime}</REGTIME>"
-            + f"<NAME>{text(self.name)}</NAME><ZONE_ID>{cdata('0')}</ZONE_ID>"
-            + f"<ORIGIN_ID>{cdata(self.origin_id)}</ORIGIN_ID><SOURCE>{cdata(self.source)}</SOURCE>"
-            + f"<MD5>{cdata(self.md5)}</MD5><SIZE>{self.size_mb}</SIZE>"
-            + f"<DESCRIPTION>{cdata(self.description)}</DESCRIPTION><VERSION>{cdata(self.version)}</VERSION>"
-            + f"<FORMAT>{cdata(self.format)}</FORMAT>"
-            + f"<APPTEMPLATE64>{cdata(self.apptemplate64)}</APPTEMPLATE64>"
-            + f"<MARKETPLACE_ID>{self.market_id}</MARKETPLACE_ID>"
-            + f"<MARKETPLACE>{text(self.market_name)}</MARKETPLACE>"
-            + f"<STATE>{self.state}</STATE><TYPE>{self.type}</TYPE>"
-            + self.permissions_xml()
-            + self.template.to_xml("TEMPLATE")
-            + "</MARKETPLACEAPP>"
+        return element(
+            "MARKETPLACEAPP",
+            self.owner_xml(),
+            ("REGTIME", self.regtime),
+            ("NAME", self.name),
+            ("ZONE_ID", CData("0")),
+            ("ORIGIN_ID", CData(self.origin_id)),
+            ("SOURCE", CData(self.source)),
+            ("MD5", CData(self.md5)),
+            ("SIZE", self.size_mb),
+            ("DESCRIPTION", CData(self.description)),
+            ("VERSION", CData(self.version)),
+            ("FORMAT", CData(self.format)),
+            ("APPTEMPLATE64", CData(self.apptemplate64)),
+            ("MARKETPLACE_ID", self.market_id),
+            ("MARKETPLACE", self.market_name),
+            ("STATE", self.state),
+            ("TYPE", self.type),
+            self.permissions_xml(),
+            self.template.to_xml("TEMPLATE"),
         )
 
 
@@ -431,13 +384,13 @@ class Document(PoolObject):
     template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
-        return (
-            "<DOCUMENT>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME><TYPE>{self.type}</TYPE>"
-            + self.permissions_xml()
-            + self.template.to_xml("TEMPLATE")
-            + "</DOCUMENT>"
+        return element(
+            "DOCUMENT",
+            self.owner_xml(),
+            ("NAME", self.name),
+            ("TYPE", self.type),
+            self.permissions_xml(),
+            self.template.to_xml("TEMPLATE"),
         )
 
 
@@ -562,10 +515,10 @@ SHORT_DISK = [
 @dataclass
 class VM(PoolObject):
     KIND: ClassVar[str] = "vm"
-    state: int = PENDING
-    lcm_state: int = LCM_INIT
-    prev_state: int = PENDING
-    prev_lcm_state: int = LCM_INIT
+    state: int = VmState.PENDING
+    lcm_state: int = LcmState.LCM_INIT
+    prev_state: int = VmState.PENDING
+    prev_lcm_state: int = LcmState.LCM_INIT
     resched: int = 0
     stime: int = 0
     etime: int = 0
@@ -581,83 +534,101 @@ class VM(PoolObject):
     op_since: float = 0.0
     op_hard: bool = False
 
-    def set_state(self, state: int, lcm_state: int = LCM_INIT) -> None:
+    def set_state(self, state: int, lcm_state: int = LcmState.LCM_INIT) -> None:
         self.prev_state, self.prev_lcm_state = self.state, self.lcm_state
         self.state, self.lcm_state = state, lcm_state
 
     def state_str(self) -> str:
-        if self.state == ACTIVE:
-            return LCM_STATE_NAMES[self.lcm_state]
-        return VM_STATE_NAMES[self.state]
+        if self.state == VmState.ACTIVE:
+            return LcmState(self.lcm_state).name
+        return VmState(self.state).name
 
     def monitoring_xml(self) -> str:
-        if self.state != ACTIVE or self.lcm_state != RUNNING:
+        if self.state != VmState.ACTIVE or self.lcm_state != LcmState.RUNNING:
             return "<MONITORING/>"
         memory_kb = int(self.template.get("MEMORY", "0") or 0) * 1024
-        return (
-            f"<MONITORING><CPU>0</CPU><ID>{self.id}</ID><MEMORY>{memory_kb}</MEMORY><NETRX>0</NETRX>"
-            f"<NETTX>0</NETTX><TIMESTAMP>{self.last_poll}</TIMESTAMP></MONITORING>"
+        return element(
+            "MONITORING",
+            ("CPU", 0),
+            ("ID", self.id),
+            ("MEMORY", memory_kb),
+            ("NETRX", 0),
+            ("NETTX", 0),
+            ("TIMESTAMP", self.last_poll),
         )
 
     def monitoring_xml_short(self) -> str:
-        if self.state != ACTIVE or self.lcm_state != RUNNING:
+        if self.state != VmState.ACTIVE or self.lcm_state != LcmState.RUNNING:
             return "<MONITORING/>"
         memory_kb = int(self.template.get("MEMORY", "0") or 0) * 1024
-        return f"<MONITORING><CPU>0</CPU><MEMORY>{memory_kb}</MEMORY></MONITORING>"
+        return element("MONITORING", ("CPU", 0), ("MEMORY", memory_kb))
 
     def history_xml(self, short: bool) -> str:
         if not self.history:
             return "<HISTORY_RECORDS/>"
         records = self.history[-1:] if short else self.history
-        parts = []
-        for h in records:
-            if short:
-                parts.append(
-                    f"<HISTORY><OID>{self.id}</OID><SEQ>{h['seq']}</SEQ>"
-                    + f"<HOSTNAME>{text(h['hostname'])}</HOSTNAME>"
-                    f"<HID>{h['hid']}</HID><CID>0</CID><DS_ID>{h['ds_id']}</DS_ID>"
-                    f"<VM_MAD>{cdata(h['vm_mad'])}</VM_MAD><TM_MAD>{cdata(h['tm_mad'])}</TM_MAD>"
-                    f"<ACTION>{h['action']}</ACTION></HISTORY>"
-                )
-                continue
-            parts.append(
-                f"<HISTORY><OID>{self.id}</OID><SEQ>{h['seq']}</SEQ>"
-                + f"<HOSTNAME>{text(h['hostname'])}</HOSTNAME>"
-                f"<HID>{h['hid']}</HID><CID>0</CID><STIME>{h['stime']}</STIME><ETIME>{h['etime']}</ETIME>"
-                f"<VM_MAD>{cdata(h['vm_mad'])}</VM_MAD><TM_MAD>{cdata(h['tm_mad'])}</TM_MAD>"
-                f"<DS_ID>{h['ds_id']}</DS_ID><PLAN_ID>-1</PLAN_ID><ACTION_ID>-1</ACTION_ID>"
-                f"<PSTIME>{h['pstime']}</PSTIME><PETIME>{h['petime']}</PETIME><RSTIME>{h['rstime']}</RSTIME>"
-                f"<RETIME>{h['retime']}</RETIME><ESTIME>{h['estime']}</ESTIME><EETIME>{h['eetime']}</EETIME>"
-                f"<ACTION>{h['action']}</ACTION><UID>{h.get('uid', -1)}</UID><GID>{h.get('gid', -1)}</GID>"
-                f"<REQUEST_ID>{cdata(str(h.get('request_id', -1)))}</REQUEST_ID></HISTORY>"
-            )
-        return "<HISTORY_RECORDS>" + "".join(parts) + "</HISTORY_RECORDS>"
+        return element("HISTORY_RECORDS", *(("HISTORY", self._history_parts(h, short)) for h in records))
+
+    def _history_parts(self, h: dict[str, Any], short: bool) -> list[tuple[str, object]]:
+        head = [
+            ("OID", self.id),
+            ("SEQ", h["seq"]),
+            ("HOSTNAME", h["hostname"]),
+            ("HID", h["hid"]),
+            ("CID", 0),
+        ]
+        mads = [("VM_MAD", CData(h["vm_mad"])), ("TM_MAD", CData(h["tm_mad"]))]
+        if short:
+            return [*head, ("DS_ID", h["ds_id"]), *mads, ("ACTION", h["action"])]
+        times = [
+            (name.upper(), h[name]) for name in ("pstime", "petime", "rstime", "retime", "estime", "eetime")
+        ]
+        return [
+            *head,
+            ("STIME", h["stime"]),
+            ("ETIME", h["etime"]),
+            *mads,
+            ("DS_ID", h["ds_id"]),
+            ("PLAN_ID", -1),
+            ("ACTION_ID", -1),
+            *times,
+            ("ACTION", h["action"]),
+            ("UID", h.get("uid", -1)),
+            ("GID", h.get("gid", -1)),
+            ("REQUEST_ID", CData(str(h.get("request_id", -1)))),
+        ]
 
     def to_xml(self) -> str:
         """The full VM of one.vm.info and one.vmpool.infoextended."""
-        return (
-            "<VM>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME>"
-            + self.permissions_xml()
-            + f"<LAST_POLL>{self.last_poll}</LAST_POLL><STATE>{self.state}</STATE>"
-            + f"<LCM_STATE>{self.lcm_state}</LCM_STATE><PREV_STATE>{self.prev_state}</PREV_STATE>"
-            + f"<PREV_LCM_STATE>{self.prev_lcm_state}</PREV_LCM_STATE><RESCHED>{self.resched}</RESCHED>"
-            + f"<STIME>{self.stime}</STIME><ETIME>{self.etime}</ETIME>"
-            + f"<DEPLOY_ID>{text(self.deploy_id)}</DEPLOY_ID>"
-            + self.monitoring_xml()
-            + "<SCHED_ACTIONS/>"
-            + self.template.to_xml("TEMPLATE", order=VM_TEMPLATE_ORDER)
-            + self.user_template.to_xml("USER_TEMPLATE")
-            + self.history_xml(short=False)
-            + "<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>"
+        return element(
+            "VM",
+            self.owner_xml(),
+            ("NAME", self.name),
+            self.permissions_xml(),
+            ("LAST_POLL", self.last_poll),
+            ("STATE", self.state),
+            ("LCM_STATE", self.lcm_state),
+            ("PREV_STATE", self.prev_state),
+            ("PREV_LCM_STATE", self.prev_lcm_state),
+            ("RESCHED", self.resched),
+            ("STIME", self.stime),
+            ("ETIME", self.etime),
+            ("DEPLOY_ID", self.deploy_id),
+            self.monitoring_xml(),
+            ("SCHED_ACTIONS", None),
+            self.template.to_xml("TEMPLATE", order=VM_TEMPLATE_ORDER),
+            self.user_template.to_xml("USER_TEMPLATE"),
+            self.history_xml(short=False),
+            ("BACKUPS", [("BACKUP_CONFIG", None), ("BACKUP_IDS", None)]),
         )
 
     def to_xml_short(self) -> str:
         """The VM of one.vmpool.info: no CONTEXT, a few USER_TEMPLATE attributes (no READY)."""
-        disks = "".join(
-            "<DISK>" + "".join(f"<{k}>{cdata(disk.get(k, ''))}</{k}>" for k in SHORT_DISK) + "</DISK>"
-            for disk in self.template.vectors("DISK")
+        disks = elements(
+            *(
+                ("DISK", [(k, CData(disk.get(k, ""))) for k in SHORT_DISK])
+                for disk in self.template.vectors("DISK")
+            )
         )
         nics = "".join(self._nic_short(nic) for nic in self.template.vectors("NIC"))
         graphics = self.template.get_vector("GRAPHICS")
@@ -666,46 +637,46 @@ class VM(PoolObject):
             for name in SHORT_USER_TEMPLATE
             if (value := self.user_template.get(name)) is not None and (value or name.startswith("SCHED_"))
         )
-        return (
-            "<VM>"
-            + self.owner_xml()
-            + f"<NAME>{text(self.name)}</NAME><LAST_POLL>{self.last_poll}</LAST_POLL>"
-            + f"<STATE>{self.state}</STATE><LCM_STATE>{self.lcm_state}</LCM_STATE>"
-            + f"<RESCHED>{self.resched}</RESCHED>"
-            + f"<STIME>{self.stime}</STIME><ETIME>{self.etime}</ETIME>"
-            + f"<DEPLOY_ID>{text(self.deploy_id)}</DEPLOY_ID>"
-            + f"<TEMPLATE><CPU>{cdata(self.template.get('CPU', ''))}</CPU>"
-            + f"<MEMORY>{cdata(self.template.get('MEMORY', ''))}</MEMORY>"
-            + f"<VCPU>{cdata(self.template.get('VCPU', ''))}</VCPU>"
-            + disks
-            + nics
-            + (attribute_xml("GRAPHICS", graphics) if graphics is not None else "")
-            + "</TEMPLATE>"
-            + self.monitoring_xml_short()
-            + (f"<USER_TEMPLATE>{user}</USER_TEMPLATE>" if user else "<USER_TEMPLATE/>")
-            + self.history_xml(short=True)
-            + "</VM>"
+        template = [(name, CData(self.template.get(name, ""))) for name in ("CPU", "MEMORY", "VCPU")]
+        return element(
+            "VM",
+            self.owner_xml(),
+            ("NAME", self.name),
+            ("LAST_POLL", self.last_poll),
+            ("STATE", self.state),
+            ("LCM_STATE", self.lcm_state),
+            ("RESCHED", self.resched),
+            ("STIME", self.stime),
+            ("ETIME", self.etime),
+            ("DEPLOY_ID", self.deploy_id),
+            (
+                "TEMPLATE",
+                [*template, disks, nics, attribute_xml("GRAPHICS", graphics) if graphics is not None else ""],
+            ),
+            self.monitoring_xml_short(),
+            ("USER_TEMPLATE", [user] if user else None),
+            self.history_xml(short=True),
         )
 
     @staticmethod
     def _nic_short(nic: dict[str, str]) -> str:
-        out = "<NIC>"
-        for key in (
-            "IP",
-            "EXTERNAL_IP",
-            "IP6",
-            "IP6_ULA",
-            "IP6_LINK",
-            "IP6_GLOBAL",
-            "NETWORK_MODE",
-            "SCHED_REQUIREMENTS",
-            "SCHED_RANK",
-        ):
-            if nic.get(key):
-                out += f"<{key}>{cdata(nic[key])}</{key}>"
-        for key in ("MAC", "NETWORK", "NETWORK_ID", "NIC_ID", "SECURITY_GROUPS"):
-            out += f"<{key}>{cdata(nic.get(key, ''))}</{key}>"
-        return out + "</NIC>"
+        given = [
+            (key, CData(nic[key]))
+            for key in (
+                "IP",
+                "EXTERNAL_IP",
+                "IP6",
+                "IP6_ULA",
+                "IP6_LINK",
+                "IP6_GLOBAL",
+                "NETWORK_MODE",
+                "SCHED_REQUIREMENTS",
+                "SCHED_RANK",
+            )
+            if nic.get(key)
+        ]
+        always = ("MAC", "NETWORK", "NETWORK_ID", "NIC_ID", "SECURITY_GROUPS")
+        return element("NIC", *given, *((key, CData(nic.get(key, ""))) for key in always))
 
 
 POOL_CLASSES: dict[str, type[PoolObject]] = {

@@ -125,11 +125,6 @@ class Template:
     def remove(self, attr: Attribute) -> None:
         self._attrs = [a for a in self._attrs if a is not attr]
 
-    def pop_all(self, name: str) -> list[Attribute]:
-        found = self.get_all(name)
-        self.erase(name)
-        return found
-
     def merge(self, other: Template) -> None:
         """``Template::merge``: every name in ``other`` replaces all attributes of that name here;
         empty vectors only delete."""
@@ -192,6 +187,38 @@ def text(value: object) -> str:
     """Escaped element text for the non-template elements (NAME, SOURCE, ...)."""
     s = xml_safe(str(value))
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class CData(str):
+    """A value written as CDATA (oned's template values and most strings) rather than escaped text."""
+
+
+def elements(*parts: str | tuple[str, object]) -> str:
+    """oned's XML for a run of elements, in order. A part is XML already written (a string), or
+    ``(tag, value)``: ``None`` an empty element ``<TAG/>``, a :class:`CData` as CDATA, a number as is, other
+    text escaped, a list or tuple of parts the element's children."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        tag, value = part
+        if value is None:
+            out.append(f"<{tag}/>")
+        elif isinstance(value, CData):
+            out.append(f"<{tag}>{cdata(value)}</{tag}>")
+        elif isinstance(value, int | float):
+            out.append(f"<{tag}>{value}</{tag}>")
+        elif isinstance(value, list | tuple):
+            out.append(f"<{tag}>{elements(*value)}</{tag}>")
+        else:
+            out.append(f"<{tag}>{text(value)}</{tag}>")
+    return "".join(out)
+
+
+def element(tag: str, *children: str | tuple[str, object]) -> str:
+    """``<TAG>children</TAG>`` (see :func:`elements`)."""
+    return f"<{tag}>{elements(*children)}</{tag}>"
 
 
 def attribute_xml(name: str, value: Value) -> str:

@@ -13,48 +13,13 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from testcloud.core import context as ctx
 from testcloud.core import errors
 from testcloud.core.errors import OneError
+from testcloud.core.images import ImagePool
 from testcloud.core.objects import (
-    ACTIVE,
-    BOOT,
-    BOOT_FAILURE,
-    BOOT_POWEROFF,
-    BOOT_STOPPED,
-    BOOT_SUSPENDED,
-    BOOT_UNDEPLOY,
-    BOOT_UNKNOWN,
-    CLEANUP_DELETE,
-    CLONING,
-    CLONING_FAILURE,
-    DONE,
-    EPILOG,
-    EPILOG_STOP,
-    EPILOG_UNDEPLOY,
-    FAILURE_LCM_STATES,
-    HOLD,
     IMG_LOCKED_USED,
-    INIT,
-    LCM_INIT,
-    PENDING,
-    POWEROFF,
-    PROLOG,
-    PROLOG_FAILURE,
-    PROLOG_RESUME,
-    PROLOG_UNDEPLOY,
-    RUNNING,
-    SAVE_STOP,
-    SAVE_SUSPEND,
-    SHUTDOWN,
-    SHUTDOWN_POWEROFF,
-    SHUTDOWN_UNDEPLOY,
-    STOPPED,
-    SUSPENDED,
-    UNDEPLOYED,
-    UNKNOWN,
     VM,
     VM_TEMPLATE_ONCE,
     VM_TEMPLATE_SINGLES,
@@ -62,13 +27,13 @@ from testcloud.core.objects import (
     Image,
     VMTemplate,
 )
+from testcloud.core.pool import PoolStore
+from testcloud.core.states import FAILURE_LCM_STATES, LcmState, VmState
 from testcloud.core.template import Template
 from testcloud.core.validate import check_name, parse_template
+from testcloud.core.vnets import VNetPool
 from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec, VMDriver
 from testcloud.drivers.loader import DriverUnavailable, load_driver
-
-if TYPE_CHECKING:
-    from testcloud.core.cloud import Cloud
 
 log = logging.getLogger("testcloud")
 
@@ -79,9 +44,27 @@ HOSTS = {0: ("nspawn", "lxc", "container"), 1: ("qemu", "kvm", "qemu")}
 A_NONE, A_UNDEPLOY, A_UNDEPLOY_HARD, A_STOP, A_SUSPEND = 0, 5, 6, 9, 10
 A_POWEROFF, A_POWEROFF_HARD, A_TERMINATE, A_TERMINATE_HARD = 19, 20, 27, 28
 
-PROLOG_TO_BOOT = {PROLOG: BOOT, PROLOG_UNDEPLOY: BOOT_UNDEPLOY, PROLOG_RESUME: BOOT_STOPPED}
-BOOT_STATES = {BOOT, BOOT_UNDEPLOY, BOOT_STOPPED, BOOT_POWEROFF, BOOT_SUSPENDED, BOOT_UNKNOWN}
-STOPPING_STATES = {SHUTDOWN, SHUTDOWN_POWEROFF, SHUTDOWN_UNDEPLOY, SAVE_STOP, SAVE_SUSPEND, CLEANUP_DELETE}
+PROLOG_TO_BOOT = {
+    LcmState.PROLOG: LcmState.BOOT,
+    LcmState.PROLOG_UNDEPLOY: LcmState.BOOT_UNDEPLOY,
+    LcmState.PROLOG_RESUME: LcmState.BOOT_STOPPED,
+}
+BOOT_STATES = {
+    LcmState.BOOT,
+    LcmState.BOOT_UNDEPLOY,
+    LcmState.BOOT_STOPPED,
+    LcmState.BOOT_POWEROFF,
+    LcmState.BOOT_SUSPENDED,
+    LcmState.BOOT_UNKNOWN,
+}
+STOPPING_STATES = {
+    LcmState.SHUTDOWN,
+    LcmState.SHUTDOWN_POWEROFF,
+    LcmState.SHUTDOWN_UNDEPLOY,
+    LcmState.SAVE_STOP,
+    LcmState.SAVE_SUSPEND,
+    LcmState.CLEANUP_DELETE,
+}
 RUNNING_POLL_S = 2.0  # how often a running guest is asked whether it still runs
 BOOT_POLL_S = 0.2  # and a booting one whether it is up
 
@@ -118,14 +101,38 @@ UPDATECONF_ATTRS: dict[str, tuple[str, ...]] = {
     "CPU_MODEL": ("MODEL", "FEATURES"),
 }  # fmt: skip
 UPDATECONF_SECTIONS = tuple(UPDATECONF_ATTRS)
-UPDATECONF_STATES = {PENDING, HOLD, POWEROFF, UNDEPLOYED, CLONING, CLONING_FAILURE}
-UPDATECONF_LCM_STATES = {LCM_INIT, PROLOG, RUNNING, EPILOG, SHUTDOWN, 15, SHUTDOWN_POWEROFF, CLEANUP_DELETE}
-UPDATECONF_LCM_STATES |= {27, SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, 33, 34, BOOT_FAILURE}
-UPDATECONF_LCM_STATES |= {PROLOG_FAILURE, 40, 42, 43, 44, 47, 50, 52, 53, 54}
+UPDATECONF_STATES = {
+    VmState.PENDING,
+    VmState.HOLD,
+    VmState.POWEROFF,
+    VmState.UNDEPLOYED,
+    VmState.CLONING,
+    VmState.CLONING_FAILURE,
+}
+UPDATECONF_LCM_STATES = {
+    LcmState.LCM_INIT,
+    LcmState.PROLOG,
+    LcmState.RUNNING,
+    LcmState.EPILOG,
+    LcmState.SHUTDOWN,
+    15,
+    LcmState.SHUTDOWN_POWEROFF,
+    LcmState.CLEANUP_DELETE,
+}
+UPDATECONF_LCM_STATES |= {
+    27,
+    LcmState.SHUTDOWN_UNDEPLOY,
+    LcmState.EPILOG_UNDEPLOY,
+    LcmState.PROLOG_UNDEPLOY,
+    33,
+    34,
+    LcmState.BOOT_FAILURE,
+}
+UPDATECONF_LCM_STATES |= {LcmState.PROLOG_FAILURE, 40, 42, 43, 44, 47, 50, 52, 53, 54}
 
 
 def _updateconf_allowed(vm: VM) -> bool:
-    if vm.state == ACTIVE:
+    if vm.state == VmState.ACTIVE:
         return vm.lcm_state in UPDATECONF_LCM_STATES
     return vm.state in UPDATECONF_STATES
 
@@ -159,18 +166,19 @@ def wrong_state(action: str, vm: VM) -> OneError:
     )
 
 
-class VMOps:
-    _driver_cache: dict[str, VMDriver]
-    _last_running_poll: dict[int, float]
+class VMPool:
+    def __init__(self, db: PoolStore, images: ImagePool, vnets: VNetPool) -> None:
+        self.db = db
+        self.images = images
+        self.vnets = vnets
+        self._driver_cache: dict[str, VMDriver] = {}
+        self._last_running_poll: dict[int, float] = {}
 
-    def _init_vms(self: Cloud) -> None:
-        self._driver_cache = {}
-        self._last_running_poll = {}
-        self.resume_locked_images()
-        self.resume_locked_apps()
-        for vm in self.pools["vm"].values():
+    def resume(self) -> None:
+        """At start: carry on with the work the VMs recorded (the images' and apps' copies resume first)."""
+        for vm in self.db.pools["vm"].values():
             assert isinstance(vm, VM)
-            if vm.state != ACTIVE:
+            if vm.state != VmState.ACTIVE:
                 continue
             if vm.pending_op in ("prolog",):
                 self._submit(vm, "prolog", self._prolog_work)
@@ -178,7 +186,7 @@ class VMOps:
                 self._submit(vm, "launch", self._launch_work)
             elif vm.pending_op == "stop":
                 self._submit(vm, "stop", self._stop_work)
-            elif vm.lcm_state in BOOT_STATES | {RUNNING, UNKNOWN} and vm.pending_op in (
+            elif vm.lcm_state in BOOT_STATES | {LcmState.RUNNING, LcmState.UNKNOWN} and vm.pending_op in (
                 "",
                 "launched",
                 "reboot",
@@ -186,15 +194,15 @@ class VMOps:
                 self._submit(vm, "recover", self._recover_work)
 
     # ------------------------------------------------------------------ drivers and hosts
-    def vm_mad(self: Cloud, host_id: int) -> str:
-        return "dummy" if self.config.driver == "dummy" else HOSTS[host_id][1]
+    def vm_mad(self, host_id: int) -> str:
+        return "dummy" if self.db.config.driver == "dummy" else HOSTS[host_id][1]
 
-    def driver_for(self: Cloud, host_id: int) -> VMDriver:
-        name = HOSTS[host_id][2] if self.config.driver == "auto" else self.config.driver
-        with self.lock:
+    def driver_for(self, host_id: int) -> VMDriver:
+        name = HOSTS[host_id][2] if self.db.config.driver == "auto" else self.db.config.driver
+        with self.db.lock:
             driver = self._driver_cache.get(name)
             if driver is None:
-                driver = load_driver(name, self.state_dir / "drivers" / name)
+                driver = load_driver(name, self.db.state_dir / "drivers" / name)
                 self._driver_cache[name] = driver
             return driver
 
@@ -207,13 +215,13 @@ class VMOps:
             return 1
         return 0
 
-    def vm_dir(self: Cloud, vm_id: int) -> Path:
-        return self.state_dir / "vms" / str(vm_id)
+    def vm_dir(self, vm_id: int) -> Path:
+        return self.db.state_dir / "vms" / str(vm_id)
 
     # ------------------------------------------------------------------ creation
-    def vm_allocate(self: Cloud, text_in: str, hold: bool = False) -> int:
+    def vm_allocate(self, text_in: str, hold: bool = False) -> int:
         tmpl = parse_template(text_in)
-        with self.lock:
+        with self.db.lock:
             try:
                 return self._create_vm(tmpl, hold).id
             except OneError as error:  # VirtualMachineAllocateAPI answers a refused VM with INTERNAL
@@ -221,11 +229,9 @@ class VMOps:
                     raise errors.internal(error.reason) from None
                 raise
 
-    def template_instantiate(
-        self: Cloud, tid: int, name: str, hold: bool, extra: str, persistent: bool
-    ) -> int:
-        with self.lock:
-            source: VMTemplate = self.get("template", tid, errors.TEMPLATE)
+    def template_instantiate(self, tid: int, name: str, hold: bool, extra: str, persistent: bool) -> int:
+        with self.db.lock:
+            source: VMTemplate = self.db.get("template", tid, errors.TEMPLATE)
             if persistent:
                 raise errors.internal(
                     "Persistent instantiation (a private copy of template and images) "
@@ -243,8 +249,8 @@ class VMOps:
                 tmpl.add("NAME", name)
             return self._create_vm(tmpl, hold).id
 
-    def _create_vm(self: Cloud, utmpl: Template, hold: bool) -> VM:
-        oid = self.counters.get("vm", 0)
+    def _create_vm(self, utmpl: Template, hold: bool) -> VM:
+        oid = self.db.counters.get("vm", 0)
         acquired: list[int] = []
         leased = False
         try:
@@ -257,47 +263,20 @@ class VMOps:
             utmpl.erase("NAME")
             utmpl.erase("TEMPLATE_NAME")
             name = name or f"{prefix}-{oid}"
-            reason = check_name(name)
-            if reason:
-                raise errors.allocate(reason)
-            memory = cpp_long(utmpl.get("MEMORY"))
-            if memory is None or memory <= 0:
-                raise errors.allocate("MEMORY attribute must be a positive integer value.")
-            cpu = cpp_float(utmpl.get("CPU"))
-            if cpu is None or cpu <= 0:
-                raise errors.allocate("CPU attribute must be a positive float or integer value.")
-            vcpu = utmpl.get("VCPU")
-            if vcpu:
-                number = cpp_long(vcpu)
-                if number is None or number <= 0:
-                    raise errors.allocate("VCPU attribute must be a positive integer value.")
-            for cost in ("CPU_COST", "MEMORY_COST", "DISK_COST"):
-                value = utmpl.get(cost)
-                if value is not None and (cpp_float(value) or 0) < 0:
-                    raise errors.allocate(f"{cost} attribute must be a positive float or integer value.")
-            for key in VM_TEMPLATE_SINGLES:
-                value = utmpl.get(key)
-                if value is not None:
-                    utmpl.erase(key)
-                    otmpl.add(key, value)
-            for key in VM_TEMPLATE_VECTORS - {"NIC", "DISK", "CONTEXT"}:
-                vectors = utmpl.vectors(key)
-                if vectors:
-                    utmpl.erase(key)
-                    for vector in vectors[:1] if key in VM_TEMPLATE_ONCE else vectors:
-                        otmpl.add(key, vector)
+            self._check_capacity(name, utmpl)
+            self._move_template_attributes(utmpl, otmpl)
             # ---- NICs: an address from the network of each
             nics = utmpl.vectors("NIC")
             utmpl.erase("NIC")
             for nic_id, nic in enumerate(nics):
                 leased = True
-                otmpl.add("NIC", self.lease_nic(oid, nic_id, nic))
+                otmpl.add("NIC", self.vnets.lease_nic(oid, nic_id, nic))
             # ---- DISKs: acquire the images
             disks = utmpl.vectors("DISK")
             utmpl.erase("DISK")
             built: list[tuple[dict[str, str], Image]] = []
             for disk_id, disk in enumerate(disks):
-                image = self.acquire_image(oid, disk)
+                image = self.images.acquire_image(oid, disk)
                 acquired.append(image.id)
                 built.append((self._disk_attributes(disk, disk_id, image), image))
             context_vector = utmpl.get_vector("CONTEXT")
@@ -305,42 +284,86 @@ class VMOps:
             context_target = self._assign_targets([d for d, _ in built], context_vector is not None)
             for disk, _ in built:
                 otmpl.add("DISK", disk)
-            on_hold = hold or (utmpl.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
-            if utmpl.get("SUBMIT_ON_HOLD") is not None:
-                otmpl.add("SUBMIT_ON_HOLD", "YES" if on_hold else "NO")
-                utmpl.erase("SUBMIT_ON_HOLD")
+            on_hold = self._submit_on_hold(utmpl, otmpl, hold)
             if template_id is not None:
                 otmpl.add("TEMPLATE_ID", template_id)
             vm = VM(id=oid, name=name, stime=int(time.time()), template=otmpl, user_template=utmpl)
             if context_vector is not None:
-                context_vector = dict(context_vector)
-                context_vector.pop("FILES_DS", None)
-                context_vector["DISK_ID"] = str(len(built))
-                context_vector["TARGET"] = context_target
-                otmpl.add("CONTEXT", self._parse_context(vm, context_vector))
-            otmpl.add("AUTOMATIC_DS_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
-            if nics:
-                otmpl.add("AUTOMATIC_NIC_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
-            otmpl.add(
-                "AUTOMATIC_REQUIREMENTS", "(CLUSTER_ID = 0) & !(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)"
-            )
-            otmpl.add("TM_MAD_SYSTEM", "ssh")
-            otmpl.add("VMID", str(oid))
+                context = {k: v for k, v in context_vector.items() if k != "FILES_DS"}
+                context.update(DISK_ID=str(len(built)), TARGET=context_target)
+                otmpl.add("CONTEXT", self._parse_context(vm, context))
+            self._add_scheduling(otmpl, oid, bool(nics))
             if on_hold:
-                vm.state = vm.prev_state = HOLD
+                vm.state = vm.prev_state = VmState.HOLD
             elif any(img.state == IMG_LOCKED_USED for _, img in built):
-                vm.state = vm.prev_state = CLONING
+                vm.state = vm.prev_state = VmState.CLONING
             vm.op_since = time.time()
         except OneError:
             for image_id in acquired:
-                self.release_image(oid, image_id)
+                self.images.release_image(oid, image_id)
             if leased:
-                self.release_leases(oid)
+                self.vnets.release_leases(oid)
             raise
-        self.counters["vm"] = oid + 1
-        self.store.save_counters(self.counters)
-        self._insert(vm, "vm")
+        self.db.counters["vm"] = oid + 1
+        self.db.store.save_counters(self.db.counters)
+        self.db.insert(vm, "vm")
         return vm
+
+    @staticmethod
+    def _submit_on_hold(utmpl: Template, otmpl: Template, hold: bool) -> bool:
+        on_hold = hold or (utmpl.get("SUBMIT_ON_HOLD") or "").upper() == "YES"
+        if utmpl.get("SUBMIT_ON_HOLD") is not None:
+            otmpl.add("SUBMIT_ON_HOLD", "YES" if on_hold else "NO")
+            utmpl.erase("SUBMIT_ON_HOLD")
+        return on_hold
+
+    @staticmethod
+    def _check_capacity(name: str, utmpl: Template) -> None:
+        """VirtualMachine::parse_template's checks of the name, MEMORY, CPU, VCPU and the costs."""
+        reason = check_name(name)
+        if reason:
+            raise errors.allocate(reason)
+        memory = cpp_long(utmpl.get("MEMORY"))
+        if memory is None or memory <= 0:
+            raise errors.allocate("MEMORY attribute must be a positive integer value.")
+        cpu = cpp_float(utmpl.get("CPU"))
+        if cpu is None or cpu <= 0:
+            raise errors.allocate("CPU attribute must be a positive float or integer value.")
+        vcpu = utmpl.get("VCPU")
+        if vcpu:
+            number = cpp_long(vcpu)
+            if number is None or number <= 0:
+                raise errors.allocate("VCPU attribute must be a positive integer value.")
+        for cost in ("CPU_COST", "MEMORY_COST", "DISK_COST"):
+            value = utmpl.get(cost)
+            if value is not None and (cpp_float(value) or 0) < 0:
+                raise errors.allocate(f"{cost} attribute must be a positive float or integer value.")
+
+    @staticmethod
+    def _move_template_attributes(utmpl: Template, otmpl: Template) -> None:
+        """The attributes oned keeps in the VM's TEMPLATE (not USER_TEMPLATE), bar NICs, DISKs and CONTEXT."""
+        for key in VM_TEMPLATE_SINGLES:
+            value = utmpl.get(key)
+            if value is not None:
+                utmpl.erase(key)
+                otmpl.add(key, value)
+        for key in VM_TEMPLATE_VECTORS - {"NIC", "DISK", "CONTEXT"}:
+            vectors = utmpl.vectors(key)
+            if vectors:
+                utmpl.erase(key)
+                for vector in vectors[:1] if key in VM_TEMPLATE_ONCE else vectors:
+                    otmpl.add(key, vector)
+
+    @staticmethod
+    def _add_scheduling(otmpl: Template, oid: int, with_nics: bool) -> None:
+        otmpl.add("AUTOMATIC_DS_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+        if with_nics:
+            otmpl.add("AUTOMATIC_NIC_REQUIREMENTS", '("CLUSTERS/ID" @> 0)')
+        otmpl.add(
+            "AUTOMATIC_REQUIREMENTS", "(CLUSTER_ID = 0) & !(PUBLIC_CLOUD = YES) & !(PIN_POLICY = PINNED)"
+        )
+        otmpl.add("TM_MAD_SYSTEM", "ssh")
+        otmpl.add("VMID", str(oid))
 
     @staticmethod
     def _disk_attributes(disk: dict[str, str], disk_id: int, image: Image) -> dict[str, str]:
@@ -400,9 +423,9 @@ class VMOps:
             disk["TARGET"] = take(disk["DEV_PREFIX"])
         return context_target
 
-    def _parse_context(self: Cloud, vm: VM, vector: dict[str, str]) -> dict[str, str]:
+    def _parse_context(self, vm: VM, vector: dict[str, str]) -> dict[str, str]:
         """Substitute the variables, then add the network and OneGate variables."""
-        user = self.pools["user"][vm.uid]
+        user = self.db.pools["user"][vm.uid]
 
         def single(name: str) -> str:
             special = {
@@ -429,8 +452,8 @@ class VMOps:
                 for item in vm.template.vectors(lookup):
                     if item.get(key) == wanted:
                         if name == "NETWORK":
-                            return self.network_attribute(item, attr)
-                        image = self.pools["image"].get(int(item.get("IMAGE_ID", "-1")))
+                            return self.vnets.network_attribute(item, attr)
+                        image = self.db.pools["image"].get(int(item.get("IMAGE_ID", "-1")))
                         return (image.template.get(attr) or "") if image else ""
                 return ""
             candidates = vm.template.vectors(name) or vm.user_template.vectors(name)
@@ -448,9 +471,9 @@ class VMOps:
             except ctx.ContextVariableError as error:
                 raise errors.allocate(f"Cannot parse CONTEXT: {error}") from None
         if (parsed.get("NETWORK") or "").upper() == "YES":
-            parsed.update(ctx.network_context(vm.template.vectors("NIC"), self.network_attribute))
+            parsed.update(ctx.network_context(vm.template.vectors("NIC"), self.vnets.network_attribute))
         if (parsed.get("TOKEN") or "").upper() == "YES":
-            parsed["ONEGATE_ENDPOINT"] = self.endpoints.get("onegate_guest") or self.endpoints.get(
+            parsed["ONEGATE_ENDPOINT"] = self.db.endpoints.get("onegate_guest") or self.db.endpoints.get(
                 "onegate", ""
             )
             parsed["VMID"] = str(vm.id)
@@ -458,66 +481,56 @@ class VMOps:
         return parsed
 
     # ------------------------------------------------------------------ info
-    def vm_info(self: Cloud, oid: int) -> str:
-        with self.lock:
-            return self.get("vm", oid, errors.VM).to_xml()
+    def vm_info(self, oid: int) -> str:
+        with self.db.lock:
+            return self.db.get("vm", oid, errors.VM).to_xml()
 
-    def _vm_pool(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> list[VM]:
-        if state < -2 or state > CLONING_FAILURE:
+    def _vm_pool(self, filter_flag: int, start: int, end: int, state: int) -> list[VM]:
+        if state < -2 or state > VmState.CLONING_FAILURE:
             raise OneError(errors.RPC_API, f"Incorrect state filter {state}")
-        vms = list(self.pools["vm"].values())
+        vms = list(self.db.pools["vm"].values())
         if state == -1:
-            vms = [v for v in vms if v.state != DONE]
+            vms = [v for v in vms if v.state != VmState.DONE]
         elif state >= 0:
             vms = [v for v in vms if v.state == state]
-        return self.filter_pool(vms, filter_flag, start, end)
+        return self.db.filter_pool(vms, filter_flag, start, end)
 
-    def vmpool_info(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> str:
-        with self.lock:
+    def vmpool_info(self, filter_flag: int, start: int, end: int, state: int) -> str:
+        with self.db.lock:
             return (
                 "<VM_POOL>"
                 + "".join(v.to_xml_short() for v in self._vm_pool(filter_flag, start, end, state))
                 + ("</VM_POOL>")
             )
 
-    def vmpool_infoextended(self: Cloud, filter_flag: int, start: int, end: int, state: int) -> str:
-        with self.lock:
+    def vmpool_infoextended(self, filter_flag: int, start: int, end: int, state: int) -> str:
+        with self.db.lock:
             return (
                 "<VM_POOL>"
                 + "".join(v.to_xml() for v in self._vm_pool(filter_flag, start, end, state))
                 + ("</VM_POOL>")
             )
 
-    def vm_update(self: Cloud, oid: int, text_in: str, append: int) -> int:
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
-            if append not in (0, 1):
-                raise OneError(errors.RPC_API, "Wrong update type")
-            new = parse_template(text_in, errors.ACTION)
-            if append:
-                vm.user_template.merge(new)
-            else:
-                vm.user_template = new
-            self.save(vm)
-            return oid
+    def vm_update(self, oid: int, text_in: str, append: int) -> int:
+        return self.db.update_template("vm", oid, errors.VM, text_in, append, "user_template").id
 
-    def vm_monitoring(self: Cloud, oid: int) -> str:
+    def vm_monitoring(self, oid: int) -> str:
         """``one.vm.monitoring``: the VM's monitoring records (the test cloud keeps the last one)."""
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             record = vm.monitoring_xml()
             records = "" if record == "<MONITORING/>" else record
             return f"<MONITORING_DATA>{records}</MONITORING_DATA>"
 
-    def vm_updateconf(self: Cloud, oid: int, text_in: str, update_type: int) -> int:
+    def vm_updateconf(self, oid: int, text_in: str, update_type: int) -> int:
         """``VirtualMachine::updateconf``: replace (0) or merge (1) the OS, FEATURES, INPUT, GRAPHICS, RAW and
         CPU_MODEL sections, regenerate CONTEXT; a RUNNING guest gets the new context through its driver."""
         if update_type not in (0, 1):
             raise OneError(errors.RPC_API, "Wrong update type")
         new = parse_template(text_in)
         append = update_type == 1
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             if not _updateconf_allowed(vm):
                 raise errors.internal(f"configuration cannot be updated in state {vm.state_str()}")
             old_context = vm.template.get_vector("CONTEXT")
@@ -530,14 +543,14 @@ class VMOps:
             if old_context is not None and new_context is not None:
                 updated.replace("CONTEXT", self._updated_context(vm, old_context, new_context, append))
             vm.template = updated
-            self.save(vm)
-            live = vm.state == ACTIVE and vm.lcm_state == RUNNING and vm.host_id >= 0
+            self.db.save(vm)
+            live = vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING and vm.host_id >= 0
             if live:
-                self.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
+                self.db.workers.submit(self._guarded, self._update_context_work, vm.id, "updateconf")
             return oid
 
     def _updated_context(
-        self: Cloud, vm: VM, old: dict[str, str], new: dict[str, str], append: bool
+        self, vm: VM, old: dict[str, str], new: dict[str, str], append: bool
     ) -> dict[str, str]:
         """Values equal to the old ones are kept as they are (not substituted again); the rest is parsed as at
         creation (variables, network and OneGate values), then replaces or is merged into the old context."""
@@ -553,60 +566,68 @@ class VMOps:
             return {**old, **parsed}
         return {**parsed, **equal}
 
-    def _update_context_work(self: Cloud, vm_id: int) -> None:
-        with self.lock:
-            vm = self.pools["vm"].get(vm_id)
-            if vm is None or not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+    def _update_context_work(self, vm_id: int) -> None:
+        with self.db.lock:
+            vm = self.db.pools["vm"].get(vm_id)
+            if vm is None or not (vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING):
                 return
             spec = ContextSpec(files=self.context_files(vm))
             host_id = vm.host_id
         self.driver_for(host_id).update_context(vm_id, spec)
 
     # ------------------------------------------------------------------ actions
-    def vm_action(self: Cloud, action: str, oid: int) -> int:
-        with self.lock:
-            vm: VM = self.get("vm", oid, errors.VM)
+    def vm_action(self, action: str, oid: int) -> int:
+        with self.db.lock:
+            vm: VM = self.db.get("vm", oid, errors.VM)
             handlers = {
                 "terminate": lambda: self._terminate(vm, False, action),
                 "terminate-hard": lambda: self._terminate(vm, True, action),
                 "hold": lambda: self._hold(vm, action),
                 "release": lambda: self._release(vm, action),
-                "stop": lambda: self._save(vm, SAVE_STOP, A_STOP, action),
-                "suspend": lambda: self._save(vm, SAVE_SUSPEND, A_SUSPEND, action),
+                "stop": lambda: self._save(vm, LcmState.SAVE_STOP, A_STOP, action),
+                "suspend": lambda: self._save(vm, LcmState.SAVE_SUSPEND, A_SUSPEND, action),
                 "resume": lambda: self._resume(vm, action),
                 "reboot": lambda: self._reboot(vm, False, action),
                 "reboot-hard": lambda: self._reboot(vm, True, action),
                 "resched": lambda: self._resched(vm, 1, action),
                 "unresched": lambda: self._resched(vm, 0, action),
-                "poweroff": lambda: self._shutdown_to(vm, SHUTDOWN_POWEROFF, False, action),
-                "poweroff-hard": lambda: self._shutdown_to(vm, SHUTDOWN_POWEROFF, True, action),
-                "undeploy": lambda: self._shutdown_to(vm, SHUTDOWN_UNDEPLOY, False, action),
-                "undeploy-hard": lambda: self._shutdown_to(vm, SHUTDOWN_UNDEPLOY, True, action),
+                "poweroff": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_POWEROFF, False, action),
+                "poweroff-hard": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_POWEROFF, True, action),
+                "undeploy": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_UNDEPLOY, False, action),
+                "undeploy-hard": lambda: self._shutdown_to(vm, LcmState.SHUTDOWN_UNDEPLOY, True, action),
             }
             handler = handlers.get(action)
             if handler is None:
                 raise errors.action(f'Action "{action}" is not supported')
             handler()
-            self.save(vm)
+            self.db.save(vm)
             return oid
 
-    def _terminate(self: Cloud, vm: VM, hard: bool, action: str) -> None:
+    def _terminate(self, vm: VM, hard: bool, action: str) -> None:
         history_action = A_TERMINATE_HARD if hard else A_TERMINATE
-        if vm.state in (SUSPENDED, POWEROFF, STOPPED, UNDEPLOYED):
+        if vm.state in (VmState.SUSPENDED, VmState.POWEROFF, VmState.STOPPED, VmState.UNDEPLOYED):
             self._open_history_if_needed(vm)
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, EPILOG)
-        elif vm.state in (INIT, PENDING, HOLD, CLONING, CLONING_FAILURE):
+            self._enter(vm, VmState.ACTIVE, LcmState.EPILOG)
+        elif vm.state in (
+            VmState.INIT,
+            VmState.PENDING,
+            VmState.HOLD,
+            VmState.CLONING,
+            VmState.CLONING_FAILURE,
+        ):
             self._finish(vm, history_action)
-        elif vm.state == DONE:
+        elif vm.state == VmState.DONE:
             return
-        elif vm.lcm_state in (RUNNING, UNKNOWN) or (vm.lcm_state == SHUTDOWN and hard):
+        elif vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN) or (
+            vm.lcm_state == LcmState.SHUTDOWN and hard
+        ):
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, SHUTDOWN)
+            self._enter(vm, VmState.ACTIVE, LcmState.SHUTDOWN)
             self._submit(vm, "stop", self._stop_work, hard=hard)
         elif vm.lcm_state in FAILURE_LCM_STATES:
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, CLEANUP_DELETE)
+            self._enter(vm, VmState.ACTIVE, LcmState.CLEANUP_DELETE)
             self._submit(vm, "stop", self._stop_work, hard=True)
         else:
             raise errors.action(
@@ -614,78 +635,85 @@ class VMOps:
                 f"wrong state {vm.state_str()}."
             )
 
-    def _hold(self: Cloud, vm: VM, action: str) -> None:
-        if vm.state != PENDING:
+    def _hold(self, vm: VM, action: str) -> None:
+        if vm.state != VmState.PENDING:
             raise wrong_state(action, vm)
-        self._enter(vm, HOLD, LCM_INIT)
+        self._enter(vm, VmState.HOLD, LcmState.LCM_INIT)
 
-    def _release(self: Cloud, vm: VM, action: str) -> None:
-        if vm.state != HOLD:
+    def _release(self, vm: VM, action: str) -> None:
+        if vm.state != VmState.HOLD:
             raise wrong_state(action, vm)
-        self._enter(vm, PENDING, LCM_INIT)
+        self._enter(vm, VmState.PENDING, LcmState.LCM_INIT)
 
-    def _save(self: Cloud, vm: VM, lcm_state: int, history_action: int, action: str) -> None:
-        running = vm.state == ACTIVE and vm.lcm_state == RUNNING
-        if lcm_state == SAVE_STOP and vm.state == SUSPENDED:
+    def _save(self, vm: VM, lcm_state: int, history_action: int, action: str) -> None:
+        running = vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING
+        if lcm_state == LcmState.SAVE_STOP and vm.state == VmState.SUSPENDED:
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, EPILOG_STOP)
+            self._enter(vm, VmState.ACTIVE, LcmState.EPILOG_STOP)
             return
         if not running:
             raise wrong_state(action, vm)
         self._close_history_action(vm, history_action)
-        self._enter(vm, ACTIVE, lcm_state)
+        self._enter(vm, VmState.ACTIVE, lcm_state)
         self._submit(vm, "stop", self._stop_work, hard=False)
 
-    def _resume(self: Cloud, vm: VM, action: str) -> None:
-        if vm.state in (STOPPED, UNDEPLOYED):
+    def _resume(self, vm: VM, action: str) -> None:
+        if vm.state in (VmState.STOPPED, VmState.UNDEPLOYED):
             origin = vm.state
-            self._enter(vm, PENDING, LCM_INIT)
-            vm.pending_op = "resume_undeployed" if origin == UNDEPLOYED else "resume_stopped"
-        elif vm.state in (SUSPENDED, POWEROFF) or (vm.state == ACTIVE and vm.lcm_state == UNKNOWN):
-            boot = {SUSPENDED: BOOT_SUSPENDED, POWEROFF: BOOT_POWEROFF}.get(vm.state, BOOT_UNKNOWN)
+            self._enter(vm, VmState.PENDING, LcmState.LCM_INIT)
+            vm.pending_op = "resume_undeployed" if origin == VmState.UNDEPLOYED else "resume_stopped"
+        elif vm.state in (VmState.SUSPENDED, VmState.POWEROFF) or (
+            vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.UNKNOWN
+        ):
+            boot = {VmState.SUSPENDED: LcmState.BOOT_SUSPENDED, VmState.POWEROFF: LcmState.BOOT_POWEROFF}.get(
+                vm.state, LcmState.BOOT_UNKNOWN
+            )
             self._open_history_if_needed(vm)
-            self._enter(vm, ACTIVE, boot)
+            self._enter(vm, VmState.ACTIVE, boot)
             self._submit(vm, "launch", self._launch_work)
         else:
             raise wrong_state(action, vm)
 
-    def _reboot(self: Cloud, vm: VM, hard: bool, action: str) -> None:
-        if not (vm.state == ACTIVE and vm.lcm_state == RUNNING):
+    def _reboot(self, vm: VM, hard: bool, action: str) -> None:
+        if not (vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING):
             raise wrong_state(action, vm)
         vm.resched = 0
         self._submit(vm, "reboot", self._reboot_work, hard=hard)
 
-    def _resched(self: Cloud, vm: VM, flag: int, action: str) -> None:
-        if not (vm.state == POWEROFF or (vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN))):
+    def _resched(self, vm: VM, flag: int, action: str) -> None:
+        if not (
+            vm.state == VmState.POWEROFF
+            or (vm.state == VmState.ACTIVE and vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN))
+        ):
             raise wrong_state(action, vm)
         vm.resched = flag
 
-    def _shutdown_to(self: Cloud, vm: VM, lcm_state: int, hard: bool, action: str) -> None:
-        undeploy = lcm_state == SHUTDOWN_UNDEPLOY
+    def _shutdown_to(self, vm: VM, lcm_state: int, hard: bool, action: str) -> None:
+        undeploy = lcm_state == LcmState.SHUTDOWN_UNDEPLOY
         history_action = (
             (A_UNDEPLOY_HARD if hard else A_UNDEPLOY)
             if undeploy
             else (A_POWEROFF_HARD if hard else A_POWEROFF)
         )
-        if undeploy and vm.state == POWEROFF:
+        if undeploy and vm.state == VmState.POWEROFF:
             self._close_history_action(vm, history_action)
-            self._enter(vm, ACTIVE, EPILOG_UNDEPLOY)
+            self._enter(vm, VmState.ACTIVE, LcmState.EPILOG_UNDEPLOY)
             return
-        active = vm.state == ACTIVE and vm.lcm_state in (RUNNING, UNKNOWN)
-        if not (active or (hard and vm.state == ACTIVE and vm.lcm_state == lcm_state)):
+        active = vm.state == VmState.ACTIVE and vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN)
+        if not (active or (hard and vm.state == VmState.ACTIVE and vm.lcm_state == lcm_state)):
             raise wrong_state(action, vm)
         self._close_history_action(vm, history_action)
-        self._enter(vm, ACTIVE, lcm_state)
+        self._enter(vm, VmState.ACTIVE, lcm_state)
         self._submit(vm, "stop", self._stop_work, hard=hard)
 
     # ------------------------------------------------------------------ state bookkeeping
-    def _enter(self: Cloud, vm: VM, state: int, lcm_state: int) -> None:
+    def _enter(self, vm: VM, state: int, lcm_state: int) -> None:
         vm.set_state(state, lcm_state)
         vm.op_since = time.time()
         vm.pending_op = ""
-        self.save(vm)
+        self.db.save(vm)
 
-    def _open_history(self: Cloud, vm: VM, host_id: int) -> None:
+    def _open_history(self, vm: VM, host_id: int) -> None:
         now = int(time.time())
         vm.host_id = host_id
         vm.history.append(
@@ -708,15 +736,15 @@ class VMOps:
             }
         )
 
-    def _open_history_if_needed(self: Cloud, vm: VM) -> None:
+    def _open_history_if_needed(self, vm: VM) -> None:
         if not vm.history or vm.history[-1]["etime"]:
             self._open_history(vm, vm.host_id if vm.host_id >= 0 else self.pick_host(vm))
 
-    def _close_history_action(self: Cloud, vm: VM, action: int) -> None:
+    def _close_history_action(self, vm: VM, action: int) -> None:
         if vm.history:
             vm.history[-1]["action"] = action
 
-    def _close_history(self: Cloud, vm: VM, action: int | None = None) -> None:
+    def _close_history(self, vm: VM, action: int | None = None) -> None:
         if not vm.history or vm.history[-1]["etime"]:
             return
         record = vm.history[-1]
@@ -727,51 +755,51 @@ class VMOps:
             record["retime"] = now
         record["etime"] = now
 
-    def _finish(self: Cloud, vm: VM, action: int | None = None) -> None:
+    def _finish(self, vm: VM, action: int | None = None) -> None:
         """DONE: give back the addresses and the images, close the history."""
         self._close_history(vm, action)
         if vm.history and vm.history[-1]["estime"] and not vm.history[-1]["eetime"]:
             vm.history[-1]["eetime"] = int(time.time())
-        self.release_leases(vm.id)
+        self.vnets.release_leases(vm.id)
         for disk in vm.template.vectors("DISK"):
-            self.release_image(vm.id, int(disk.get("IMAGE_ID", "-1")))
+            self.images.release_image(vm.id, int(disk.get("IMAGE_ID", "-1")))
         vm.etime = int(time.time())
-        self._enter(vm, DONE, LCM_INIT)
+        self._enter(vm, VmState.DONE, LcmState.LCM_INIT)
         shutil.rmtree(self.vm_dir(vm.id), ignore_errors=True)
 
     # ------------------------------------------------------------------ workers
-    def _submit(self: Cloud, vm: VM, op: str, work, **kwargs) -> None:
+    def _submit(self, vm: VM, op: str, work, **kwargs) -> None:
         vm.pending_op = op
         vm.op_hard = bool(kwargs.get("hard", False))
-        self.save(vm)
-        self.workers.submit(self._guarded, work, vm.id, op, **kwargs)
+        self.db.save(vm)
+        self.db.workers.submit(self._guarded, work, vm.id, op, **kwargs)
 
-    def _guarded(self: Cloud, work, vm_id: int, op: str, **kwargs) -> None:
+    def _guarded(self, work, vm_id: int, op: str, **kwargs) -> None:
         try:
             work(vm_id, **kwargs)
         except Exception:
             log.exception("VM %s: %s failed", vm_id, op)
 
-    def _current(self: Cloud, vm_id: int, op: str) -> VM | None:
-        vm = self.pools["vm"].get(vm_id)
+    def _current(self, vm_id: int, op: str) -> VM | None:
+        vm = self.db.pools["vm"].get(vm_id)
         if vm is None or vm.pending_op != op:
             return None
         return vm
 
-    def _fail(self: Cloud, vm: VM, lcm_state: int, message: str) -> None:
+    def _fail(self, vm: VM, lcm_state: int, message: str) -> None:
         stamp = time.strftime("%a %b %d %H:%M:%S %Y")
         vm.user_template.replace("ERROR", f"{stamp}: {message}")
-        self._enter(vm, ACTIVE, lcm_state)
+        self._enter(vm, VmState.ACTIVE, lcm_state)
 
-    def _prolog_work(self: Cloud, vm_id: int) -> None:
-        with self.lock:
+    def _prolog_work(self, vm_id: int) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "prolog")
             if vm is None:
                 return
             problem = ""
             disks = vm.template.vectors("DISK")
             for disk in disks:
-                image = self.pools["image"].get(int(disk.get("IMAGE_ID", "-1")))
+                image = self.db.pools["image"].get(int(disk.get("IMAGE_ID", "-1")))
                 if image is None or not image.source or not Path(image.source).exists():
                     problem = (
                         f"Error copying disk {disk.get('DISK_ID')}: image {disk.get('IMAGE_ID')} has no file"
@@ -789,14 +817,14 @@ class VMOps:
             for disk in disks:
                 vm.template.add("DISK", disk)
             if problem:
-                self._fail(vm, PROLOG_FAILURE, problem)
+                self._fail(vm, LcmState.PROLOG_FAILURE, problem)
                 return
             self.vm_dir(vm_id).mkdir(parents=True, exist_ok=True)
             vm.history[-1]["petime"] = int(time.time())
             vm.pending_op = "prolog_done"
-            self.save(vm)
+            self.db.save(vm)
 
-    def launch_spec(self: Cloud, vm: VM) -> LaunchSpec:
+    def launch_spec(self, vm: VM) -> LaunchSpec:
         disks = [
             DiskSpec(
                 Path(d.get("SOURCE", "")),
@@ -808,8 +836,8 @@ class VMOps:
         ]
         nics = []
         for nic in vm.template.vectors("NIC"):
-            mask = self.network_attribute(nic, "NETWORK_MASK") or "255.255.255.0"
-            gateway = self.network_attribute(nic, "GATEWAY") or None
+            mask = self.vnets.network_attribute(nic, "NETWORK_MASK") or "255.255.255.0"
+            gateway = self.vnets.network_attribute(nic, "GATEWAY") or None
             nics.append(NicSpec(int(nic["NIC_ID"]), nic["IP"], nic["MAC"], nic["BRIDGE"], mask, gateway))
         return LaunchSpec(
             vm_id=vm.id,
@@ -823,18 +851,18 @@ class VMOps:
             extra={"DEPLOY_ID": f"one-{vm.id}", "HOSTNAME": HOSTS[max(vm.host_id, 0)][0]},
         )
 
-    def context_files(self: Cloud, vm: VM) -> dict[str, bytes]:
+    def context_files(self, vm: VM) -> dict[str, bytes]:
         context = vm.template.get_vector("CONTEXT")
         if context is None:
             return {}
         files = {"context.sh": ctx.context_sh(context).encode()}
         if (context.get("TOKEN") or "").upper() == "YES":
-            token = ctx.onegate_token(vm.id, vm.stime, self.token_password(vm.created_by))
+            token = ctx.onegate_token(vm.id, vm.stime, self.db.token_password(vm.created_by))
             files["token.txt"] = (token + "\n").encode()
         return files
 
-    def _launch_work(self: Cloud, vm_id: int) -> None:
-        with self.lock:
+    def _launch_work(self, vm_id: int) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "launch")
             if vm is None:
                 return
@@ -849,19 +877,19 @@ class VMOps:
             error = str(failure)
         except Exception as failure:  # the driver's own failure becomes the VM's BOOT_FAILURE
             error = f"{type(failure).__name__}: {failure}"
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "launch")
             if vm is None:
                 return
             if error:
-                self._fail(vm, BOOT_FAILURE, f"Error deploying virtual machine: {error}")
+                self._fail(vm, LcmState.BOOT_FAILURE, f"Error deploying virtual machine: {error}")
                 return
             vm.deploy_id = f"one-{vm_id}"
             vm.pending_op = "launched"
-            self.save(vm)
+            self.db.save(vm)
 
-    def _stop_work(self: Cloud, vm_id: int, hard: bool = False) -> None:
-        with self.lock:
+    def _stop_work(self, vm_id: int, hard: bool = False) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "stop")
             if vm is None:
                 return
@@ -874,18 +902,18 @@ class VMOps:
             pass  # nothing was ever launched by a driver that does not exist
         except Exception as failure:
             error = f"{type(failure).__name__}: {failure}"
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "stop")
             if vm is None:
                 return
-            if error and vm.lcm_state == SHUTDOWN:
-                self._fail(vm, RUNNING, f"Error shutting down virtual machine: {error}")
+            if error and vm.lcm_state == LcmState.SHUTDOWN:
+                self._fail(vm, LcmState.RUNNING, f"Error shutting down virtual machine: {error}")
                 return
             vm.pending_op = "stopped"
-            self.save(vm)
+            self.db.save(vm)
 
-    def _reboot_work(self: Cloud, vm_id: int, hard: bool = False) -> None:
-        with self.lock:
+    def _reboot_work(self, vm_id: int, hard: bool = False) -> None:
+        with self.db.lock:
             vm = self._current(vm_id, "reboot")
             if vm is None:
                 return
@@ -893,15 +921,15 @@ class VMOps:
         try:
             self.driver_for(host_id).reboot(vm_id, hard=hard)
         finally:
-            with self.lock:
+            with self.db.lock:
                 vm = self._current(vm_id, "reboot")
                 if vm is not None:
                     vm.pending_op = ""
-                    self.save(vm)
+                    self.db.save(vm)
 
-    def _recover_work(self: Cloud, vm_id: int) -> None:
+    def _recover_work(self, vm_id: int) -> None:
         """After a restart: re-attach to a guest still running, or learn it is gone."""
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "recover")
             if vm is None:
                 return
@@ -912,7 +940,7 @@ class VMOps:
         except Exception as failure:
             log.warning("VM %s: recover failed: %s", vm_id, failure)
             state = GuestState.FAILED
-        with self.lock:
+        with self.db.lock:
             vm = self._current(vm_id, "recover")
             if vm is None:
                 return
@@ -921,27 +949,27 @@ class VMOps:
                     vm.pending_op = "launched"
                 else:
                     vm.pending_op = ""
-                    if vm.lcm_state == UNKNOWN:
-                        vm.set_state(ACTIVE, RUNNING)
+                    if vm.lcm_state == LcmState.UNKNOWN:
+                        vm.set_state(VmState.ACTIVE, LcmState.RUNNING)
             elif state == GuestState.BOOTING:
                 vm.pending_op = "launched"
             elif state == GuestState.STOPPED:
                 self._close_history_action(vm, A_POWEROFF)
-                self._enter(vm, POWEROFF, LCM_INIT)
+                self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
                 return
             else:
-                self._enter(vm, ACTIVE, UNKNOWN)
+                self._enter(vm, VmState.ACTIVE, LcmState.UNKNOWN)
                 return
-            self.save(vm)
+            self.db.save(vm)
 
     # ------------------------------------------------------------------ the engine
-    def tick_vms(self: Cloud) -> None:
+    def tick_vms(self) -> None:
         now = time.time()
         polls: list[tuple[int, int, str]] = []
-        with self.lock:
-            for vm in list(self.pools["vm"].values()):
+        with self.db.lock:
+            for vm in list(self.db.pools["vm"].values()):
                 assert isinstance(vm, VM)
-                if vm.state != DONE:
+                if vm.state != VmState.DONE:
                     self._advance(vm, now, polls)
         results = []
         for vm_id, host_id, op in polls:
@@ -952,80 +980,95 @@ class VMOps:
                 state = GuestState.FAILED
             results.append((vm_id, op, state))
         if results:
-            with self.lock:
+            with self.db.lock:
                 for vm_id, op, state in results:
                     self._apply_poll(vm_id, op, state, time.time())
 
-    def _advance(self: Cloud, vm: VM, now: float, polls: list[tuple[int, int, str]]) -> None:
-        timings = self.config.timings
+    def _advance(self, vm: VM, now: float, polls: list[tuple[int, int, str]]) -> None:
+        timings = self.db.config.timings
         elapsed = now - vm.op_since
-        if vm.state == CLONING:
+        if vm.state == VmState.CLONING:
             ready = [
-                self.image_is_ready_for(int(d.get("IMAGE_ID", "-1"))) for d in vm.template.vectors("DISK")
+                self.images.image_is_ready_for(int(d.get("IMAGE_ID", "-1")))
+                for d in vm.template.vectors("DISK")
             ]
             if any(r is False for r in ready):
                 vm.user_template.replace("ERROR", "Error cloning the disk images of the VM")
-                self._enter(vm, CLONING_FAILURE, LCM_INIT)
+                self._enter(vm, VmState.CLONING_FAILURE, LcmState.LCM_INIT)
             elif all(ready):
-                self._enter(vm, PENDING, LCM_INIT)
-        elif vm.state == PENDING and elapsed >= timings.pending:
+                self._enter(vm, VmState.PENDING, LcmState.LCM_INIT)
+        elif vm.state == VmState.PENDING and elapsed >= timings.pending:
             self._deploy(vm)
-        elif vm.state != ACTIVE:
+        elif vm.state != VmState.ACTIVE:
             return
         elif vm.lcm_state in PROLOG_TO_BOOT and vm.pending_op == "prolog_done" and elapsed >= timings.prolog:
-            self._enter(vm, ACTIVE, PROLOG_TO_BOOT[vm.lcm_state])
+            self._enter(vm, VmState.ACTIVE, PROLOG_TO_BOOT[vm.lcm_state])
             self._submit(vm, "launch", self._launch_work)
         elif vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
             if now - self._last_running_poll.get(vm.id, 0.0) >= BOOT_POLL_S:
                 self._last_running_poll[vm.id] = now
                 polls.append((vm.id, vm.host_id, "boot"))
-        elif vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
+        elif vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN) and vm.pending_op == "":
             if now - self._last_running_poll.get(vm.id, 0.0) >= RUNNING_POLL_S:
                 self._last_running_poll[vm.id] = now
                 polls.append((vm.id, vm.host_id, "running"))
         elif vm.lcm_state in STOPPING_STATES and vm.pending_op == "stopped" and elapsed >= timings.shutdown:
             self._after_stop(vm)
-        elif vm.lcm_state in (EPILOG, EPILOG_UNDEPLOY, EPILOG_STOP) and elapsed >= timings.epilog:
+        elif (
+            vm.lcm_state in (LcmState.EPILOG, LcmState.EPILOG_UNDEPLOY, LcmState.EPILOG_STOP)
+            and elapsed >= timings.epilog
+        ):
             if vm.history:
                 vm.history[-1]["eetime"] = int(now)
-            if vm.lcm_state == EPILOG:
+            if vm.lcm_state == LcmState.EPILOG:
                 self._finish(vm)
             else:
                 self._close_history(vm)
-                self._enter(vm, UNDEPLOYED if vm.lcm_state == EPILOG_UNDEPLOY else STOPPED, LCM_INIT)
+                self._enter(
+                    vm,
+                    VmState.UNDEPLOYED if vm.lcm_state == LcmState.EPILOG_UNDEPLOY else VmState.STOPPED,
+                    LcmState.LCM_INIT,
+                )
 
-    def _deploy(self: Cloud, vm: VM) -> None:
+    def _deploy(self, vm: VM) -> None:
         origin = vm.pending_op
         self._open_history(vm, self.pick_host(vm))
         vm.history[-1]["pstime"] = int(time.time())
-        prolog = {"resume_undeployed": PROLOG_UNDEPLOY, "resume_stopped": PROLOG_RESUME}.get(origin, PROLOG)
-        self._enter(vm, ACTIVE, prolog)
+        prolog = {
+            "resume_undeployed": LcmState.PROLOG_UNDEPLOY,
+            "resume_stopped": LcmState.PROLOG_RESUME,
+        }.get(origin, LcmState.PROLOG)
+        self._enter(vm, VmState.ACTIVE, prolog)
         self._submit(vm, "prolog", self._prolog_work)
 
-    def _after_stop(self: Cloud, vm: VM) -> None:
+    def _after_stop(self, vm: VM) -> None:
         lcm = vm.lcm_state
         if vm.history and vm.history[-1]["rstime"] and not vm.history[-1]["retime"]:
             vm.history[-1]["retime"] = int(time.time())
-        if lcm == CLEANUP_DELETE:
+        if lcm == LcmState.CLEANUP_DELETE:
             self._finish(vm)
-        elif lcm == SHUTDOWN_POWEROFF:
-            self._enter(vm, POWEROFF, LCM_INIT)
-        elif lcm == SAVE_SUSPEND:
-            self._enter(vm, SUSPENDED, LCM_INIT)
+        elif lcm == LcmState.SHUTDOWN_POWEROFF:
+            self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
+        elif lcm == LcmState.SAVE_SUSPEND:
+            self._enter(vm, VmState.SUSPENDED, LcmState.LCM_INIT)
         else:
             if vm.history:
                 vm.history[-1]["estime"] = int(time.time())
-            epilog = {SHUTDOWN: EPILOG, SHUTDOWN_UNDEPLOY: EPILOG_UNDEPLOY, SAVE_STOP: EPILOG_STOP}[lcm]
-            self._enter(vm, ACTIVE, epilog)
+            epilog = {
+                LcmState.SHUTDOWN: LcmState.EPILOG,
+                LcmState.SHUTDOWN_UNDEPLOY: LcmState.EPILOG_UNDEPLOY,
+                LcmState.SAVE_STOP: LcmState.EPILOG_STOP,
+            }[lcm]
+            self._enter(vm, VmState.ACTIVE, epilog)
 
-    def _apply_poll(self: Cloud, vm_id: int, op: str, state: GuestState, now: float) -> None:
-        vm: VM | None = self.pools["vm"].get(vm_id)
-        if vm is None or vm.state != ACTIVE:
+    def _apply_poll(self, vm_id: int, op: str, state: GuestState, now: float) -> None:
+        vm: VM | None = self.db.pools["vm"].get(vm_id)
+        if vm is None or vm.state != VmState.ACTIVE:
             return
         if op == "boot" and vm.lcm_state in BOOT_STATES and vm.pending_op == "launched":
-            if state == GuestState.RUNNING and now - vm.op_since >= self.config.timings.boot:
+            if state == GuestState.RUNNING and now - vm.op_since >= self.db.config.timings.boot:
                 vm.last_poll = int(now)
-                self._enter(vm, ACTIVE, RUNNING)
+                self._enter(vm, VmState.ACTIVE, LcmState.RUNNING)
             elif state in (GuestState.FAILED, GuestState.STOPPED):
                 logs = ""
                 try:
@@ -1034,34 +1077,41 @@ class VMOps:
                     logs = ""
                 self._fail(
                     vm,
-                    BOOT_FAILURE,
+                    LcmState.BOOT_FAILURE,
                     "Error deploying virtual machine: the guest did not start"
                     + (f"\n{logs}" if logs else ""),
                 )
-        elif op == "running" and vm.lcm_state in (RUNNING, UNKNOWN) and vm.pending_op == "":
+        elif op == "running" and vm.lcm_state in (LcmState.RUNNING, LcmState.UNKNOWN) and vm.pending_op == "":
             vm.last_poll = int(now)
-            if state == GuestState.RUNNING and vm.lcm_state == UNKNOWN:
-                self._enter(vm, ACTIVE, RUNNING)
+            if state == GuestState.RUNNING and vm.lcm_state == LcmState.UNKNOWN:
+                self._enter(vm, VmState.ACTIVE, LcmState.RUNNING)
             elif state == GuestState.STOPPED:  # the guest shut itself down: oned sees it powered off
                 self._close_history_action(vm, A_POWEROFF)
-                self._enter(vm, POWEROFF, LCM_INIT)
-            elif state == GuestState.FAILED and vm.lcm_state == RUNNING:
-                self._enter(vm, ACTIVE, UNKNOWN)
+                self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)
+            elif state == GuestState.FAILED and vm.lcm_state == LcmState.RUNNING:
+                self._enter(vm, VmState.ACTIVE, LcmState.UNKNOWN)
 
-    def power_off_all(self: Cloud) -> None:
+    def power_off_all(self) -> None:
         """Stop every guest (``cloud down``); their VMs stay POWEROFF and can be resumed later."""
-        with self.lock:
-            active = [vm for vm in self.pools["vm"].values() if vm.state == ACTIVE]
+        with self.db.lock:
+            active = [vm for vm in self.db.pools["vm"].values() if vm.state == VmState.ACTIVE]
         for vm in active:
             assert isinstance(vm, VM)
             try:
-                if vm.host_id >= 0 and vm.lcm_state not in (PROLOG, PROLOG_UNDEPLOY, PROLOG_RESUME):
+                if vm.host_id >= 0 and vm.lcm_state not in (
+                    LcmState.PROLOG,
+                    LcmState.PROLOG_UNDEPLOY,
+                    LcmState.PROLOG_RESUME,
+                ):
                     self.driver_for(vm.host_id).terminate(vm.id, hard=True)
             except Exception as failure:
                 log.warning("VM %s: stopping the guest failed: %s", vm.id, failure)
-            with self.lock:
-                if vm.lcm_state in (EPILOG, CLEANUP_DELETE) or vm.lcm_state == SHUTDOWN:
+            with self.db.lock:
+                if (
+                    vm.lcm_state in (LcmState.EPILOG, LcmState.CLEANUP_DELETE)
+                    or vm.lcm_state == LcmState.SHUTDOWN
+                ):
                     self._finish(vm)
                 else:
                     self._close_history_action(vm, A_POWEROFF_HARD)
-                    self._enter(vm, POWEROFF, LCM_INIT)
+                    self._enter(vm, VmState.POWEROFF, LcmState.LCM_INIT)

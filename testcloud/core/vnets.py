@@ -8,58 +8,59 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from testcloud.core import errors
 from testcloud.core.errors import OneError
 from testcloud.core.objects import AddressRange, VNet
-
-if TYPE_CHECKING:
-    from testcloud.core.cloud import Cloud
+from testcloud.core.pool import PoolStore
 
 log = logging.getLogger("testcloud")
 
 
-class VNetOps:
+class VNetPool:
+    def __init__(self, db: PoolStore) -> None:
+        self.db = db
+
     _lease_registry: Any = None
 
-    def vn_info(self: Cloud, oid: int) -> str:
-        with self.lock:
-            return self.get("vnet", oid, errors.NET).to_xml(extended=True)
+    def vn_info(self, oid: int) -> str:
+        with self.db.lock:
+            return self.db.get("vnet", oid, errors.NET).to_xml(extended=True)
 
-    def vnpool_info(self: Cloud, filter_flag: int, start: int, end: int) -> str:
-        with self.lock:
-            pool = self.filter_pool(list(self.pools["vnet"].values()), filter_flag, start, end)
+    def vnpool_info(self, filter_flag: int, start: int, end: int) -> str:
+        with self.db.lock:
+            pool = self.db.filter_pool(list(self.db.pools["vnet"].values()), filter_flag, start, end)
             return "<VNET_POOL>" + "".join(v.to_xml(extended=False) for v in pool) + "</VNET_POOL>"
 
     # ------------------------------------------------------------------ leases
-    def lease_registry(self: Cloud) -> Any:
+    def lease_registry(self) -> Any:
         """The host-wide registry, only when guests are real (the dummy driver needs no address)."""
-        if self.config.driver == "dummy":
+        if self.db.config.driver == "dummy":
             return None
-        if VNetOps._lease_registry is None:
+        if VNetPool._lease_registry is None:
             try:
                 network = importlib.import_module("testcloud.drivers.network")
-                VNetOps._lease_registry = network.LeaseRegistry()
+                VNetPool._lease_registry = network.LeaseRegistry()
             except (ImportError, AttributeError) as error:
                 log.warning(
                     "no host-wide lease registry (%s): addresses are unique in this cloud only", error
                 )
-                VNetOps._lease_registry = False
-        return VNetOps._lease_registry or None
+                VNetPool._lease_registry = False
+        return VNetPool._lease_registry or None
 
-    def _lease_owner(self: Cloud, vm_id: int) -> str:
-        return f"{self.state_dir}:vm{vm_id}"
+    def _lease_owner(self, vm_id: int) -> str:
+        return f"{self.db.state_dir}:vm{vm_id}"
 
-    def resolve_vnet(self: Cloud, nic: dict[str, str]) -> VNet:
+    def resolve_vnet(self, nic: dict[str, str]) -> VNet:
         if "NETWORK_ID" in nic:
             raw = nic["NETWORK_ID"].strip()
-            vnet = self.pools["vnet"].get(int(raw)) if raw.lstrip("-").isdigit() else None
+            vnet = self.db.pools["vnet"].get(int(raw)) if raw.lstrip("-").isdigit() else None
             if vnet is None:
                 raise OneError(errors.ALLOCATE, f"Virtual network with ID: {raw} does not exist")
             return vnet
         if "NETWORK" in nic:
-            vnet = self.find_by_name("vnet", nic["NETWORK"])
+            vnet = self.db.find_by_name("vnet", nic["NETWORK"])
             if vnet is None:
                 raise OneError(
                     errors.ALLOCATE,
@@ -69,7 +70,7 @@ class VNetOps:
             return vnet
         raise OneError(errors.ALLOCATE, "The NIC does not refer to any virtual network.")
 
-    def lease_nic(self: Cloud, vm_id: int, nic_id: int, nic: dict[str, str]) -> dict[str, str]:
+    def lease_nic(self, vm_id: int, nic_id: int, nic: dict[str, str]) -> dict[str, str]:
         """Give the NIC an address of its network (the one it asks for, or the first free one)."""
         vnet = self.resolve_vnet(nic)
         ranges = vnet.address_ranges()
@@ -93,7 +94,7 @@ class VNetOps:
         ar, ip = chosen
         ar.leases[ip] = vm_id
         vnet.store_ranges(ranges)
-        self.save(vnet)
+        self.db.save(vnet)
         leased = dict(nic)
         leased.update(
             {
@@ -115,9 +116,9 @@ class VNetOps:
         )
         return leased
 
-    def release_leases(self: Cloud, vm_id: int) -> None:
+    def release_leases(self, vm_id: int) -> None:
         registry = self.lease_registry()
-        for vnet in self.pools["vnet"].values():
+        for vnet in self.db.pools["vnet"].values():
             ranges = vnet.address_ranges()
             changed = False
             for ar in ranges:
@@ -128,11 +129,11 @@ class VNetOps:
                         registry.release(ip, self._lease_owner(vm_id))
             if changed:
                 vnet.store_ranges(ranges)
-                self.save(vnet)
+                self.db.save(vnet)
 
-    def network_attribute(self: Cloud, nic: dict[str, str], name: str) -> str:
+    def network_attribute(self, nic: dict[str, str], name: str) -> str:
         """``$NETWORK[NAME, NIC_ID=n]``: the attribute from the address range, else the network template."""
-        vnet = self.pools["vnet"].get(int(nic.get("NETWORK_ID", "-1") or -1))
+        vnet = self.db.pools["vnet"].get(int(nic.get("NETWORK_ID", "-1") or -1))
         if vnet is None:
             return ""
         return vnet.template.get(name) or ""

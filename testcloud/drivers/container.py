@@ -44,6 +44,7 @@ from hostkit.host import (
     run,
     same_pid_namespace,
 )
+from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
@@ -492,9 +493,8 @@ class ContainerDriver:
         _signal(nspawn, signal.SIGKILL)
 
     def _wait_stopped(self, container: _Container, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while container.running() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not container.running(), timeout, interval=0.05)
 
     def _clean_host_side(self, container: _Container) -> None:
         """Remove links, namespace, mounts and loop device; try every step. The VM's disk layer

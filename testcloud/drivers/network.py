@@ -453,10 +453,6 @@ def attach_to_bridge(link: str) -> None:
     DEFAULT_BRIDGE.attach(link)
 
 
-def bridge_ports() -> list[str]:
-    return DEFAULT_BRIDGE.ports()
-
-
 def remove_bridge_if_unused(user: str | None = None) -> bool:
     """Remove ``flbr0`` unless an interface, a live lease or a live user needs it (see Bridge)."""
     return DEFAULT_BRIDGE.remove_if_unused(user)

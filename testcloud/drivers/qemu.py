@@ -33,6 +33,7 @@ from pathlib import Path
 from hostkit import diskimage
 from hostkit.errors import FactoryError
 from hostkit.host import HostError, ProcessIdentity, boot_id, run
+from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
@@ -221,6 +222,25 @@ class QemuDriver:
                     raise DriverError(f"VM {spec.vm_id}: launch failed: {error}") from error
                 raise
 
+    @staticmethod
+    def _disk_arguments(machine: _Machine, spec: LaunchSpec) -> list[str]:
+        """One qcow2 overlay per disk, on the image as its backing file (kept across a poweroff)."""
+        argv: list[str] = []
+        for index, disk in enumerate(spec.disks):
+            info = diskimage.image_info(Path(disk.image_path))
+            overlay = machine.vm_dir / f"disk-{disk.target}.qcow2"
+            machine.disks.append(str(overlay))
+            machine.save()
+            image = str(Path(disk.image_path).resolve())
+            if not overlay.exists() or diskimage.image_info(overlay).backing_file != image:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", image, str(overlay)])
+            # else: a VM resumed after a poweroff boots on the overlay it left
+            drive = f"file={_option(str(overlay))},if=none,id=disk{index},format=qcow2,discard=unmap"
+            if disk.read_only:
+                drive += ",readonly=on"
+            argv += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{index},bootindex={index + 1}"]
+        return argv
+
     def _prepare(self, machine: _Machine, spec: LaunchSpec) -> list[str]:
         machine.vm_dir.mkdir(parents=True, exist_ok=True)
         SOCKET_DIR.mkdir(parents=True, exist_ok=True)
@@ -260,19 +280,7 @@ class QemuDriver:
             str(machine.vm_dir / "qemu.pid"),
             "-daemonize",
         ]
-        for index, disk in enumerate(spec.disks):
-            info = diskimage.image_info(Path(disk.image_path))
-            overlay = machine.vm_dir / f"disk-{disk.target}.qcow2"
-            machine.disks.append(str(overlay))
-            machine.save()
-            image = str(Path(disk.image_path).resolve())
-            if not overlay.exists() or diskimage.image_info(overlay).backing_file != image:
-                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info.format, "-b", image, str(overlay)])
-            # else: a VM resumed after a poweroff boots on the overlay it left
-            drive = f"file={_option(str(overlay))},if=none,id=disk{index},format=qcow2,discard=unmap"
-            if disk.read_only:
-                drive += ",readonly=on"
-            argv += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{index},bootindex={index + 1}"]
+        argv += self._disk_arguments(machine, spec)
         iso = machine.vm_dir / "context.iso"
         contextmedia.write_context_iso(spec.context, iso)
         machine.iso = str(iso)
@@ -328,14 +336,15 @@ class QemuDriver:
         arguments = {"path": "/usr/bin/env", "arg": [*environment, *argv], "capture-output": True}
         with GuestAgent(machine.agent_path) as agent:
             pid = agent.execute("guest-exec", arguments)["pid"]
-            deadline = time.monotonic() + timeout
-            while True:
-                status = agent.execute("guest-exec-status", {"pid": pid})
-                if status.get("exited"):
-                    break
-                if time.monotonic() > deadline:
-                    return ExecResult(124, "", f"[timed out after {timeout:.0f} s]")
-                time.sleep(0.1)
+
+            def exited() -> dict | None:
+                reply = agent.execute("guest-exec-status", {"pid": pid})
+                return reply if reply.get("exited") else None
+
+            try:
+                status = wait_until(exited, timeout, interval=0.1)
+            except TimeoutError:
+                return ExecResult(124, "", f"[timed out after {timeout:.0f} s]")
 
         def decoded(key: str) -> str:
             return base64.b64decode(status.get(key, "")).decode(errors="replace")
@@ -416,9 +425,8 @@ class QemuDriver:
             return "unknown"
 
     def _wait(self, machine: _Machine, done: Callable[[], bool], timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            wait_until(done, self.stop_timeout if timeout is None else timeout, interval=0.2)
 
     def _clean_host_side(self, machine: _Machine) -> None:
         """Remove taps, ISOs and sockets; every step is tried. The disk overlays and console.log stay: a VM

@@ -17,83 +17,26 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from testcloud.api.onegate import xml_to_hash
+from hostkit.xmldict import xml_to_dict
 from testcloud.core import errors
 from testcloud.core.errors import OneError
-from testcloud.core.objects import (
-    ACTIVE,
-    DOC_SERVICE,
-    DOC_SERVICE_TEMPLATE,
-    DONE,
-    FAILURE_LCM_STATES,
-    POWEROFF,
-    RUNNING,
-    STOPPED,
-    SUSPENDED,
-    UNDEPLOYED,
-    VM,
-    Document,
-)
+from testcloud.core.objects import DOC_SERVICE, DOC_SERVICE_TEMPLATE, VM, Document
+from testcloud.core.states import FAILURE_LCM_STATES, LcmState, VmState
 from testcloud.core.template import Template
 from testcloud.flow import schema
+from testcloud.flow.states import FAILED, TRANSIENT, RoleState, ServiceState
 
 if TYPE_CHECKING:
     from testcloud.core.cloud import Cloud
 
 log = logging.getLogger("testcloud")
 
-SERVICE_STATES = [
-    "PENDING",
-    "DEPLOYING",
-    "RUNNING",
-    "UNDEPLOYING",
-    "WARNING",
-    "DONE",
-    "FAILED_UNDEPLOYING",
-    "FAILED_DEPLOYING",
-    "SCALING",
-    "FAILED_SCALING",
-    "COOLDOWN",
-    "DEPLOYING_NETS",
-    "UNDEPLOYING_NETS",
-    "FAILED_DEPLOYING_NETS",
-    "FAILED_UNDEPLOYING_NETS",
-    "HOLD",
-]
-S = {name: number for number, name in enumerate(SERVICE_STATES)}
-ROLE_STATES = [
-    "PENDING",
-    "DEPLOYING",
-    "RUNNING",
-    "UNDEPLOYING",
-    "WARNING",
-    "DONE",
-    "FAILED_UNDEPLOYING",
-    "FAILED_DEPLOYING",
-    "SCALING",
-    "FAILED_SCALING",
-    "COOLDOWN",
-    "HOLD",
-]
-R = {name: number for number, name in enumerate(ROLE_STATES)}
-TRANSIENT = {
-    S[n] for n in ("DEPLOYING", "UNDEPLOYING", "SCALING", "COOLDOWN", "DEPLOYING_NETS", "UNDEPLOYING_NETS")
-}
-FAILED = {
-    S[n]
-    for n in (
-        "FAILED_DEPLOYING",
-        "FAILED_UNDEPLOYING",
-        "FAILED_SCALING",
-        "FAILED_DEPLOYING_NETS",
-        "FAILED_UNDEPLOYING_NETS",
-    )
-}
-SUBSCRIBE_STATES = {STOPPED, SUSPENDED, POWEROFF, UNDEPLOYED}
+SUBSCRIBE_STATES = {VmState.STOPPED, VmState.SUSPENDED, VmState.POWEROFF, VmState.UNDEPLOYED}
 VM_INFO_KEYS = ["ID", "UID", "GID", "UNAME", "GNAME", "NAME"]
 SCHEDULE_ACTIONS = [
     "terminate",
@@ -128,9 +71,21 @@ class FlowError(Exception):
         self.message = message
 
 
+class WaitKind(Enum):
+    """What a service or role waits for; each has its step in ``FlowEngine._step``'s table."""
+
+    DEPLOY = "deploy"
+    SCALEUP = "scaleup"
+    UNDEPLOY = "undeploy"
+    SCALEDOWN = "scaledown"
+    COOLDOWN = "cooldown"
+    NETS_DEPLOY = "nets_deploy"
+    NETS_UNDEPLOY = "nets_undeploy"
+
+
 @dataclass
 class Wait:
-    kind: str  # deploy | scaleup | undeploy | scaledown | cooldown | nets_deploy | nets_undeploy
+    kind: WaitKind
     nodes: list[int] = field(default_factory=list)
     report: bool = False
     until: float = 0.0
@@ -239,11 +194,11 @@ class FlowEngine:
                 if role.get("cooldown") is None:
                     role["cooldown"] = self.cloud.config.flow_cooldown
         doc.template.replace("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))
-        self.cloud.save(doc)
+        self.cloud.db.save(doc)
 
     @staticmethod
     def document_json(doc: Document) -> dict[str, Any]:
-        data = xml_to_hash(etree.fromstring(doc.to_xml().encode()))
+        data = xml_to_dict(etree.fromstring(doc.to_xml().encode()))
         template = data.get("TEMPLATE")
         if isinstance(template, dict) and template.get("BODY"):
             template["BODY"] = json.loads(template["BODY"])
@@ -279,13 +234,13 @@ class FlowEngine:
 
     def _set_state(self, body: dict[str, Any], state: int) -> None:
         body["state"] = state
-        self._log(body, "I", f"New state: {SERVICE_STATES[state]}")
+        self._log(body, "I", f"New state: {ServiceState(state).name}")
 
     @staticmethod
     def _roles(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
         roles = {}
         for role in body.get("roles") or []:
-            role.setdefault("state", R["PENDING"])
+            role.setdefault("state", RoleState.PENDING)
             role.setdefault("nodes", [])
             if role.get("on_hold") is None:
                 role["on_hold"] = False
@@ -310,7 +265,7 @@ class FlowEngine:
             [("NAME", name), ("BODY", json.dumps(body, separators=(",", ":"), ensure_ascii=False))]
         )
         try:
-            oid = self.cloud.document_allocate(tmpl.to_xml("TEMPLATE"), doc_type)
+            oid = self.cloud.documents.document_allocate(tmpl.to_xml("TEMPLATE"), doc_type)
         except OneError as error:
             raise FlowError(
                 one_http_status(error), error.message("one.document.allocate", errors.DOCUMENT)
@@ -349,7 +304,7 @@ class FlowEngine:
     def delete_template(self, oid: int) -> None:
         with self.cloud.lock:
             self._doc(oid, DOC_SERVICE_TEMPLATE)
-            self.cloud.document_delete(oid)
+            self.cloud.documents.document_delete(oid)
 
     # ------------------------------------------------------------------ instantiate
     def instantiate(self, template_id: int, merge_template: Any) -> dict[str, Any]:
@@ -369,9 +324,9 @@ class FlowEngine:
                 raise sinatra_500(str(error)) from None
             if any(role.get("type") == "vr" for role in service["roles"]):
                 raise FlowError(500, "Virtual router roles are not supported by the test cloud")
-            service["state"] = S["PENDING"]
+            service["state"] = ServiceState.PENDING
             for role in service["roles"]:
-                role.setdefault("state", R["PENDING"])
+                role.setdefault("state", RoleState.PENDING)
             service["start_time"] = int(time.time())
             created = self._allocate(service, DOC_SERVICE)
             sid = int(created["DOCUMENT"]["ID"])
@@ -493,10 +448,10 @@ class FlowEngine:
                         "E",
                         f"Network {name}: only existing networks (id) are supported by the test cloud",
                     )
-                    self._set_state(body, S["FAILED_DEPLOYING"])
+                    self._set_state(body, ServiceState.FAILED_DEPLOYING)
                     return
-        self._set_state(body, S["DEPLOYING_NETS"])
-        self.waits[(sid, "")] = Wait("nets_deploy")
+        self._set_state(body, ServiceState.DEPLOYING_NETS)
+        self.waits[(sid, "")] = Wait(WaitKind.NETS_DEPLOY)
 
     def _fill_template(self, body: dict[str, Any]) -> None:
         service_inputs = body.get("user_inputs_values") or {}
@@ -525,65 +480,67 @@ class FlowEngine:
     def _roles_deploy(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         roles = self._roles(body)
         if body.get("deployment") == "straight":
-            running = {name for name, role in roles.items() if role["state"] == R["RUNNING"]}
+            running = {name for name, role in roles.items() if role["state"] == RoleState.RUNNING}
             return [
                 r
                 for r in roles.values()
-                if r["state"] == R["PENDING"] and all(p in running for p in r.get("parents") or [])
+                if r["state"] == RoleState.PENDING and all(p in running for p in r.get("parents") or [])
             ]
-        return [r for r in roles.values() if r["state"] in (R["PENDING"], R["SCALING"])]
+        return [r for r in roles.values() if r["state"] in (RoleState.PENDING, RoleState.SCALING)]
 
     def _roles_shutdown(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         roles = self._roles(body)
-        gone = (R["UNDEPLOYING"], R["DONE"], R["FAILED_UNDEPLOYING"])
+        gone = (RoleState.UNDEPLOYING, RoleState.DONE, RoleState.FAILED_UNDEPLOYING)
         live = [r for r in roles.values() if r["state"] not in gone]
         if body.get("deployment") != "straight":
             return live
-        parents = {p for r in roles.values() if r["state"] != R["DONE"] for p in r.get("parents") or []}
+        parents = {p for r in roles.values() if r["state"] != RoleState.DONE for p in r.get("parents") or []}
         return [r for r in live if r["name"] not in parents]
 
     def _deploy_action(self, sid: int, body: dict[str, Any]) -> None:
         self._fill_template(body)
         roles = self._roles_deploy(body)
         if not roles:
-            if all(r["state"] == R["RUNNING"] for r in self._roles(body).values()):
-                self._set_state(body, S["RUNNING"])
+            if all(r["state"] == RoleState.RUNNING for r in self._roles(body).values()):
+                self._set_state(body, ServiceState.RUNNING)
             return
-        error = self._deploy_roles(sid, body, roles, "DEPLOYING", "FAILED_DEPLOYING", "deploy")
+        error = self._deploy_roles(
+            sid, body, roles, RoleState.DEPLOYING, RoleState.FAILED_DEPLOYING, WaitKind.DEPLOY
+        )
         if error is None and body.get("on_hold"):
-            self._set_state(body, S["HOLD"])
+            self._set_state(body, ServiceState.HOLD)
         elif error is None:
-            self._set_state(body, S["DEPLOYING"])
+            self._set_state(body, ServiceState.DEPLOYING)
         else:
-            self._set_state(body, S["FAILED_DEPLOYING"])
+            self._set_state(body, ServiceState.FAILED_DEPLOYING)
 
     def _deploy_roles(
         self,
         sid: int,
         body: dict[str, Any],
         roles: list[dict[str, Any]],
-        success: str,
-        failure: str,
-        wait_kind: str,
+        success: RoleState,
+        failure: RoleState,
+        wait_kind: WaitKind,
     ) -> str | None:
         report = bool(body.get("ready_status_gate"))
         all_roles = self._roles(body)
         for role in roles:
-            if role["state"] == R["PENDING"] and (
+            if role["state"] == RoleState.PENDING and (
                 body.get("on_hold")
                 or any(all_roles.get(p, {}).get("on_hold") for p in role.get("parents") or [])
             ):
                 role["on_hold"] = True
             ok, result = self._deploy_role(sid, body, role)
             if not ok:
-                role["state"] = R[failure]
+                role["state"] = failure
                 message = f"Error deploying role {role['name']}: {result}"
                 log.info("service %s: %s", sid, message)
                 return message
-            if role.get("on_hold") and role["state"] == R["PENDING"]:
-                role["state"] = R["HOLD"]
+            if role.get("on_hold") and role["state"] == RoleState.PENDING:
+                role["state"] = RoleState.HOLD
             else:
-                role["state"] = R[success]
+                role["state"] = success
                 self.waits[(sid, role["name"])] = Wait(wait_kind, list(result), report)
         return None
 
@@ -613,7 +570,7 @@ class FlowEngine:
             vm_name = f"{name}_{role['last_vmname']}_(service_{sid})"
             role["last_vmname"] += 1
             try:
-                vm_id = self.cloud.template_instantiate(
+                vm_id = self.cloud.vms.template_instantiate(
                     template_id, vm_name, bool(role.get("on_hold")), raw, False
                 )
             except OneError as error:
@@ -624,7 +581,7 @@ class FlowEngine:
                 return False, f"Error instantiating VM Template {template_id} in Role {name}: {message}"
             deployed.append(vm_id)
             vm: VM = self.cloud.pools["vm"][vm_id]
-            info = xml_to_hash(etree.fromstring(vm.to_xml().encode()))
+            info = xml_to_dict(etree.fromstring(vm.to_xml().encode()))
             role["nodes"].append({"deploy_id": vm_id, "vm_info": {"VM": {k: info[k] for k in VM_INFO_KEYS}}})
         return True, deployed
 
@@ -661,7 +618,9 @@ class FlowEngine:
         for node in _ruby_slice_first(nodes, count):
             vm_id = int(node["deploy_id"])
             try:
-                self.cloud.vm_action("terminate-hard" if action == "terminate-hard" else "terminate", vm_id)
+                self.cloud.vms.vm_action(
+                    "terminate-hard" if action == "terminate-hard" else "terminate", vm_id
+                )
                 done.append(vm_id)
             except OneError as error:
                 message = error.message("one.vm.action", errors.VM)
@@ -672,7 +631,7 @@ class FlowEngine:
                     f"Delete; {message}",
                 )
                 try:
-                    self.cloud.vm_action("terminate-hard", vm_id)
+                    self.cloud.vms.vm_action("terminate-hard", vm_id)
                     done.append(vm_id)
                 except OneError as second:
                     self._log(
@@ -684,11 +643,16 @@ class FlowEngine:
         return done
 
     def _undeploy_roles(
-        self, sid: int, body: dict[str, Any], roles: list[dict[str, Any]], success: str, wait_kind: str
+        self,
+        sid: int,
+        body: dict[str, Any],
+        roles: list[dict[str, Any]],
+        success: RoleState,
+        wait_kind: WaitKind,
     ) -> None:
         for role in roles:
             nodes = self._shutdown_role(sid, body, role)
-            role["state"] = R[success]
+            role["state"] = success
             self.waits[(sid, role["name"])] = Wait(wait_kind, nodes)
 
     def undeploy(self, sid: int, delete: bool = False) -> None:
@@ -697,17 +661,19 @@ class FlowEngine:
             body = self.body(doc)
             state = body.get("state", 0)
             can = not (
-                (state in TRANSIENT and state != S["UNDEPLOYING"]) or state == S["DONE"] or state in FAILED
+                (state in TRANSIENT and state != ServiceState.UNDEPLOYING)
+                or state == ServiceState.DONE
+                or state in FAILED
             )
             if not can and not delete:
-                raise FlowError(500, f"Service cannot be undeployed in state: {SERVICE_STATES[state]}")
+                raise FlowError(500, f"Service cannot be undeployed in state: {ServiceState(state).name}")
             self._cancel(sid)
             roles = self._roles_shutdown(body)
             if not roles:
-                self.cloud.document_delete(sid)
+                self.cloud.documents.document_delete(sid)
                 return
-            self._undeploy_roles(sid, body, roles, "UNDEPLOYING", "undeploy")
-            self._set_state(body, S["UNDEPLOYING"])
+            self._undeploy_roles(sid, body, roles, RoleState.UNDEPLOYING, WaitKind.UNDEPLOY)
+            self._set_state(body, ServiceState.UNDEPLOYING)
             self.save_body(doc, body)
 
     def _cancel(self, sid: int) -> None:
@@ -727,9 +693,9 @@ class FlowEngine:
         with self.cloud.lock:
             doc = self._doc(sid, DOC_SERVICE)
             body = self.body(doc)
-            if body.get("state") != S["RUNNING"]:
+            if body.get("state") != ServiceState.RUNNING:
                 raise FlowError(
-                    500, f"Service cannot be scaled in state: {SERVICE_STATES[body.get('state', 0)]}"
+                    500, f"Service cannot be scaled in state: {ServiceState(body.get('state', 0)).name}"
                 )
             roles = self._roles(body)
             role = roles.get(role_name)
@@ -758,12 +724,14 @@ class FlowEngine:
             role.setdefault("cooldown", self.cloud.config.flow_cooldown)
             if diff > 0:
                 role["scale_way"] = 0
-                error = self._deploy_roles(sid, body, [role], "SCALING", "FAILED_SCALING", "scaleup")
+                error = self._deploy_roles(
+                    sid, body, [role], RoleState.SCALING, RoleState.FAILED_SCALING, WaitKind.SCALEUP
+                )
             else:
                 role["scale_way"] = 1
-                self._undeploy_roles(sid, body, [role], "SCALING", "scaledown")
+                self._undeploy_roles(sid, body, [role], RoleState.SCALING, WaitKind.SCALEDOWN)
                 error = None
-            self._set_state(body, S["SCALING"] if error is None else S["FAILED_SCALING"])
+            self._set_state(body, ServiceState.SCALING if error is None else ServiceState.FAILED_SCALING)
             self.save_body(doc, body)
             if error is not None:
                 raise FlowError(500, error)
@@ -789,7 +757,7 @@ class FlowEngine:
                 for role in self._roles(body).values():
                     for node in role["nodes"]:
                         try:
-                            self.cloud.vm_action(perform, int(node["deploy_id"]))
+                            self.cloud.vms.vm_action(perform, int(node["deploy_id"]))
                         except OneError as error:
                             self._log(
                                 body,
@@ -806,57 +774,63 @@ class FlowEngine:
         state = body.get("state", 0)
         roles = self._roles(body)
         self._cancel(sid)
-        if state in (S["FAILED_DEPLOYING"], S["DEPLOYING"], S["PENDING"]):
+        if state in (ServiceState.FAILED_DEPLOYING, ServiceState.DEPLOYING, ServiceState.PENDING):
             report = bool(body.get("ready_status_gate"))
             for role in roles.values():
-                if role["state"] in (R["FAILED_DEPLOYING"], R["DEPLOYING"]):
+                if role["state"] in (RoleState.FAILED_DEPLOYING, RoleState.DEPLOYING):
                     kept = []
                     for node in role["nodes"]:
                         vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
-                        if vm is None or vm.state == DONE:
+                        if vm is None or vm.state == VmState.DONE:
                             continue
-                        if vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
-                            self.cloud.vm_action("terminate-hard", vm.id)
+                        if vm.state == VmState.ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
+                            self.cloud.vms.vm_action("terminate-hard", vm.id)
                             continue
                         kept.append(node)
                     role["nodes"] = kept
-                    role["state"] = R["PENDING"]
-            self._set_state(body, S["DEPLOYING"])
+                    role["state"] = RoleState.PENDING
+            self._set_state(body, ServiceState.DEPLOYING)
             for role in self._roles_deploy(body):
                 ok, _ = self._deploy_role(sid, body, role)
-                role["state"] = R["DEPLOYING"] if ok else R["FAILED_DEPLOYING"]
+                role["state"] = RoleState.DEPLOYING if ok else RoleState.FAILED_DEPLOYING
                 if ok:
                     nodes = [int(n["deploy_id"]) for n in role["nodes"]]
-                    self.waits[(sid, role["name"])] = Wait("deploy", nodes, report)
-        elif state in (S["FAILED_UNDEPLOYING"], S["UNDEPLOYING"], S["FAILED_UNDEPLOYING_NETS"]):
+                    self.waits[(sid, role["name"])] = Wait(WaitKind.DEPLOY, nodes, report)
+        elif state in (
+            ServiceState.FAILED_UNDEPLOYING,
+            ServiceState.UNDEPLOYING,
+            ServiceState.FAILED_UNDEPLOYING_NETS,
+        ):
             for role in roles.values():
-                if role["state"] in (R["FAILED_UNDEPLOYING"], R["UNDEPLOYING"]):
-                    role["state"] = R["UNDEPLOYING"]
-                    self.waits[(sid, role["name"])] = Wait("undeploy", self._shutdown_role(sid, body, role))
-            self._set_state(body, S["UNDEPLOYING"])
-        elif state == S["COOLDOWN"]:
+                if role["state"] in (RoleState.FAILED_UNDEPLOYING, RoleState.UNDEPLOYING):
+                    role["state"] = RoleState.UNDEPLOYING
+                    self.waits[(sid, role["name"])] = Wait(
+                        WaitKind.UNDEPLOY, self._shutdown_role(sid, body, role)
+                    )
+            self._set_state(body, ServiceState.UNDEPLOYING)
+        elif state == ServiceState.COOLDOWN:
             for role in roles.values():
-                role["state"] = R["RUNNING"]
-            self._set_state(body, S["RUNNING"])
-        elif state == S["WARNING"]:
+                role["state"] = RoleState.RUNNING
+            self._set_state(body, ServiceState.RUNNING)
+        elif state == ServiceState.WARNING:
             for role in roles.values():
-                if role["state"] == R["WARNING"]:
-                    role["state"] = R["RUNNING"]
-            self._set_state(body, S["RUNNING"])
+                if role["state"] == RoleState.WARNING:
+                    role["state"] = RoleState.RUNNING
+            self._set_state(body, ServiceState.RUNNING)
         else:
-            raise FlowError(500, f"Service cannot be recovered in state: {SERVICE_STATES[state]}")
+            raise FlowError(500, f"Service cannot be recovered in state: {ServiceState(state).name}")
 
     def _release(self, sid: int, body: dict[str, Any]) -> None:
         report = bool(body.get("ready_status_gate"))
-        roles = [r for r in self._roles(body).values() if r["state"] == R["HOLD"]]
+        roles = [r for r in self._roles(body).values() if r["state"] == RoleState.HOLD]
         if not roles:
             raise FlowError(
-                500, "Service cannot be released in state: " + SERVICE_STATES[body.get("state", 0)]
+                500, "Service cannot be released in state: " + ServiceState(body.get("state", 0)).name
             )
         for role in roles:
             for node in role["nodes"]:
                 try:
-                    self.cloud.vm_action("release", int(node["deploy_id"]))
+                    self.cloud.vms.vm_action("release", int(node["deploy_id"]))
                 except OneError as error:
                     self._log(
                         body,
@@ -865,12 +839,12 @@ class FlowEngine:
                         f"{error.message('one.vm.action', errors.VM)}",
                     )
             role["on_hold"] = False
-            role["state"] = R["DEPLOYING"]
+            role["state"] = RoleState.DEPLOYING
             self.waits[(sid, role["name"])] = Wait(
                 "deploy", [int(n["deploy_id"]) for n in role["nodes"]], report
             )
         body["on_hold"] = False
-        self._set_state(body, S["DEPLOYING"])
+        self._set_state(body, ServiceState.DEPLOYING)
 
     # ------------------------------------------------------------------ the engine
     def _catch_up(self) -> None:
@@ -882,23 +856,23 @@ class FlowEngine:
             body = self.body(doc)
             report = bool(body.get("ready_status_gate"))
             state = body.get("state")
-            if state == S["DEPLOYING_NETS"]:
-                self.waits[(doc.id, "")] = Wait("nets_deploy")
-            elif state == S["UNDEPLOYING_NETS"]:
-                self.waits[(doc.id, "")] = Wait("nets_undeploy")
+            if state == ServiceState.DEPLOYING_NETS:
+                self.waits[(doc.id, "")] = Wait(WaitKind.NETS_DEPLOY)
+            elif state == ServiceState.UNDEPLOYING_NETS:
+                self.waits[(doc.id, "")] = Wait(WaitKind.NETS_UNDEPLOY)
             for role in self._roles(body).values():
                 nodes = [int(n["deploy_id"]) for n in role["nodes"]]
                 key = (doc.id, role["name"])
-                if role["state"] == R["DEPLOYING"]:
-                    self.waits[key] = Wait("deploy", nodes, report)
-                elif role["state"] == R["UNDEPLOYING"]:
-                    self.waits[key] = Wait("undeploy", nodes)
-                elif role["state"] == R["SCALING"]:
+                if role["state"] == RoleState.DEPLOYING:
+                    self.waits[key] = Wait(WaitKind.DEPLOY, nodes, report)
+                elif role["state"] == RoleState.UNDEPLOYING:
+                    self.waits[key] = Wait(WaitKind.UNDEPLOY, nodes)
+                elif role["state"] == RoleState.SCALING:
                     self.waits[key] = Wait(
-                        "scaleup" if role.get("scale_way") == 0 else "scaledown", nodes, report
+                        WaitKind.SCALEUP if role.get("scale_way") == 0 else WaitKind.SCALEDOWN, nodes, report
                     )
-                elif role["state"] == R["COOLDOWN"]:
-                    self.waits[key] = Wait("cooldown", until=now + int(role.get("cooldown") or 0))
+                elif role["state"] == RoleState.COOLDOWN:
+                    self.waits[key] = Wait(WaitKind.COOLDOWN, until=now + int(role.get("cooldown") or 0))
 
     def tick(self) -> None:
         with self.cloud.lock:
@@ -917,82 +891,107 @@ class FlowEngine:
 
     def _step(self, sid: int, role_name: str, wait: Wait, body: dict[str, Any]) -> bool:
         """Advance one wait; True when the body changed."""
-        if wait.kind == "nets_deploy":
+        if wait.kind in (WaitKind.NETS_DEPLOY, WaitKind.NETS_UNDEPLOY):
             del self.waits[(sid, role_name)]
+            if wait.kind == WaitKind.NETS_UNDEPLOY:
+                self.cloud.documents.document_delete(sid)
+                return False
             self._deploy_action(sid, body)
             return True
-        if wait.kind == "nets_undeploy":
-            del self.waits[(sid, role_name)]
-            self.cloud.document_delete(sid)
-            return False
         roles = self._roles(body)
         role = roles.get(role_name)
         if role is None:
             del self.waits[(sid, role_name)]
             return False
-        if wait.kind == "cooldown":
-            if time.time() < wait.until:
-                return False
-            del self.waits[(sid, role_name)]
-            self._set_state(body, S["RUNNING"])
-            role["state"] = R["RUNNING"]
-            self._auto_delete(sid, body, role)
-            return True
-        up = wait.kind in ("deploy", "scaleup")
-        finished, failed = self._check(wait, up)
+        if wait.kind == WaitKind.COOLDOWN:
+            return self._cooldown_over(sid, role_name, wait, body, role)
+        finished, failed = self._check(wait, wait.kind in (WaitKind.DEPLOY, WaitKind.SCALEUP))
         if not failed and not finished:
             return False
         del self.waits[(sid, role_name)]
-        if wait.kind == "deploy":
-            if failed:
-                self._cancel(sid)
-                self._set_state(body, S["FAILED_DEPLOYING"])
-                role["state"] = R["FAILED_DEPLOYING"]
-                return True
-            role["state"] = R["RUNNING"]
-            if all(r["state"] == R["RUNNING"] for r in roles.values()):
-                self._set_state(body, S["RUNNING"])
-            elif body.get("deployment") == "straight":
-                self._fill_template(body)
-                self._deploy_roles(
-                    sid, body, self._roles_deploy(body), "DEPLOYING", "FAILED_DEPLOYING", "deploy"
-                )
-            self._auto_delete(sid, body, role)
-            return True
-        if wait.kind == "scaleup":
-            if failed:
-                self._set_state(body, S["FAILED_SCALING"])
-                role["state"] = R["FAILED_SCALING"]
-                return True
-            return self._cooldown(sid, body, role)
-        successful = set(wait.successful)
-        role["nodes"] = [n for n in role["nodes"] if int(n["deploy_id"]) not in successful]
-        if wait.kind == "scaledown":
-            if failed:
-                self._set_state(body, S["FAILED_SCALING"])
-                role["state"] = R["FAILED_SCALING"]
-                return True
-            return self._cooldown(sid, body, role)
-        if failed:  # undeploy
-            self._cancel(sid)
-            self._set_state(body, S["FAILED_UNDEPLOYING"])
-            role["state"] = R["FAILED_UNDEPLOYING"]
-            return True
-        role["state"] = R["DONE"]
-        if all(r["state"] == R["DONE"] for r in roles.values()):
-            self._set_state(body, S["UNDEPLOYING_NETS"])
-            self.waits[(sid, "")] = Wait("nets_undeploy")
+        if wait.kind == WaitKind.SCALEDOWN or wait.kind == WaitKind.UNDEPLOY:
+            successful = set(wait.successful)
+            role["nodes"] = [n for n in role["nodes"] if int(n["deploy_id"]) not in successful]
+        finish = {
+            WaitKind.DEPLOY: self._deployed,
+            WaitKind.SCALEUP: self._scaled,
+            WaitKind.SCALEDOWN: self._scaled,
+            WaitKind.UNDEPLOY: self._undeployed,
+        }[wait.kind]
+        return finish(sid, body, roles, role, failed)
+
+    def _cooldown_over(
+        self, sid: int, role_name: str, wait: Wait, body: dict[str, Any], role: dict[str, Any]
+    ) -> bool:
+        if time.time() < wait.until:
+            return False
+        del self.waits[(sid, role_name)]
+        self._set_state(body, ServiceState.RUNNING)
+        role["state"] = RoleState.RUNNING
+        self._auto_delete(sid, body, role)
+        return True
+
+    def _deployed(
+        self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
+    ) -> bool:
+        if failed:
+            return self._failed(sid, body, role, ServiceState.FAILED_DEPLOYING, cancel=True)
+        role["state"] = RoleState.RUNNING
+        if all(r["state"] == RoleState.RUNNING for r in roles.values()):
+            self._set_state(body, ServiceState.RUNNING)
         elif body.get("deployment") == "straight":
-            self._undeploy_roles(sid, body, self._roles_shutdown(body), "UNDEPLOYING", "undeploy")
+            self._fill_template(body)
+            self._deploy_roles(
+                sid,
+                body,
+                self._roles_deploy(body),
+                RoleState.DEPLOYING,
+                RoleState.FAILED_DEPLOYING,
+                WaitKind.DEPLOY,
+            )
+        self._auto_delete(sid, body, role)
+        return True
+
+    def _failed(
+        self, sid: int, body: dict[str, Any], role: dict[str, Any], state: ServiceState, cancel: bool
+    ) -> bool:
+        """The service and the role enter the failure ``state`` (the same name in both); with ``cancel``
+        the service's other waits go."""
+        if cancel:
+            self._cancel(sid)
+        self._set_state(body, state)
+        role["state"] = RoleState[state.name]
+        return True
+
+    def _scaled(
+        self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
+    ) -> bool:
+        if failed:
+            return self._failed(sid, body, role, ServiceState.FAILED_SCALING, cancel=False)
+        return self._cooldown(sid, body, role)
+
+    def _undeployed(
+        self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
+    ) -> bool:
+        if failed:
+            return self._failed(sid, body, role, ServiceState.FAILED_UNDEPLOYING, cancel=True)
+        role["state"] = RoleState.DONE
+        if all(r["state"] == RoleState.DONE for r in roles.values()):
+            self._set_state(body, ServiceState.UNDEPLOYING_NETS)
+            self.waits[(sid, "")] = Wait(WaitKind.NETS_UNDEPLOY)
+        elif body.get("deployment") == "straight":
+            self._undeploy_roles(
+                sid, body, self._roles_shutdown(body), RoleState.UNDEPLOYING, WaitKind.UNDEPLOY
+            )
         return True
 
     def _cooldown(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> bool:
-        self._set_state(body, S["COOLDOWN"])
-        role["state"] = R["COOLDOWN"]
+        self._set_state(body, ServiceState.COOLDOWN)
+        role["state"] = RoleState.COOLDOWN
         role.pop("scale_way", None)
         cooldown = role.get("cooldown")
         seconds = int(cooldown) if cooldown is not None else self.cloud.config.flow_cooldown
-        self.waits[(sid, role["name"])] = Wait("cooldown", until=time.time() + seconds)
+        self.waits[(sid, role["name"])] = Wait(WaitKind.COOLDOWN, until=time.time() + seconds)
         return True
 
     def _auto_delete(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> None:
@@ -1000,8 +999,10 @@ class FlowEngine:
             return
         if all(not r["nodes"] for r in self._roles(body).values()):
             self._log(body, "I", f"Automatically deleting service {sid}")
-            self._undeploy_roles(sid, body, self._roles_shutdown(body), "UNDEPLOYING", "undeploy")
-            self._set_state(body, S["UNDEPLOYING"])
+            self._undeploy_roles(
+                sid, body, self._roles_shutdown(body), RoleState.UNDEPLOYING, WaitKind.UNDEPLOY
+            )
+            self._set_state(body, ServiceState.UNDEPLOYING)
 
     def _check(self, wait: Wait, up: bool) -> tuple[bool, bool]:
         """EventManager's check_nodes / check_nodes_report: (all nodes done, one failed)."""
@@ -1009,7 +1010,7 @@ class FlowEngine:
         remaining = []
         for vm_id in wait.nodes:
             vm: VM | None = self.cloud.pools["vm"].get(vm_id)
-            if vm is None or vm.state == DONE:
+            if vm is None or vm.state == VmState.DONE:
                 wait.successful[vm_id] = True
                 continue
             if vm.state in SUBSCRIBE_STATES:
@@ -1019,10 +1020,10 @@ class FlowEngine:
                 if (vm.user_template.get("READY") or "").strip() == "YES":
                     wait.successful[vm_id] = False
                     continue
-            elif up and vm.state == ACTIVE and vm.lcm_state == RUNNING:
+            elif up and vm.state == VmState.ACTIVE and vm.lcm_state == LcmState.RUNNING:
                 wait.successful[vm_id] = True
                 continue
-            if vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
+            if vm.state == VmState.ACTIVE and vm.lcm_state in FAILURE_LCM_STATES:
                 failed = True
                 continue
             remaining.append(vm_id)
@@ -1035,7 +1036,7 @@ class FlowEngine:
             if doc.type != DOC_SERVICE:
                 continue
             body = self.body(doc)
-            if body.get("state") not in (S["RUNNING"], S["WARNING"]):
+            if body.get("state") not in (ServiceState.RUNNING, ServiceState.WARNING):
                 continue
             changed = False
             roles = self._roles(body)
@@ -1045,21 +1046,25 @@ class FlowEngine:
                 failing = False
                 for node in list(role["nodes"]):
                     vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
-                    if vm is None or vm.state == DONE:
+                    if vm is None or vm.state == VmState.DONE:
                         role["nodes"].remove(node)
                         role["cardinality"] = max(int(role.get("cardinality") or 0) - 1, 0)
                         self._log(
                             body, "I", f"Node {node['deploy_id']} is DONE, removed from role {role['name']}"
                         )
                         changed = True
-                    elif vm.state == ACTIVE and vm.lcm_state in FAILURE_LCM_STATES | {16}:
+                    elif vm.state == VmState.ACTIVE and vm.lcm_state in FAILURE_LCM_STATES | {
+                        LcmState.UNKNOWN
+                    }:
                         failing = True
-                wanted = R["WARNING"] if failing else R["RUNNING"]
-                if role["state"] in (R["RUNNING"], R["WARNING"]) and role["state"] != wanted:
+                wanted = RoleState.WARNING if failing else RoleState.RUNNING
+                if role["state"] in (RoleState.RUNNING, RoleState.WARNING) and role["state"] != wanted:
                     role["state"] = wanted
                     changed = True
             service_state = (
-                S["WARNING"] if any(r["state"] == R["WARNING"] for r in roles.values()) else S["RUNNING"]
+                ServiceState.WARNING
+                if any(r["state"] == RoleState.WARNING for r in roles.values())
+                else ServiceState.RUNNING
             )
             if service_state != body["state"]:
                 self._set_state(body, service_state)

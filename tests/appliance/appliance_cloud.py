@@ -303,7 +303,7 @@ class ApplianceCloud:
             cloud = getattr(self.handle, "cloud", None)
             if cloud is not None:
                 try:
-                    driver = cloud.driver_for(0)
+                    driver = cloud.vms.driver_for(0)
                     probe = "systemctl --no-pager status ssh | tail -n 12; ss -ltn; ip -br -4 a"
                     inside = driver.execute(vm_id, ["sh", "-c", probe])
                     lines.append(f"in the guest: {inside.stdout}{inside.stderr}")

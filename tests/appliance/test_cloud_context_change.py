@@ -42,10 +42,10 @@ def update_context(cloud: ApplianceCloud, vm_id: int, changes: dict[str, str]) -
     """The context the core wrote for the VM, with ``changes``, handed to its driver's update_context."""
     core = cloud.handle.cloud
     assert core is not None, "the appliance cloud runs in this process"
-    directory = core.vm_dir(vm_id) / "context"
+    directory = core.vms.vm_dir(vm_id) / "context"
     files = {path.name: path.read_bytes() for path in directory.iterdir() if not path.name.startswith(".")}
     files["context.sh"] = changed_context_sh(files["context.sh"].decode(), changes).encode()
-    core.driver_for(0).update_context(vm_id, ContextSpec(files))
+    core.vms.driver_for(0).update_context(vm_id, ContextSpec(files))
 
 
 def test_changed_context_sh_keeps_other_lines_and_quotes_as_oned() -> None:
@@ -120,7 +120,7 @@ def test_a_context_change_after_boot_reaches_the_appliance(
             timeout=60,
         )
         assert login.returncode == 0, login.stderr
-        log = cloud.handle.cloud.vm_dir(vm) / "reconfigure.log"
+        log = cloud.handle.cloud.vms.vm_dir(vm) / "reconfigure.log"
         assert "service one-context-reconfigure restart: exit 0" in log.read_text()
     except AssertionError as error:
         raise AssertionError(f"{error}\n{cloud.diagnose(vm)}") from None

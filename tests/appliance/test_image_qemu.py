@@ -51,7 +51,7 @@ def test_packer_built_superlink_boots_under_qemu_and_reaches_ready(tmp_path: Pat
         try:
             wait_for(lambda: attributes().get("READY") == "YES", 1800, interval=5, what="READY under qemu")
         except AssertionError as error:
-            console = handle.cloud.driver_for(1).logs(vm)[-6000:] if handle.cloud else ""
+            console = handle.cloud.vms.driver_for(1).logs(vm)[-6000:] if handle.cloud else ""
             raise AssertionError(f"{error}\n{attributes()}\n{console}") from None
         ready_seconds = time.monotonic() - booted
         published = attributes()

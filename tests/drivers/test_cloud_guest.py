@@ -4,7 +4,6 @@ works with the context's key, and terminate leaves nothing on the host."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pyone
 import pytest
 
 from hostkit.host import mounts_under
+from hostkit.waiting import wait_until
 from testcloud import launcher
 from testcloud.drivers import network
 
@@ -23,15 +23,11 @@ pytestmark = pytest.mark.cloud
 
 
 def _wait(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
-    return value
+    return wait_until(check, timeout, interval=0.2, what=what, error=AssertionError)
 
 
 def _ssh_diagnostics(cloud: Any, vm_id: int) -> str:
-    driver = cloud.cloud.driver_for(0)
+    driver = cloud.cloud.vms.driver_for(0)
     script = "systemctl status --no-pager ssh.service 2>&1 | tail -n 15; ss -ltn; ip -4 -br addr"
     result = driver.execute(vm_id, ["sh", "-c", script], timeout=20)
     return f"rc={result.returncode}\n{result.stdout}{result.stderr}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 from lxml import etree
 
 from hostkit.paths import SHARED_DIR
+from hostkit.waiting import wait_until
+from hostkit.xmldict import xml_to_dict
 from testcloud.core.config import Timings
 
 XSD_DIR = SHARED_DIR / "xsd"
@@ -33,14 +34,7 @@ SLOW = Timings(
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval=interval, error=AssertionError)
 
 
 def make_qcow2(path: Path, size: str = "64M") -> Path:
@@ -98,23 +92,6 @@ def assert_valid(xml: str, xsd: str) -> None:
 TEMPLATED = {"TEMPLATE", "USER_TEMPLATE"}
 
 
-def _template_dict(element: etree._Element) -> Any:
-    """What pyone gives for a template element: strings (None for empty), dicts, lists for repeats."""
-    children = list(element)
-    if not children:
-        return element.text or None
-    result: dict[str, Any] = {}
-    for child in children:
-        value = _template_dict(child)
-        if child.tag in result:
-            if not isinstance(result[child.tag], list):
-                result[child.tag] = [result[child.tag]]
-            result[child.tag].append(value)
-        else:
-            result[child.tag] = value
-    return result
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -150,7 +127,7 @@ def _compare(element: etree._Element, obj: Any, path: str) -> None:
             assert index < len(value), f"pyone lost {where}"
             value = value[index]
         if name in TEMPLATED and isinstance(value, dict):
-            expected = _template_dict(child)
+            expected = xml_to_dict(child, empty=None)
             assert _plain(dict(value)) == _plain(expected if isinstance(expected, dict) else {}), where
             continue
         if len(child) or not isinstance(value, (str, int, float, type(None))):

@@ -114,7 +114,7 @@ def test_large_values_round_trip(one: Any) -> None:
 def test_control_characters_and_cdata_ends_do_not_break_answers(cloud: Any, one: Any) -> None:
     """A guest may send anything through OneGate; the XML answers must stay well-formed."""
     vm_id = one.vm.allocate('NAME="c"\nCPU="1"\nMEMORY="64"', True)
-    cloud.cloud.vm_update(vm_id, 'NOTE="bell\x07 and \x01"', 1)
+    cloud.cloud.vms.vm_update(vm_id, 'NOTE="bell\x07 and \x01"', 1)
     one.vm.update(vm_id, "<TEMPLATE><END>a]]&gt;b</END></TEMPLATE>", 1)  # XML syntax can carry ]]>
     user_template = one.vm.info(vm_id).USER_TEMPLATE
     assert user_template["NOTE"].startswith("bell") and user_template["END"] == "a]]>b"

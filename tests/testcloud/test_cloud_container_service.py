@@ -73,7 +73,7 @@ def test_two_role_service_boots_in_order_with_the_ready_gate(container_cloud: An
     wait_for(lambda: service_body(container_cloud, service_id)["state"] == 2, timeout=600, interval=1)
     server_vm = role_nodes(container_cloud, service_id, "superlink")[0]
     server_ip = one.vm.info(server_vm).TEMPLATE["NIC"]["IP"]
-    driver = container_cloud.cloud.driver_for(0)
+    driver = container_cloud.cloud.vms.driver_for(0)
     for vm_id in [server_vm, *role_nodes(container_cloud, service_id, "supernode")]:
         vm = one.vm.info(vm_id)
         assert vm.USER_TEMPLATE["READY"] == "YES"  # sent by the guest itself

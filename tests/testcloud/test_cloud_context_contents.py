@@ -119,7 +119,7 @@ def test_vm_context_gets_network_onegate_and_user_variables(tmp_path: Path) -> N
         assert ip.startswith("10.231.64.")
         token = files["token.txt"]
         assert token.endswith("\n")
-        password = handle.cloud.token_password(0)
+        password = handle.cloud.db.token_password(0)
         assert ctx.decrypt_token(token.strip(), password) == f"{vm_id}:{vm.STIME}"
         assert (
             vm.TEMPLATE["CONTEXT"]["ETH0_IP"] == ip

@@ -45,6 +45,12 @@ def test_false_is_not_a_value_for_ruby() -> None:
     )
 
 
+def _elastic_role(**policies: Any) -> dict[str, Any]:
+    """A role that may scale between 1 and 2 VMs, with the given policies."""
+    role = {"name": "r", "type": "vm", "template_id": 0, "cardinality": 1, "min_vms": 1, "max_vms": 2}
+    return role | policies
+
+
 @pytest.mark.parametrize(
     ("expression", "valid"),
     [
@@ -58,15 +64,7 @@ def test_false_is_not_a_value_for_ruby() -> None:
     ],
 )
 def test_elasticity_expressions(expression: str, valid: bool) -> None:
-    role = {
-        "name": "r",
-        "type": "vm",
-        "template_id": 0,
-        "cardinality": 1,
-        "min_vms": 1,
-        "max_vms": 2,
-        "elasticity_policies": [{"type": "CHANGE", "adjust": 1, "expression": expression}],
-    }
+    role = _elastic_role(elasticity_policies=[{"type": "CHANGE", "adjust": 1, "expression": expression}])
     if valid:
         flow_schema.validate({"name": "x", "roles": [role]})
     else:
@@ -75,15 +73,7 @@ def test_elasticity_expressions(expression: str, valid: bool) -> None:
 
 
 def test_scheduled_policies_need_one_of_start_time_or_recurrence() -> None:
-    role = {
-        "name": "r",
-        "type": "vm",
-        "template_id": 0,
-        "cardinality": 1,
-        "min_vms": 1,
-        "max_vms": 2,
-        "scheduled_policies": [{"type": "CARDINALITY", "adjust": 2}],
-    }
+    role = _elastic_role(scheduled_policies=[{"type": "CARDINALITY", "adjust": 2}])
     with pytest.raises(
         flow_schema.ParseException, match="needs to define either 'start_time' or 'recurrence'"
     ):

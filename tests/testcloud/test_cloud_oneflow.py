@@ -381,7 +381,7 @@ def test_failing_node_turns_the_running_service_to_warning_and_back(cloud: Any, 
     service_id = two_role_service(cloud, one, ready_gate=False)
     wait_for(lambda: service_body(cloud, service_id)["state"] == SERVICE["RUNNING"])
     node = role_nodes(cloud, service_id, "supernode")[0]
-    driver = cloud.cloud.driver_for(0)
+    driver = cloud.cloud.vms.driver_for(0)
     driver._states[node] = GuestState.FAILED
     wait_for(lambda: service_body(cloud, service_id)["state"] == SERVICE["WARNING"], timeout=15)
     assert service_body(cloud, service_id)["roles"][1]["state"] == 4  # the role too
