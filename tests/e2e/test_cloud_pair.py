@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.cli.commands.test import find_pair_specs, local_image
 from factory.harness.bareflower import SecurityMode
+from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
 from factory.release.results import PASSED, PASSED_WITH_WARNING, write_result

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from factory.cli.commands.test import find_pair_specs, local_image
+from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.federation import (
     DEFAULT_APP,
     Connection,

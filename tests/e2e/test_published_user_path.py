@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from onecli import OneCli
 
-from factory.cli.commands.test import find_pair_specs, local_image
 from factory.harness.bareflower import free_port
+from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.flwrenv import FlowerEnv, flower_environment
 from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
