@@ -28,15 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.harness.pair import PairResult, PairSpec, Side
 from factory.harness.pairtest import (
     ImageFile,
-    PairSpec,
     PairTestOptions,
     failed_result,
     run_pair_bare,
     run_pair_in_cloud,
 )
-from factory.release.results import PairResult, Side
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.paths import BUILD_DIR
 from hostkit.progress import DEFAULT as PROGRESS

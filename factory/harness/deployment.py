@@ -25,10 +25,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from factory.harness import appliance_templates
 from factory.harness.federation import Connection
 from factory.harness.tlsmaterial import make_keypair
 from factory.harness.tunnel import SSHSession
-from factory.release import appliance_templates
 from hostkit.errors import FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress

@@ -31,7 +31,7 @@ from factory.harness.bareflower import BareFederation, SecurityMode
 from factory.harness.deployment import Deployment, PairCloud
 from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
 from factory.harness.flwrenv import ensure_flower
-from factory.release.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, Side
+from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
@@ -46,15 +46,6 @@ ERROR_LINE = re.compile(
 # ordinary start-up lines; systemd's non-fatal complaints end in ", ignoring" (e.g. "Failed to kill control
 # group ..., ignoring: Invalid argument" when a unit stops in a container).
 NOISE_LINE = re.compile(r"uvicorn\.error|Failed to kill control group|, ignoring(?::|\.|$)")
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    """A pair to test: the SuperLink side, the SuperNode side (same or another Flower version)."""
-
-    name: str
-    superlink: Side
-    supernode: Side
 
 
 @dataclass
@@ -322,16 +313,12 @@ def _new_result(
     options: PairTestOptions,
     images: dict[str, ImageFile] | None = None,
 ) -> PairResult:
-    """The record a pair test fills in; each side carries its image's record when it has one."""
-    images = images or {}
-    sides = {
-        role: dataclasses.replace(side, image=images[role].record()) if role in images else side
-        for role, side in (("superlink", spec.superlink), ("supernode", spec.supernode))
-    }
-    return PairResult(
-        pair=spec.name, run=run, target=target, security=options.security.value,
-        superlink=sides["superlink"], supernodes=sides["supernode"],
-    )  # fmt: skip
+    """The record a pair test fills in; in a cloud each side carries its image's record."""
+    result = PairResult.begin(spec, run, target, options.security.value)
+    if images:
+        result.superlink = dataclasses.replace(spec.superlink, image=images["superlink"].record())
+        result.supernodes = dataclasses.replace(spec.supernode, image=images["supernode"].record())
+    return result
 
 
 def _failed(result: PairResult, error: str) -> bool:

@@ -24,7 +24,7 @@ What a marketplace app carries is what OpenNebula's own exporters read (OpenNebu
 driver writes them), to which the exporters append ``NAME`` and ``DISK`` lines; a SERVICE_TEMPLATE app has
 ``ROLE = [ NAME, APP ]`` entries naming its IMAGE apps and the OneFlow 7 service body (JSON) in
 ``APPTEMPLATE64``, with a ``networks`` entry and ``user_inputs`` that carry their defaults
-(factory/release/appliance_templates.py).
+(factory/harness/appliance_templates.py).
 
 Outputs under ``results/<run>/publish/``:
 
@@ -52,11 +52,12 @@ from typing import Any
 
 import yaml
 
+from factory.harness import appliance_templates
+from factory.harness.pair import PairResult, Side
 from factory.model import params
 from factory.model.manifest import digests, manifest_path
 from factory.one import onetemplate
-from factory.release import appliance_templates
-from factory.release.results import PairResult, Side, load_results, run_dir, write_json
+from factory.release.results import load_results, run_dir, write_json
 from hostkit.errors import FactoryError
 from hostkit.fileio import replace_directory
 from hostkit.progress import DEFAULT as PROGRESS

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from factory.harness.federation import CANARY_TASK
-from factory.release.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, atomic_write, write_json
+from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
+from factory.release.results import write_json
+from hostkit.fileio import write_atomic
 
 SYMBOL = {PASSED: "works", PASSED_WITH_WARNING: "works with warning", FAILED: "fails"}
 MARK = {PASSED: "✅", PASSED_WITH_WARNING: "⚠️", FAILED: "❌"}
@@ -488,6 +490,6 @@ def write_report(results: list[PairResult], run: str, directory: Path) -> dict[s
     data = compat_data(results, run)
     paths = {name: directory / f"compat.{name}" for name in ("json", "md", "html")}
     write_json(paths["json"], data)
-    atomic_write(paths["md"], render_markdown(data))
-    atomic_write(paths["html"], render_html(data))
+    write_atomic(paths["md"], render_markdown(data))
+    write_atomic(paths["html"], render_html(data))
     return paths

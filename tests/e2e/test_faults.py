@@ -10,7 +10,7 @@ hurt while it works, each fault ending in a completed run or a clear failure wit
    started again 45 s later: the appliances retry, the service reaches RUNNING and a run completes.
 
 The pieces are the factory's own: the pair's VM and service templates
-(factory/release/appliance_templates.py), a OneFlow service through factory/one (OneCloud,
+(factory/harness/appliance_templates.py), a OneFlow service through factory/one (OneCloud,
 ServiceDeployment), the SSH tunnel to the SuperLink's Control API (factory/harness/tunnel.py) and the
 ``flwr`` CLI (factory/harness/federation.py FlowerCLI, FederationRunner).
 Guests are reached as root over SSH with the test's key. The OneGate test (its own pair) comes first in
@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from factory.harness import appliance_templates
 from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.federation import (
     DEFAULT_APP,
@@ -45,7 +46,6 @@ from factory.harness.tlsmaterial import KeyPair, make_keypair
 from factory.harness.tunnel import SSHSession
 from factory.one import OneCloud, load_settings
 from factory.one.cloud import ServiceDeployment, VMInfo
-from factory.release import appliance_templates
 from hostkit.errors import FactoryError
 from hostkit.progress import Progress
 

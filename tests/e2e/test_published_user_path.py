@@ -34,10 +34,11 @@ from onecli import OneCli
 from factory.harness.bareflower import free_port
 from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.flwrenv import FlowerEnv, flower_environment
+from factory.harness.pair import PASSED
 from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
 from factory.release.publish import publish
-from factory.release.results import PASSED, write_result
+from factory.release.results import write_result
 from hostkit.paths import APPS_DIR
 from hostkit.progress import Progress
 
