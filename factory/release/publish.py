@@ -58,6 +58,7 @@ from factory.model import params
 from factory.model.manifest import digests, manifest_path
 from factory.one import onetemplate
 from factory.release.results import load_results, run_dir, write_json
+from factory.release.templating import render
 from hostkit.errors import FactoryError
 from hostkit.fileio import replace_directory
 from hostkit.progress import DEFAULT as PROGRESS
@@ -385,140 +386,33 @@ def service_yaml(
 
 # -- community marketplace certification --------------------------------------------------------------------
 
-CERTIFICATION_TEST = {
-    "superlink": """\
-require_relative '../../../lib/community/app_handler'
-
-# Flower SuperLink appliance: installed, bootstrapped, serving; the Control API stays on loopback.
-describe 'Flower SuperLink appliance certification' do
-    include_context('vm_handler')
-
-    def wait_for(cmd, timeout, what)
-        start = Time.now
-        loop do
-            result = @info[:vm].ssh(cmd)
-            return result if result.success?
-            raise "#{what} not true after #{timeout} s" if Time.now - start > timeout
-
-            sleep 5
-        end
-    end
-
-    it 'has Flower {flower} in its virtualenv' do
-        result = @info[:vm].ssh('/opt/flower/venv/bin/flower-superlink --version')
-        expect(result.exitstatus).to eq(0)
-        expect(result.stdout + result.stderr).to include('{flower}')
-    end
-
-    it 'finished its bootstrap' do
-        wait_for("grep -qx bootstrap_success /etc/one-appliance/status", 600, 'bootstrap_success')
-        expect(@info[:vm].ssh('cat /etc/motd').stdout).to include('All set and ready to serve')
-    end
-
-    it 'runs the SuperLink as a service' do
-        wait_for('systemctl is-active flower-superlink', 120, 'flower-superlink active').expect_success
-    end
-
-    it 'answers on its Fleet port with TLS and keeps the Control API on loopback' do
-        wait_for("curl -sk --max-time 5 https://127.0.0.1:{fleet_port}/health", 120, 'Fleet /health')
-        listeners = @info[:vm].ssh("ss -ltnH '( sport = :{api_port} )'").stdout
-        expect(listeners).not_to be_empty
-        listeners.each_line do |line|
-            expect(line.split[3]).to start_with('127.0.0.1:')
-        end
-    end
-end
-""",
-    "supernode": """\
-require_relative '../../../lib/community/app_handler'
-
-# Flower SuperNode appliance: installed; without a SuperLink to find it fails closed and says why.
-describe 'Flower SuperNode appliance certification' do
-    include_context('vm_handler')
-
-    it 'has Flower {flower} in its virtualenv' do
-        result = @info[:vm].ssh('/opt/flower/venv/bin/flower-supernode --version')
-        expect(result.exitstatus).to eq(0)
-        expect(result.stdout + result.stderr).to include('{flower}')
-    end
-
-    it 'ships the SuperNode service unit' do
-        @info[:vm].ssh('systemctl cat flower-supernode.service').expect_success
-    end
-
-    it 'reports a clear failure when no SuperLink can be found' do
-        start = Time.now
-        status = ''
-        loop do
-            status = @info[:vm].ssh('cat /etc/one-appliance/status').stdout.strip
-            break if status.end_with?('_failure', '_success')
-            raise 'the appliance never finished bootstrapping' if Time.now - start > 600
-
-            sleep 5
-        end
-        expect(status).to eq('bootstrap_failure')
-        expect(@info[:vm].ssh('cat /etc/motd').stdout).to match(/SuperLink/i)
-    end
-end
-""",
-}
-
 
 def _metadata_yaml(image: ImageToPublish) -> str:
     """Community ``metadata.yaml`` (Ruby symbol keys, as app_readiness.rb reads them)."""
-    side = image.side
     if image.role == "superlink":
         test_params = {"FL_TLS": "YES", "FL_NODE_AUTH": "YES"}
     else:
         test_params = {"FL_TLS": "YES", "FL_SUPERLINK": "", "FL_DISCOVERY_TIMEOUT": "30"}
-    lines = [
-        "---",
-        ":app:",
-        f"  :name: flower-{image.role}-{side.os}-{side.accel}-{side.profile}-{side.framework}",
-        "  :type: service",
-        "  :os:",
-        "    :type: linux",
-        f"    :base: {side.os}",
-        "  :hypervisor: KVM",
-        "  :context:",
-        "    :prefixed: true",
-        "    :params:",
-        *[f"      :{key}: '{value}'" for key, value in test_params.items()],
-        "",
-        ":one:",
-        "  :template:",
-        "    NAME: base",
-        "    TEMPLATE:",
-        f"      ARCH: {side.arch}",
-        "      CONTEXT:",
-        "        NETWORK: 'YES'",
-        "        TOKEN: 'YES'",
-        "        REPORT_READY: 'YES'",
-        '        SSH_PUBLIC_KEY: "$USER[SSH_PUBLIC_KEY]"',
-        f"      CPU: '{appliance_templates.SIZES[image.role]['CPU']}'",
-        f"      MEMORY: '{appliance_templates.SIZES[image.role]['MEMORY']}'",
-        "      NIC:",
-        "        NETWORK: service",
-        "  :datastore_name: default",
-        "  :timeout: '90'",
-        "",
-        ":infra:",
-        f"  :disk_format: {side.image.get('format', 'qcow2')}",
-        "  :apps_path: /opt/one-apps/export",
-        "",
-    ]
-    return "\n".join(lines)
+    return render(
+        "certification/metadata.yaml.j2",
+        role=image.role,
+        side=image.side,
+        test_params=test_params,
+        size=appliance_templates.SIZES[image.role],
+        disk_format=image.side.image.get("format", "qcow2"),
+    )
 
 
 def certification_files(image: ImageToPublish) -> dict[str, str]:
+    """metadata.yaml, tests.yaml and the role's spec, as the community marketplace's certification runs
+    them (templates/certification/)."""
     defaults = {param.name: param.default for param in params.load_params().for_role("superlink")}
-    test = CERTIFICATION_TEST[image.role]
-    for key, value in {
-        "{flower}": image.side.flower,
-        "{fleet_port}": defaults.get("ONEAPP_FL_FLEET_PORT", "9092"),
-        "{api_port}": defaults.get("ONEAPP_FL_API_PORT", "9093"),
-    }.items():
-        test = test.replace(key, value)
+    test = render(
+        f"certification/{image.role}_basic.rb.j2",
+        flower=image.side.flower,
+        fleet_port=defaults.get("ONEAPP_FL_FLEET_PORT", "9092"),
+        api_port=defaults.get("ONEAPP_FL_API_PORT", "9093"),
+    )
     name = f"00-flower_{image.role}_basic.rb"
     return {"metadata.yaml": _metadata_yaml(image), "tests.yaml": f"---\n- {name}\n", f"tests/{name}": test}
 

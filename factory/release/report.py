@@ -22,6 +22,7 @@ from typing import Any
 from factory.harness.federation import CANARY_TASK
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
 from factory.release.results import write_json
+from factory.release.templating import render
 from hostkit.fileio import write_atomic
 
 SYMBOL = {PASSED: "works", PASSED_WITH_WARNING: "works with warning", FAILED: "fails"}
@@ -203,75 +204,64 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _mark(status: str) -> str:
+    return f"{MARK[status]} {SYMBOL[status]}"
+
+
+def _md_pair_row(pair: dict[str, Any]) -> list[str]:
+    mean = pair["mean_round_seconds"]
+    notes = pair["error"] or "; ".join(pair["warnings"])
+    return [
+        pair["pair"],
+        pair["superlink_flower"],
+        f"{pair['supernode_flower']} x{pair['supernodes']}",
+        f"{pair['profile']} / {pair['arch']}",
+        pair["target"],
+        pair["security"],
+        _mark(pair["status"]),
+        _md_cell(describe_task(pair)),
+        f"{mean:.1f}" if mean is not None else "-",
+        _losses(pair["eval_loss"]),
+        _md_cell(notes[:300]),
+    ]
+
+
 def render_markdown(data: dict[str, Any]) -> str:
-    totals = data["totals"]
-    lines = [
-        f"# Flower appliance compatibility (run {data['run']})",
-        "",
-        f"Generated {data['generated_at']}. Pairs: {totals[PASSED]} work, "
-        f"{totals[PASSED_WITH_WARNING]} work with a warning, {totals[FAILED]} fail. "
-        f"{MARK[PASSED]} works, {MARK[PASSED_WITH_WARNING]} works with warning, {MARK[FAILED]} fails.",
-        "",
-    ]
+    """compat.md (templates/report.md.j2): the grids, the pairs, the convergence of each task."""
+    grids = []
     for grid in data["grids"]:
-        lines += [
-            f"## SuperLink x SuperNode versions: {grid['os'] or 'any OS'} / {grid['accel'] or 'any'}",
-            "",
-        ]
-        lines.append("| SuperLink \\ SuperNode | " + " | ".join(grid["supernode_versions"]) + " |")
-        lines.append("|---|" + "---|" * len(grid["supernode_versions"]))
+        rows = []
         for link in grid["superlink_versions"]:
-            row = [link]
-            for node in grid["supernode_versions"]:
-                cell = grid["cells"].get(f"{link}|{node}")
-                row.append(f"{MARK[cell['status']]} {SYMBOL[cell['status']]}" if cell else "not tested")
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    lines += [
-        "## Pairs",
-        "",
-        "Each pair ran the numpy canary, then the task of its SuperNode image's framework (on edge images "
-        "the canary is that task), held to the floor in `apps/task-checks.toml`.",
-        "",
-        "| pair | SuperLink | SuperNodes | profile / arch | target | security | result | framework task "
-        "| canary mean round (s) | canary eval loss | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for pair in data["pairs"]:
-        mean = pair["mean_round_seconds"]
-        notes = pair["error"] or "; ".join(pair["warnings"])
-        lines.append(
-            "| "
-            + " | ".join(
+            cells = [grid["cells"].get(f"{link}|{node}") for node in grid["supernode_versions"]]
+            rows.append([link, *(_mark(cell["status"]) if cell else "not tested" for cell in cells)])
+        grids.append({**grid, "rows": rows})
+    tasks = [
+        {
+            "name": task,
+            "role": _task_role(task, entry),
+            "metric": entry["metric"] or "metric",
+            "rows": [
                 [
-                    pair["pair"],
-                    pair["superlink_flower"],
-                    f"{pair['supernode_flower']} x{pair['supernodes']}",
-                    f"{pair['profile']} / {pair['arch']}",
-                    pair["target"],
-                    pair["security"],
-                    f"{MARK[pair['status']]} {SYMBOL[pair['status']]}",
-                    _md_cell(describe_task(pair)),
-                    f"{mean:.1f}" if mean is not None else "-",
-                    _losses(pair["eval_loss"]),
-                    _md_cell(notes[:300]),
+                    run["pair"],
+                    MARK[run["status"]],
+                    _losses(run["eval_loss"]),
+                    _losses(run["metric_values"]),
+                    _md_cell(_final(run)),
                 ]
-            )
-            + " |"
-        )
-    lines.append("")
-    for task, entry in data["frameworks"].items():
-        lines += [f"## Convergence: {task} task ({_task_role(task, entry)})", ""]
-        metric = entry["metric"] or "metric"
-        lines += [f"| pair | result | eval loss per round | {metric} per round | final |"]
-        lines.append("|---|---|---|---|---|")
-        for run in entry["pairs"]:
-            lines.append(
-                f"| {run['pair']} | {MARK[run['status']]} | {_losses(run['eval_loss'])} "
-                f"| {_losses(run['metric_values'])} | {_md_cell(_final(run))} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+                for run in entry["pairs"]
+            ],
+        }
+        for task, entry in data["frameworks"].items()
+    ]
+    return render(
+        "report.md.j2",
+        run=data["run"],
+        generated_at=data["generated_at"],
+        totals=data["totals"],
+        grids=grids,
+        pairs=[_md_pair_row(pair) for pair in data["pairs"]],
+        tasks=tasks,
+    )
 
 
 def _losses(values: list[float | None]) -> str:
@@ -395,94 +385,62 @@ def _plots(data: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #212121; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f5f5f5; }
-.passed { background: #e8f5e9; }
-.passed_with_warning { background: #fff8e1; }
-.failed { background: #ffebee; }
-img { max-width: 100%; border: 1px solid #eee; }
-details pre { white-space: pre-wrap; font-size: 0.8em; }
-"""
+def _one_decimal(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "-"
+
+
+def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
+    """One row of the pairs table, its texts made (escaped where the template does not)."""
+    notes = pair["error"] or "; ".join(pair["warnings"])
+    return {
+        **pair,
+        "axes": " / ".join(html.escape(pair[axis]) for axis in ("os", "accel", "profile", "arch")),
+        "symbol": SYMBOL[pair["status"]],
+        "task": describe_task(pair),
+        "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
+        "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),
+        "first": _one_decimal(pair["instantiate_to_first_round_seconds"]),
+        "total": _one_decimal(pair["pair_seconds"]),
+        "notes": notes[:500],
+    }
+
+
+def _html_grid(grid: dict[str, Any], image: str) -> dict[str, Any]:
+    rows = []
+    for link in grid["superlink_versions"]:
+        cells = []
+        for node in grid["supernode_versions"]:
+            cell = grid["cells"].get(f"{link}|{node}")
+            if cell is not None:
+                detail = "<br>".join(html.escape(text[:300]) for text in cell["errors"] + cell["warnings"])
+                cell = {"status": cell["status"], "symbol": SYMBOL[cell["status"]], "detail": detail}
+            cells.append(cell)
+        rows.append({"link": link, "cells": cells})
+    title = f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}"
+    return {"title": title, "image": image, "supernode_versions": grid["supernode_versions"], "rows": rows}
 
 
 def render_html(data: dict[str, Any]) -> str:
-    escape = html.escape
+    """The page (templates/report.html.j2) with its plots embedded as PNG data URLs."""
     plots = _plots(data)
-    totals = data["totals"]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Flower appliance compatibility: run {escape(data['run'])}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>Flower appliance compatibility: run {escape(data['run'])}</h1>",
-        f"<p>Generated {escape(data['generated_at'])}. {totals[PASSED]} pairs work, "
-        f"{totals[PASSED_WITH_WARNING]} work with a warning, {totals[FAILED]} fail.</p>",
-        "<h2>SuperLink version x SuperNode version</h2>",
-    ]
-    for grid in data["grids"]:
-        title = f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}"
-        parts.append(f"<h3>{escape(title)}</h3>")
-        image = plots[f"grid:{grid['os']}/{grid['accel']}"]
-        parts.append(f'<img alt="compatibility grid {escape(title)}" src="{image}">')
-        parts.append("<table><tr><th>SuperLink \\ SuperNode</th>")
-        parts += [f"<th>{escape(node)}</th>" for node in grid["supernode_versions"]]
-        parts.append("</tr>")
-        for link in grid["superlink_versions"]:
-            parts.append(f"<tr><th>{escape(link)}</th>")
-            for node in grid["supernode_versions"]:
-                cell = grid["cells"].get(f"{link}|{node}")
-                if cell is None:
-                    parts.append("<td>not tested</td>")
-                    continue
-                detail = "<br>".join(escape(text[:300]) for text in cell["errors"] + cell["warnings"])
-                parts.append(
-                    f'<td class="{cell["status"]}">{SYMBOL[cell["status"]]}<br><small>{detail}</small></td>'
-                )
-            parts.append("</tr>")
-        parts.append("</table>")
-    parts.append("<h2>Convergence per framework task</h2>")
-    parts.append(
-        "<p>Every pair runs the numpy canary, then the task of its SuperNode image's framework; a task "
-        "passes when its evaluation loss falls in every round and its final metric reaches the floor of "
-        "<code>apps/task-checks.toml</code> (dashed line).</p>"
+    return render(
+        "report.html.j2",
+        run=data["run"],
+        generated_at=data["generated_at"],
+        totals=data["totals"],
+        grids=[_html_grid(grid, plots[f"grid:{grid['os']}/{grid['accel']}"]) for grid in data["grids"]],
+        tasks=[
+            {
+                "name": task,
+                "role": _task_role(task, entry),
+                "metric": entry["metric"],
+                "image": plots[f"convergence:{task}"],
+            }
+            for task, entry in data["frameworks"].items()
+        ],
+        round_time=plots["round_time"],
+        pairs=[_html_pair(pair) for pair in data["pairs"]],
     )
-    for task, entry in data["frameworks"].items():
-        parts.append(f"<h3>{escape(task)} task ({escape(_task_role(task, entry))})</h3>")
-        parts.append(
-            f'<img alt="{escape(task)}: evaluation loss and {escape(entry["metric"])} per round, per pair" '
-            f'src="{plots[f"convergence:{task}"]}">'
-        )
-    parts += [
-        "<h2>Round time</h2>",
-        f'<img alt="seconds per round, per pair" src="{plots["round_time"]}">',
-        "<h2>Pairs</h2><table><tr><th>pair</th><th>SuperLink</th><th>SuperNodes</th>"
-        "<th>OS / accel / profile / arch</th><th>target</th><th>security</th><th>result</th>"
-        "<th>framework task</th><th>canary rounds (s)</th><th>canary eval loss</th>"
-        "<th>instantiate to first round (s)</th><th>pair test (s)</th><th>notes</th></tr>",
-    ]
-    for pair in data["pairs"]:
-        seconds = ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None)
-        losses = " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None)
-        first = pair["instantiate_to_first_round_seconds"]
-        total = pair["pair_seconds"]
-        notes = pair["error"] or "; ".join(pair["warnings"])
-        axes = " / ".join(escape(pair[axis]) for axis in ("os", "accel", "profile", "arch"))
-        parts.append(
-            f'<tr class="{pair["status"]}"><td>{escape(pair["pair"])}</td>'
-            f"<td>{escape(pair['superlink_flower'])}</td>"
-            f"<td>{escape(pair['supernode_flower'])} &times;{pair['supernodes']}</td>"
-            f"<td>{axes}</td><td>{escape(pair['target'])}</td>"
-            f"<td>{escape(pair['security'])}</td><td>{SYMBOL[pair['status']]}</td>"
-            f"<td>{escape(describe_task(pair))}</td><td>{seconds or '-'}</td>"
-            f"<td>{losses or '-'}</td><td>{f'{first:.1f}' if first is not None else '-'}</td>"
-            f"<td>{f'{total:.1f}' if total is not None else '-'}</td>"
-            f"<td>{escape(notes[:500])}</td></tr>"
-        )
-    parts += ["</table>", "</body></html>", ""]
-    return "\n".join(parts)
 
 
 def write_report(results: list[PairResult], run: str, directory: Path) -> dict[str, Path]:
