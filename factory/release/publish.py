@@ -57,7 +57,7 @@ from factory.harness.pair import PairResult, Side
 from factory.model import params
 from factory.model.manifest import digests, manifest_path
 from factory.one import onetemplate
-from factory.release.results import load_results, run_dir, write_json
+from factory.release.results import final_metric, finite_number, load_results, run_dir, write_json
 from factory.release.templating import render
 from hostkit.errors import FactoryError
 from hostkit.fileio import replace_directory
@@ -276,16 +276,12 @@ def framework_result(result: PairResult) -> str:
     """What the pair's framework task reached, e.g. ``sklearn task: final eval_accuracy 0.947 (floor
     0.85)``: the run that says what the SuperNode image is for (``PairResult.framework_federation``)."""
     federation = result.framework_federation()
-    metric = federation.get("metric") if federation else None
-    rounds = federation.get("rounds") if federation else None
-    if not metric or not rounds:
+    final = final_metric(federation) if federation else None
+    if final is None:
         return ""
-    final = (rounds[-1].get("evaluate_metrics") or {}).get(metric)
-    if not isinstance(final, int | float):
-        return ""
-    floor = federation.get("floor")
-    held = f" (floor {floor:g})" if isinstance(floor, int | float) else ""
-    return f"{federation['task']} task: final {metric} {final:.3g}{held}"
+    floor = finite_number(federation.get("floor"))
+    held = f" (floor {floor:g})" if floor is not None else ""
+    return f"{federation['task']} task: final {federation['metric']} {final:.3g}{held}"
 
 
 def appliance_yaml(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 from factory.harness.federation import CANARY_TASK
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
-from factory.release.results import write_json
+from factory.release.results import finite_number, metric_values, write_json
 from factory.release.templating import render
 from hostkit.fileio import write_atomic
 
@@ -40,19 +39,11 @@ def _canary_rounds(result: PairResult) -> list[dict[str, Any]]:
     return list(federation.get("rounds", [])) if federation else []
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
     """One task's run: rounds, loss and floored metric per round, the final value against the floor."""
     rounds = list(federation.get("rounds", []))
     metric = str(federation.get("metric") or "")
-    values = [_number(record.get("evaluate_metrics", {}).get(metric)) for record in rounds] if metric else []
+    values = metric_values(federation)
     checks = federation.get("checks", [])
     return {
         "task": str(federation.get("task")),
@@ -61,11 +52,11 @@ def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
         "passed": bool(checks) and all(check.get("passed") for check in checks),
         "rounds_requested": federation.get("rounds_requested"),
         "rounds": len(rounds),
-        "eval_loss": [_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds],
+        "eval_loss": _eval_losses(rounds),
         "metric": metric,
         "metric_values": values,
         "final_metric": values[-1] if values else None,
-        "floor": _number(federation.get("floor")),
+        "floor": finite_number(federation.get("floor")),
         "evaluate_metrics": [dict(record.get("evaluate_metrics", {})) for record in rounds],
         "seconds": _seconds(federation),
         "failed_checks": [f"{check.get('name')}: {check.get('detail')}" for check in checks
@@ -73,15 +64,22 @@ def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _eval_losses(rounds: list[dict[str, Any]]) -> list[float | None]:
+    return [finite_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds]
+
+
 def _seconds(federation: dict[str, Any]) -> float | None:
-    started, finished = _number(federation.get("submitted_at")), _number(federation.get("finished_at"))
+    started, finished = (
+        finite_number(federation.get("submitted_at")),
+        finite_number(federation.get("finished_at")),
+    )
     return finished - started if started and finished else None
 
 
 def pair_summary(result: PairResult) -> dict[str, Any]:
     rounds = _canary_rounds(result)
-    round_seconds = [_number(record.get("seconds")) for record in rounds]
-    losses = [_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds]
+    round_seconds = [finite_number(record.get("seconds")) for record in rounds]
+    losses = _eval_losses(rounds)
     finite_seconds = [value for value in round_seconds if value is not None]
     framework = result.framework_federation()
     axes = result.axes  # the SuperNodes' (an edge pair's SuperLink is a standard one)
@@ -100,11 +98,11 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "round_seconds": round_seconds,
         "mean_round_seconds": sum(finite_seconds) / len(finite_seconds) if finite_seconds else None,
         "eval_loss": losses,
-        "instantiate_to_first_round_seconds": _number(
+        "instantiate_to_first_round_seconds": finite_number(
             result.timings.get("instantiate_to_first_round_seconds")
         ),
-        "deploy_seconds": _number(result.timings.get("deploy_seconds")),
-        "pair_seconds": _number(result.finished_at - result.started_at) if result.finished_at else None,
+        "deploy_seconds": finite_number(result.timings.get("deploy_seconds")),
+        "pair_seconds": finite_number(result.finished_at - result.started_at) if result.finished_at else None,
         "strategies": sorted({str(federation.get("strategy")) for federation in result.federations}),
         "tasks": [str(federation.get("task")) for federation in result.federations],
         "framework_task": task_summary(framework) if framework else None,
@@ -117,12 +115,7 @@ def _framework_losses(framework: dict[str, Any] | None) -> dict[str, list[float 
     """Evaluation loss per round of the pair's framework task, by task (empty when it did not run)."""
     if framework is None:
         return {}
-    return {
-        str(framework["task"]): [
-            _number(record.get("evaluate_metrics", {}).get("eval_loss"))
-            for record in framework.get("rounds", [])
-        ]
-    }
+    return {str(framework["task"]): _eval_losses(framework.get("rounds", []))}
 
 
 def framework_convergence(results: list[PairResult]) -> dict[str, dict[str, Any]]:

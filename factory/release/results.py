@@ -28,6 +28,33 @@ from hostkit.paths import RESULTS_DIR
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is not a finite number (records write NaN as text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def metric_values(federation: dict[str, Any]) -> list[float | None]:
+    """Per round, the value of the federation's floored metric (``metric``: e.g. eval_accuracy), as the
+    report plots it and the published description quotes its last one."""
+    metric = federation.get("metric")
+    if not metric:
+        return []
+    return [
+        finite_number((record.get("evaluate_metrics") or {}).get(metric))
+        for record in federation.get("rounds", [])
+    ]
+
+
+def final_metric(federation: dict[str, Any]) -> float | None:
+    """The floored metric after the last round, if the run reported one."""
+    values = metric_values(federation)
+    return values[-1] if values else None
+
+
 def new_run_name() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
