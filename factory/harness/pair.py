@@ -82,6 +82,11 @@ class PairResult:
         return self.status in (PASSED, PASSED_WITH_WARNING)
 
     @property
+    def variants(self) -> tuple[str, str]:
+        """The SuperLink's and the SuperNodes' variant names."""
+        return self.superlink.variant, self.supernodes.variant
+
+    @property
     def cross_version(self) -> bool:
         return self.superlink.flower != self.supernodes.flower
 

@@ -571,6 +571,76 @@ def _write_yaml(staging: Path, document: dict[str, Any]) -> None:
     target.write_text(dump_yaml(document))
 
 
+@dataclass
+class _Staging:
+    """One publication in progress: where its files are staged, what it made in the cloud, the names the
+    service apps refer to."""
+
+    cloud: Any | None
+    release: int
+    created: float
+    staging: Path
+    publication: Publication
+    progress: Progress
+    market_id: int | None = None
+    made: _Made = field(default_factory=_Made)
+    titles: dict[str, str] = field(default_factory=dict)
+    app_names: dict[str, str] = field(default_factory=dict)
+
+    def image(self, image: ImageToPublish, result: PairResult) -> None:
+        """The IMAGE app (marketplace app of the tested image), its YAML and its certification files."""
+        title = _title(image)
+        self.titles[image.variant] = title
+        stamp = version_stamp(image.side.flower, self.release, self.created)
+        document = appliance_yaml(image, stamp, "", self.created, result, self.release)
+        app_id = None
+        if self.cloud is not None:
+            reference = self.cloud.ensure_image(
+                image.path,
+                f"flower-{image.variant}",
+                image.side.image["sha256"],
+                image.side.image.get("format", "raw"),
+            )
+            if not reference.reused:
+                self.made.images.append(reference.id)
+            template = image_app_template(image, title, stamp, reference.id, document["opennebula_template"])
+            self.app_names[image.variant] = template["NAME"]
+            app_id = _market_app(
+                self.cloud, template, self.market_id, self.made, self.publication, self.progress, image
+            )
+        document["images"][0]["url"] = _image_url(self.cloud, app_id, image)
+        _write_yaml(self.staging, document)
+        app_dir = self.staging / "certification" / f"flower-{image.line}"
+        for relative, text in certification_files(image).items():
+            (app_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            (app_dir / relative).write_text(text)
+
+    def service(self, result: PairResult) -> None:
+        """The SERVICE_TEMPLATE app of a pair, naming its two IMAGE apps, and its YAML."""
+        link, node = result.superlink.variant, result.supernodes.variant
+        stamp = version_stamp(result.superlink.flower, self.release, self.created)
+        names = {"superlink": self.titles[link], "supernode": self.titles[node]}
+        document = service_yaml(result, names, stamp, self.created, self.release)
+        _write_yaml(self.staging, document)
+        if self.cloud is not None:
+            roles = {"superlink": self.app_names[link], "supernode": self.app_names[node]}
+            template = service_app_template(document, roles, stamp)
+            _market_app(self.cloud, template, self.market_id, self.made, self.publication, self.progress)
+
+    def index(self, run: str, chosen: PublishPlan) -> None:
+        """published.json: the apps and files of the publication."""
+        publication = self.publication
+        publication.files = sorted(
+            str(path.relative_to(self.staging)) for path in self.staging.rglob("*") if path.is_file()
+        )
+        write_json(
+            self.staging / "published.json",
+            {"run": run, "created": self.created, "release": self.release, "apps": publication.apps,
+             "files": publication.files, "pairs": [result.pair for result in chosen.pairs],
+             "skipped": chosen.skipped},
+        )  # fmt: skip
+
+
 def publish(
     run: str,
     cloud: Any | None,
@@ -579,84 +649,34 @@ def publish(
     progress: Progress = PROGRESS,
 ) -> Publication:
     """Publish the passing release pairs of ``run``. ``cloud`` (a factory.one.OneCloud) creates the
-    marketplace apps; without it only the files are written (for a marketplace pull request)."""
+    marketplace apps; without it only the files are written (for a marketplace pull request). Nothing is
+    left half-done: on any failure the staged files and the apps made so far are removed again."""
     from hostkit.paths import RESULTS_DIR
 
     root = results_root or RESULTS_DIR
-    results = load_results(run, root)
-    chosen = plan(results, run)
+    chosen = plan(load_results(run, root), run)
     if not chosen.pairs:
         reasons = "\n  ".join(chosen.skipped) or "no results in the run"
         raise FactoryError(
             f"nothing to publish from run {run}: no passing release pair tested in a cloud:\n  {reasons}"
         )
     verify_checksums(chosen.images, progress)
-    created = time.time()
     final = run_dir(run, root) / "publish"
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=run_dir(run, root)))
     publication = Publication(run=run, directory=final, skipped=chosen.skipped)
-    made = _Made()
+    job = _Staging(cloud, release, time.time(), staging, publication, progress)
     try:
-        market_id = cloud.marketplace_id() if cloud is not None else None
-        titles: dict[str, str] = {}
-        app_names: dict[str, str] = {}
+        job.market_id = cloud.marketplace_id() if cloud is not None else None
         for image in chosen.images:
-            title = _title(image)
-            titles[image.variant] = title
-            stamp = version_stamp(image.side.flower, release, created)
-            result = next(
-                r for r in chosen.pairs if image.variant in (r.superlink.variant, r.supernodes.variant)
-            )
-            document = appliance_yaml(image, stamp, "", created, result, release)
-            app_id = None
-            if cloud is not None:
-                reference = cloud.ensure_image(
-                    image.path,
-                    f"flower-{image.variant}",
-                    image.side.image["sha256"],
-                    image.side.image.get("format", "raw"),
-                )
-                if not reference.reused:
-                    made.images.append(reference.id)
-                template = image_app_template(
-                    image, title, stamp, reference.id, document["opennebula_template"]
-                )
-                app_names[image.variant] = template["NAME"]
-                app_id = _market_app(cloud, template, market_id, made, publication, progress, image)
-            document["images"][0]["url"] = _image_url(cloud, app_id, image)
-            _write_yaml(staging, document)
-            app_dir = staging / "certification" / f"flower-{image.line}"
-            for relative, text in certification_files(image).items():
-                (app_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-                (app_dir / relative).write_text(text)
+            tested = next(pair for pair in chosen.pairs if image.variant in pair.variants)
+            job.image(image, tested)
         for result in chosen.pairs:
-            names = {
-                "superlink": titles[result.superlink.variant],
-                "supernode": titles[result.supernodes.variant],
-            }
-            stamp = version_stamp(result.superlink.flower, release, created)
-            document = service_yaml(result, names, stamp, created, release)
-            _write_yaml(staging, document)
-            if cloud is not None:
-                roles = {
-                    "superlink": app_names[result.superlink.variant],
-                    "supernode": app_names[result.supernodes.variant],
-                }
-                template = service_app_template(document, roles, stamp)
-                _market_app(cloud, template, market_id, made, publication, progress)
-        publication.files = sorted(
-            str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()
-        )
-        write_json(
-            staging / "published.json",
-            {"run": run, "created": created, "release": release, "apps": publication.apps,
-             "files": publication.files, "pairs": [result.pair for result in chosen.pairs],
-             "skipped": chosen.skipped},
-        )  # fmt: skip
+            job.service(result)
+        job.index(run, chosen)
         replace_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if cloud is not None:
-            made.undo(cloud)
+            job.made.undo(cloud)
         raise
     return publication
