@@ -299,51 +299,64 @@ def _png(figure: Any) -> str:
 
 
 def _plots(data: dict[str, Any]) -> dict[str, str]:
+    """The report's figures as PNG data URLs: convergence per task, round time per pair, a grid per
+    (OS, accelerator)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    width = max(6.0, min(14.0, 4.0 + 0.6 * len(data["pairs"])))
+    plots = {
+        f"convergence:{task}": _convergence_plot(task, entry, width)
+        for task, entry in data["frameworks"].items()
+    }
+    plots["round_time"] = _round_time_plot(data["pairs"], width)
+    for grid in data["grids"]:
+        plots[f"grid:{grid['os']}/{grid['accel']}"] = _grid_plot(grid)
+    return plots
+
+
+def _convergence_plot(task: str, entry: dict[str, Any], width: float) -> str:
+    """Loss per round, and the floored metric per round with its floor, of every pair that ran ``task``."""
     import matplotlib.pyplot as plt
 
-    plots: dict[str, str] = {}
-    pairs = data["pairs"]
-    width = max(6.0, min(14.0, 4.0 + 0.6 * len(pairs)))
-
     line_style = {PASSED: "-", PASSED_WITH_WARNING: "--", FAILED: ":"}
-    for task, entry in data["frameworks"].items():
-        # per task: loss per round, and the floored metric per round with its floor
-        figure, axes = plt.subplots(1, 2, figsize=(min(14.0, width * 1.6), 4), squeeze=False)
-        loss_axis, metric_axis = axes[0]
-        for run in entry["pairs"]:
-            for axis, values in ((loss_axis, run["eval_loss"]), (metric_axis, run["metric_values"])):
-                points = [(index + 1, value) for index, value in enumerate(values) if value is not None]
-                if points:
-                    rounds, ys = zip(*points, strict=True)
-                    axis.plot(rounds, ys, marker="o", linestyle=line_style[run["status"]], label=run["pair"])
-        if entry["floor"] is not None:
-            metric_axis.axhline(
-                entry["floor"],
-                color=COLOUR[FAILED],
-                linestyle="--",
-                linewidth=1,
-                label=f"floor {entry['floor']:g}",
-            )
-        loss_axis.set(xlabel="round", ylabel="evaluation loss", title=f"{task}: evaluation loss")
-        metric = entry["metric"] or "metric"
-        metric_axis.set(xlabel="round", ylabel=metric, title=f"{task}: {metric} (final must reach the floor)")
-        for axis in (loss_axis, metric_axis):
-            axis.xaxis.get_major_locator().set_params(integer=True)
-            axis.grid(alpha=0.3)
-        if loss_axis.get_lines():
-            loss_axis.legend(
-                fontsize=7,
-                loc="upper right",
-                title="solid: works, dashed: warning, dotted: fails",
-                title_fontsize=7,
-            )
-        if metric_axis.get_lines():
-            metric_axis.legend(fontsize=7, loc="lower right")
-        figure.suptitle(f"{task} task: {_task_role(task, entry)}", fontsize=9)
-        plots[f"convergence:{task}"] = _png(figure)
+    figure, axes = plt.subplots(1, 2, figsize=(min(14.0, width * 1.6), 4), squeeze=False)
+    loss_axis, metric_axis = axes[0]
+    for run in entry["pairs"]:
+        for axis, values in ((loss_axis, run["eval_loss"]), (metric_axis, run["metric_values"])):
+            points = [(index + 1, value) for index, value in enumerate(values) if value is not None]
+            if points:
+                rounds, ys = zip(*points, strict=True)
+                axis.plot(rounds, ys, marker="o", linestyle=line_style[run["status"]], label=run["pair"])
+    if entry["floor"] is not None:
+        metric_axis.axhline(
+            entry["floor"],
+            color=COLOUR[FAILED],
+            linestyle="--",
+            linewidth=1,
+            label=f"floor {entry['floor']:g}",
+        )
+    loss_axis.set(xlabel="round", ylabel="evaluation loss", title=f"{task}: evaluation loss")
+    metric = entry["metric"] or "metric"
+    metric_axis.set(xlabel="round", ylabel=metric, title=f"{task}: {metric} (final must reach the floor)")
+    for axis in (loss_axis, metric_axis):
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+    if loss_axis.get_lines():
+        loss_axis.legend(
+            fontsize=7,
+            loc="upper right",
+            title="solid: works, dashed: warning, dotted: fails",
+            title_fontsize=7,
+        )
+    if metric_axis.get_lines():
+        metric_axis.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"{task} task: {_task_role(task, entry)}", fontsize=9)
+    return _png(figure)
+
+
+def _round_time_plot(pairs: list[dict[str, Any]], width: float) -> str:
+    import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(width, 4))
     for index, pair in enumerate(pairs):
@@ -354,28 +367,31 @@ def _plots(data: dict[str, Any]) -> dict[str, str]:
     axis.set_xticks(range(len(pairs)), [pair["pair"] for pair in pairs], rotation=30, ha="right", fontsize=7)
     axis.set(ylabel="seconds per round", title="Round time per pair (bar: mean, dots: rounds)")
     axis.grid(axis="y", alpha=0.3)
-    plots["round_time"] = _png(figure)
+    return _png(figure)
 
-    for grid in data["grids"]:
-        links, nodes = grid["superlink_versions"], grid["supernode_versions"]
-        figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(nodes), 1.2 + 0.7 * len(links)))
-        for row, link in enumerate(links):
-            for column, node in enumerate(nodes):
-                cell = grid["cells"].get(f"{link}|{node}")
-                colour = COLOUR[cell["status"]] if cell else "#bdbdbd"
-                axis.add_patch(plt.Rectangle((column, row), 1, 1, color=colour, ec="white", lw=2))
-                label = SYMBOL[cell["status"]] if cell else "not tested"
-                text = label.replace(" with ", "\nwith ")
-                axis.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=8, color="white")
-        axis.set_xlim(0, len(nodes))
-        axis.set_ylim(0, len(links))
-        axis.set_xticks([index + 0.5 for index in range(len(nodes))], nodes)
-        axis.set_yticks([index + 0.5 for index in range(len(links))], links)
-        axis.set(xlabel="SuperNode Flower version", ylabel="SuperLink Flower version")
-        axis.set_title(f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}")
-        axis.invert_yaxis()
-        plots[f"grid:{grid['os']}/{grid['accel']}"] = _png(figure)
-    return plots
+
+def _grid_plot(grid: dict[str, Any]) -> str:
+    """The SuperLink x SuperNode version grid of one (OS, accelerator), coloured by outcome."""
+    import matplotlib.pyplot as plt
+
+    links, nodes = grid["superlink_versions"], grid["supernode_versions"]
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(nodes), 1.2 + 0.7 * len(links)))
+    for row, link in enumerate(links):
+        for column, node in enumerate(nodes):
+            cell = grid["cells"].get(f"{link}|{node}")
+            colour = COLOUR[cell["status"]] if cell else "#bdbdbd"
+            axis.add_patch(plt.Rectangle((column, row), 1, 1, color=colour, ec="white", lw=2))
+            label = SYMBOL[cell["status"]] if cell else "not tested"
+            text = label.replace(" with ", "\nwith ")
+            axis.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=8, color="white")
+    axis.set_xlim(0, len(nodes))
+    axis.set_ylim(0, len(links))
+    axis.set_xticks([index + 0.5 for index in range(len(nodes))], nodes)
+    axis.set_yticks([index + 0.5 for index in range(len(links))], links)
+    axis.set(xlabel="SuperNode Flower version", ylabel="SuperLink Flower version")
+    axis.set_title(f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}")
+    axis.invert_yaxis()
+    return _png(figure)
 
 
 def _one_decimal(value: float | None) -> str:

@@ -48,6 +48,7 @@ from factory.one import OneCloud, load_settings
 from factory.one.cloud import ServiceDeployment, VMInfo
 from hostkit.errors import FactoryError
 from hostkit.progress import Progress
+from hostkit.waiting import wait_until
 
 pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
@@ -160,14 +161,8 @@ def launch(cloud: OneCloud, workdir: Path, flower: FlowerEnv, name: str) -> Pair
 
 
 def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 3.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
+    """hostkit's wait_until, failing the test (AssertionError) at the deadline."""
+    return wait_until(check, timeout, interval=interval, what=what, error=AssertionError)
 
 
 def online_ids(cli: FlowerCLI) -> set[int]:

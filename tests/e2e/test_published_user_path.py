@@ -23,7 +23,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from factory.release.publish import publish
 from factory.release.results import write_result
 from hostkit.paths import APPS_DIR
 from hostkit.progress import Progress
+from hostkit.waiting import wait_until
 
 pytestmark = pytest.mark.cloud
 
@@ -72,12 +72,8 @@ def _ids(section: str, out: str) -> list[int]:
 
 
 def _poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(3)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+    """hostkit's wait_until every 3 s, failing the test (AssertionError) at the deadline."""
+    return wait_until(check, timeout, interval=3.0, what=what, error=AssertionError)
 
 
 def _default_values(body: dict[str, Any], network_id: int) -> dict[str, Any]:
