@@ -38,6 +38,7 @@ import requests
 from factory.harness.flwrenv import ensure_flower, flower_environment
 from factory.images.localbuild import build_appliance
 from factory.model.matrix import load_matrix
+from hostkit.waiting import wait_until
 
 SUPERLINK = "superlink-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 SUPERNODE = "supernode-1.42.0-debian12-cpu-standard-sklearn-x86_64"
@@ -45,14 +46,8 @@ FLOWER = "1.42.0"
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not met within {timeout:.0f} s")
-        time.sleep(interval)
+    """hostkit's wait_until, stopping the benchmark (RuntimeError) at the deadline."""
+    return wait_until(predicate, timeout, interval=interval, what=what, error=RuntimeError)
 
 
 def ssh(key: Path, ip: str, command: str) -> str:

@@ -107,22 +107,14 @@ def scaling(version: str, counts: list[int], rounds: int, workdir: Path, persist
 
 def cloud_run(pair_name: str, rounds: int, workdir: Path) -> dict:
     """The pair in the test cloud (or the OpenNebula ONE_XMLRPC names), through the real pair test."""
-    from factory.cli.commands.test import cloud_context, find_pair_specs
-    from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
+    from factory.harness.campaign import PairRun, cloud_target, find_pair_specs
+    from factory.harness.pairtest import PairTestOptions
 
-    specs = find_pair_specs([pair_name])
-    with cloud_context() as (cloud, target, images_for):
-        spec = specs[0]
-        result = run_pair_in_cloud(
-            spec,
-            "bench",
-            workdir,
-            PairTestOptions(rounds=rounds),
-            cloud,
-            images_for(spec),
-            target=target,
-            progress=PROGRESS,
-        )
+    spec = find_pair_specs([pair_name])[0]
+    workdir.mkdir(parents=True, exist_ok=True)
+    with cloud_target() as target:
+        run = PairRun(spec, "bench", PairTestOptions(rounds=rounds))
+        result = run.in_cloud(target, target.images_for(spec), workdir, PROGRESS)
     if not result.passed:
         raise SystemExit(f"cloud run of {pair_name} failed: {result.error}")
     seconds = list(result.timings["round_seconds"])
@@ -160,14 +152,6 @@ def overhead(pair_name: str, rounds: int, workdir: Path) -> dict:
     return {"cloud": cloud, "bare": bare, "ratios": ratios}
 
 
-def _pair_test(spec: Any, options: Any, workdir: Path, target: str, cloud: Any, images: Any) -> Any:
-    from factory.harness.pairtest import run_pair_bare, run_pair_in_cloud
-
-    if target == "bare":
-        return run_pair_bare(spec, "bench", workdir, options, progress=PROGRESS)
-    return run_pair_in_cloud(spec, "bench", workdir, options, cloud, images, progress=PROGRESS)
-
-
 def _task_row(result: Any, label: str) -> dict:
     """One pair test: its time without image import, and each task's time and checks."""
     timings = dict(result.timings)
@@ -191,19 +175,24 @@ def tasks(pair_name: str, rounds: int, workdir: Path, target: str) -> dict:
     """The pair test with the canary only, then with the canary and the framework task, side by side."""
     from contextlib import nullcontext
 
-    from factory.cli.commands.test import cloud_context, find_pair_specs
+    from factory.harness.campaign import PairRun, cloud_target, find_pair_specs
     from factory.harness.pairtest import PairTestOptions, framework_task
 
     spec = find_pair_specs([pair_name])[0]
     framework = framework_task(spec)
-    context = nullcontext((None, "bare", None)) if target == "bare" else cloud_context()
     rows = []
-    with context as (cloud, where, images_for):
-        images = images_for(spec) if images_for is not None else None
+    with nullcontext(None) if target == "bare" else cloud_target() as cloud:
+        where = "bare" if cloud is None else cloud.name
+        images = None if cloud is None else cloud.images_for(spec)
         for label, with_framework in (("canary only (before)", False), ("canary + framework (after)", True)):
             with PROGRESS.stage(f"tasks: {pair_name} in {where}, {label}"):
-                options = PairTestOptions(rounds=rounds, framework_task=with_framework)
-                result = _pair_test(spec, options, workdir / label.split()[0], where, cloud, images)
+                run = PairRun(spec, "bench", PairTestOptions(rounds=rounds, framework_task=with_framework))
+                scratch = workdir / label.split()[0]
+                scratch.mkdir(parents=True, exist_ok=True)
+                if cloud is None:
+                    result = run.bare(scratch, PROGRESS)
+                else:
+                    result = run.in_cloud(cloud, images, scratch, PROGRESS)
                 rows.append(_task_row(result, label))
     before, after = rows
     # the canary-only run fails by design ("framework task not run"): only its own checks count here

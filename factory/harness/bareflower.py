@@ -26,6 +26,7 @@ from factory.harness.federation import Connection, FlowerCLI
 from factory.harness.flwrenv import FlowerEnv, flower_environment
 from factory.harness.tlsmaterial import KeyPair, TLSFiles, make_keypair, make_tls
 from hostkit.errors import FactoryError
+from hostkit.waiting import wait_until
 
 
 class SecurityMode(Enum):
@@ -213,8 +214,8 @@ class BareFederation:
         assert self.superlink is not None
         scheme = "https" if self.tls else "http"
         context = ssl.create_default_context(cafile=str(self.tls.ca_cert)) if self.tls else None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if not self.superlink.running():
                 raise FactoryError(
                     f"flower-superlink exited with {self.superlink.process.returncode} during start-up:\n"
@@ -224,14 +225,14 @@ class BareFederation:
                 with urllib.request.urlopen(
                     f"{scheme}://{self.address}/health", timeout=2, context=context
                 ) as reply:
-                    if reply.status == 200:
-                        return
+                    return reply.status == 200
             except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        raise FactoryError(
-            f"flower-superlink on {self.address} not healthy within {self.start_timeout:.0f} s"
-        )
+                return False
+
+        wait_until(
+            healthy, self.start_timeout, interval=0.3, what=f"flower-superlink on {self.address} healthy",
+            error=FactoryError,
+        )  # fmt: skip
 
     def processes(self) -> list[FlowerProcess]:
         return [process for process in [self.superlink, *self.supernodes, *self.extra] if process is not None]

@@ -14,6 +14,7 @@ clearing the task's floor.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -31,6 +32,7 @@ from hostkit.errors import ConfigError, FactoryError
 from hostkit.paths import APPS_DIR
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
+from hostkit.waiting import wait_until
 
 DEFAULT_APP = APPS_DIR / "factory-app"
 TASK_CHECKS_FILE = APPS_DIR / "task-checks.toml"
@@ -314,53 +316,53 @@ def supernode_is_online(node: dict[str, Any]) -> bool:
 def evaluate_checks(outcome: FederationOutcome, criteria: TaskCriteria | None) -> list[Check]:
     """The pass/fail checks of one run, from what was observed (pure: unit-testable). ``criteria``: the
     task's loss and floor rules; None checks only the generic rules."""
-    checks: list[Check] = []
+    checks = _generic_checks(outcome)
+    return checks if criteria is None else checks + _task_checks(outcome, criteria)
+
+
+def _generic_checks(outcome: FederationOutcome) -> list[Check]:
+    """Every run: nodes online, run completed, every round reported by every node, finite metrics."""
     online = [node for node in outcome.supernodes if supernode_is_online(node)]
-    checks.append(
-        Check(
-            "supernodes_online",
-            len(online) >= outcome.expected_supernodes,
-            f"{len(online)} of {outcome.expected_supernodes} expected SuperNodes online "
-            f"({len(outcome.supernodes)} registered)",
-        )
-    )
-    checks.append(
-        Check("run_completed", outcome.status == "finished:completed", f"run status {outcome.status!r}")
-    )
     numbers = [record.round for record in outcome.rounds]
     wanted = list(range(1, outcome.rounds_requested + 1))
-    checks.append(
-        Check("all_rounds_finished", numbers == wanted, f"rounds reported {numbers}, wanted {wanted}")
-    )
     short = [
         record.round
         for record in outcome.rounds
         if min(record.train_replies, record.evaluate_replies) < outcome.expected_supernodes or record.errors
     ]
-    checks.append(
-        Check(
-            "every_node_every_round",
-            bool(outcome.rounds) and not short,
-            f"rounds missing replies or with errors: {short}"
-            if short
-            else "all nodes replied in every round",
-        )
-    )
     bad = [
         record.round
         for record in outcome.rounds
         if not (_finite(record.train_metrics) and _finite(record.evaluate_metrics))
         or not record.evaluate_metrics
     ]
-    checks.append(
+    return [
+        Check(
+            "supernodes_online",
+            len(online) >= outcome.expected_supernodes,
+            f"{len(online)} of {outcome.expected_supernodes} expected SuperNodes online "
+            f"({len(outcome.supernodes)} registered)",
+        ),
+        Check("run_completed", outcome.status == "finished:completed", f"run status {outcome.status!r}"),
+        Check("all_rounds_finished", numbers == wanted, f"rounds reported {numbers}, wanted {wanted}"),
+        Check(
+            "every_node_every_round",
+            bool(outcome.rounds) and not short,
+            f"rounds missing replies or with errors: {short}"
+            if short
+            else "all nodes replied in every round",
+        ),
         Check(
             "metrics_finite",
             bool(outcome.rounds) and not bad,
             f"rounds with missing or non-finite metrics: {bad}",
-        )
-    )
-    if criteria is None:
-        return checks
+        ),
+    ]
+
+
+def _task_checks(outcome: FederationOutcome, criteria: TaskCriteria) -> list[Check]:
+    """The task's own rules (apps/task-checks.toml): the loss falls, the final metric reaches the floor."""
+    checks = []
     if criteria.loss_must_decrease:
         losses = [record.evaluate_metrics.get("eval_loss", math.nan) for record in outcome.rounds]
         falling = len(losses) >= 2 and all(later < earlier for earlier, later in itertools.pairwise(losses))
@@ -381,12 +383,13 @@ def evaluate_checks(outcome: FederationOutcome, criteria: TaskCriteria | None) -
             )
         )
         return checks
+    reached = math.isfinite(number) and number >= criteria.floor
     checks.append(
         Check(
             "metric_floor",
-            math.isfinite(number) and number >= criteria.floor,
+            reached,
             f"final {criteria.metric} {number:.4g} "
-            + (">=" if math.isfinite(number) and number >= criteria.floor else "below")
+            + (">=" if reached else "below")
             + f" floor {criteria.floor:g}"
             + (f" (round {outcome.rounds[-1].round})" if outcome.rounds else " (no round reported)"),
         )
@@ -410,16 +413,20 @@ class FederationRunner:
     def wait_for_supernodes(self, expected: int, deadline: float) -> list[dict[str, Any]]:
         """``flwr supernode list`` until ``expected`` nodes are online, or the deadline passes."""
         nodes: list[dict[str, Any]] = []
-        while True:
+
+        def enough_online() -> bool:
             try:
-                nodes = self.cli.supernodes()
+                nodes[:] = self.cli.supernodes()
             except FactoryError:
-                nodes = []
-            if sum(1 for node in nodes if supernode_is_online(node)) >= expected:
-                return nodes
-            if time.monotonic() > deadline:
-                return nodes
-            time.sleep(self.poll_interval)
+                nodes.clear()
+            return sum(1 for node in nodes if supernode_is_online(node)) >= expected
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(
+                enough_online, max(0.0, deadline - time.monotonic()), interval=self.poll_interval,
+                what=f"{expected} SuperNodes online",
+            )  # fmt: skip
+        return list(nodes)
 
     def run(
         self,
@@ -432,6 +439,8 @@ class FederationRunner:
         extra_config: dict[str, Any] | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
     ) -> FederationOutcome:
+        """Submit ``app_dir`` for ``rounds`` rounds of ``task`` once the SuperNodes are online, follow it
+        to its end (or ``timeout``), and check what it reported."""
         if strategy not in STRATEGIES:
             raise FactoryError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
         criteria = task_criteria(task)
@@ -466,6 +475,25 @@ class FederationRunner:
         self.progress.line(
             f"run {outcome.run_id}: {task}/{strategy}, {rounds} rounds, {expected_supernodes} nodes"
         )
+        self._follow(outcome, deadline, timeout, on_round)
+        outcome.finished_at = time.time()
+        # The log may trail the status by an upload interval: read it once more.
+        outcome.log = self.cli.run_log(outcome.run_id)
+        outcome.start_info, outcome.rounds, _ = parse_report_lines(outcome.log)
+        if outcome.first_round_finished_at is None and outcome.rounds:
+            outcome.first_round_finished_at = outcome.rounds[0].finished
+        outcome.checks = evaluate_checks(outcome, criteria)
+        return outcome
+
+    def _follow(
+        self,
+        outcome: FederationOutcome,
+        deadline: float,
+        timeout: float,
+        on_round: Callable[[RoundRecord], None] | None,
+    ) -> None:
+        """Poll the run's status and log until it finished or the deadline passed (then stop it), telling
+        each new round as it is reported."""
         seen = 0
         failed_polls = 0
         while True:
@@ -485,29 +513,25 @@ class FederationRunner:
             outcome.status = str(status.get("status", ""))
             outcome.start_info, outcome.rounds, _ = parse_report_lines(log_text)
             for record in outcome.rounds[seen:]:
-                if outcome.first_round_finished_at is None:
-                    outcome.first_round_finished_at = time.time()
-                metrics = ", ".join(
-                    f"{k}={v:.4g}" for k, v in record.evaluate_metrics.items() if k != "num-examples"
-                )
-                self.progress.line(
-                    f"run {outcome.run_id}: round {record.round}/{rounds} in {record.seconds:.1f} s {metrics}"
-                )
-                if on_round is not None:
-                    on_round(record)
+                self._tell_round(outcome, record, on_round)
             seen = len(outcome.rounds)
             if outcome.status.startswith("finished"):
-                break
+                return
             if time.monotonic() > deadline:
                 self.cli.stop_run(outcome.run_id)
                 outcome.status = f"timeout after {timeout:.0f} s ({outcome.status})"
-                break
+                return
             time.sleep(self.poll_interval)
-        outcome.finished_at = time.time()
-        # The log may trail the status by an upload interval: read it once more.
-        outcome.log = self.cli.run_log(outcome.run_id)
-        outcome.start_info, outcome.rounds, _ = parse_report_lines(outcome.log)
-        if outcome.first_round_finished_at is None and outcome.rounds:
-            outcome.first_round_finished_at = outcome.rounds[0].finished
-        outcome.checks = evaluate_checks(outcome, criteria)
-        return outcome
+
+    def _tell_round(
+        self, outcome: FederationOutcome, record: RoundRecord, on_round: Callable[[RoundRecord], None] | None
+    ) -> None:
+        if outcome.first_round_finished_at is None:
+            outcome.first_round_finished_at = time.time()
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in record.evaluate_metrics.items() if k != "num-examples")
+        self.progress.line(
+            f"run {outcome.run_id}: round {record.round}/{outcome.rounds_requested} "
+            f"in {record.seconds:.1f} s {metrics}"
+        )
+        if on_round is not None:
+            on_round(record)

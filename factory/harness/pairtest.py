@@ -18,6 +18,7 @@ to its criteria in apps/task-checks.toml. A pair passes only if its framework ta
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import re
@@ -27,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from factory.harness.bareflower import BareFederation, SecurityMode
+from factory.harness.deployment import Deployment, PairCloud
 from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
 from factory.harness.flwrenv import ensure_flower
-from factory.release.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, Side
+from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
+from hostkit.waiting import wait_until
 
 # What makes a log line worth quoting in a failure: Flower's and the appliance's error lines, exit codes.
 ERROR_LINE = re.compile(
@@ -43,15 +46,6 @@ ERROR_LINE = re.compile(
 # ordinary start-up lines; systemd's non-fatal complaints end in ", ignoring" (e.g. "Failed to kill control
 # group ..., ignoring: Invalid argument" when a unit stops in a container).
 NOISE_LINE = re.compile(r"uvicorn\.error|Failed to kill control group|, ignoring(?::|\.|$)")
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    """A pair to test: the SuperLink side, the SuperNode side (same or another Flower version)."""
-
-    name: str
-    superlink: Side
-    supernode: Side
 
 
 @dataclass
@@ -196,10 +190,7 @@ def run_pair_bare(
 ) -> PairResult:
     """The pair's Flower versions as plain processes on loopback: same app, checks and record as the cloud."""
     options.check()
-    result = PairResult(
-        pair=spec.name, run=run, target="bare", security=options.security.value,
-        superlink=spec.superlink, supernodes=spec.supernode,
-    )  # fmt: skip
+    result = _new_result(spec, run, "bare", options)
     started = time.monotonic()
     error = ""
     link_env = node_env = None
@@ -260,19 +251,12 @@ def _timings(result: PairResult, outcome: FederationOutcome) -> None:
 
 
 def _rogue_check_bare(rogue: Any, runner: FederationRunner, expected: int) -> dict[str, Any]:
-    """The rogue node must have been refused (exited, never online) while the run finished."""
-    deadline = time.monotonic() + 30
-    while rogue.running() and time.monotonic() < deadline:
-        time.sleep(1)
-    online = [node for node in runner.cli.supernodes() if str(node.get("status")) == "online"]
+    """The rogue process must have been refused (exited, with an error) while the run finished."""
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not rogue.running(), 30, what="rogue SuperNode exited")
     refused = not rogue.running() and rogue.process.returncode != 0
     log_tail = rogue.log_text()[-300:].strip().replace("\n", " | ")
-    return {
-        "task": "security",
-        "name": "rogue_supernode_rejected",
-        "passed": refused and len(online) == expected,
-        "detail": f"rogue exit {rogue.process.returncode}, {len(online)}/{expected} nodes online; {log_tail}",
-    }
+    return rogue_check(runner, expected, refused, f"exit {rogue.process.returncode}; {log_tail}")
 
 
 # -- the cloud -----------------------------------------------------------------------------------------------
@@ -322,21 +306,35 @@ class ImageFile:
         }
 
 
-@dataclass
-class _Created:
-    """What a cloud pair test registered, for teardown in reverse order."""
+def _new_result(
+    spec: PairSpec,
+    run: str,
+    target: str,
+    options: PairTestOptions,
+    images: dict[str, ImageFile] | None = None,
+) -> PairResult:
+    """The record a pair test fills in; in a cloud each side carries its image's record."""
+    result = PairResult.begin(spec, run, target, options.security.value)
+    if images:
+        result.superlink = dataclasses.replace(spec.superlink, image=images["superlink"].record())
+        result.supernodes = dataclasses.replace(spec.supernode, image=images["supernode"].record())
+    return result
 
-    vm_templates: list[int] = field(default_factory=list)
-    service_template: int | None = None
-    deployment: Any = None
-    rogue_vm: int | None = None
+
+def _failed(result: PairResult, error: str) -> bool:
+    return bool(error) or not all(check["passed"] for check in result.checks) or not result.federations
 
 
-def _api_port() -> int:
-    from factory.model import params
-
-    defaults = {param.name: param.default for param in params.load_params().for_role("superlink")}
-    return int(defaults.get("ONEAPP_FL_API_PORT") or 9093)
+def rogue_check(runner: FederationRunner, expected: int, refused: bool, rogue: str) -> dict[str, Any]:
+    """The rogue SuperNode was refused (``refused``, as the target can tell) and exactly the ``expected``
+    registered SuperNodes are online."""
+    online = [node for node in runner.cli.supernodes() if str(node.get("status")) == "online"]
+    return {
+        "task": "security",
+        "name": "rogue_supernode_rejected",
+        "passed": refused and len(online) == expected,
+        "detail": f"{len(online)} SuperNodes online, expected {expected}; rogue: {rogue}",
+    }
 
 
 def run_pair_in_cloud(
@@ -344,184 +342,97 @@ def run_pair_in_cloud(
     run: str,
     workdir: Path,
     options: PairTestOptions,
-    cloud: Any,
+    cloud: PairCloud,
     images: dict[str, ImageFile],
     target: str = "testcloud",
     progress: Progress = PROGRESS,
 ) -> PairResult:
     """Deploy the pair as a OneFlow service in ``cloud`` (a factory.one.OneCloud) and run the federation."""
-    from factory.harness.federation import Connection
-    from factory.harness.tlsmaterial import make_keypair
-    from factory.harness.tunnel import SSHSession
-    from factory.release import appliance_templates
-
     options.check()
-    result = PairResult(
-        pair=spec.name, run=run, target=target, security=options.security.value,
-        superlink=dataclasses.replace(spec.superlink, image=images["superlink"].record()),
-        supernodes=dataclasses.replace(spec.supernode, image=images["supernode"].record()),
-    )  # fmt: skip
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = make_keypair(workdir / "ssh" / "id_ed25519", kind="ed25519", comment=f"flower-factory-{run}")
-    known_hosts = workdir / "ssh" / "known_hosts"
-    created = _Created()
-    tag = f"{spec.name}-{run}"
+    result = _new_result(spec, run, target, options, images)
     error = ""
-    started = time.monotonic()
-    try:
-        with progress.stage(f"{spec.name}: images"):
-            refs = {
-                role: cloud.ensure_image(
-                    image.path, f"flower-{getattr(spec, role).variant}", image.manifest["sha256"],
-                    image.manifest.get("format", "raw"),
-                )
-                for role, image in images.items()
-            }  # fmt: skip
-        result.timings["images_seconds"] = time.monotonic() - started
-        network = cloud.network_id()
-        templates = {}
-        for role in ("superlink", "supernode"):
-            side = getattr(spec, role)
-            templates[role] = appliance_templates.vm_template(
-                role,
-                f"{role}-{tag}",
-                refs[role].id,
-                network,
-                ssh_public_key=key.public_line(),
-                arch=side.arch,
-            )
-            created.vm_templates.append(cloud.create_vm_template(templates[role]))
-        body = appliance_templates.service_template(
-            f"flower-{tag}",
-            created.vm_templates[0],
-            created.vm_templates[1],
-            spec.supernode.count,
-            options.security.value,
-        )
-        created.service_template = cloud.create_service_template(body)
-        instantiated_wall, instantiated = time.time(), time.monotonic()
-        created.deployment = cloud.launch_service(created.service_template, f"flower-{tag}")
-        created.deployment.wait_running(options.deploy_timeout)
-        result.timings["deploy_seconds"] = time.monotonic() - instantiated
-        superlink = created.deployment.role_vms("superlink")[0]
-        for node in created.deployment.role_vms("supernode"):
-            if node.user_template.get("ONEAPP_FL_COMPAT") == "mismatched":
-                result.warnings.append(
-                    f"SuperNode VM {node.id} reports a Flower version mismatch (ONEAPP_FL_COMPAT)"
-                )
-        ca_path = None
-        if options.security.tls:
-            ca_path = workdir / "superlink-ca.crt"
-            ca_path.write_bytes(ca_from_published(superlink.user_template))
-        if superlink.ip is None:
-            raise FactoryError(f"SuperLink VM {superlink.id} has no IP address")
-        if options.rogue_supernode:
-            created.rogue_vm = _start_rogue_vm(
-                cloud, templates["supernode"], created.vm_templates[1], superlink, tag
-            )
-        with (
-            SSHSession(superlink.ip, cloud.settings.ssh_user, key.private, known_hosts=known_hosts).connect(
-                timeout=180
-            ) as ssh,
-            ssh.forward("127.0.0.1", _api_port()) as forward,
-        ):
-            connection = Connection(forward.address, ca_path)
-            runner = FederationRunner(
-                ensure_flower(spec.superlink.flower), workdir / "runner", connection, progress=progress
-            )
-            if created.rogue_vm is not None:
-                _wait_rogue_settled(cloud, created.rogue_vm, progress)
-            for outcome in _run_tasks(runner, spec, options, result):
-                if outcome.task == CANARY_TASK and outcome.rounds:  # from the instantiation, not the start
-                    result.timings["instantiate_to_first_round_seconds"] = (
-                        outcome.rounds[0].finished - instantiated_wall
-                    )
-            if created.rogue_vm is not None:
-                online = [node for node in runner.cli.supernodes() if str(node.get("status")) == "online"]
-                rogue = cloud.vm_info(created.rogue_vm)
-                result.checks.append(
-                    {
-                        "task": "security",
-                        "name": "rogue_supernode_rejected",
-                        "passed": len(online) == spec.supernode.count,
-                        "detail": f"{len(online)} SuperNodes online, expected {spec.supernode.count}; rogue: "
-                        + rogue.describe(),
-                    }
-                )
-    except FactoryError as failure:
-        error = str(failure)
-    failed = bool(error) or not all(check["passed"] for check in result.checks) or not result.federations
-    if failed and created.deployment is not None:
+    with Deployment(cloud, f"{spec.name}-{run}", workdir, progress) as deployment:
         try:
-            result.logs = created.deployment.collect_logs(key.private, known_hosts)
+            _deploy_and_run(deployment, spec, options, images, result)
         except FactoryError as failure:
-            result.logs = {"collect_logs": str(failure)}
-        error = failure_text(error, result.logs)
-    if failed and options.keep_on_failure:
-        kept = created.deployment.id if created.deployment is not None else None
-        result.warnings.append(
-            f"kept for inspection (--keep-on-failure): service {kept}, rogue VM {created.rogue_vm}"
-        )
-        progress.line(f"{spec.name}: failed; kept service {kept} for inspection (SSH key {key.private})")
-    else:
-        _teardown(cloud, created, progress)
+            error = str(failure)
+        if _failed(result, error):
+            result.logs = deployment.collect_logs()
+            error = failure_text(error, result.logs) if deployment.service is not None else error
+            if options.keep_on_failure:
+                kept = deployment.keep()
+                result.warnings.append(f"kept for inspection (--keep-on-failure): {kept}")
+                progress.line(
+                    f"{spec.name}: failed; kept {kept} for inspection (SSH key {deployment.key.private})"
+                )
     return _finish(result, spec, error)
 
 
-def _start_rogue_vm(
-    cloud: Any, node_template: dict[str, Any], template_id: int, superlink: Any, tag: str
-) -> int:
-    """A SuperNode VM outside the service: it is pointed at the SuperLink but its key is never enrolled."""
-    context = dict(node_template["CONTEXT"])
-    context["ONEAPP_FL_SUPERLINK"] = superlink.user_template.get("ONEAPP_FL_ENDPOINT", "")
-    context["ONEAPP_FL_SUPERLINK_CA"] = superlink.user_template.get("ONEAPP_FL_CA_CERT", "")
-    context["ONEAPP_FL_NODE_CONFIG"] = "partition-id=0 num-partitions=2"
-    return int(cloud.instantiate_vm(template_id, f"rogue-{tag}", {"CONTEXT": context}))
+def _deploy_and_run(
+    deployment: Deployment, spec: PairSpec, options: PairTestOptions, images: dict[str, ImageFile],
+    result: PairResult,
+) -> None:  # fmt: skip
+    """Images, templates, the service RUNNING, then the tasks through the SuperLink's Control API."""
+    started = time.monotonic()
+    names = {role: f"flower-{getattr(spec, role).variant}" for role in images}
+    refs = deployment.import_images(images, names)
+    result.timings["images_seconds"] = time.monotonic() - started
+    link, node = (
+        deployment.vm_template(role, refs[role].id, getattr(spec, role).arch)
+        for role in ("superlink", "supernode")
+    )
+    service_template = deployment.service_template(link, node, spec.supernode.count, options.security.value)
+    instantiated_wall, instantiated = time.time(), time.monotonic()
+    service = deployment.launch(service_template, options.deploy_timeout)
+    result.timings["deploy_seconds"] = time.monotonic() - instantiated
+    superlink = service.role_vms("superlink")[0]
+    result.warnings += [
+        f"SuperNode VM {vm.id} reports a Flower version mismatch (ONEAPP_FL_COMPAT)"
+        for vm in service.role_vms("supernode")
+        if vm.user_template.get("ONEAPP_FL_COMPAT") == "mismatched"
+    ]
+    ca_pem = ca_from_published(superlink.user_template) if options.security.tls else None
+    if superlink.ip is None:
+        raise FactoryError(f"SuperLink VM {superlink.id} has no IP address")
+    rogue = deployment.start_rogue_supernode(node, superlink) if options.rogue_supernode else None
+    with deployment.control_api(superlink, ca_pem) as connection:
+        runner = FederationRunner(
+            ensure_flower(spec.superlink.flower), deployment.workdir / "runner", connection,
+            progress=deployment.progress,
+        )  # fmt: skip
+        if rogue is not None:
+            _wait_rogue_settled(deployment.cloud, rogue, deployment.progress)
+        for outcome in _run_tasks(runner, spec, options, result):
+            if outcome.task == CANARY_TASK and outcome.rounds:  # from the instantiation, not the start
+                result.timings["instantiate_to_first_round_seconds"] = (
+                    outcome.rounds[0].finished - instantiated_wall
+                )
+        if rogue is not None:
+            described = deployment.cloud.vm_info(rogue).describe()
+            result.checks.append(rogue_check(runner, spec.supernode.count, True, described))
 
 
-def _wait_rogue_settled(cloud: Any, vm_id: int, progress: Progress, timeout: float = 300.0) -> None:
+def _wait_rogue_settled(cloud: PairCloud, vm_id: int, progress: Progress, timeout: float = 300.0) -> None:
     """Until the rogue VM runs and its appliance has reported (ready or failed), so the test sees it try."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def settled() -> Any:
         vm = cloud.vm_info(vm_id)
-        if vm.failed or vm.user_template.get("ONEAPP_FL_STATUS") in {"failed", "ready"} or vm.ready:
-            progress.line(f"rogue SuperNode: {vm.describe()}")
-            return
-        time.sleep(3.0)
-    progress.line(f"rogue SuperNode still settling after {timeout:.0f} s: {cloud.vm_info(vm_id).describe()}")
+        return (
+            vm
+            if vm.failed or vm.user_template.get("ONEAPP_FL_STATUS") in {"failed", "ready"} or vm.ready
+            else None
+        )
 
-
-def _teardown(cloud: Any, created: _Created, progress: Progress) -> None:
-    problems = []
-    with progress.stage("teardown"):
-        if created.rogue_vm is not None:
-            try:
-                cloud.terminate_vm(created.rogue_vm)
-            except FactoryError as error:
-                problems.append(str(error))
-        if created.deployment is not None:
-            try:
-                created.deployment.delete()
-            except FactoryError as error:
-                problems.append(str(error))
-        if created.service_template is not None:
-            try:
-                cloud.delete_service_template(created.service_template)
-            except FactoryError as error:
-                problems.append(str(error))
-        for template_id in created.vm_templates:
-            try:
-                cloud.delete_vm_template(template_id)
-            except FactoryError as error:
-                problems.append(str(error))
-    for problem in problems:
-        progress.line(f"teardown: {problem}")
+    try:
+        vm = wait_until(settled, timeout, interval=3.0, what="rogue SuperNode settled")
+    except TimeoutError:
+        progress.line(
+            f"rogue SuperNode still settling after {timeout:.0f} s: {cloud.vm_info(vm_id).describe()}"
+        )
+    else:
+        progress.line(f"rogue SuperNode: {vm.describe()}")
 
 
 def failed_result(spec: PairSpec, run: str, target: str, options: PairTestOptions, error: str) -> PairResult:
     """The record of a pair that could not even start (e.g. its images are missing)."""
-    result = PairResult(
-        pair=spec.name, run=run, target=target, security=options.security.value,
-        superlink=spec.superlink, supernodes=spec.supernode,
-    )  # fmt: skip
-    return _finish(result, spec, error)
+    return _finish(_new_result(spec, run, target, options), spec, error)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import select
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
 
 from hostkit.errors import FactoryError
+from hostkit.waiting import wait_until
 
 
 def _load_private_key(path: Path) -> paramiko.PKey:
@@ -59,17 +59,13 @@ class SSHSession:
     client: paramiko.SSHClient | None = field(default=None, init=False)
 
     def connect(self, timeout: float = 120.0) -> SSHSession:
+        """Log in, retrying every 2 s until ``timeout`` while the guest is not up or has not installed the
+        key yet; a host key other than the pinned or known one is refused at once."""
         key = _load_private_key(self.private_key)
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            client = paramiko.SSHClient()
-            if self.known_hosts is not None and self.known_hosts.exists():
-                client.load_host_keys(str(self.known_hosts))
-            if self.expected_host_key:
-                client.set_missing_host_key_policy(_PinnedHostKey(self.expected_host_key))
-            else:
-                client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        errors: list[Exception] = []
+
+        def attempt() -> paramiko.SSHClient | None:
+            client = self._client()
             try:
                 client.connect(
                     self.host,
@@ -87,18 +83,34 @@ class SSHSession:
                 raise FactoryError(f"SSH to {self.user}@{self.host}:{self.port} refused: {error}") from None
             except (OSError, paramiko.SSHException) as error:
                 # not up yet, or the guest has not installed our key yet: try again until the deadline
-                last_error = error
+                errors.append(error)
                 client.close()
-                time.sleep(2.0)
-                continue
-            if self.known_hosts is not None:
-                self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-                client.save_host_keys(str(self.known_hosts))
-            self.client = client
-            return self
-        raise FactoryError(
-            f"SSH to {self.user}@{self.host}:{self.port} failed for {timeout:.0f} s: {last_error}"
-        )
+                return None
+            return client
+
+        try:
+            client = wait_until(attempt, timeout, interval=2.0, what="SSH login")
+        except TimeoutError:
+            last_error = errors[-1] if errors else None
+            raise FactoryError(
+                f"SSH to {self.user}@{self.host}:{self.port} failed for {timeout:.0f} s: {last_error}"
+            ) from None
+        if self.known_hosts is not None:
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            client.save_host_keys(str(self.known_hosts))
+        self.client = client
+        return self
+
+    def _client(self) -> paramiko.SSHClient:
+        """A client that trusts the known hosts file and the pinned key (any new key when none is pinned)."""
+        client = paramiko.SSHClient()
+        if self.known_hosts is not None and self.known_hosts.exists():
+            client.load_host_keys(str(self.known_hosts))
+        if self.expected_host_key:
+            client.set_missing_host_key_policy(_PinnedHostKey(self.expected_host_key))
+        else:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        return client
 
     def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         if self.client is None:

@@ -24,7 +24,7 @@ What a marketplace app carries is what OpenNebula's own exporters read (OpenNebu
 driver writes them), to which the exporters append ``NAME`` and ``DISK`` lines; a SERVICE_TEMPLATE app has
 ``ROLE = [ NAME, APP ]`` entries naming its IMAGE apps and the OneFlow 7 service body (JSON) in
 ``APPTEMPLATE64``, with a ``networks`` entry and ``user_inputs`` that carry their defaults
-(factory/release/appliance_templates.py).
+(factory/harness/appliance_templates.py).
 
 Outputs under ``results/<run>/publish/``:
 
@@ -52,11 +52,13 @@ from typing import Any
 
 import yaml
 
+from factory.harness import appliance_templates
+from factory.harness.pair import PairResult, Side
 from factory.model import params
 from factory.model.manifest import digests, manifest_path
 from factory.one import onetemplate
-from factory.release import appliance_templates
-from factory.release.results import PairResult, Side, load_results, run_dir, write_json
+from factory.release.results import final_metric, finite_number, load_results, run_dir, write_json
+from factory.release.templating import render
 from hostkit.errors import FactoryError
 from hostkit.fileio import replace_directory
 from hostkit.progress import DEFAULT as PROGRESS
@@ -274,16 +276,12 @@ def framework_result(result: PairResult) -> str:
     """What the pair's framework task reached, e.g. ``sklearn task: final eval_accuracy 0.947 (floor
     0.85)``: the run that says what the SuperNode image is for (``PairResult.framework_federation``)."""
     federation = result.framework_federation()
-    metric = federation.get("metric") if federation else None
-    rounds = federation.get("rounds") if federation else None
-    if not metric or not rounds:
+    final = final_metric(federation) if federation else None
+    if final is None:
         return ""
-    final = (rounds[-1].get("evaluate_metrics") or {}).get(metric)
-    if not isinstance(final, int | float):
-        return ""
-    floor = federation.get("floor")
-    held = f" (floor {floor:g})" if isinstance(floor, int | float) else ""
-    return f"{federation['task']} task: final {metric} {final:.3g}{held}"
+    floor = finite_number(federation.get("floor"))
+    held = f" (floor {floor:g})" if floor is not None else ""
+    return f"{federation['task']} task: final {federation['metric']} {final:.3g}{held}"
 
 
 def appliance_yaml(
@@ -384,140 +382,33 @@ def service_yaml(
 
 # -- community marketplace certification --------------------------------------------------------------------
 
-CERTIFICATION_TEST = {
-    "superlink": """\
-require_relative '../../../lib/community/app_handler'
-
-# Flower SuperLink appliance: installed, bootstrapped, serving; the Control API stays on loopback.
-describe 'Flower SuperLink appliance certification' do
-    include_context('vm_handler')
-
-    def wait_for(cmd, timeout, what)
-        start = Time.now
-        loop do
-            result = @info[:vm].ssh(cmd)
-            return result if result.success?
-            raise "#{what} not true after #{timeout} s" if Time.now - start > timeout
-
-            sleep 5
-        end
-    end
-
-    it 'has Flower {flower} in its virtualenv' do
-        result = @info[:vm].ssh('/opt/flower/venv/bin/flower-superlink --version')
-        expect(result.exitstatus).to eq(0)
-        expect(result.stdout + result.stderr).to include('{flower}')
-    end
-
-    it 'finished its bootstrap' do
-        wait_for("grep -qx bootstrap_success /etc/one-appliance/status", 600, 'bootstrap_success')
-        expect(@info[:vm].ssh('cat /etc/motd').stdout).to include('All set and ready to serve')
-    end
-
-    it 'runs the SuperLink as a service' do
-        wait_for('systemctl is-active flower-superlink', 120, 'flower-superlink active').expect_success
-    end
-
-    it 'answers on its Fleet port with TLS and keeps the Control API on loopback' do
-        wait_for("curl -sk --max-time 5 https://127.0.0.1:{fleet_port}/health", 120, 'Fleet /health')
-        listeners = @info[:vm].ssh("ss -ltnH '( sport = :{api_port} )'").stdout
-        expect(listeners).not_to be_empty
-        listeners.each_line do |line|
-            expect(line.split[3]).to start_with('127.0.0.1:')
-        end
-    end
-end
-""",
-    "supernode": """\
-require_relative '../../../lib/community/app_handler'
-
-# Flower SuperNode appliance: installed; without a SuperLink to find it fails closed and says why.
-describe 'Flower SuperNode appliance certification' do
-    include_context('vm_handler')
-
-    it 'has Flower {flower} in its virtualenv' do
-        result = @info[:vm].ssh('/opt/flower/venv/bin/flower-supernode --version')
-        expect(result.exitstatus).to eq(0)
-        expect(result.stdout + result.stderr).to include('{flower}')
-    end
-
-    it 'ships the SuperNode service unit' do
-        @info[:vm].ssh('systemctl cat flower-supernode.service').expect_success
-    end
-
-    it 'reports a clear failure when no SuperLink can be found' do
-        start = Time.now
-        status = ''
-        loop do
-            status = @info[:vm].ssh('cat /etc/one-appliance/status').stdout.strip
-            break if status.end_with?('_failure', '_success')
-            raise 'the appliance never finished bootstrapping' if Time.now - start > 600
-
-            sleep 5
-        end
-        expect(status).to eq('bootstrap_failure')
-        expect(@info[:vm].ssh('cat /etc/motd').stdout).to match(/SuperLink/i)
-    end
-end
-""",
-}
-
 
 def _metadata_yaml(image: ImageToPublish) -> str:
     """Community ``metadata.yaml`` (Ruby symbol keys, as app_readiness.rb reads them)."""
-    side = image.side
     if image.role == "superlink":
         test_params = {"FL_TLS": "YES", "FL_NODE_AUTH": "YES"}
     else:
         test_params = {"FL_TLS": "YES", "FL_SUPERLINK": "", "FL_DISCOVERY_TIMEOUT": "30"}
-    lines = [
-        "---",
-        ":app:",
-        f"  :name: flower-{image.role}-{side.os}-{side.accel}-{side.profile}-{side.framework}",
-        "  :type: service",
-        "  :os:",
-        "    :type: linux",
-        f"    :base: {side.os}",
-        "  :hypervisor: KVM",
-        "  :context:",
-        "    :prefixed: true",
-        "    :params:",
-        *[f"      :{key}: '{value}'" for key, value in test_params.items()],
-        "",
-        ":one:",
-        "  :template:",
-        "    NAME: base",
-        "    TEMPLATE:",
-        f"      ARCH: {side.arch}",
-        "      CONTEXT:",
-        "        NETWORK: 'YES'",
-        "        TOKEN: 'YES'",
-        "        REPORT_READY: 'YES'",
-        '        SSH_PUBLIC_KEY: "$USER[SSH_PUBLIC_KEY]"',
-        f"      CPU: '{appliance_templates.SIZES[image.role]['CPU']}'",
-        f"      MEMORY: '{appliance_templates.SIZES[image.role]['MEMORY']}'",
-        "      NIC:",
-        "        NETWORK: service",
-        "  :datastore_name: default",
-        "  :timeout: '90'",
-        "",
-        ":infra:",
-        f"  :disk_format: {side.image.get('format', 'qcow2')}",
-        "  :apps_path: /opt/one-apps/export",
-        "",
-    ]
-    return "\n".join(lines)
+    return render(
+        "certification/metadata.yaml.j2",
+        role=image.role,
+        side=image.side,
+        test_params=test_params,
+        size=appliance_templates.SIZES[image.role],
+        disk_format=image.side.image.get("format", "qcow2"),
+    )
 
 
 def certification_files(image: ImageToPublish) -> dict[str, str]:
+    """metadata.yaml, tests.yaml and the role's spec, as the community marketplace's certification runs
+    them (templates/certification/)."""
     defaults = {param.name: param.default for param in params.load_params().for_role("superlink")}
-    test = CERTIFICATION_TEST[image.role]
-    for key, value in {
-        "{flower}": image.side.flower,
-        "{fleet_port}": defaults.get("ONEAPP_FL_FLEET_PORT", "9092"),
-        "{api_port}": defaults.get("ONEAPP_FL_API_PORT", "9093"),
-    }.items():
-        test = test.replace(key, value)
+    test = render(
+        f"certification/{image.role}_basic.rb.j2",
+        flower=image.side.flower,
+        fleet_port=defaults.get("ONEAPP_FL_FLEET_PORT", "9092"),
+        api_port=defaults.get("ONEAPP_FL_API_PORT", "9093"),
+    )
     name = f"00-flower_{image.role}_basic.rb"
     return {"metadata.yaml": _metadata_yaml(image), "tests.yaml": f"---\n- {name}\n", f"tests/{name}": test}
 
@@ -680,6 +571,76 @@ def _write_yaml(staging: Path, document: dict[str, Any]) -> None:
     target.write_text(dump_yaml(document))
 
 
+@dataclass
+class _Staging:
+    """One publication in progress: where its files are staged, what it made in the cloud, the names the
+    service apps refer to."""
+
+    cloud: Any | None
+    release: int
+    created: float
+    staging: Path
+    publication: Publication
+    progress: Progress
+    market_id: int | None = None
+    made: _Made = field(default_factory=_Made)
+    titles: dict[str, str] = field(default_factory=dict)
+    app_names: dict[str, str] = field(default_factory=dict)
+
+    def image(self, image: ImageToPublish, result: PairResult) -> None:
+        """The IMAGE app (marketplace app of the tested image), its YAML and its certification files."""
+        title = _title(image)
+        self.titles[image.variant] = title
+        stamp = version_stamp(image.side.flower, self.release, self.created)
+        document = appliance_yaml(image, stamp, "", self.created, result, self.release)
+        app_id = None
+        if self.cloud is not None:
+            reference = self.cloud.ensure_image(
+                image.path,
+                f"flower-{image.variant}",
+                image.side.image["sha256"],
+                image.side.image.get("format", "raw"),
+            )
+            if not reference.reused:
+                self.made.images.append(reference.id)
+            template = image_app_template(image, title, stamp, reference.id, document["opennebula_template"])
+            self.app_names[image.variant] = template["NAME"]
+            app_id = _market_app(
+                self.cloud, template, self.market_id, self.made, self.publication, self.progress, image
+            )
+        document["images"][0]["url"] = _image_url(self.cloud, app_id, image)
+        _write_yaml(self.staging, document)
+        app_dir = self.staging / "certification" / f"flower-{image.line}"
+        for relative, text in certification_files(image).items():
+            (app_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            (app_dir / relative).write_text(text)
+
+    def service(self, result: PairResult) -> None:
+        """The SERVICE_TEMPLATE app of a pair, naming its two IMAGE apps, and its YAML."""
+        link, node = result.superlink.variant, result.supernodes.variant
+        stamp = version_stamp(result.superlink.flower, self.release, self.created)
+        names = {"superlink": self.titles[link], "supernode": self.titles[node]}
+        document = service_yaml(result, names, stamp, self.created, self.release)
+        _write_yaml(self.staging, document)
+        if self.cloud is not None:
+            roles = {"superlink": self.app_names[link], "supernode": self.app_names[node]}
+            template = service_app_template(document, roles, stamp)
+            _market_app(self.cloud, template, self.market_id, self.made, self.publication, self.progress)
+
+    def index(self, run: str, chosen: PublishPlan) -> None:
+        """published.json: the apps and files of the publication."""
+        publication = self.publication
+        publication.files = sorted(
+            str(path.relative_to(self.staging)) for path in self.staging.rglob("*") if path.is_file()
+        )
+        write_json(
+            self.staging / "published.json",
+            {"run": run, "created": self.created, "release": self.release, "apps": publication.apps,
+             "files": publication.files, "pairs": [result.pair for result in chosen.pairs],
+             "skipped": chosen.skipped},
+        )  # fmt: skip
+
+
 def publish(
     run: str,
     cloud: Any | None,
@@ -688,84 +649,34 @@ def publish(
     progress: Progress = PROGRESS,
 ) -> Publication:
     """Publish the passing release pairs of ``run``. ``cloud`` (a factory.one.OneCloud) creates the
-    marketplace apps; without it only the files are written (for a marketplace pull request)."""
+    marketplace apps; without it only the files are written (for a marketplace pull request). Nothing is
+    left half-done: on any failure the staged files and the apps made so far are removed again."""
     from hostkit.paths import RESULTS_DIR
 
     root = results_root or RESULTS_DIR
-    results = load_results(run, root)
-    chosen = plan(results, run)
+    chosen = plan(load_results(run, root), run)
     if not chosen.pairs:
         reasons = "\n  ".join(chosen.skipped) or "no results in the run"
         raise FactoryError(
             f"nothing to publish from run {run}: no passing release pair tested in a cloud:\n  {reasons}"
         )
     verify_checksums(chosen.images, progress)
-    created = time.time()
     final = run_dir(run, root) / "publish"
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=run_dir(run, root)))
     publication = Publication(run=run, directory=final, skipped=chosen.skipped)
-    made = _Made()
+    job = _Staging(cloud, release, time.time(), staging, publication, progress)
     try:
-        market_id = cloud.marketplace_id() if cloud is not None else None
-        titles: dict[str, str] = {}
-        app_names: dict[str, str] = {}
+        job.market_id = cloud.marketplace_id() if cloud is not None else None
         for image in chosen.images:
-            title = _title(image)
-            titles[image.variant] = title
-            stamp = version_stamp(image.side.flower, release, created)
-            result = next(
-                r for r in chosen.pairs if image.variant in (r.superlink.variant, r.supernodes.variant)
-            )
-            document = appliance_yaml(image, stamp, "", created, result, release)
-            app_id = None
-            if cloud is not None:
-                reference = cloud.ensure_image(
-                    image.path,
-                    f"flower-{image.variant}",
-                    image.side.image["sha256"],
-                    image.side.image.get("format", "raw"),
-                )
-                if not reference.reused:
-                    made.images.append(reference.id)
-                template = image_app_template(
-                    image, title, stamp, reference.id, document["opennebula_template"]
-                )
-                app_names[image.variant] = template["NAME"]
-                app_id = _market_app(cloud, template, market_id, made, publication, progress, image)
-            document["images"][0]["url"] = _image_url(cloud, app_id, image)
-            _write_yaml(staging, document)
-            app_dir = staging / "certification" / f"flower-{image.line}"
-            for relative, text in certification_files(image).items():
-                (app_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-                (app_dir / relative).write_text(text)
+            tested = next(pair for pair in chosen.pairs if image.variant in pair.variants)
+            job.image(image, tested)
         for result in chosen.pairs:
-            names = {
-                "superlink": titles[result.superlink.variant],
-                "supernode": titles[result.supernodes.variant],
-            }
-            stamp = version_stamp(result.superlink.flower, release, created)
-            document = service_yaml(result, names, stamp, created, release)
-            _write_yaml(staging, document)
-            if cloud is not None:
-                roles = {
-                    "superlink": app_names[result.superlink.variant],
-                    "supernode": app_names[result.supernodes.variant],
-                }
-                template = service_app_template(document, roles, stamp)
-                _market_app(cloud, template, market_id, made, publication, progress)
-        publication.files = sorted(
-            str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file()
-        )
-        write_json(
-            staging / "published.json",
-            {"run": run, "created": created, "release": release, "apps": publication.apps,
-             "files": publication.files, "pairs": [result.pair for result in chosen.pairs],
-             "skipped": chosen.skipped},
-        )  # fmt: skip
+            job.service(result)
+        job.index(run, chosen)
         replace_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if cloud is not None:
-            made.undo(cloud)
+            job.made.undo(cloud)
         raise
     return publication

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from factory.harness.federation import CANARY_TASK
-from factory.release.results import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, atomic_write, write_json
+from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
+from factory.release.results import finite_number, metric_values, write_json
+from factory.release.templating import render
+from hostkit.fileio import write_atomic
 
 SYMBOL = {PASSED: "works", PASSED_WITH_WARNING: "works with warning", FAILED: "fails"}
 MARK = {PASSED: "✅", PASSED_WITH_WARNING: "⚠️", FAILED: "❌"}
@@ -37,19 +39,11 @@ def _canary_rounds(result: PairResult) -> list[dict[str, Any]]:
     return list(federation.get("rounds", [])) if federation else []
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
     """One task's run: rounds, loss and floored metric per round, the final value against the floor."""
     rounds = list(federation.get("rounds", []))
     metric = str(federation.get("metric") or "")
-    values = [_number(record.get("evaluate_metrics", {}).get(metric)) for record in rounds] if metric else []
+    values = metric_values(federation)
     checks = federation.get("checks", [])
     return {
         "task": str(federation.get("task")),
@@ -58,11 +52,11 @@ def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
         "passed": bool(checks) and all(check.get("passed") for check in checks),
         "rounds_requested": federation.get("rounds_requested"),
         "rounds": len(rounds),
-        "eval_loss": [_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds],
+        "eval_loss": _eval_losses(rounds),
         "metric": metric,
         "metric_values": values,
         "final_metric": values[-1] if values else None,
-        "floor": _number(federation.get("floor")),
+        "floor": finite_number(federation.get("floor")),
         "evaluate_metrics": [dict(record.get("evaluate_metrics", {})) for record in rounds],
         "seconds": _seconds(federation),
         "failed_checks": [f"{check.get('name')}: {check.get('detail')}" for check in checks
@@ -70,15 +64,22 @@ def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _eval_losses(rounds: list[dict[str, Any]]) -> list[float | None]:
+    return [finite_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds]
+
+
 def _seconds(federation: dict[str, Any]) -> float | None:
-    started, finished = _number(federation.get("submitted_at")), _number(federation.get("finished_at"))
+    started, finished = (
+        finite_number(federation.get("submitted_at")),
+        finite_number(federation.get("finished_at")),
+    )
     return finished - started if started and finished else None
 
 
 def pair_summary(result: PairResult) -> dict[str, Any]:
     rounds = _canary_rounds(result)
-    round_seconds = [_number(record.get("seconds")) for record in rounds]
-    losses = [_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds]
+    round_seconds = [finite_number(record.get("seconds")) for record in rounds]
+    losses = _eval_losses(rounds)
     finite_seconds = [value for value in round_seconds if value is not None]
     framework = result.framework_federation()
     axes = result.axes  # the SuperNodes' (an edge pair's SuperLink is a standard one)
@@ -97,11 +98,11 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "round_seconds": round_seconds,
         "mean_round_seconds": sum(finite_seconds) / len(finite_seconds) if finite_seconds else None,
         "eval_loss": losses,
-        "instantiate_to_first_round_seconds": _number(
+        "instantiate_to_first_round_seconds": finite_number(
             result.timings.get("instantiate_to_first_round_seconds")
         ),
-        "deploy_seconds": _number(result.timings.get("deploy_seconds")),
-        "pair_seconds": _number(result.finished_at - result.started_at) if result.finished_at else None,
+        "deploy_seconds": finite_number(result.timings.get("deploy_seconds")),
+        "pair_seconds": finite_number(result.finished_at - result.started_at) if result.finished_at else None,
         "strategies": sorted({str(federation.get("strategy")) for federation in result.federations}),
         "tasks": [str(federation.get("task")) for federation in result.federations],
         "framework_task": task_summary(framework) if framework else None,
@@ -114,12 +115,7 @@ def _framework_losses(framework: dict[str, Any] | None) -> dict[str, list[float 
     """Evaluation loss per round of the pair's framework task, by task (empty when it did not run)."""
     if framework is None:
         return {}
-    return {
-        str(framework["task"]): [
-            _number(record.get("evaluate_metrics", {}).get("eval_loss"))
-            for record in framework.get("rounds", [])
-        ]
-    }
+    return {str(framework["task"]): _eval_losses(framework.get("rounds", []))}
 
 
 def framework_convergence(results: list[PairResult]) -> dict[str, dict[str, Any]]:
@@ -201,75 +197,64 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _mark(status: str) -> str:
+    return f"{MARK[status]} {SYMBOL[status]}"
+
+
+def _md_pair_row(pair: dict[str, Any]) -> list[str]:
+    mean = pair["mean_round_seconds"]
+    notes = pair["error"] or "; ".join(pair["warnings"])
+    return [
+        pair["pair"],
+        pair["superlink_flower"],
+        f"{pair['supernode_flower']} x{pair['supernodes']}",
+        f"{pair['profile']} / {pair['arch']}",
+        pair["target"],
+        pair["security"],
+        _mark(pair["status"]),
+        _md_cell(describe_task(pair)),
+        f"{mean:.1f}" if mean is not None else "-",
+        _losses(pair["eval_loss"]),
+        _md_cell(notes[:300]),
+    ]
+
+
 def render_markdown(data: dict[str, Any]) -> str:
-    totals = data["totals"]
-    lines = [
-        f"# Flower appliance compatibility (run {data['run']})",
-        "",
-        f"Generated {data['generated_at']}. Pairs: {totals[PASSED]} work, "
-        f"{totals[PASSED_WITH_WARNING]} work with a warning, {totals[FAILED]} fail. "
-        f"{MARK[PASSED]} works, {MARK[PASSED_WITH_WARNING]} works with warning, {MARK[FAILED]} fails.",
-        "",
-    ]
+    """compat.md (templates/report.md.j2): the grids, the pairs, the convergence of each task."""
+    grids = []
     for grid in data["grids"]:
-        lines += [
-            f"## SuperLink x SuperNode versions: {grid['os'] or 'any OS'} / {grid['accel'] or 'any'}",
-            "",
-        ]
-        lines.append("| SuperLink \\ SuperNode | " + " | ".join(grid["supernode_versions"]) + " |")
-        lines.append("|---|" + "---|" * len(grid["supernode_versions"]))
+        rows = []
         for link in grid["superlink_versions"]:
-            row = [link]
-            for node in grid["supernode_versions"]:
-                cell = grid["cells"].get(f"{link}|{node}")
-                row.append(f"{MARK[cell['status']]} {SYMBOL[cell['status']]}" if cell else "not tested")
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    lines += [
-        "## Pairs",
-        "",
-        "Each pair ran the numpy canary, then the task of its SuperNode image's framework (on edge images "
-        "the canary is that task), held to the floor in `apps/task-checks.toml`.",
-        "",
-        "| pair | SuperLink | SuperNodes | profile / arch | target | security | result | framework task "
-        "| canary mean round (s) | canary eval loss | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for pair in data["pairs"]:
-        mean = pair["mean_round_seconds"]
-        notes = pair["error"] or "; ".join(pair["warnings"])
-        lines.append(
-            "| "
-            + " | ".join(
+            cells = [grid["cells"].get(f"{link}|{node}") for node in grid["supernode_versions"]]
+            rows.append([link, *(_mark(cell["status"]) if cell else "not tested" for cell in cells)])
+        grids.append({**grid, "rows": rows})
+    tasks = [
+        {
+            "name": task,
+            "role": _task_role(task, entry),
+            "metric": entry["metric"] or "metric",
+            "rows": [
                 [
-                    pair["pair"],
-                    pair["superlink_flower"],
-                    f"{pair['supernode_flower']} x{pair['supernodes']}",
-                    f"{pair['profile']} / {pair['arch']}",
-                    pair["target"],
-                    pair["security"],
-                    f"{MARK[pair['status']]} {SYMBOL[pair['status']]}",
-                    _md_cell(describe_task(pair)),
-                    f"{mean:.1f}" if mean is not None else "-",
-                    _losses(pair["eval_loss"]),
-                    _md_cell(notes[:300]),
+                    run["pair"],
+                    MARK[run["status"]],
+                    _losses(run["eval_loss"]),
+                    _losses(run["metric_values"]),
+                    _md_cell(_final(run)),
                 ]
-            )
-            + " |"
-        )
-    lines.append("")
-    for task, entry in data["frameworks"].items():
-        lines += [f"## Convergence: {task} task ({_task_role(task, entry)})", ""]
-        metric = entry["metric"] or "metric"
-        lines += [f"| pair | result | eval loss per round | {metric} per round | final |"]
-        lines.append("|---|---|---|---|---|")
-        for run in entry["pairs"]:
-            lines.append(
-                f"| {run['pair']} | {MARK[run['status']]} | {_losses(run['eval_loss'])} "
-                f"| {_losses(run['metric_values'])} | {_md_cell(_final(run))} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+                for run in entry["pairs"]
+            ],
+        }
+        for task, entry in data["frameworks"].items()
+    ]
+    return render(
+        "report.md.j2",
+        run=data["run"],
+        generated_at=data["generated_at"],
+        totals=data["totals"],
+        grids=grids,
+        pairs=[_md_pair_row(pair) for pair in data["pairs"]],
+        tasks=tasks,
+    )
 
 
 def _losses(values: list[float | None]) -> str:
@@ -314,51 +299,64 @@ def _png(figure: Any) -> str:
 
 
 def _plots(data: dict[str, Any]) -> dict[str, str]:
+    """The report's figures as PNG data URLs: convergence per task, round time per pair, a grid per
+    (OS, accelerator)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    width = max(6.0, min(14.0, 4.0 + 0.6 * len(data["pairs"])))
+    plots = {
+        f"convergence:{task}": _convergence_plot(task, entry, width)
+        for task, entry in data["frameworks"].items()
+    }
+    plots["round_time"] = _round_time_plot(data["pairs"], width)
+    for grid in data["grids"]:
+        plots[f"grid:{grid['os']}/{grid['accel']}"] = _grid_plot(grid)
+    return plots
+
+
+def _convergence_plot(task: str, entry: dict[str, Any], width: float) -> str:
+    """Loss per round, and the floored metric per round with its floor, of every pair that ran ``task``."""
     import matplotlib.pyplot as plt
 
-    plots: dict[str, str] = {}
-    pairs = data["pairs"]
-    width = max(6.0, min(14.0, 4.0 + 0.6 * len(pairs)))
-
     line_style = {PASSED: "-", PASSED_WITH_WARNING: "--", FAILED: ":"}
-    for task, entry in data["frameworks"].items():
-        # per task: loss per round, and the floored metric per round with its floor
-        figure, axes = plt.subplots(1, 2, figsize=(min(14.0, width * 1.6), 4), squeeze=False)
-        loss_axis, metric_axis = axes[0]
-        for run in entry["pairs"]:
-            for axis, values in ((loss_axis, run["eval_loss"]), (metric_axis, run["metric_values"])):
-                points = [(index + 1, value) for index, value in enumerate(values) if value is not None]
-                if points:
-                    rounds, ys = zip(*points, strict=True)
-                    axis.plot(rounds, ys, marker="o", linestyle=line_style[run["status"]], label=run["pair"])
-        if entry["floor"] is not None:
-            metric_axis.axhline(
-                entry["floor"],
-                color=COLOUR[FAILED],
-                linestyle="--",
-                linewidth=1,
-                label=f"floor {entry['floor']:g}",
-            )
-        loss_axis.set(xlabel="round", ylabel="evaluation loss", title=f"{task}: evaluation loss")
-        metric = entry["metric"] or "metric"
-        metric_axis.set(xlabel="round", ylabel=metric, title=f"{task}: {metric} (final must reach the floor)")
-        for axis in (loss_axis, metric_axis):
-            axis.xaxis.get_major_locator().set_params(integer=True)
-            axis.grid(alpha=0.3)
-        if loss_axis.get_lines():
-            loss_axis.legend(
-                fontsize=7,
-                loc="upper right",
-                title="solid: works, dashed: warning, dotted: fails",
-                title_fontsize=7,
-            )
-        if metric_axis.get_lines():
-            metric_axis.legend(fontsize=7, loc="lower right")
-        figure.suptitle(f"{task} task: {_task_role(task, entry)}", fontsize=9)
-        plots[f"convergence:{task}"] = _png(figure)
+    figure, axes = plt.subplots(1, 2, figsize=(min(14.0, width * 1.6), 4), squeeze=False)
+    loss_axis, metric_axis = axes[0]
+    for run in entry["pairs"]:
+        for axis, values in ((loss_axis, run["eval_loss"]), (metric_axis, run["metric_values"])):
+            points = [(index + 1, value) for index, value in enumerate(values) if value is not None]
+            if points:
+                rounds, ys = zip(*points, strict=True)
+                axis.plot(rounds, ys, marker="o", linestyle=line_style[run["status"]], label=run["pair"])
+    if entry["floor"] is not None:
+        metric_axis.axhline(
+            entry["floor"],
+            color=COLOUR[FAILED],
+            linestyle="--",
+            linewidth=1,
+            label=f"floor {entry['floor']:g}",
+        )
+    loss_axis.set(xlabel="round", ylabel="evaluation loss", title=f"{task}: evaluation loss")
+    metric = entry["metric"] or "metric"
+    metric_axis.set(xlabel="round", ylabel=metric, title=f"{task}: {metric} (final must reach the floor)")
+    for axis in (loss_axis, metric_axis):
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+    if loss_axis.get_lines():
+        loss_axis.legend(
+            fontsize=7,
+            loc="upper right",
+            title="solid: works, dashed: warning, dotted: fails",
+            title_fontsize=7,
+        )
+    if metric_axis.get_lines():
+        metric_axis.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"{task} task: {_task_role(task, entry)}", fontsize=9)
+    return _png(figure)
+
+
+def _round_time_plot(pairs: list[dict[str, Any]], width: float) -> str:
+    import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(width, 4))
     for index, pair in enumerate(pairs):
@@ -369,118 +367,89 @@ def _plots(data: dict[str, Any]) -> dict[str, str]:
     axis.set_xticks(range(len(pairs)), [pair["pair"] for pair in pairs], rotation=30, ha="right", fontsize=7)
     axis.set(ylabel="seconds per round", title="Round time per pair (bar: mean, dots: rounds)")
     axis.grid(axis="y", alpha=0.3)
-    plots["round_time"] = _png(figure)
-
-    for grid in data["grids"]:
-        links, nodes = grid["superlink_versions"], grid["supernode_versions"]
-        figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(nodes), 1.2 + 0.7 * len(links)))
-        for row, link in enumerate(links):
-            for column, node in enumerate(nodes):
-                cell = grid["cells"].get(f"{link}|{node}")
-                colour = COLOUR[cell["status"]] if cell else "#bdbdbd"
-                axis.add_patch(plt.Rectangle((column, row), 1, 1, color=colour, ec="white", lw=2))
-                label = SYMBOL[cell["status"]] if cell else "not tested"
-                text = label.replace(" with ", "\nwith ")
-                axis.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=8, color="white")
-        axis.set_xlim(0, len(nodes))
-        axis.set_ylim(0, len(links))
-        axis.set_xticks([index + 0.5 for index in range(len(nodes))], nodes)
-        axis.set_yticks([index + 0.5 for index in range(len(links))], links)
-        axis.set(xlabel="SuperNode Flower version", ylabel="SuperLink Flower version")
-        axis.set_title(f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}")
-        axis.invert_yaxis()
-        plots[f"grid:{grid['os']}/{grid['accel']}"] = _png(figure)
-    return plots
+    return _png(figure)
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #212121; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f5f5f5; }
-.passed { background: #e8f5e9; }
-.passed_with_warning { background: #fff8e1; }
-.failed { background: #ffebee; }
-img { max-width: 100%; border: 1px solid #eee; }
-details pre { white-space: pre-wrap; font-size: 0.8em; }
-"""
+def _grid_plot(grid: dict[str, Any]) -> str:
+    """The SuperLink x SuperNode version grid of one (OS, accelerator), coloured by outcome."""
+    import matplotlib.pyplot as plt
+
+    links, nodes = grid["superlink_versions"], grid["supernode_versions"]
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(nodes), 1.2 + 0.7 * len(links)))
+    for row, link in enumerate(links):
+        for column, node in enumerate(nodes):
+            cell = grid["cells"].get(f"{link}|{node}")
+            colour = COLOUR[cell["status"]] if cell else "#bdbdbd"
+            axis.add_patch(plt.Rectangle((column, row), 1, 1, color=colour, ec="white", lw=2))
+            label = SYMBOL[cell["status"]] if cell else "not tested"
+            text = label.replace(" with ", "\nwith ")
+            axis.text(column + 0.5, row + 0.5, text, ha="center", va="center", fontsize=8, color="white")
+    axis.set_xlim(0, len(nodes))
+    axis.set_ylim(0, len(links))
+    axis.set_xticks([index + 0.5 for index in range(len(nodes))], nodes)
+    axis.set_yticks([index + 0.5 for index in range(len(links))], links)
+    axis.set(xlabel="SuperNode Flower version", ylabel="SuperLink Flower version")
+    axis.set_title(f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}")
+    axis.invert_yaxis()
+    return _png(figure)
+
+
+def _one_decimal(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "-"
+
+
+def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
+    """One row of the pairs table, its texts made (escaped where the template does not)."""
+    notes = pair["error"] or "; ".join(pair["warnings"])
+    return {
+        **pair,
+        "axes": " / ".join(html.escape(pair[axis]) for axis in ("os", "accel", "profile", "arch")),
+        "symbol": SYMBOL[pair["status"]],
+        "task": describe_task(pair),
+        "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
+        "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),
+        "first": _one_decimal(pair["instantiate_to_first_round_seconds"]),
+        "total": _one_decimal(pair["pair_seconds"]),
+        "notes": notes[:500],
+    }
+
+
+def _html_grid(grid: dict[str, Any], image: str) -> dict[str, Any]:
+    rows = []
+    for link in grid["superlink_versions"]:
+        cells = []
+        for node in grid["supernode_versions"]:
+            cell = grid["cells"].get(f"{link}|{node}")
+            if cell is not None:
+                detail = "<br>".join(html.escape(text[:300]) for text in cell["errors"] + cell["warnings"])
+                cell = {"status": cell["status"], "symbol": SYMBOL[cell["status"]], "detail": detail}
+            cells.append(cell)
+        rows.append({"link": link, "cells": cells})
+    title = f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}"
+    return {"title": title, "image": image, "supernode_versions": grid["supernode_versions"], "rows": rows}
 
 
 def render_html(data: dict[str, Any]) -> str:
-    escape = html.escape
+    """The page (templates/report.html.j2) with its plots embedded as PNG data URLs."""
     plots = _plots(data)
-    totals = data["totals"]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Flower appliance compatibility: run {escape(data['run'])}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>Flower appliance compatibility: run {escape(data['run'])}</h1>",
-        f"<p>Generated {escape(data['generated_at'])}. {totals[PASSED]} pairs work, "
-        f"{totals[PASSED_WITH_WARNING]} work with a warning, {totals[FAILED]} fail.</p>",
-        "<h2>SuperLink version x SuperNode version</h2>",
-    ]
-    for grid in data["grids"]:
-        title = f"{grid['os'] or 'any OS'} / {grid['accel'] or 'any accelerator'}"
-        parts.append(f"<h3>{escape(title)}</h3>")
-        image = plots[f"grid:{grid['os']}/{grid['accel']}"]
-        parts.append(f'<img alt="compatibility grid {escape(title)}" src="{image}">')
-        parts.append("<table><tr><th>SuperLink \\ SuperNode</th>")
-        parts += [f"<th>{escape(node)}</th>" for node in grid["supernode_versions"]]
-        parts.append("</tr>")
-        for link in grid["superlink_versions"]:
-            parts.append(f"<tr><th>{escape(link)}</th>")
-            for node in grid["supernode_versions"]:
-                cell = grid["cells"].get(f"{link}|{node}")
-                if cell is None:
-                    parts.append("<td>not tested</td>")
-                    continue
-                detail = "<br>".join(escape(text[:300]) for text in cell["errors"] + cell["warnings"])
-                parts.append(
-                    f'<td class="{cell["status"]}">{SYMBOL[cell["status"]]}<br><small>{detail}</small></td>'
-                )
-            parts.append("</tr>")
-        parts.append("</table>")
-    parts.append("<h2>Convergence per framework task</h2>")
-    parts.append(
-        "<p>Every pair runs the numpy canary, then the task of its SuperNode image's framework; a task "
-        "passes when its evaluation loss falls in every round and its final metric reaches the floor of "
-        "<code>apps/task-checks.toml</code> (dashed line).</p>"
+    return render(
+        "report.html.j2",
+        run=data["run"],
+        generated_at=data["generated_at"],
+        totals=data["totals"],
+        grids=[_html_grid(grid, plots[f"grid:{grid['os']}/{grid['accel']}"]) for grid in data["grids"]],
+        tasks=[
+            {
+                "name": task,
+                "role": _task_role(task, entry),
+                "metric": entry["metric"],
+                "image": plots[f"convergence:{task}"],
+            }
+            for task, entry in data["frameworks"].items()
+        ],
+        round_time=plots["round_time"],
+        pairs=[_html_pair(pair) for pair in data["pairs"]],
     )
-    for task, entry in data["frameworks"].items():
-        parts.append(f"<h3>{escape(task)} task ({escape(_task_role(task, entry))})</h3>")
-        parts.append(
-            f'<img alt="{escape(task)}: evaluation loss and {escape(entry["metric"])} per round, per pair" '
-            f'src="{plots[f"convergence:{task}"]}">'
-        )
-    parts += [
-        "<h2>Round time</h2>",
-        f'<img alt="seconds per round, per pair" src="{plots["round_time"]}">',
-        "<h2>Pairs</h2><table><tr><th>pair</th><th>SuperLink</th><th>SuperNodes</th>"
-        "<th>OS / accel / profile / arch</th><th>target</th><th>security</th><th>result</th>"
-        "<th>framework task</th><th>canary rounds (s)</th><th>canary eval loss</th>"
-        "<th>instantiate to first round (s)</th><th>pair test (s)</th><th>notes</th></tr>",
-    ]
-    for pair in data["pairs"]:
-        seconds = ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None)
-        losses = " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None)
-        first = pair["instantiate_to_first_round_seconds"]
-        total = pair["pair_seconds"]
-        notes = pair["error"] or "; ".join(pair["warnings"])
-        axes = " / ".join(escape(pair[axis]) for axis in ("os", "accel", "profile", "arch"))
-        parts.append(
-            f'<tr class="{pair["status"]}"><td>{escape(pair["pair"])}</td>'
-            f"<td>{escape(pair['superlink_flower'])}</td>"
-            f"<td>{escape(pair['supernode_flower'])} &times;{pair['supernodes']}</td>"
-            f"<td>{axes}</td><td>{escape(pair['target'])}</td>"
-            f"<td>{escape(pair['security'])}</td><td>{SYMBOL[pair['status']]}</td>"
-            f"<td>{escape(describe_task(pair))}</td><td>{seconds or '-'}</td>"
-            f"<td>{losses or '-'}</td><td>{f'{first:.1f}' if first is not None else '-'}</td>"
-            f"<td>{f'{total:.1f}' if total is not None else '-'}</td>"
-            f"<td>{escape(notes[:500])}</td></tr>"
-        )
-    parts += ["</table>", "</body></html>", ""]
-    return "\n".join(parts)
 
 
 def write_report(results: list[PairResult], run: str, directory: Path) -> dict[str, Path]:
@@ -488,6 +457,6 @@ def write_report(results: list[PairResult], run: str, directory: Path) -> dict[s
     data = compat_data(results, run)
     paths = {name: directory / f"compat.{name}" for name in ("json", "md", "html")}
     write_json(paths["json"], data)
-    atomic_write(paths["md"], render_markdown(data))
-    atomic_write(paths["html"], render_html(data))
+    write_atomic(paths["md"], render_markdown(data))
+    write_atomic(paths["html"], render_html(data))
     return paths

@@ -1,6 +1,7 @@
 """Pair test results: one JSON record per pair under ``results/<run>/``, plus JUnit XML for CI.
 
-A record (schema 1) holds the versions on both sides, the pair's axes (those of its SuperNodes: an edge or
+The record itself (PairResult) is defined in factory/harness/pair.py, next to the pair it describes. A
+record (schema 1) holds the versions on both sides, the pair's axes (those of its SuperNodes: an edge or
 GPU pair runs a standard CPU SuperLink), the target cloud, the security mode, the framework task that ran,
 the outcome (``passed``, ``passed_with_warning`` or ``failed`` with the error), timings (deployment,
 instantiate to first finished round, per round, per task), the metrics of every round of every task, and on
@@ -16,103 +17,42 @@ import os
 import re
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.harness.pair import PairResult
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.fileio import write_atomic
 from hostkit.paths import RESULTS_DIR
 
-SCHEMA_VERSION = 1
-PASSED = "passed"
-PASSED_WITH_WARNING = "passed_with_warning"
-FAILED = "failed"
-STATUSES = (PASSED, PASSED_WITH_WARNING, FAILED)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# The axes a pair is filed under. They are its SuperNodes': a SuperLink is always CPU, standard, x86_64.
-PAIR_AXES = ("os", "accel", "profile", "framework", "arch")
 
 
-@dataclass
-class Side:
-    """One side of a pair: the SuperLink image, or the SuperNode image (with how many were started)."""
-
-    variant: str
-    flower: str
-    os: str = ""
-    accel: str = ""
-    profile: str = ""
-    framework: str = ""
-    arch: str = ""
-    count: int = 1
-    image: dict[str, Any] = field(default_factory=dict)  # path, format, sha256, md5, size; from the manifest
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is not a finite number (records write NaN as text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
-@dataclass
-class PairResult:
-    pair: str
-    run: str
-    target: str  # "testcloud", "opennebula" or "bare"
-    security: str
-    superlink: Side
-    supernodes: Side
-    framework_task: str = ""  # the task of the SuperNode image's framework (pairtest.framework_task)
-    status: str = FAILED
-    error: str = ""
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    federations: list[dict[str, Any]] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    logs: dict[str, str] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.time)
-    finished_at: float = 0.0
-    schema: int = SCHEMA_VERSION
+def metric_values(federation: dict[str, Any]) -> list[float | None]:
+    """Per round, the value of the federation's floored metric (``metric``: e.g. eval_accuracy), as the
+    report plots it and the published description quotes its last one."""
+    metric = federation.get("metric")
+    if not metric:
+        return []
+    return [
+        finite_number((record.get("evaluate_metrics") or {}).get(metric))
+        for record in federation.get("rounds", [])
+    ]
 
-    @property
-    def passed(self) -> bool:
-        return self.status in (PASSED, PASSED_WITH_WARNING)
 
-    @property
-    def cross_version(self) -> bool:
-        return self.superlink.flower != self.supernodes.flower
-
-    @property
-    def axes(self) -> dict[str, str]:
-        """os, accel, profile, framework, arch of the pair: its SuperNodes' values."""
-        return {axis: getattr(self.supernodes, axis) for axis in PAIR_AXES}
-
-    def federation(self, task: str) -> dict[str, Any] | None:
-        """The recorded federation run of ``task``, if it ran."""
-        return next((item for item in self.federations if item.get("task") == task), None)
-
-    def framework_federation(self) -> dict[str, Any] | None:
-        """The run of the pair's framework task (what its SuperNode image is for; on edge images the numpy
-        task). Records written before the field existed name it through the SuperNodes' framework."""
-        return self.federation(self.framework_task or self.supernodes.framework)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["cross_version"] = self.cross_version
-        data["axes"] = self.axes
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "result") -> PairResult:
-        try:
-            if int(data.get("schema", 0)) != SCHEMA_VERSION:
-                raise ConfigError(source, "schema", f"unsupported result schema {data.get('schema')!r}")
-            values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
-            values["superlink"] = Side(**data["superlink"])
-            values["supernodes"] = Side(**data["supernodes"])
-            result = cls(**values)
-        except (KeyError, TypeError) as error:
-            raise ConfigError(source, "", f"not a pair result record: {error}") from None
-        if result.status not in STATUSES:
-            raise ConfigError(
-                source, "status", f"unknown status {result.status!r} (known: {', '.join(STATUSES)})"
-            )
-        return result
+def final_metric(federation: dict[str, Any]) -> float | None:
+    """The floored metric after the last round, if the run reported one."""
+    values = metric_values(federation)
+    return values[-1] if values else None
 
 
 def new_run_name() -> str:
@@ -123,10 +63,6 @@ def run_dir(run: str, root: Path = RESULTS_DIR) -> Path:
     if not RUN_NAME.match(run):
         raise ConfigError("command line", "--run", f"invalid run name {run!r}")
     return root / run
-
-
-def atomic_write(path: Path, text: str) -> None:
-    write_atomic(path, text)
 
 
 def _json_safe(value: Any) -> Any:
@@ -141,7 +77,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
 
 
 def write_result(result: PairResult, root: Path = RESULTS_DIR) -> Path:
@@ -227,5 +163,5 @@ def junit_xml(results: list[PairResult], suite: str) -> str:
 def write_junit(run: str, root: Path = RESULTS_DIR) -> Path:
     results = load_results(run, root)
     path = run_dir(run, root) / "junit.xml"
-    atomic_write(path, junit_xml(results, suite=f"flower-factory.{run}"))
+    write_atomic(path, junit_xml(results, suite=f"flower-factory.{run}"))
     return path

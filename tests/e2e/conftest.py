@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from factory.harness.flwrenv import FlowerEnv, ensure_flower
+from factory.harness.pair import PASSED, PairResult, Side
 from factory.model.manifest import digests
-from factory.release.results import PASSED, PairResult, Side
 
 CURRENT = "1.42.0"
 PREVIOUS = "1.41.0"

@@ -47,25 +47,9 @@ def test_numpy_floor_separates_a_trained_model_from_an_untrained_one(partitions:
     assert after_two >= criteria.floor
 
 
-def _fedavg(task_name: str, partitions: int, rounds: int, config: dict) -> list[float]:
-    task = load_task(task_name)
-    arrays = task.initial_arrays(config)
-    data = [task.load_data(pid, partitions, config) for pid in range(partitions)]
-    losses = []
-    for _ in range(rounds):
-        updates = [task.train(arrays, train, config, arrays) for train, _ in data]
-        total = sum(count for _, count, _ in updates)
-        arrays = [sum(update[0][i] * update[1] / total for update in updates) for i in range(len(arrays))]
-        evaluations = [task.evaluate(arrays, test, config) for _, test in data]
-        losses.append(
-            sum(count * m["eval_loss"] for count, m in evaluations) / sum(c for c, _ in evaluations)
-        )
-    return losses
-
-
 @pytest.mark.parametrize("partitions", [2, 10, 30])
 def test_numpy_task_loss_falls_for_any_partition_count(partitions: int) -> None:
-    losses = _fedavg("numpy", partitions, 3, CONFIG)
+    losses = _fedavg_metric("numpy", partitions, 3, CONFIG, "eval_loss")[1:]  # after each round
     assert all(np.isfinite(losses))
     assert losses[0] > losses[1] > losses[2], losses
 

@@ -20,8 +20,8 @@ from factory.harness.federation import (
     load_task_criteria,
     parse_report_lines,
 )
+from factory.harness.pair import PairSpec, Side
 from factory.harness.pairtest import (
-    PairSpec,
     PairTestOptions,
     ca_from_published,
     error_lines,
@@ -30,7 +30,6 @@ from factory.harness.pairtest import (
 from factory.one import xmltemplate
 from factory.one.flow import service_body, state_name
 from factory.one.settings import load_settings
-from factory.release.results import Side
 from hostkit.errors import ConfigError
 
 

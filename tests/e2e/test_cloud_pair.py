@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from factory.cli.commands.test import find_pair_specs, local_image
 from factory.harness.bareflower import SecurityMode
+from factory.harness.campaign import find_pair_specs, local_image
+from factory.harness.pair import PASSED, PASSED_WITH_WARNING
 from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
-from factory.release.results import PASSED, PASSED_WITH_WARNING, write_result
+from factory.release.results import write_result
 from hostkit.progress import Progress
 
 pytestmark = pytest.mark.cloud

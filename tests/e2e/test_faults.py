@@ -10,7 +10,7 @@ hurt while it works, each fault ending in a completed run or a clear failure wit
    started again 45 s later: the appliances retry, the service reaches RUNNING and a run completes.
 
 The pieces are the factory's own: the pair's VM and service templates
-(factory/release/appliance_templates.py), a OneFlow service through factory/one (OneCloud,
+(factory/harness/appliance_templates.py), a OneFlow service through factory/one (OneCloud,
 ServiceDeployment), the SSH tunnel to the SuperLink's Control API (factory/harness/tunnel.py) and the
 ``flwr`` CLI (factory/harness/federation.py FlowerCLI, FederationRunner).
 Guests are reached as root over SSH with the test's key. The OneGate test (its own pair) comes first in
@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from factory.cli.commands.test import find_pair_specs, local_image
+from factory.harness import appliance_templates
+from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.federation import (
     DEFAULT_APP,
     Connection,
@@ -45,9 +46,9 @@ from factory.harness.tlsmaterial import KeyPair, make_keypair
 from factory.harness.tunnel import SSHSession
 from factory.one import OneCloud, load_settings
 from factory.one.cloud import ServiceDeployment, VMInfo
-from factory.release import appliance_templates
 from hostkit.errors import FactoryError
 from hostkit.progress import Progress
+from hostkit.waiting import wait_until
 
 pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
@@ -160,14 +161,8 @@ def launch(cloud: OneCloud, workdir: Path, flower: FlowerEnv, name: str) -> Pair
 
 
 def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 3.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
+    """hostkit's wait_until, failing the test (AssertionError) at the deadline."""
+    return wait_until(check, timeout, interval=interval, what=what, error=AssertionError)
 
 
 def online_ids(cli: FlowerCLI) -> set[int]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from factory.harness import appliance_templates
 from factory.one import OneCloud, load_settings
-from factory.release import appliance_templates
 from hostkit.errors import FactoryError
 from hostkit.progress import Progress
 

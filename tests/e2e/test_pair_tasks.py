@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from factory.harness.federation import FederationOutcome, evaluate_checks, parse_report_lines, task_criteria
+from factory.harness.pair import FAILED, PASSED, PairResult, PairSpec, Side
 from factory.harness.pairtest import (
-    PairSpec,
     PairTestOptions,
     _finish,
     _record_outcome,
@@ -22,7 +22,6 @@ from factory.harness.pairtest import (
     framework_task,
     pair_tasks,
 )
-from factory.release.results import FAILED, PASSED, PairResult, Side
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.progress import Progress
 

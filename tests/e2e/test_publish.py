@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factory.harness.pair import FAILED, PairResult
 from factory.model.manifest import digests
 from factory.release.publish import ChecksumMismatch, framework_result, plan, publish
-from factory.release.results import FAILED, PairResult, load_results, write_result
+from factory.release.results import load_results, write_result
 from hostkit.errors import FactoryError
 from hostkit.paths import SHARED_DIR
 
@@ -215,7 +216,7 @@ def test_a_quote_in_a_value_round_trips_and_a_trailing_backslash_is_refused() ->
 
 
 def test_the_service_app_declares_its_network_and_inputs_with_defaults(run_root: Path) -> None:
-    from factory.release import appliance_templates
+    from factory.harness import appliance_templates
 
     publish(RUN, cloud=None, results_root=run_root)
     service = next(d for d in _yamls(run_root) if d.get("type") == "SERVICE_TEMPLATE")

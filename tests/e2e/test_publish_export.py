@@ -23,8 +23,8 @@ from typing import Any
 import pyone
 import pytest
 
+from factory.harness import appliance_templates
 from factory.one import OneCloud, ServiceDeployment, load_settings
-from factory.release import appliance_templates
 from factory.release.publish import ChecksumMismatch, Publication, publish
 from factory.release.results import write_result
 from hostkit.errors import FactoryError

@@ -23,7 +23,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,17 @@ from typing import Any
 import pytest
 from onecli import OneCli
 
-from factory.cli.commands.test import find_pair_specs, local_image
 from factory.harness.bareflower import free_port
+from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.flwrenv import FlowerEnv, flower_environment
+from factory.harness.pair import PASSED
 from factory.harness.pairtest import PairTestOptions, run_pair_in_cloud
 from factory.one import OneCloud, load_settings
 from factory.release.publish import publish
-from factory.release.results import PASSED, write_result
+from factory.release.results import write_result
 from hostkit.paths import APPS_DIR
 from hostkit.progress import Progress
+from hostkit.waiting import wait_until
 
 pytestmark = pytest.mark.cloud
 
@@ -71,12 +72,8 @@ def _ids(section: str, out: str) -> list[int]:
 
 
 def _poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(3)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+    """hostkit's wait_until every 3 s, failing the test (AssertionError) at the deadline."""
+    return wait_until(check, timeout, interval=3.0, what=what, error=AssertionError)
 
 
 def _default_values(body: dict[str, Any], network_id: int) -> dict[str, Any]:

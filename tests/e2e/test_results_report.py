@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, Side
 from factory.release.report import compat_data, write_report
 from factory.release.results import (
-    FAILED,
-    PASSED,
-    PASSED_WITH_WARNING,
-    PairResult,
-    Side,
     junit_xml,
     load_results,
     resolve_run,

@@ -395,9 +395,9 @@ def test_failing_node_turns_the_running_service_to_warning_and_back(cloud: Any, 
 def test_the_published_service_body_needs_its_network_and_inputs_and_deploys_with_them(
     cloud: Any, one: Any
 ) -> None:
-    """The body the factory publishes (factory/release/appliance_templates.py), roles bound to VM templates as
+    """The body the factory publishes (factory/harness/appliance_templates.py), roles bound to VM templates as
     the exporter binds them: OneFlow refuses it without input values, deploys it with the picked network."""
-    from factory.release import appliance_templates
+    from factory.harness import appliance_templates
 
     body = appliance_templates.service_template("published", None, None, 1, security=None)
     for role in body["roles"]:

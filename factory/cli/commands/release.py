@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from factory.cli.commands import Command
 
@@ -23,7 +24,7 @@ COMMAND = Command(
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    from factory.cli.commands.test import add_pair_test_arguments
+    from factory.cli.commands._pairargs import add_pair_test_arguments
 
     add_pair_test_arguments(parser)
     parser.add_argument(
@@ -41,13 +42,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from factory.cli.commands._pairargs import pair_selection, pair_test_options
     from factory.cli.commands.cloud import set_user_ssh_key
-    from factory.cli.commands.test import cloud_context, pair_test_options, pairs_to_test
-    from factory.release.publish import publish
-    from factory.release.report import write_report
-    from factory.release.results import load_results, new_run_name, run_dir, write_junit, write_result
-    from hostkit.errors import ConfigError, FactoryError
-    from hostkit.paths import RESULTS_DIR
+    from factory.harness.campaign import Campaign, cloud_target, select_pairs
+    from factory.release.results import new_run_name, run_dir, write_junit, write_result
+    from hostkit.errors import ConfigError
     from hostkit.progress import DEFAULT as progress
 
     if args.target != "cloud":
@@ -60,62 +59,56 @@ def run(args: argparse.Namespace) -> int:
     key_path, key = _ssh_key(args.ssh_key)  # checked before anything starts
     run_name = args.run or new_run_name()
     run_dir(run_name)
-    specs = pairs_to_test(args)
+    specs = select_pairs(pair_selection(args), args.target, args.images)
     progress.line(f"release run {run_name}: {len(specs)} pair(s)")
-    failures = 0
-    with cloud_context(args.images, keep_running=True) as (cloud, target, images_for):
+    campaign = Campaign(specs, run_name, options, record=write_result, keep_going=True)
+    with cloud_target(args.images, keep_running=True) as target:
         if key_path is not None:
-            set_user_ssh_key(cloud.one, key)
+            set_user_ssh_key(target.cloud.one, key)
             progress.line(f"SSH key for the guests (the cloud user's SSH_PUBLIC_KEY): {key_path}")
         with progress.stage("images"):
-            images = {}
-            for spec in progress.iterate(specs, "images of pair"):
-                try:
-                    images[spec.name] = images_for(spec)
-                except FactoryError as error:
-                    progress.line(f"{spec.name}: {error}")
-        with progress.stage(f"test {len(specs)} pair(s) in {target}"):
-            import tempfile
-            from pathlib import Path
-
-            from factory.harness.pairtest import failed_result, run_pair_in_cloud
-            from hostkit.paths import BUILD_DIR
-
-            scratch = BUILD_DIR / "e2e"
-            scratch.mkdir(parents=True, exist_ok=True)
-            for index, spec in enumerate(specs, start=1):
-                progress.line(f"[{index}/{len(specs)}] {spec.name}")
-                if spec.name not in images:
-                    result = failed_result(spec, run_name, target, options, "its images could not be built")
-                else:
-                    with tempfile.TemporaryDirectory(prefix="pair-", dir=scratch) as workdir:
-                        result = run_pair_in_cloud(
-                            spec, run_name, Path(workdir), options, cloud, images[spec.name], target, progress
-                        )
-                write_result(result)
-                progress.line(
-                    f"{spec.name}: {result.status}" + (f": {result.error[:300]}" if result.error else "")
-                )
-                failures += 0 if result.passed else 1
+            images = campaign.resolve_images(target)
+        with progress.stage(f"test {len(specs)} pair(s) in {target.name}"):
+            outcome = campaign.test(target, images)
             write_junit(run_name)
         with progress.stage("publish"):
-            try:
-                publication = publish(run_name, cloud, release=args.release, progress=progress)
-            except FactoryError as error:
-                progress.line(f"nothing published: {error}")
-                publication = None
-            else:
-                for app in publication.apps:
-                    progress.line(f"marketplace app {app['id']} ({app['type']}): {app['name']}")
-    with progress.stage("report"):
-        results = load_results(run_name)
-        for directory in (RESULTS_DIR, run_dir(run_name)):
-            paths = write_report(results, run_name, directory)
+            publication = _publish(run_name, target.cloud, args.release)
+    paths = _report(run_name)
     print(f"results: {run_dir(run_name)}")
     if publication is not None:
         print(f"published: {publication.directory} ({len(publication.apps)} marketplace apps)")
     print(f"report: {paths['html']} (open it in a browser), {paths['md']}")
-    return 1 if failures or publication is None else 0
+    return 1 if outcome.failed or publication is None else 0
+
+
+def _publish(run_name: str, cloud: Any, release: int) -> Any:
+    """The passing pairs published, or None (with why) when there was nothing to publish."""
+    from factory.release.publish import publish
+    from hostkit.errors import FactoryError
+    from hostkit.progress import DEFAULT as progress
+
+    try:
+        publication = publish(run_name, cloud, release=release, progress=progress)
+    except FactoryError as error:
+        progress.line(f"nothing published: {error}")
+        return None
+    for app in publication.apps:
+        progress.line(f"marketplace app {app['id']} ({app['type']}): {app['name']}")
+    return publication
+
+
+def _report(run_name: str) -> dict[str, Path]:
+    """The compatibility report, in results/ and in the run's folder."""
+    from factory.release.report import write_report
+    from factory.release.results import load_results, run_dir
+    from hostkit.paths import RESULTS_DIR
+    from hostkit.progress import DEFAULT as progress
+
+    with progress.stage("report"):
+        results = load_results(run_name)
+        for directory in (RESULTS_DIR, run_dir(run_name)):
+            paths = write_report(results, run_name, directory)
+    return paths
 
 
 def _ssh_key(given: Path | None) -> tuple[Path | None, str]:

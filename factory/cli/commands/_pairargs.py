@@ -1,0 +1,91 @@
+"""Command-line options shared by `test` and `release`: which pairs (--matrix/--only/--except/--no-cross),
+where and how they are tested, and the checked PairTestOptions and PairSelection made of them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from factory.harness.campaign import PairSelection
+    from factory.harness.pairtest import PairTestOptions
+
+TARGETS = ("cloud", "bare")
+SECURITY = ("tls-auth", "tls", "insecure")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "krum", "multikrum", "fedtrimmedavg")
+
+
+def add_pair_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--matrix/--only/--except as `build.py matrix` has them (pairs match on both sides' values)."""
+    parser.add_argument("--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="AXIS=VALUE[,...]",
+        help="select pairs matching all conditions (values may be globs; repeat for alternatives)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--except", dest="exclude", action="append", default=[], metavar="AXIS=VALUE[,...]",
+        help="leave out pairs matching all conditions (repeatable)",
+    )  # fmt: skip
+
+
+def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
+    add_pair_selection_arguments(parser)
+    parser.add_argument("--target", choices=TARGETS, default="cloud", help="where pairs run (default: cloud)")
+    parser.add_argument(
+        "--images",
+        choices=("auto", "local", "packer"),
+        default="auto",
+        help="image files to test: local (debian12, built here), packer (build/images/*.qcow2); "
+        "auto: local for the local test cloud, packer for a real OpenNebula",
+    )
+    parser.add_argument("--run", help="results/<run> name (default: a new UTC timestamp)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="federation rounds per task (default 3, at least 2)"
+    )
+    parser.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
+    parser.add_argument("--supernodes", type=int, default=2, help="SuperNodes per pair (default 2)")
+    parser.add_argument("--security", choices=SECURITY, default="tls-auth", help="default: TLS + node auth")
+    parser.add_argument("--allow-insecure", action="store_true", help="permit --security insecure")
+    parser.add_argument(
+        "--rogue", action="store_true", help="also start an unregistered SuperNode (must be refused)"
+    )
+    parser.add_argument("--no-cross", action="store_true", help="leave out the cross-version pairs")
+    parser.add_argument(
+        "--keep-on-failure", action="store_true", help="leave a failed pair's service running"
+    )
+    parser.add_argument("--keep-going", action="store_true", help="test the remaining pairs after a failure")
+    parser.add_argument(
+        "--deploy-timeout", type=float, default=900.0, help="seconds until the service is RUNNING"
+    )
+    parser.add_argument(
+        "--federation-timeout", type=float, default=900.0, help="seconds for one federation run"
+    )
+
+
+def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
+    """The options of `test` and `release`, checked (bad ones are refused before anything runs)."""
+    from factory.harness.bareflower import SecurityMode
+    from factory.harness.pairtest import PairTestOptions
+    from hostkit.errors import ConfigError
+
+    if args.supernodes < 1:
+        raise ConfigError("command line", "--supernodes", f"must be at least 1, got {args.supernodes}")
+    options = PairTestOptions(
+        rounds=args.rounds,
+        strategy=args.strategy,
+        security=SecurityMode(args.security),
+        allow_insecure=args.allow_insecure,
+        rogue_supernode=args.rogue,
+        keep_on_failure=args.keep_on_failure,
+        deploy_timeout=args.deploy_timeout,
+        federation_timeout=args.federation_timeout,
+    )
+    options.check()
+    return options
+
+
+def pair_selection(args: argparse.Namespace) -> PairSelection:
+    from factory.harness.campaign import PairSelection
+
+    return PairSelection(args.matrix, args.only, args.exclude, not args.no_cross, args.supernodes)
