@@ -33,6 +33,27 @@ from hostkit.errors import FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
 
+APPLIANCE_LOG_COMMAND = (
+    "cat /etc/one-appliance/status 2>/dev/null; echo; "
+    'for f in /var/log/one-appliance/*.log; do [ -f "$f" ] && { echo "=== $f"; tail -n 200 "$f"; }; done; '
+    "echo '=== journal (flower units)'; journalctl --no-pager -n 200 -u 'flower*' 2>/dev/null || true"
+)
+
+
+def appliance_log_reader(user: str, key: Path, known_hosts: Path | None = None) -> Callable[[Any], str]:
+    """A ``remote_log`` for ``ServiceDeployment.collect_logs``: the VM's appliance status, logs and Flower
+    journal over SSH, or why they could not be read."""
+
+    def read(vm: Any) -> str:
+        try:
+            with SSHSession(vm.ip, user, key, known_hosts=known_hosts).connect(timeout=20) as session:
+                _, out, err = session.execute(APPLIANCE_LOG_COMMAND, timeout=60)
+                return out + err
+        except (FactoryError, OSError) as error:
+            return f"(appliance logs not collected: {error})"
+
+    return read
+
 
 class PairCloud(Protocol):
     """What a pair test needs of a cloud: the part of factory.one.OneCloud it calls."""
@@ -158,7 +179,9 @@ class Deployment:
         if self.service is None:
             return {}
         try:
-            return self.service.collect_logs(self.key.private, self.known_hosts)
+            return self.service.collect_logs(
+                appliance_log_reader(self.cloud.settings.ssh_user, self.key.private, self.known_hosts)
+            )
         except FactoryError as failure:
             return {"collect_logs": str(failure)}
 

@@ -31,6 +31,7 @@ import pytest
 
 from factory.harness import appliance_templates
 from factory.harness.campaign import find_pair_specs, local_image
+from factory.harness.deployment import appliance_log_reader
 from factory.harness.federation import (
     DEFAULT_APP,
     Connection,
@@ -121,7 +122,8 @@ class Pair:
     def logs(self) -> str:
         if self.deployment is None:
             return "(no service)"
-        collected = self.deployment.collect_logs(self.key.private, self.known_hosts)
+        reader = appliance_log_reader(self.cloud.settings.ssh_user, self.key.private, self.known_hosts)
+        collected = self.deployment.collect_logs(reader)
         return "\n".join(f"== {name}\n{text[-3000:]}" for name, text in collected.items())
 
     def teardown(self) -> None:

@@ -120,7 +120,7 @@ def test_a_service_deploys_behind_the_ready_gate_and_is_torn_down(cloud_state: t
     context = {vm.id: vm for vm in vms}
     link = deployment.role_vms("superlink")[0]
     assert link.user_template["SERVICE_ID"] == str(deployment.id) and link.id in context
-    logs = deployment.collect_logs(ssh_key=None)
+    logs = deployment.collect_logs()
     assert "RUNNING" in logs["service"] and f"superlink-{link.id}" in logs
     deployment.delete()
     try:
