@@ -112,8 +112,9 @@ class Sandbox:
         prologue = (
             "set -euo pipefail\n"
             f'. "{self.params}"\n'
-            "for lib in common onegate params tls flower superlink supernode; do\n"
-            '    . "$FL_APPLIANCE_DIR/lib/$lib.sh"\n'
+            "for lib in lib/common lib/onegate lib/params lib/tls lib/flower lib/checks \\\n"
+            "           roles/superlink roles/supernode; do\n"
+            '    . "$FL_APPLIANCE_DIR/$lib.sh"\n'
             "done\n"
             "fl_load_build_env\n"
         )
