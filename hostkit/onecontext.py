@@ -231,7 +231,7 @@ def build_package() -> OneContextPackage:
     Raises ConfigError naming ONE_UPSTREAM_DIR when the source is absent."""
     reason = missing_reason()
     if reason is not None:
-        raise upstream.UpstreamMissing(reason)
+        raise upstream.UpstreamMissing(reason, source_dir())
     commit = pinned_commit()
     source = source_dir()
     digest = _tree_digest(source)

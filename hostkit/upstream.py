@@ -38,8 +38,9 @@ STAMP = ".pinned"  # in a fetched tree: "<commit> <sha256>"
 class UpstreamMissing(ConfigError):
     """An upstream file the caller needs is absent; the message names the setting and how to get it."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, wanted: Path) -> None:
         super().__init__(SETTING, "", reason)
+        self.wanted = wanted
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def missing(name: str, *parts: str, root: Path = UPSTREAM_DIR) -> str | None:
 def path(name: str, *parts: str, root: Path = UPSTREAM_DIR) -> Path:
     reason = missing(name, *parts, root=root)
     if reason is not None:
-        raise UpstreamMissing(reason)
+        raise UpstreamMissing(reason, root.joinpath(name, *parts))
     return root.joinpath(name, *parts)
 
 
@@ -92,7 +93,8 @@ def marketplace_sample(name: str, root: Path = UPSTREAM_DIR) -> Path:
     if not sample.is_file():
         raise UpstreamMissing(
             f"upstream files missing: {sample} not found (a marketplace appliance file, not fetched by "
-            f"scripts/setup.sh). To get it, {how_to_get(root)}, and put the marketplace sample there"
+            f"scripts/setup.sh). To get it, {how_to_get(root)}, and put the marketplace sample there",
+            sample,
         )
     return sample
 

@@ -17,6 +17,7 @@ import onecli
 import pytest
 
 from hostkit import upstream
+from hostkit.paths import UPSTREAM_DIR
 
 UPSTREAM_PREFIX = "needs upstream files: "
 
@@ -43,11 +44,13 @@ def make_one_cli(one_location: Path, tmp_path: Path) -> Callable[[Mapping[str, s
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
-    """A test stopped by UpstreamMissing reports one line instead of a traceback."""
+    """A test stopped by UpstreamMissing reports one line (the path it missed) instead of a traceback; the
+    summary says how to get them once."""
     outcome = yield
     report = outcome.get_result()
     if call.excinfo is not None and call.excinfo.errisinstance(upstream.UpstreamMissing):
-        report.longrepr = UPSTREAM_PREFIX + str(call.excinfo.value)
+        wanted = call.excinfo.value.wanted  # type: ignore[attr-defined]
+        report.longrepr = f"{UPSTREAM_PREFIX}{wanted} (how to get them: 'upstream files missing' below)"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -56,9 +59,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         report
         for kind in ("failed", "error")
         for report in terminalreporter.stats.get(kind, [])
-        if getattr(report, "longreprtext", "").startswith(UPSTREAM_PREFIX)
+        if UPSTREAM_PREFIX in getattr(report, "longreprtext", "")
     ]
     if stopped:
         terminalreporter.section("upstream files missing")
-        terminalreporter.write_line(f"{len(stopped)} tests need upstream files that are not here.")
-        terminalreporter.write_line(stopped[0].longreprtext[len(UPSTREAM_PREFIX) :])
+        terminalreporter.write_line(
+            f"{len(stopped)} tests need upstream files that are not here (ONE_UPSTREAM_DIR={UPSTREAM_DIR})."
+        )
+        terminalreporter.write_line(f"To get them, {upstream.how_to_get()}.")
