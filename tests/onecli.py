@@ -31,15 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostkit import upstream
 from hostkit.paths import UPSTREAM_DIR
 
 UPSTREAM_ONE = UPSTREAM_DIR / "one"
-
-
-def cli_available() -> str | None:
-    """None when the upstream CLI source is there, else the one message saying how to get it."""
-    return upstream.missing("one", "src", "cli", "onevm")
 
 
 def _link(target: Path, link: Path) -> None:
