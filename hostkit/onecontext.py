@@ -2,8 +2,8 @@
 
 The released .deb cannot be downloaded on the build machines (only the Debian archive and PyPI can be
 reached), so the local builder makes the same package from one-apps' ``context-linux`` at a pinned
-commit, read from ``SHARED_DIR/upstream/one-apps/context-linux`` (setting ``FLOWER_FACTORY_SHARED``), never
-copied into the project:
+commit, read from ``UPSTREAM_DIR/one-apps/context-linux`` (setting ``ONE_UPSTREAM_DIR``, see
+``hostkit/upstream.py``), never copied into the project:
 
 - the file tree comes from upstream's own ``generate.sh`` (``TARGET=deb TYPE=dir``): the files tagged for
   the ``deb`` target, exactly what its fpm run packs;
@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostkit import upstream
 from hostkit.errors import ConfigError, FactoryError
-from hostkit.paths import CACHE_DIR, SHARED_DIR
+from hostkit.paths import CACHE_DIR, UPSTREAM_DIR
 
-SETTING = "FLOWER_FACTORY_SHARED"
-# The pinned upstream source: OpenNebula/one-apps, context-linux/ at this commit (its row in
-# SHARED_DIR/upstream/README.md must name the same commit).
+SETTING = upstream.SETTING
+# The pinned upstream source: OpenNebula/one-apps, context-linux/ at this commit (hostkit/upstream-pins.json
+# and, in a shared folder, the row of its README.md must name the same commit).
 SOURCE_REPOSITORY = "OpenNebula/one-apps"
 SOURCE_COMMIT = "ae5a43e411bde941f46b1e8e314eccf5c7a327b2"
 # The version one-apps' Makefile.config passes to generate.sh (VERSION := 7.0.0); the release names the
@@ -65,29 +66,38 @@ class OneContextPackage:
 
 
 def source_dir() -> Path:
-    return SHARED_DIR / "upstream" / "one-apps" / "context-linux"
+    return UPSTREAM_DIR / "one-apps" / "context-linux"
 
 
 def missing_reason() -> str | None:
-    """Why the upstream source cannot be used (None when it can): a message naming the setting."""
-    directory = source_dir()
+    """Why the upstream source cannot be used (None when it can): the one message of hostkit.upstream."""
     for needed in ("generate.sh", "targets.sh", "src", "pkg/postinstall"):
-        if not (directory / needed).exists():
-            return (
-                f"the one-context source {directory} (one-apps context-linux at {SOURCE_COMMIT[:12]}) "
-                f"is missing ({needed} not found); set {SETTING} to the directory holding "
-                "upstream/one-apps/context-linux"
-            )
+        reason = upstream.missing("one-apps", "context-linux", needed, root=UPSTREAM_DIR)
+        if reason is not None:
+            return reason
     return None
 
 
 def pinned_commit() -> str:
-    """The commit SHARED_DIR/upstream/README.md gives for one-apps context-linux (must be the pinned one)."""
-    readme = SHARED_DIR / "upstream" / "README.md"
+    """The commit of one-apps context-linux, checked against the factory's pin: the pins file, and the
+    tree's own record (README.md row of a shared folder, or the stamp of a fetched one)."""
+    pin = upstream.pins()["one-apps"]
+    if pin.commit != SOURCE_COMMIT:
+        raise ConfigError(
+            str(upstream.PINS_FILE), "one-apps", f"commit {pin.commit} but onecontext pins {SOURCE_COMMIT}"
+        )
+    stamp = UPSTREAM_DIR / "one-apps" / upstream.STAMP
+    if stamp.is_file():
+        recorded = stamp.read_text().split()[:1]
+        if recorded != [SOURCE_COMMIT]:
+            raise ConfigError(str(stamp), "commit", f"{recorded} but the factory pins {SOURCE_COMMIT}")
+        return SOURCE_COMMIT
+    readme = UPSTREAM_DIR / "README.md"
     try:
         text = readme.read_text()
     except OSError as error:
-        raise ConfigError(str(readme), "", f"unreadable ({error.strerror}); set {SETTING}") from None
+        reason = f"unreadable ({error.strerror}); {upstream.how_to_get()}"
+        raise ConfigError(str(readme), "", reason) from None
     for line in text.splitlines():
         if line.startswith("|") and "one-apps/context-linux" in line:
             found = re.search(r"\b[0-9a-f]{40}\b", line)
@@ -192,9 +202,9 @@ def _build(source: Path, out_deb: Path, work: Path) -> None:
     size = sum(path.stat().st_size for path in tree.rglob("*") if path.is_file())
     version = f"{PACKAGE_VERSION}-{PACKAGE_RELEASE}"
     (control_dir / "control").write_text(_control(fields, version, max(1, size // 1024)))
-    for script, upstream in MAINTAINER_SCRIPTS.items():
+    for script, packaged in MAINTAINER_SCRIPTS.items():
         target = control_dir / script
-        shutil.copyfile(source / "pkg" / upstream, target)
+        shutil.copyfile(source / "pkg" / packaged, target)
         target.chmod(0o755)
     # fpm marks every file under etc/ but the context scripts and init files as a conffile
     # (generate.sh, CONFIG_FILES).
@@ -218,10 +228,10 @@ def _build(source: Path, out_deb: Path, work: Path) -> None:
 def build_package() -> OneContextPackage:
     """The one-context .deb built from the pinned upstream source (cached by content).
 
-    Raises ConfigError naming FLOWER_FACTORY_SHARED when the source is absent."""
+    Raises ConfigError naming ONE_UPSTREAM_DIR when the source is absent."""
     reason = missing_reason()
     if reason is not None:
-        raise ConfigError(SETTING, "", reason)
+        raise upstream.UpstreamMissing(reason, source_dir())
     commit = pinned_commit()
     source = source_dir()
     digest = _tree_digest(source)

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DIR = Path(os.environ.get("FLOWER_FACTORY_SHARED", REPO_ROOT.parent / "shared"))
 
 MATRIX_FILE = REPO_ROOT / "matrix.yaml"
 IMAGES_DIR = REPO_ROOT / "images"
@@ -26,3 +25,12 @@ CACHE_DIR = _dir_from_env("FLOWER_FACTORY_CACHE", REPO_ROOT / ".cache")
 BUILD_DIR = _dir_from_env("FLOWER_FACTORY_BUILD", REPO_ROOT / "build")
 RESULTS_DIR = _dir_from_env("FLOWER_FACTORY_RESULTS", REPO_ROOT / "results")
 CLOUD_DIR = _dir_from_env("FLOWER_FACTORY_CLOUD_DIR", REPO_ROOT / ".cloud" / "default")
+
+
+# Upstream files (hostkit/upstream.py): $ONE_UPSTREAM_DIR, else ../shared/upstream where it exists, else the
+# folder scripts/setup.sh fetches the pinned commits into.
+FETCHED_UPSTREAM_DIR = REPO_ROOT / ".cache" / "upstream"
+_SHARED_UPSTREAM_DIR = REPO_ROOT.parent / "shared" / "upstream"
+UPSTREAM_DIR = _dir_from_env(
+    "ONE_UPSTREAM_DIR", _SHARED_UPSTREAM_DIR if _SHARED_UPSTREAM_DIR.is_dir() else FETCHED_UPSTREAM_DIR
+)

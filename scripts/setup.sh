@@ -39,3 +39,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
   .venv/bin/python -c 'import factory, yaml, hcl2, pyone, paramiko, lxml' >/dev/null
   echo "$wanted" >"$stamp"
 fi
+
+# Upstream files the tests and local builds read (hostkit/upstream.py): $ONE_UPSTREAM_DIR, or ../shared/upstream
+# where it exists; else the GitHub archives of the commits pinned in hostkit/upstream-pins.json, fetched into
+# .cache/upstream and taken only when their files hash to the pinned sha256. Without them the set-up goes on:
+# the tests that need them fail with one message saying how to get them.
+if ! .venv/bin/python -m hostkit.upstream fetch; then
+  echo "setup: upstream files not fetched (see above); the tests that need them will say how to get them" >&2
+fi

@@ -1,7 +1,7 @@
 """Run OpenNebula's own Ruby CLI and OCA, unchanged, against a running test cloud.
 
-The CLI comes from upstream source (``SHARED_DIR/upstream/one``, see ``shared/upstream/README.md``) laid out
-as OpenNebula's ``install.sh`` lays out a self-contained install (``ONE_LOCATION``):
+The CLI comes from upstream source (``UPSTREAM_DIR/one``, setting ``ONE_UPSTREAM_DIR``, hostkit/upstream.py)
+laid out as OpenNebula's ``install.sh`` lays out a self-contained install (``ONE_LOCATION``):
 
 - ``lib/ruby/opennebula.rb`` and ``lib/ruby/opennebula/``: the OCA (``src/oca/ruby``)
 - ``lib/ruby/cli/*.rb`` and ``lib/ruby/cli/one_helper/``: the CLI's libraries (``src/cli``)
@@ -31,20 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostkit.paths import SHARED_DIR
+from hostkit.paths import UPSTREAM_DIR
 
-UPSTREAM_ONE = SHARED_DIR / "upstream" / "one"
-MISSING_REASON = (
-    f"OpenNebula's Ruby CLI source is not at {UPSTREAM_ONE} "
-    "(set FLOWER_FACTORY_SHARED to the folder holding upstream/one)"
-)
-
-
-def cli_available() -> str | None:
-    """None when the upstream CLI source is there, else why not (the one reason to skip)."""
-    if not (UPSTREAM_ONE / "src" / "cli" / "onevm").is_file():
-        return MISSING_REASON
-    return None
+UPSTREAM_ONE = UPSTREAM_DIR / "one"
 
 
 def _link(target: Path, link: Path) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The appliance itself: /etc/one-appliance (service, libraries, units, parameter defaults, build facts),
-# the one-context hooks, then `service install`.
+# The appliance itself: /etc/one-appliance (service, libraries, role hooks, templates, units, parameter
+# defaults, build facts), the one-context hooks, then `service install`.
 set -euo pipefail
 FL_PROVISION_STEP=50-appliance
 # shellcheck source-path=SCRIPTDIR source=lib/distro.sh
@@ -12,11 +12,9 @@ params="${payload}/params/params-${FL_ROLE:?}.sh"
 [[ -x "${payload}/appliance/service" ]] || die "missing ${payload}/appliance/service"
 
 install -d -m 0755 /etc/one-appliance /etc/one-appliance/flower /etc/one-context.d
-cp -a "${payload}/appliance/service" "${payload}/appliance/lib" "${payload}/appliance/bin" \
-    "${payload}/appliance/systemd" "${payload}/appliance/hooks" /etc/one-appliance/
-if [[ -f "${payload}/appliance/README.md" ]]; then
-    install -m 0644 "${payload}/appliance/README.md" /etc/one-appliance/README.md
-fi
+# The whole of context/appliance, as laid out in the repository (service, lib/, roles/, templates/, bin/,
+# systemd/, hooks/, README.md): the service finds its parts relative to itself.
+cp -a "${payload}/appliance/." /etc/one-appliance/
 chown -R root:root /etc/one-appliance
 chmod -R go-w /etc/one-appliance
 install -m 0644 "${params}" /etc/one-appliance/flower/params.sh

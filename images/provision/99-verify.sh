@@ -24,6 +24,8 @@ check "${venv} not writable by flower" not setpriv --reuid=flower --regid=flower
 check "user flower exists" id -u flower
 check "user flower is not root" test "$(id -u flower)" -ne 0
 check "/etc/one-appliance/service is executable" test -x /etc/one-appliance/service
+check "role hooks /etc/one-appliance/roles/${FL_ROLE}.sh" test -r "/etc/one-appliance/roles/${FL_ROLE}.sh"
+check "configuration templates in /etc/one-appliance/templates" test -r /etc/one-appliance/templates/flower.env
 check "install stage succeeded" grep -qx install_success /etc/one-appliance/status
 # shellcheck disable=SC2016  # expanded by the inner shell
 check "parameter defaults load" bash -c '. /etc/one-appliance/flower/params.sh && test -n "${FL_PARAMS}"'

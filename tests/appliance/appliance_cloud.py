@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ import pyone
 import requests
 import testinfra.backend
 import testinfra.host
+
+from hostkit.waiting import wait_until
 
 SUPERLINK_VARIANT = "superlink-1.42.0-debian12-cpu-standard-sklearn-x86_64"
 SUPERNODE_VARIANT = "supernode-1.42.0-debian12-cpu-standard-sklearn-x86_64"
@@ -31,14 +32,8 @@ SERVICE_RUNNING = 2
 def wait_for(
     predicate: Callable[[], Any], timeout: float, interval: float = 2.0, what: str = "condition"
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout:.0f} s")
-        time.sleep(interval)
+    """hostkit's one deadline loop, failing the test (AssertionError) when the time is up."""
+    return wait_until(predicate, timeout, interval=interval, what=what, error=AssertionError)
 
 
 def context_section(values: dict[str, str]) -> str:

@@ -162,6 +162,19 @@ def test_superlink_motd_and_logs(pair: Pair) -> None:
     assert "\x1b[" not in journal  # Flower's colour codes are stripped
 
 
+def test_the_appliance_is_installed_as_laid_out_and_renders_its_templates(pair: Pair) -> None:
+    """/etc/one-appliance is context/appliance as laid out (role hooks, shared lib, templates), and the
+    configuration the stages wrote came from the templates with every placeholder filled."""
+    for vm, role in [(pair.superlink, "superlink"), (pair.supernodes[0], "supernode")]:
+        host = pair.cloud.host(vm)
+        for path in (f"roles/{role}.sh", "lib/checks.sh", "templates/nginx.conf", "templates/flower.env"):
+            assert host.file(f"/etc/one-appliance/{path}").exists, (role, path)
+        assert "{{" not in host.file("/etc/flower/flower.env").content_string, role
+    proxy = pair.cloud.host(pair.superlink).file("/etc/flower/proxy/nginx.conf").content_string
+    assert "{{" not in proxy and "ssl_certificate /etc/flower/tls/" in proxy
+    assert "location /v1/fleet/" in proxy and "deny all;" in proxy
+
+
 # --- inside the SuperNodes ---------------------------------------------------------------------------
 
 

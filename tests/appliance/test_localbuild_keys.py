@@ -66,13 +66,13 @@ def test_appliance_key_is_stable_and_follows_every_input(matrix, monkeypatch, tm
 
 
 def test_without_the_upstream_source_the_build_fails_naming_it(matrix, monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(onecontext, "SHARED_DIR", tmp_path / "no-shared")
+    monkeypatch.setattr(onecontext, "UPSTREAM_DIR", tmp_path / "no-upstream")
     reason = onecontext.missing_reason()
-    assert reason is not None and "FLOWER_FACTORY_SHARED" in reason
+    assert reason is not None and "ONE_UPSTREAM_DIR" in reason and "scripts/setup.sh" in reason
     with pytest.raises(ConfigError) as caught:
         localbuild.build_appliance(matrix.variant(SUPERLINK), params_text="params")
-    assert "FLOWER_FACTORY_SHARED" in str(caught.value)
-    assert str(tmp_path / "no-shared") in str(caught.value)
+    assert "ONE_UPSTREAM_DIR" in str(caught.value)
+    assert str(tmp_path / "no-upstream") in str(caught.value)
 
 
 def test_a_source_at_another_commit_is_refused(monkeypatch, tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_a_source_at_another_commit_is_refused(monkeypatch, tmp_path: Path) -> N
     (shared / "upstream" / "README.md").write_text(
         "| `one-apps/context-linux/` | OpenNebula/one-apps `context-linux/` | " + "c" * 40 + " | x |\n"
     )
-    monkeypatch.setattr(onecontext, "SHARED_DIR", shared)
+    monkeypatch.setattr(onecontext, "UPSTREAM_DIR", shared / "upstream")
     assert onecontext.missing_reason() is None
     with pytest.raises(ConfigError) as caught:
         onecontext.build_package()

@@ -15,7 +15,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hostkit import onecontext
 from testcloud.drivers import network, testimage
 from testcloud.drivers.base import ContextSpec, DiskSpec, GuestState, LaunchSpec, NicSpec
 from testcloud.drivers.container import ContainerDriver
@@ -56,10 +55,7 @@ def ssh_key() -> SshKey:
 @pytest.fixture(scope="session")
 def test_image() -> Path:
     """The tiny Debian test image (raw ext4), built once into the shared cache. It carries one-context built
-    from the upstream source: without that source (FLOWER_FACTORY_SHARED) there is no image to boot."""
-    reason = onecontext.missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    from the upstream source: without that source (ONE_UPSTREAM_DIR) the build raises UpstreamMissing."""
     return testimage.ext4_image()
 
 

@@ -1,6 +1,6 @@
 """The published YAML tree passes the marketplace's own checks, run unchanged: ``app2 validate`` of
 OpenNebula/appmarket-simple and yamllint with the OpenNebula/marketplace repository's ``.yamllint.yml``
-(both pinned under ``$FLOWER_FACTORY_SHARED/upstream``, see its README)."""
+(both pinned under ``$ONE_UPSTREAM_DIR``, ``hostkit/upstream.py``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 
 from factory.release.publish import publish
 from factory.release.results import write_result
-from hostkit.paths import SHARED_DIR
+from hostkit import upstream
+from hostkit.paths import UPSTREAM_DIR
 
 from .conftest import RUN, make_pair_result
 
-APP2 = SHARED_DIR / "upstream" / "appmarket-simple" / "src" / "app2"
-YAMLLINT_CONFIG = SHARED_DIR / "upstream" / "marketplace" / ".yamllint.yml"
+APP2 = UPSTREAM_DIR / "appmarket-simple" / "src" / "app2"
+YAMLLINT_CONFIG = UPSTREAM_DIR / "marketplace" / ".yamllint.yml"
 
 
 @pytest.fixture
@@ -33,8 +34,7 @@ def published(tmp_path: Path) -> Path:
 
 
 def _app2(directory: Path) -> subprocess.CompletedProcess[str]:
-    if not (APP2 / "app2" / "validate.py").is_file():
-        pytest.skip(f"app2 not found under {APP2} (set FLOWER_FACTORY_SHARED to the shared directory)")
+    upstream.path("appmarket-simple", "src", "app2", "app2", "validate.py")  # UpstreamMissing: how to get it
     return subprocess.run(
         [sys.executable, "-m", "app2", "validate", str(directory)],
         cwd=APP2,
@@ -66,8 +66,7 @@ def test_app2_catches_a_duplicate_id_and_a_missing_checksum(published: Path) -> 
 
 
 def _yamllint(directory: Path) -> subprocess.CompletedProcess[str]:
-    if not YAMLLINT_CONFIG.is_file():
-        pytest.skip(f"{YAMLLINT_CONFIG} not found (set FLOWER_FACTORY_SHARED to the shared directory)")
+    upstream.path("marketplace", ".yamllint.yml")  # UpstreamMissing says how to get it
     return subprocess.run(
         [sys.executable, "-m", "yamllint", "-c", str(YAMLLINT_CONFIG), str(directory)],
         capture_output=True,

@@ -1,5 +1,5 @@
 """Publishing rules and formats (files only, no marketplace connection): what is published, what blocks it,
-and that the appliance YAMLs follow OpenNebula's marketplace format (../shared/samples/marketplace)."""
+and that the appliance YAMLs follow OpenNebula's marketplace format (a marketplace sample, upstream)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ from factory.harness.pair import FAILED, PairResult
 from factory.model.manifest import digests
 from factory.release.publish import ChecksumMismatch, framework_result, plan, publish
 from factory.release.results import load_results, write_result
+from hostkit import upstream
 from hostkit.errors import FactoryError
-from hostkit.paths import SHARED_DIR
 
 from .conftest import RUN, make_pair_result
-
-SAMPLES = SHARED_DIR / "samples" / "marketplace"
 
 
 def _release_pair(root: Path) -> PairResult:
@@ -70,7 +68,7 @@ def test_publish_writes_marketplace_and_certification_files(run_root: Path) -> N
     assert len(documents) == 3  # SuperLink image, SuperNode image, the service
     images = [doc for doc in documents if doc.get("type") != "SERVICE_TEMPLATE"]
     service = next(doc for doc in documents if doc.get("type") == "SERVICE_TEMPLATE")
-    sample = yaml.safe_load((SAMPLES / "marketplace_service_vllm-x86_64.yaml").read_text())
+    sample = yaml.safe_load(upstream.marketplace_sample("marketplace_service_vllm-x86_64.yaml").read_text())
     for document in images:
         assert set(sample) - {"logo"} <= set(document), set(sample) - set(document)
         assert set(sample["opennebula_template"]) - {"cpu_model", "logo"} <= set(

@@ -13,7 +13,7 @@ OpenNebula's Ruby CLI (``tests/onecli.py``: upstream source, unchanged), OpenSSH
    (the factory app, unchanged) over that tunnel: the run finishes.
 
 Needs root, systemd-nspawn, the test bridge (marker ``cloud``) and OpenNebula's CLI source under
-``FLOWER_FACTORY_SHARED`` (the one reason to skip, from the ``one_location`` fixture).
+``ONE_UPSTREAM_DIR`` (the one upstream message, from the ``one_location`` fixture).
 """
 
 from __future__ import annotations

@@ -8,15 +8,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
 from lxml import etree
 
-from hostkit.paths import SHARED_DIR
+from hostkit import upstream
+from hostkit.paths import UPSTREAM_DIR
 from hostkit.waiting import wait_until
 from hostkit.xmldict import xml_to_dict
 from testcloud.core.config import Timings
 
-XSD_DIR = SHARED_DIR / "xsd"
+XSD_DIR = UPSTREAM_DIR / "one" / "share" / "doc" / "xsd"
 NAMESPACE = "http://opennebula.org/XMLSchema"
 FAST = Timings(
     pending=0.05,
@@ -64,13 +64,8 @@ def running_vm(one: Any, template: str = 'NAME="vm"\nCPU="1"\nMEMORY="128"') -> 
 # ---------------------------------------------------------------------------------------------- XSD
 @cache
 def schema(name: str) -> etree.XMLSchema:
-    """OpenNebula's XSD ``name`` (an upstream file, found through ``FLOWER_FACTORY_SHARED``: the one reason
-    to skip is that it is not there, and the reason says how to get it)."""
-    if not (XSD_DIR / name).is_file():
-        pytest.skip(
-            f"OpenNebula's XSD {name} is not in {XSD_DIR} (set FLOWER_FACTORY_SHARED to the shared folder)"
-        )
-    return etree.XMLSchema(etree.parse(str(XSD_DIR / name)))
+    """OpenNebula's XSD ``name`` (upstream, ``hostkit.upstream``: UpstreamMissing says how to get it)."""
+    return etree.XMLSchema(etree.parse(str(upstream.path("one", "share", "doc", "xsd", name))))
 
 
 def with_namespace(xml: str) -> etree._Element:

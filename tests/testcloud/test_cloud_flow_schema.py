@@ -1,5 +1,5 @@
-"""The OneFlow template rules the test cloud enforces are the JSON schema of shared/schemas, with OneFlow's
-own messages and defaults."""
+"""The OneFlow template rules the test cloud enforces are the JSON schema in tests/testcloud/data,
+with OneFlow's own messages and defaults."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from hostkit.paths import SHARED_DIR
+from hostkit.paths import REPO_ROOT
 from testcloud.flow import schema as flow_schema
 
-SCHEMA_FILE = SHARED_DIR / "schemas" / "oneflow_service_template.schema.json"
+# Written by this project (a JSON-Schema rendering of OneFlow's Ruby SCHEMA), so kept in the repository.
+DATA = REPO_ROOT / "tests" / "testcloud" / "data"
+SCHEMA_FILE = DATA / "oneflow_service_template.schema.json"
 
 
 def test_embedded_schema_is_the_shared_one() -> None:
@@ -23,7 +25,7 @@ def test_embedded_schema_is_the_shared_one() -> None:
 
 
 def test_shared_example_is_valid_and_gets_defaults() -> None:
-    example = json.loads((SHARED_DIR / "samples" / "oneflow_flower_example.json").read_text())
+    example = json.loads((DATA / "oneflow_flower_example.json").read_text())
     validated = flow_schema.validate(example)
     assert validated["description"] == ""
     assert validated["roles"][1]["min_vms"] == 2

@@ -22,7 +22,7 @@ from cloudtest_helpers import (
     wait_for,
 )
 
-from hostkit.paths import SHARED_DIR
+from hostkit.paths import REPO_ROOT
 
 SERVICE = {
     "PENDING": 0,
@@ -186,7 +186,7 @@ def test_6x_templates_are_converted(cloud: Any, one: Any) -> None:
 
 
 def test_the_shared_example_instantiates_with_inputs_and_networks(cloud: Any, one: Any) -> None:
-    example = json.loads((SHARED_DIR / "samples" / "oneflow_flower_example.json").read_text())
+    example = json.loads((REPO_ROOT / "tests/testcloud/data/oneflow_flower_example.json").read_text())
     server = one.template.allocate('NAME="sl"\nCPU="1"\nMEMORY="64"\nCONTEXT=[NETWORK="YES"]')
     client = one.template.allocate('NAME="sn"\nCPU="1"\nMEMORY="64"')
     example["roles"][0]["template_id"], example["roles"][1]["template_id"] = server, client

@@ -19,6 +19,7 @@ from cloudtest_helpers import make_qcow2, ready_image, running_vm, wait_for
 from lxml import etree
 from onecli import UPSTREAM_ONE, OneCli
 
+from hostkit import upstream
 from testcloud import launcher
 
 UPSTREAM_XSD = UPSTREAM_ONE / "share" / "doc" / "xsd"
@@ -94,8 +95,7 @@ def test_read_commands_answer_without_errors(
 
 
 def test_new_answers_follow_the_upstream_xsds(cloud: launcher.CloudHandle, one: Any) -> None:
-    if not UPSTREAM_XSD.is_dir():
-        pytest.skip(f"upstream XSDs not at {UPSTREAM_XSD} (set FLOWER_FACTORY_SHARED)")
+    upstream.path("one", "share", "doc", "xsd")  # UpstreamMissing: the one message saying how to get them
     vm_id = running_vm(one)
     for method, params, xsd in [
         ("one.cluster.info", (0,), "cluster.xsd"),

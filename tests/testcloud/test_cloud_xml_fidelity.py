@@ -1,4 +1,5 @@
-"""Every XML answer validates against oned's XSD (shared/xsd) and pyone parses it without losing anything."""
+"""Every XML answer validates against oned's XSD (upstream one/share/doc/xsd) and pyone
+parses it without losing anything."""
 
 from __future__ import annotations
 

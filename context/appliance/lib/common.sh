@@ -147,6 +147,23 @@ fl_write_file() {
     return 0
 }
 
+# Print the file templates/NAME with each {{KEY}} replaced by VALUE, for each KEY=VALUE argument after
+# NAME. A placeholder left without a value fails the stage: the template and its caller disagree.
+fl_render() {
+    local template="${FL_APPLIANCE_DIR}/templates/$1" text pair
+    shift
+    [[ -r "${template}" ]] || fl_fail "missing template ${template}"
+    text=$(<"${template}")
+    for pair in "$@"; do
+        # Quoted replacement: bash 5.2 would otherwise expand & in the value to the placeholder.
+        text=${text//"{{${pair%%=*}}}"/"${pair#*=}"}
+    done
+    if [[ "${text}" =~ \{\{[A-Za-z_][A-Za-z0-9_]*\}\} ]]; then
+        fl_fail "template ${template}: ${BASH_REMATCH[0]} was given no value"
+    fi
+    printf '%s\n' "${text}"
+}
+
 fl_systemd_running() {
     [[ -d /run/systemd/system ]]
 }

@@ -63,19 +63,7 @@ fl_tls_ensure_ca() {
     mkdir -p "${dir}"
     chmod 0755 "${dir}"
     config=$(mktemp)
-    cat >"${config}" <<EOF
-[req]
-distinguished_name = dn
-prompt = no
-x509_extensions = v3_ca
-[dn]
-CN = ${name}
-[v3_ca]
-basicConstraints = critical, CA:TRUE, pathlen:0
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-EOF
+    fl_render openssl-ca.cnf "NAME=${name}" >"${config}" || exit 1
     fl_tls_new_ec_key "${dir}/ca.key.new" P-384 || fl_fail "could not create the CA key in ${dir}"
     if ! openssl req -new -x509 -config "${config}" -key "${dir}/ca.key.new" -sha384 \
         -days "${FL_TLS_CA_DAYS}" -set_serial "0x$(openssl rand -hex 16)" -out "${dir}/ca.pem.new" 2>/dev/null; then
@@ -110,20 +98,7 @@ fl_tls_ensure_server_cert() {
     fi
     config=$(mktemp)
     csr=$(mktemp)
-    cat >"${config}" <<EOF
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = ${common_name}
-[v3_server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-subjectAltName = ${sans}
-EOF
+    fl_render openssl-server.cnf "NAME=${common_name}" "SANS=${sans}" >"${config}" || exit 1
     if [[ ! -s "${dir}/server.key" ]]; then
         fl_tls_new_ec_key "${dir}/server.key" P-256 || fl_fail "could not create the server key in ${dir}"
     fi

@@ -27,18 +27,6 @@ supernode_validate() {
     fi
 }
 
-# HOST:PORT with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535.
-fl_is_host_port() {
-    local value=$1 port
-    if [[ "${value}" =~ ^\[[0-9A-Fa-f:]+\]:([0-9]+)$ || "${value}" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:([0-9]+)$ ]]; then
-        port=${BASH_REMATCH[-1]}
-        # At most 5 digits before any arithmetic: 10#18446744073709560708 wraps to 9092 in bash.
-        [[ "${port}" =~ ^0*[0-9]{1,5}$ ]] && ((10#${port} >= 1 && 10#${port} <= 65535))
-    else
-        return 1
-    fi
-}
-
 # The GPU policy: GPU images need the GPU unless ONEAPP_FL_GPU=off; CPU images ignore the parameter.
 supernode_check_gpu() {
     if [[ "${FL_ACCEL}" != gpu ]]; then
