@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
-from hostkit.paths import SHARED_DIR
+from hostkit import upstream
 from testcloud.flow import elasticity as el
-
-OCA_RUBY = SHARED_DIR / "upstream" / "one" / "src" / "oca" / "ruby"
-GRAMMAR_RB = OCA_RUBY / "opennebula" / "flow" / "grammar.rb"
 
 # The oracle: upstream's OCA (service_template.rb, grammar.rb) and parse-cron, as OneFlow loads them
 # (scripts/setup.sh installs ruby-treetop, ruby-parse-cron, ruby-nokogiri...). Cases in on stdin, results
@@ -225,8 +222,8 @@ def utc(text: str) -> int:
 
 @pytest.fixture(scope="module")
 def oracle() -> dict[str, Any]:
-    if not GRAMMAR_RB.is_file():
-        pytest.skip(f"OneFlow's grammar.rb not at {GRAMMAR_RB} (set FLOWER_FACTORY_SHARED)")
+    # Without the upstream OCA this fails with the one message saying how to get it.
+    upstream.path("one", "src", "oca", "ruby", "opennebula", "flow", "grammar.rb")
     cases = {
         "expressions": [{"text": text, "nodes": nodes} for text, nodes in EXPRESSIONS],
         "crons": [{"spec": spec, "from": utc(start)} for spec, start in CRONS],
@@ -234,7 +231,7 @@ def oracle() -> dict[str, Any]:
         "times": TIMES,
     }
     done = subprocess.run(
-        ["ruby", "-e", ORACLE, str(OCA_RUBY)],
+        ["ruby", "-e", ORACLE, str(upstream.path("one", "src", "oca", "ruby"))],
         input=json.dumps(cases),
         capture_output=True,
         text=True,
