@@ -69,6 +69,7 @@ def cli(federation: BareFederation, flower_current: FlowerEnv, workdir: Path) ->
     return FlowerCLI(flower_current, workdir / "cli", federation.connection())
 
 
+@pytest.mark.slow
 def test_checkpoints_and_resume_after_a_kill(cli: FlowerCLI, workdir: Path) -> None:
     """A 5-round job is stopped after its round-2 checkpoint; the same job submitted again resumes from
     the newest checkpoint, runs only the remaining rounds, ends at round 5, and its loss continues from
@@ -116,25 +117,28 @@ def test_checkpoints_and_resume_after_a_kill(cli: FlowerCLI, workdir: Path) -> N
     assert one(found, "END")["finished_rounds"] == 5
 
 
-def test_server_side_dp_noise_shows_in_the_metrics(cli: FlowerCLI) -> None:
-    """The numpy task is deterministic: without DP two runs report identical losses; with server-side
-    fixed clipping the global update is clipped and noised (its norm and the loss differ)."""
-    plain = [submit(cli, {"num-server-rounds": 2}) for _ in range(2)]
-    noisy = submit(
-        cli,
-        {"num-server-rounds": 2, "dp": "server-fixed", "dp-noise-multiplier": 0.5, "dp-clipping-norm": 1.0},
-    )
-    plain_rounds = [rounds_of(events(wait_finished(cli, run)[1])) for run in plain]
-    status, noisy_log = wait_finished(cli, noisy)
-    assert status == "finished:completed", noisy_log[-3000:]
-    noisy_rounds = rounds_of(events(noisy_log))
-    assert [r["loss"] for r in plain_rounds[0]] == [r["loss"] for r in plain_rounds[1]]
-    assert len(noisy_rounds) == 2
-    assert noisy_rounds[0]["dp"]["mode"] == "server-fixed"
-    assert noisy_rounds[0]["loss"] != plain_rounds[0][0]["loss"]
-    # without DP the first update moves the model by more than the clipping norm allows per client
-    assert plain_rounds[0][0]["update_norm"] > 1.0
-    assert noisy_rounds[0]["update_norm"] != plain_rounds[0][0]["update_norm"]
+@pytest.mark.slow
+def test_dp_noise_shows_in_the_metrics(cli: FlowerCLI, federation: BareFederation) -> None:
+    """The numpy task is deterministic (seeded data, full-batch steps): without DP the global update and
+    the loss are the same in every run. With server-side fixed clipping, and with client-side fixed
+    clipping (the ClientApp's fixedclipping_mod), the update is clipped and noised: its norm and the loss
+    differ, and every round reports the DP settings."""
+    plain = submit(cli, {"num-server-rounds": 2})
+    dp = {"dp-noise-multiplier": 0.5, "dp-clipping-norm": 1.0}
+    server = submit(cli, {"num-server-rounds": 2, "dp": "server-fixed", **dp})
+    client = submit(cli, {"num-server-rounds": 2, "dp": "client-fixed", **dp})
+    plain_rounds = rounds_of(events(wait_finished(cli, plain)[1]))
+    assert plain_rounds[0]["update_norm"] > 1.0  # more than the clipping norm lets through
+    for run_id, mode in ((server, "server-fixed"), (client, "client-fixed")):
+        status, log_text = wait_finished(cli, run_id)
+        assert status == "finished:completed", log_text[-3000:]
+        noisy = rounds_of(events(log_text))
+        assert [r["round"] for r in noisy] == [1, 2]
+        assert all(r["dp"]["mode"] == mode and r["dp"]["noise_multiplier"] == 0.5 for r in noisy)
+        assert noisy[0]["loss"] != plain_rounds[0]["loss"]
+        assert noisy[0]["update_norm"] != plain_rounds[0]["update_norm"]
+    node_logs = "".join(process.log_text() for process in federation.supernodes)
+    assert "fixedclipping_mod: parameters are clipped" in node_logs, node_logs[-3000:]
 
 
 BAD_CONFIGS = [
