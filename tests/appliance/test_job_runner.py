@@ -213,3 +213,48 @@ def test_a_job_from_parameters_runs_to_the_end(flower: FlowerEnv, tmp_path: Path
             "ONEAPP_FL_ROUND": "2/2",
             "ONEAPP_FL_MODEL": str(model),
         }
+
+
+@pytest.mark.slow  # two runs of a job through the runner: about 5 minutes on a shared 2-core host
+def test_a_run_that_ends_early_is_resumed_by_a_new_run(flower: FlowerEnv, tmp_path: Path) -> None:
+    """The job's run is stopped after its round-1 checkpoint (as if the ServerApp died): the runner
+    submits the job again, the app resumes from the checkpoint, and the job finishes at round N."""
+    import threading
+    import time
+
+    from factory.federation import FlowerCLI
+
+    os.chmod(tmp_path, 0o700)
+    params = {"ONEAPP_FL_APP": "numpy", "ONEAPP_FL_ROUNDS": "3", "ONEAPP_FL_MIN_NODES": "2"}
+    with BareFederation(tmp_path / "fed", flower, num_supernodes=2) as federation:
+        environment = runner_env(tmp_path, flower.root, **params)
+        connect(tmp_path, federation)
+        cli = FlowerCLI(flower, tmp_path / "cli", federation.connection())
+        stopped: list[str] = []
+
+        def stop_after_first_checkpoint() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if list((tmp_path / "checkpoints").glob("job-*/round-00001.json")):
+                    run_id = next(c["ONEAPP_FL_RUN_ID"] for c in calls(tmp_path) if "ONEAPP_FL_RUN_ID" in c)
+                    cli.stop_run(int(run_id))
+                    stopped.append(run_id)
+                    return
+                time.sleep(0.05)
+
+        stopper = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+        stopper.start()
+        result = run_job(environment, timeout=540)
+        stopper.join(timeout=10)
+        assert stopped, "the first run was never stopped"
+        assert result.returncode == 0, result.stderr[-3000:]
+        published = calls(tmp_path)
+        run_ids = [c["ONEAPP_FL_RUN_ID"] for c in published if "ONEAPP_FL_RUN_ID" in c]
+        assert len(run_ids) == 2 and run_ids[0] == stopped[0]
+        resumed = [int(c["ONEAPP_FL_RESUMED_FROM"]) for c in published if "ONEAPP_FL_RESUMED_FROM" in c]
+        assert len(resumed) == 1 and 1 <= resumed[0] < 3
+        assert published[-1]["ONEAPP_FL_RUN_STATUS"] == "finished"
+        rounds = [c["ONEAPP_FL_ROUND"] for c in published if "ONEAPP_FL_ROUND" in c]
+        assert rounds[-1] == "3/3"
+        events = [event["event"] for event in journal(tmp_path)]
+        assert "interrupted" in events and events[-1] == "finished"
