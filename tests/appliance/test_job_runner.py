@@ -258,3 +258,66 @@ def test_a_run_that_ends_early_is_resumed_by_a_new_run(flower: FlowerEnv, tmp_pa
         assert rounds[-1] == "3/3"
         events = [event["event"] for event in journal(tmp_path)]
         assert "interrupted" in events and events[-1] == "finished"
+
+
+# flwr as the runner calls it before a run exists: two SuperNodes online, and a `flwr run` that is
+# recorded (its --run-config) and refused, so that the test sees exactly what would have been submitted.
+FLWR_ONLINE_STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >>"${FL_TEST_FLWR_CALLS:?}"
+case "$1 $2" in
+    "supernode list") echo '{"success": true, "nodes": [{"status": "online"}, {"status": "online"}]}' ;;
+    *) echo '{"success": false, "error-message": "refused by the stand-in"}'; exit 1 ;;
+esac
+"""
+
+
+def _bundle(tmp_path: Path, declared: str) -> tuple[str, str]:
+    """A Flower app bundle (zip with pyproject.toml) as base64, and its sha256."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(
+            "pyproject.toml",
+            '[project]\nname = "user-app"\nversion = "1.0.0"\n\n[tool.flwr.app]\npublisher = "someone"\n\n'
+            f"[tool.flwr.app.config]\n{declared}",
+        )
+        archive.writestr("../escape.txt", "must not land outside the app directory")
+    data = buffer.getvalue()
+    return base64.b64encode(data).decode(), hashlib.sha256(data).hexdigest()
+
+
+def test_a_user_bundle_gets_only_the_run_config_it_declares(tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "flwr").write_text(FLWR_ONLINE_STUB)
+    (venv / "bin" / "flwr").chmod(0o755)
+    (venv / "bin" / "python").symlink_to(shutil.which("python3") or sys.executable)
+    encoded, digest = _bundle(tmp_path, "num-server-rounds = 3\nlearning-rate = 0.1\n")
+    base = {"ONEAPP_FL_APP": encoded, "ONEAPP_FL_APP_SHA256": digest, "ONEAPP_FL_ROUNDS": "4"}
+
+    root = tmp_path / "declared"
+    root.mkdir()
+    params = {**base, "ONEAPP_FL_RUN_CONFIG": "learning-rate=0.05"}
+    result = run_job(runner_env(root, venv, **params), timeout=60)
+    assert result.returncode == 1  # the stand-in refuses the run
+    run_call = next(
+        line for line in (root / "flwr-calls").read_text().splitlines() if line.startswith("run ")
+    )
+    assert run_call.endswith("--run-config learning-rate=0.05 num-server-rounds=4 --format json"), run_call
+    assert "refused by the stand-in" in calls(root)[-1]["ONEAPP_FL_RUN_REASON"]
+    unpacked = next((root / "state" / "job").glob("app-*"))
+    assert (unpacked / "pyproject.toml").is_file()
+    assert (unpacked / "escape.txt").is_file() and not (unpacked.parent / "escape.txt").exists()
+
+    root = tmp_path / "undeclared"
+    root.mkdir()
+    result = run_job(runner_env(root, venv, **base, ONEAPP_FL_DP="server-fixed"), timeout=60)
+    assert result.returncode == 1
+    reason = calls(root)[-1]["ONEAPP_FL_RUN_REASON"]
+    assert reason.startswith("ONEAPP_FL_DP: the app bundle does not declare the run-config key dp"), reason
+    assert not (root / "flwr-calls").exists()  # refused before any flwr call
