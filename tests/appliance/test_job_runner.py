@@ -321,3 +321,41 @@ def test_a_user_bundle_gets_only_the_run_config_it_declares(tmp_path: Path) -> N
     reason = calls(root)[-1]["ONEAPP_FL_RUN_REASON"]
     assert reason.startswith("ONEAPP_FL_DP: the app bundle does not declare the run-config key dp"), reason
     assert not (root / "flwr-calls").exists()  # refused before any flwr call
+
+
+@pytest.mark.slow  # a whole job through the runner: 3-5 minutes on a shared 2-core host
+def test_a_verified_user_bundle_runs(flower: FlowerEnv, tmp_path: Path) -> None:
+    """ONEAPP_FL_APP as a base64 Flower app bundle (here: the factory app, built with Flower's own
+    builder) with the right sha256: verified, unpacked, submitted, followed to the end."""
+    os.chmod(tmp_path, 0o700)
+    fab = tmp_path / "user.fab"
+    subprocess.run(
+        [
+            str(flower.python),
+            "-c",
+            "import sys; from pathlib import Path; from flwr.cli.build import build_fab_from_disk; "
+            "Path(sys.argv[2]).write_bytes(build_fab_from_disk(Path(sys.argv[1])))",
+            str(APPS_DIR / "factory-app"),
+            str(fab),
+        ],
+        check=True,
+        timeout=120,
+    )
+    data = fab.read_bytes()
+    params = {
+        "ONEAPP_FL_APP": base64.b64encode(data).decode(),
+        "ONEAPP_FL_APP_SHA256": hashlib.sha256(data).hexdigest(),
+        "ONEAPP_FL_ROUNDS": "2",
+        "ONEAPP_FL_MIN_NODES": "2",
+    }
+    with BareFederation(tmp_path / "fed", flower, num_supernodes=2) as federation:
+        environment = runner_env(tmp_path, flower.root, **params)
+        connect(tmp_path, federation)
+        result = run_job(environment, timeout=480)
+    assert result.returncode == 0, result.stderr[-3000:]
+    published = calls(tmp_path)
+    assert [c["ONEAPP_FL_ROUND"] for c in published if "ONEAPP_FL_ROUND" in c] == ["0/2", "1/2", "2/2"]
+    assert published[-1]["ONEAPP_FL_RUN_STATUS"] == "finished"
+    assert Path(published[-1]["ONEAPP_FL_MODEL"]).is_file()
+    start = next(event for event in journal(tmp_path) if event["event"] == "start")
+    assert start["app"] == f"fab:{hashlib.sha256(data).hexdigest()}"
