@@ -99,6 +99,10 @@ BAD = [
     ),
     ({"ONEAPP_FL_DP": "client-fixed", "ONEAPP_FL_DP_CLIPPING_NORM": "0"}, "ONEAPP_FL_DP_CLIPPING_NORM"),
     ({"ONEAPP_FL_DP": "server-fixed", "ONEAPP_FL_DP_SAMPLED_CLIENTS": "3"}, "ONEAPP_FL_DP_SAMPLED_CLIENTS"),
+    (
+        {"ONEAPP_FL_DP": "client-adaptive", "ONEAPP_FL_DP_NOISE": "0.5"},
+        "ONEAPP_FL_DP_NOISE: with adaptive clipping it must be below 0.2",
+    ),
     ({"ONEAPP_FL_SECAGG": "secaggplus"}, "ONEAPP_FL_SECAGG: secaggplus is not supported"),
     ({"ONEAPP_FL_CHECKPOINT_DIR": "relative/dir"}, "ONEAPP_FL_CHECKPOINT_DIR: must be an absolute path"),
     ({"ONEAPP_FL_RUN_CONFIG": "num-server-rounds=9"}, "num-server-rounds is set through its own"),

@@ -120,23 +120,35 @@ def test_checkpoints_and_resume_after_a_kill(cli: FlowerCLI, workdir: Path) -> N
 @pytest.mark.slow
 def test_dp_noise_shows_in_the_metrics(cli: FlowerCLI, federation: BareFederation) -> None:
     """The numpy task is deterministic (seeded data, full-batch steps): without DP the global update and
-    the loss are the same in every run. With server-side fixed clipping, and with client-side fixed
-    clipping (the ClientApp's fixedclipping_mod), the update is clipped and noised: its norm and the loss
-    differ, and every round reports the DP settings."""
+    the loss are the same in every run. With each DP mode (server-/client-side, fixed/adaptive clipping;
+    the client-side ones through the ClientApp's clipping mods) the update is clipped and noised: its norm
+    and the loss differ, every round reports the DP settings, and adaptive clipping moves the norm."""
     plain = submit(cli, {"num-server-rounds": 2})
-    dp = {"dp-noise-multiplier": 0.5, "dp-clipping-norm": 1.0}
-    server = submit(cli, {"num-server-rounds": 2, "dp": "server-fixed", **dp})
-    client = submit(cli, {"num-server-rounds": 2, "dp": "client-fixed", **dp})
+    fixed = {"dp-noise-multiplier": 0.5, "dp-clipping-norm": 1.0}
+    # adaptive clipping needs the noise multiplier below sampled clients / 10 (jobconfig.parse_dp)
+    adaptive = {"dp-noise-multiplier": 0.1, "dp-clipping-norm": 1.0}
+    modes = {
+        "server-fixed": fixed,
+        "client-fixed": fixed,
+        "server-adaptive": adaptive,
+        "client-adaptive": adaptive,
+    }
+    runs = {
+        mode: submit(cli, {"num-server-rounds": 2, "dp": mode, **values}) for mode, values in modes.items()
+    }
     plain_rounds = rounds_of(events(wait_finished(cli, plain)[1]))
     assert plain_rounds[0]["update_norm"] > 1.0  # more than the clipping norm lets through
-    for run_id, mode in ((server, "server-fixed"), (client, "client-fixed")):
+    for mode, run_id in runs.items():
         status, log_text = wait_finished(cli, run_id)
         assert status == "finished:completed", log_text[-3000:]
         noisy = rounds_of(events(log_text))
         assert [r["round"] for r in noisy] == [1, 2]
-        assert all(r["dp"]["mode"] == mode and r["dp"]["noise_multiplier"] == 0.5 for r in noisy)
+        wanted = modes[mode]["dp-noise-multiplier"]
+        assert all(r["dp"]["mode"] == mode and r["dp"]["noise_multiplier"] == wanted for r in noisy)
         assert noisy[0]["loss"] != plain_rounds[0]["loss"]
         assert noisy[0]["update_norm"] != plain_rounds[0]["update_norm"]
+        if mode.endswith("adaptive"):  # the clipping norm follows the updates, round by round
+            assert noisy[0]["dp"]["clipping_norm"] != 1.0 != noisy[1]["dp"]["clipping_norm"]
     node_logs = "".join(process.log_text() for process in federation.supernodes)
     assert "fixedclipping_mod: parameters are clipped" in node_logs, node_logs[-3000:]
 

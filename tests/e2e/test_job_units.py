@@ -34,6 +34,10 @@ BASE = {"task": "numpy", "strategy": "fedavg", "num-server-rounds": 3, "min-node
         ({"dp": "server-fixed", "dp-noise-multiplier": "nan"}, "dp-noise-multiplier: must be a finite"),
         ({"dp": "client-adaptive", "dp-clipping-norm": 0}, "dp-clipping-norm: must be > 0"),
         ({"dp": "server-adaptive", "dp-sampled-clients": 3}, "dp-sampled-clients: must be within 1..2"),
+        (
+            {"dp": "server-adaptive", "dp-noise-multiplier": 0.5},
+            "dp-noise-multiplier: with adaptive clipping it must be below dp-sampled-clients/10 = 0.2",
+        ),
         ({"secagg": "secaggplus"}, "requires a LegacyContext"),
         ({"secagg": "on"}, "secagg: unknown mode 'on'"),
         ({"checkpoint-keep": 0}, "checkpoint-keep: must be >= 1"),

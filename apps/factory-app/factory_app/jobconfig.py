@@ -155,6 +155,14 @@ def parse_dp(config: dict, min_nodes: int) -> DPSettings:
             raise JobConfigError(
                 f"run-config dp-sampled-clients: must be within 1..{min_nodes} (min-nodes), got {sampled}"
             )
+        # Flower's adaptive clipping noises the clipped count with stddev sampled/20 and needs the noise
+        # multiplier below twice that (flwr/supercore/differential_privacy.py,
+        # compute_adaptive_noise_params): checked here, not when the first round starts.
+        if mode.adaptive and noise > 0.0 and noise >= sampled / 10.0:
+            raise JobConfigError(
+                f"run-config dp-noise-multiplier: with adaptive clipping it must be below "
+                f"dp-sampled-clients/10 = {sampled / 10.0:g} (Flower's clipped-count noise), got {noise}"
+            )
     return DPSettings(mode, noise, clip, sampled)
 
 
