@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
 from factory_app.tasks import load_task
 
-app = ClientApp()
+# Client-side DP clipping (flwr/clientapp/mod/centraldp_mods.py), applied when the run-config's ``dp``
+# names a client-side mode: the ServerApp wraps its strategy with the matching
+# DifferentialPrivacyClientSide* wrapper from the same run-config, so both sides agree by construction.
+CLIENT_DP_MODS = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
+
+
+def privacy_mod(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+    mode = str(context.run_config.get("dp", "off")).strip().lower()
+    if msg.metadata.message_type == MessageType.TRAIN and mode in CLIENT_DP_MODS:
+        return CLIENT_DP_MODS[mode](msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[privacy_mod])
 
 
 def _partition(context: Context) -> tuple[int, int]:
-    """This node's (partition-id, num-partitions) from its node config; a clear error when missing."""
+    """This node's (partition-id, num-partitions) from its node config; a clear error when missing. A node
+    with its own data (node config ``data-path``) trains on all of it: partition 0 of 1."""
+    if str(context.node_config.get("data-path", "") or "").strip():
+        return 0, 1
     try:
         partition_id = int(context.node_config["partition-id"])
         num_partitions = int(context.node_config["num-partitions"])
@@ -31,6 +48,8 @@ def _settings(msg: Message, context: Context) -> dict:
     settings = {key: value for key, value in context.run_config.items() if key != "proximal-mu"}
     if "config" in msg.content.config_records:
         settings.update(dict(msg.content.config_records["config"]))
+    # The node's own data (documented per task in the app README), never sent anywhere.
+    settings["data-path"] = str(context.node_config.get("data-path", "") or "").strip()
     return settings
 
 

@@ -19,6 +19,11 @@ TASK_MODULES = {
     "sklearn": "factory_app.tasks.sklearn_digits",
     "pytorch": "factory_app.tasks.pytorch_cnn",
     "tensorflow": "factory_app.tasks.tensorflow_cnn",
+    # Use cases for train on deploy (docs/train-on-deploy.md), each with demo data and a data-path format
+    "image-cnn": "factory_app.tasks.image_cnn",
+    "tabular": "factory_app.tasks.tabular",
+    "anomaly": "factory_app.tasks.anomaly",
+    "edge-image": "factory_app.tasks.edge_image",
 }
 
 
