@@ -1,6 +1,6 @@
 """The SuperLink's job runner (context/appliance/bin/flower-job), run here: its parameter checks with a
 stand-in ``flwr`` that records every call, and whole jobs against real Flower processes on loopback
-(factory.bareflower: TLS, SuperNode auth). The publishing hook is replaced by a function that records
+(factory.harness.bareflower: TLS, SuperNode auth). The publishing hook is replaced by a function that records
 its calls (a test of the runner's logic, not of OneGate)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from factory.bareflower import BareFederation
-from factory.flwrenv import FlowerEnv, ensure_flower
-from factory.paths import APPS_DIR, CONTEXT_DIR
+from factory.harness.bareflower import BareFederation
+from factory.harness.flwrenv import FlowerEnv, ensure_flower
+from hostkit.paths import APPS_DIR, CONTEXT_DIR
 
 RUNNER = CONTEXT_DIR / "appliance" / "bin" / "flower-job"
 HOOK = """fl_job_publish() {
@@ -226,7 +226,7 @@ def test_a_run_that_ends_early_is_resumed_by_a_new_run(flower: FlowerEnv, tmp_pa
     import threading
     import time
 
-    from factory.federation import FlowerCLI
+    from factory.harness.federation import FlowerCLI
 
     os.chmod(tmp_path, 0o700)
     params = {"ONEAPP_FL_APP": "numpy", "ONEAPP_FL_ROUNDS": "3", "ONEAPP_FL_MIN_NODES": "2"}

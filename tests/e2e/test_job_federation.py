@@ -1,7 +1,7 @@
 """Train-on-deploy jobs of the factory app on real Flower processes on loopback (TLS + node auth):
 checkpoints and resume, differential privacy, the new use cases, the structured events, bad run-config.
 
-The runs are submitted with the ``flwr`` CLI of the Flower venv (factory.federation.FlowerCLI), as the
+The runs are submitted with the ``flwr`` CLI of the Flower venv (factory.harness.federation.FlowerCLI), as the
 in-guest job runner does; the events are the app's ``FF-<EVENT> {json}`` lines read back with ``flwr log``.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from factory.bareflower import BareFederation
-from factory.federation import DEFAULT_APP, FlowerCLI, strip_ansi
-from factory.flwrenv import FlowerEnv
+from factory.harness.bareflower import BareFederation
+from factory.harness.federation import DEFAULT_APP, FlowerCLI, strip_ansi
+from factory.harness.flwrenv import FlowerEnv
 
 EVENT = re.compile(r"FF-([A-Z]+) (\{.*\})")
 

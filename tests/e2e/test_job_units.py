@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory.paths import APPS_DIR
+from hostkit.paths import APPS_DIR
 
 sys.path.insert(0, str(APPS_DIR / "factory-app"))
 
@@ -113,7 +113,7 @@ def _fedavg(task_name: str, partitions: int, rounds: int, config: dict) -> list[
 @pytest.mark.parametrize("task", ["anomaly", "edge-image"])
 @pytest.mark.parametrize("partitions", [2, 10])
 def test_numpy_use_cases_clear_their_floor_from_round_two(task: str, partitions: int) -> None:
-    from factory.federation import task_criteria
+    from factory.harness.federation import task_criteria
 
     criteria = task_criteria(task)
     history = _fedavg(task, partitions, 2, TASK_CONFIG)
@@ -125,10 +125,10 @@ def test_tabular_with_scikit_learn_clears_its_floor() -> None:
     """In the host Flower venv (it has scikit-learn, as the sklearn images do)."""
     import subprocess
 
-    from factory.federation import task_criteria
-    from factory.flwrenv import ensure_flower
-    from factory.matrix import load_matrix
-    from factory.paths import REPO_ROOT
+    from factory.harness.federation import task_criteria
+    from factory.harness.flwrenv import ensure_flower
+    from factory.model.matrix import load_matrix
+    from hostkit.paths import REPO_ROOT
 
     # the packages of the sklearn SuperNode images (matrix.yaml), as the bare pair tests install them
     variant = next(
