@@ -273,7 +273,7 @@ def test_the_unit_verifies_and_runs_the_installed_exporter(tmp_path: Path) -> No
     )
     provision = REPO_ROOT / "images" / "provision"
     assert "venv=/opt/flower/venv" in (provision / "40-flower.sh").read_text()
-    assert '"${payload}/appliance/bin"' in (provision / "50-appliance.sh").read_text()
+    assert 'cp -a "${payload}/appliance/." /etc/one-appliance/' in (provision / "50-appliance.sh").read_text()
     copy = tmp_path / "flower-metrics.service"
     copy.write_text(unit.replace(exec_start, "ExecStart=/bin/true"))
     result = subprocess.run(
