@@ -9,6 +9,8 @@ scripts/setup.sh
 command=${1:-release}
 shift || true
 case "$command" in
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  # Tests that boot guests run one after another on one worker, the rest beside them (tests/conftest.py);
+  # FLOWER_TEST_WORKERS=0 runs everything in this process.
+  test) exec .venv/bin/python -m pytest -n "${FLOWER_TEST_WORKERS:-2}" --dist loadgroup "$@" ;;
   *) exec .venv/bin/python build.py "$command" "$@" ;;
 esac

@@ -42,6 +42,14 @@ def make_one_cli(one_location: Path, tmp_path: Path) -> Callable[[Mapping[str, s
     return make
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``-n N --dist loadgroup`` (what ``./run.sh test`` runs) every test that boots guests goes to one
+    worker, one after another, as the cloud tests were written to run; the other workers take the rest."""
+    for item in items:
+        if item.get_closest_marker("cloud") or item.get_closest_marker("image"):
+            item.add_marker(pytest.mark.xdist_group("guests"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """A test stopped by UpstreamMissing reports one line (the path it missed) instead of a traceback; the
