@@ -21,7 +21,6 @@ hypervisor reporting a started domain.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -48,6 +47,7 @@ from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
+from testcloud.drivers.records import load_record, save_record
 from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
 
 SUPERVISOR = Path(__file__).with_name("nspawn-supervisor.sh")
@@ -113,18 +113,13 @@ class _Container:
             "image": self.image,
             "supervisor": self.supervisor.to_json() if self.supervisor else None,
         }
-        temporary = self.record_file.with_name(".container.json.tmp")
-        temporary.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(temporary, self.record_file)
+        save_record(self.record_file, record)
 
     @classmethod
     def load(cls, vm_dir: Path) -> _Container | None:
-        try:
-            data = json.loads((vm_dir / "container.json").read_text())
-        except FileNotFoundError:
+        data = load_record(vm_dir / "container.json")
+        if data is None:
             return None
-        except ValueError as error:
-            raise DriverError(f"{vm_dir / 'container.json'}: unreadable driver record: {error}") from error
         container = cls(int(data["vm_id"]), vm_dir, str(data["namespace"]), str(data["machine"]))
         container.links = list(data.get("links", []))
         container.loop = data.get("loop")

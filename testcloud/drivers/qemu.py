@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
 import os
 import signal
@@ -38,6 +37,7 @@ from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.qmp import GuestAgent, Monitor
+from testcloud.drivers.records import load_record, save_record
 
 QEMU = "qemu-system-x86_64"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -140,18 +140,13 @@ class _Machine:
             "iso": self.iso,
             "process": self.process.to_json() if self.process else None,
         }
-        temporary = self.record_file.with_name(".qemu.json.tmp")
-        temporary.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(temporary, self.record_file)
+        save_record(self.record_file, record)
 
     @classmethod
     def load(cls, vm_dir: Path) -> _Machine | None:
-        try:
-            data = json.loads((vm_dir / "qemu.json").read_text())
-        except FileNotFoundError:
+        data = load_record(vm_dir / "qemu.json")
+        if data is None:
             return None
-        except ValueError as error:
-            raise DriverError(f"{vm_dir / 'qemu.json'}: unreadable driver record: {error}") from error
         machine = cls(int(data["vm_id"]), vm_dir, str(data["tag"]))
         machine.taps, machine.disks, machine.iso = list(data["taps"]), list(data["disks"]), str(data["iso"])
         if data.get("process"):
