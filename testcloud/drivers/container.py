@@ -47,6 +47,7 @@ from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
+from testcloud.drivers.processes import command_lines
 from testcloud.drivers.records import load_record, save_record
 from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
 
@@ -165,16 +166,10 @@ class _Container:
 
 def _find_nspawn(machine: str) -> int | None:
     """A live systemd-nspawn process running ``--machine=<machine>`` (machine names are host-unique)."""
-    wanted = f"--machine={machine}".encode()
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if argv and argv[0].endswith(b"systemd-nspawn") and wanted in argv:
-            pid = int(pid_dir.name)
-            if process_start_time(pid) is not None:
-                return pid
+    wanted = f"--machine={machine}"
+    for pid, argv in command_lines():
+        if argv[0].endswith("systemd-nspawn") and wanted in argv and process_start_time(pid) is not None:
+            return pid
     return None
 
 
@@ -540,12 +535,7 @@ class ContainerDriver:
             self.terminate(vm_id, hard=True)
             removed.append(f"container VM {vm_id}")
         prefix = f"--machine={network.namespace_prefix(self.tag)}"
-        for pid_dir in Path("/proc").glob("[0-9]*"):
-            try:
-                argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-            words = [word.decode(errors="replace") for word in argv]
+        for _, words in command_lines():
             if not any(word.startswith(prefix) for word in words):
                 continue
             if len(words) > 3 and words[1] == str(SUPERVISOR):  # a supervisor: its state prefix

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from hostkit.fileio import write_atomic
 from hostkit.host import HostError, ProcessIdentity, run
+from testcloud.drivers.processes import command_lines
 
 BRIDGE = "flbr0"
 SUBNET = ipaddress.IPv4Network("10.231.64.0/24")
@@ -531,24 +532,15 @@ def orphan_namespaces(min_age: float = 120.0) -> list[str]:
             old_enough.append(name)
     if not old_enough:  # no guest older than min_age: no need to scan /proc
         return []
-    named = _command_lines()
+    named = [words for _, words in command_lines()]
     # Nothing lives in it, and no supervisor names it (between a guest's reboots, for a moment, nothing
     # lives in a guest's namespace).
     return [
         name
         for name in old_enough
-        if not any(name.encode() + b"\0" in line for line in named)
+        if not any(word.endswith(name) for words in named for word in words)
         and not run(["ip", "netns", "pids", name], check=False).split()
     ]
-
-
-def _command_lines() -> list[bytes]:
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                lines.append((entry / "cmdline").read_bytes())
-    return lines
 
 
 def sweep_orphans(min_age: float = 120.0) -> list[str]:

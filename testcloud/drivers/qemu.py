@@ -36,6 +36,7 @@ from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
+from testcloud.drivers.processes import command_lines
 from testcloud.drivers.qmp import GuestAgent, Monitor
 from testcloud.drivers.records import load_record, save_record
 
@@ -466,11 +467,7 @@ class QemuDriver:
             self.terminate(vm_id, hard=True)
             removed.append(f"qemu VM {vm_id}")
         marker = f"process={network.namespace_prefix(self.tag)}"
-        for pid_dir in Path("/proc").glob("[0-9]*"):
-            try:
-                words = (pid_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
+        for _, words in command_lines():
             if words[0] != QEMU or not any(marker in word for word in words) or "-pidfile" not in words:
                 continue
             vm_dir = Path(words[words.index("-pidfile") + 1]).parent
