@@ -22,9 +22,10 @@ import base64
 import json
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -299,19 +300,11 @@ class OneCloud:
         return True
 
     def wait_image(self, image_id: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def info() -> Any:
             with self._call(f"image.info {image_id}"):
-                image = self.one.image.info(image_id)
-            state = IMAGE_STATES[int(image.STATE)]
-            if state in {"READY", "USED", "USED_PERS"}:
-                return
-            if state == "ERROR":
-                reason = (image.TEMPLATE or {}).get("ERROR", "no reason given")
-                raise FactoryError(f"image {image_id} ({image.NAME}) failed to import: {reason}")
-            if time.monotonic() > deadline:
-                raise FactoryError(f"image {image_id} ({image.NAME}) still {state} after {timeout:.0f} s")
-            time.sleep(1.0)
+                return self.one.image.info(image_id)
+
+        _wait_ready(f"image {image_id}", info, IMAGE_STATES, {"READY", "USED", "USED_PERS"}, timeout)
 
     def delete_image(self, image_id: int) -> None:
         with self._call(f"image.delete {image_id}"):
@@ -445,20 +438,9 @@ class OneCloud:
         market = self.marketplace_id() if market_id is None else market_id
         with self._call(f"marketapp.allocate {template.get('NAME')}"):
             app_id = int(self.one.marketapp.allocate(xmltemplate.render(template), market))
-        deadline = time.monotonic() + timeout
-        while True:
-            app = self.marketapp_info(app_id)
-            state = (
-                MARKETAPP_STATES[int(app.STATE)] if int(app.STATE) < len(MARKETAPP_STATES) else str(app.STATE)
-            )
-            if state == "READY":
-                return app_id
-            if state == "ERROR":
-                reason = (app.TEMPLATE or {}).get("ERROR", "no reason given")
-                raise FactoryError(f"marketplace app {app_id} ({template.get('NAME')}) failed: {reason}")
-            if time.monotonic() > deadline:
-                raise FactoryError(f"marketplace app {app_id} still {state} after {timeout:.0f} s")
-            time.sleep(1.0)
+        info = partial(self.marketapp_info, app_id)
+        _wait_ready(f"marketplace app {app_id}", info, MARKETAPP_STATES, {"READY"}, timeout)
+        return app_id
 
     def marketapp_info(self, app_id: int) -> Any:
         with self._call(f"marketapp.info {app_id}"):
@@ -475,6 +457,26 @@ class OneCloud:
             if name == app.NAME and int(app.MARKETPLACE_ID) == market_id:
                 return app
         return None
+
+
+def _wait_ready(
+    what: str, info: Callable[[], Any], states: Sequence[str], ready: Collection[str], timeout: float
+) -> None:
+    """Poll ``info`` (an image or marketplace app) until its STATE, named by ``states``, is one of ``ready``;
+    a FactoryError naming ``what`` with OpenNebula's reason when it turns ERROR, or at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = info()
+        number = int(found.STATE)
+        state = states[number] if number < len(states) else str(number)
+        if state in ready:
+            return
+        if state == "ERROR":
+            reason = (found.TEMPLATE or {}).get("ERROR", "no reason given")
+            raise FactoryError(f"{what} ({found.NAME}) failed: {reason}")
+        if time.monotonic() > deadline:
+            raise FactoryError(f"{what} ({found.NAME}) still {state} after {timeout:.0f} s")
+        time.sleep(1.0)
 
 
 @dataclass

@@ -263,9 +263,7 @@ class Cloud:
         return self.db.update_template("template", oid, errors.TEMPLATE, text_in, append).id
 
     def templatepool_info(self, filter_flag: int, start: int, end: int) -> str:
-        with self.lock:
-            pool = self.db.filter_pool(list(self.pools["template"].values()), filter_flag, start, end)
-            return "<VMTEMPLATE_POOL>" + "".join(t.to_xml() for t in pool) + "</VMTEMPLATE_POOL>"
+        return self.db.pool_xml("VMTEMPLATE_POOL", self.pools["template"].values(), filter_flag, start, end)
 
     # ------------------------------------------------------------------ engine
     def start_engine(self, *after_vms: Callable[[], None]) -> None:

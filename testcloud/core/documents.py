@@ -39,7 +39,5 @@ class DocumentPool:
             return oid
 
     def documentpool_info(self, filter_flag: int, start: int, end: int, doc_type: int) -> str:
-        with self.db.lock:
-            docs = [d for d in self.db.pools["document"].values() if d.type == doc_type]
-            pool = self.db.filter_pool(docs, filter_flag, start, end)
-            return "<DOCUMENT_POOL>" + "".join(d.to_xml() for d in pool) + "</DOCUMENT_POOL>"
+        docs = (d for d in self.db.pools["document"].values() if d.type == doc_type)
+        return self.db.pool_xml("DOCUMENT_POOL", docs, filter_flag, start, end)

@@ -337,13 +337,10 @@ class ImagePool:
             self.db.save(image)
 
     def image_info(self, oid: int) -> str:
-        with self.db.lock:
-            return self.db.get("image", oid, errors.IMAGE).to_xml()
+        return self.db.info_xml("image", oid, errors.IMAGE)
 
     def imagepool_info(self, filter_flag: int, start: int, end: int) -> str:
-        with self.db.lock:
-            pool = self.db.filter_pool(list(self.db.pools["image"].values()), filter_flag, start, end)
-            return "<IMAGE_POOL>" + "".join(i.to_xml() for i in pool) + "</IMAGE_POOL>"
+        return self.db.pool_xml("IMAGE_POOL", self.db.pools["image"].values(), filter_flag, start, end)
 
     def image_update(self, oid: int, text_in: str, append: int) -> int:
         """``one.image.update``: replace or merge the image's TEMPLATE (the CLI's export rewrites it)."""

@@ -183,13 +183,11 @@ class MarketPool:
             (public_dir / f"{file_name}{suffix}").unlink(missing_ok=True)
 
     def marketapp_info(self, oid: int) -> str:
-        with self.db.lock:
-            return self.db.get("marketapp", oid, errors.MARKETPLACEAPP).to_xml()
+        return self.db.info_xml("marketapp", oid, errors.MARKETPLACEAPP)
 
     def marketapppool_info(self, filter_flag: int, start: int, end: int) -> str:
-        with self.db.lock:
-            pool = self.db.filter_pool(list(self.db.pools["marketapp"].values()), filter_flag, start, end)
-            return "<MARKETPLACEAPP_POOL>" + "".join(a.to_xml() for a in pool) + "</MARKETPLACEAPP_POOL>"
+        apps = self.db.pools["marketapp"].values()
+        return self.db.pool_xml("MARKETPLACEAPP_POOL", apps, filter_flag, start, end)
 
     def marketapp_delete(self, oid: int) -> int:
         with self.db.lock:

@@ -8,6 +8,7 @@ other pools they need, and nothing else; :class:`testcloud.core.cloud.Cloud` com
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -55,6 +56,25 @@ class PoolStore:
         if found is None:
             raise errors.no_exists(oid, obj)
         return found
+
+    def info_xml(self, kind: str, oid: int, obj: str) -> str:
+        """``one.<object>.info``: the object's XML; OpenNebula's "Error getting <obj>" when it is missing."""
+        with self.lock:
+            return self.get(kind, oid, obj).to_xml()
+
+    def pool_xml(
+        self,
+        root: str,
+        objects: Iterable[T],
+        filter_flag: int,
+        start: int,
+        end: int,
+        render: Callable[[T], str] = lambda o: o.to_xml(),
+    ) -> str:
+        """``one.<object>pool.info``: ``objects`` (read under the lock) filtered as oned does, in <root>."""
+        with self.lock:
+            pool = self.filter_pool(list(objects), filter_flag, start, end)
+            return f"<{root}>" + "".join(render(o) for o in pool) + f"</{root}>"
 
     def find_by_name(self, kind: str, name: str) -> PoolObject | None:
         return next((o for o in self.pools[kind].values() if o.name == name), None)

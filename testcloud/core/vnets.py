@@ -29,9 +29,10 @@ class VNetPool:
             return self.db.get("vnet", oid, errors.NET).to_xml(extended=True)
 
     def vnpool_info(self, filter_flag: int, start: int, end: int) -> str:
-        with self.db.lock:
-            pool = self.db.filter_pool(list(self.db.pools["vnet"].values()), filter_flag, start, end)
-            return "<VNET_POOL>" + "".join(v.to_xml(extended=False) for v in pool) + "</VNET_POOL>"
+        def short(vnet: VNet) -> str:
+            return vnet.to_xml(extended=False)
+
+        return self.db.pool_xml("VNET_POOL", self.db.pools["vnet"].values(), filter_flag, start, end, short)
 
     # ------------------------------------------------------------------ leases
     def lease_registry(self) -> Any:

@@ -21,7 +21,6 @@ hypervisor reporting a started domain.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -48,6 +47,8 @@ from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
+from testcloud.drivers.processes import command_lines
+from testcloud.drivers.records import load_record, save_record
 from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
 
 SUPERVISOR = Path(__file__).with_name("nspawn-supervisor.sh")
@@ -113,18 +114,13 @@ class _Container:
             "image": self.image,
             "supervisor": self.supervisor.to_json() if self.supervisor else None,
         }
-        temporary = self.record_file.with_name(".container.json.tmp")
-        temporary.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(temporary, self.record_file)
+        save_record(self.record_file, record)
 
     @classmethod
     def load(cls, vm_dir: Path) -> _Container | None:
-        try:
-            data = json.loads((vm_dir / "container.json").read_text())
-        except FileNotFoundError:
+        data = load_record(vm_dir / "container.json")
+        if data is None:
             return None
-        except ValueError as error:
-            raise DriverError(f"{vm_dir / 'container.json'}: unreadable driver record: {error}") from error
         container = cls(int(data["vm_id"]), vm_dir, str(data["namespace"]), str(data["machine"]))
         container.links = list(data.get("links", []))
         container.loop = data.get("loop")
@@ -170,16 +166,10 @@ class _Container:
 
 def _find_nspawn(machine: str) -> int | None:
     """A live systemd-nspawn process running ``--machine=<machine>`` (machine names are host-unique)."""
-    wanted = f"--machine={machine}".encode()
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if argv and argv[0].endswith(b"systemd-nspawn") and wanted in argv:
-            pid = int(pid_dir.name)
-            if process_start_time(pid) is not None:
-                return pid
+    wanted = f"--machine={machine}"
+    for pid, argv in command_lines():
+        if argv[0].endswith("systemd-nspawn") and wanted in argv and process_start_time(pid) is not None:
+            return pid
     return None
 
 
@@ -545,12 +535,7 @@ class ContainerDriver:
             self.terminate(vm_id, hard=True)
             removed.append(f"container VM {vm_id}")
         prefix = f"--machine={network.namespace_prefix(self.tag)}"
-        for pid_dir in Path("/proc").glob("[0-9]*"):
-            try:
-                argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-            words = [word.decode(errors="replace") for word in argv]
+        for _, words in command_lines():
             if not any(word.startswith(prefix) for word in words):
                 continue
             if len(words) > 3 and words[1] == str(SUPERVISOR):  # a supervisor: its state prefix

@@ -31,7 +31,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostkit.fileio import write_atomic
 from hostkit.host import HostError, ProcessIdentity, run
+from testcloud.drivers.processes import command_lines
 
 BRIDGE = "flbr0"
 SUBNET = ipaddress.IPv4Network("10.231.64.0/24")
@@ -105,10 +107,15 @@ def namespace_prefix(tag: str) -> str:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+def _write_record(path: Path, record: dict) -> None:
+    write_atomic(path, json.dumps(record) + "\n")
+
+
+def _record_files(directory: Path) -> list[Path]:
+    """The record files in ``directory`` (none when it is missing), less dot files (locks, temporaries)."""
+    if not directory.is_dir():
+        return []
+    return [path for path in sorted(directory.iterdir()) if not path.name.startswith(".")]
 
 
 # ---------------------------------------------------------------------------------------------- leases
@@ -174,7 +181,7 @@ class LeaseRegistry:
             if current is not None and current.live() and current.owner != owner:
                 return False
             record = {"owner": owner, "process": identity.to_json()}
-            _write_atomically(path, json.dumps(record) + "\n")
+            _write_record(path, record)
             return True
 
     def claim_first(self, candidates: Iterable[str], owner: str, pid: int | None = None) -> str | None:
@@ -195,12 +202,8 @@ class LeaseRegistry:
             return True
 
     def leases(self, include_stale: bool = False) -> list[Lease]:
-        if not self.directory.is_dir():
-            return []
         found = []
-        for path in sorted(self.directory.iterdir()):
-            if path.name.startswith("."):
-                continue
+        for path in _record_files(self.directory):
             lease = self._read(path)
             if lease is not None and (include_stale or lease.live()):
                 found.append(lease)
@@ -344,12 +347,8 @@ class Bridge:
 
     def _live_user_records(self) -> list[dict]:
         """The records of users whose process lives; those of dead ones are deleted."""
-        if not self.users_dir.is_dir():
-            return []
         records = []
-        for path in sorted(self.users_dir.iterdir()):
-            if path.name.startswith("."):
-                continue
+        for path in _record_files(self.users_dir):
             try:
                 data = json.loads(path.read_text())
                 alive = ProcessIdentity.from_json(data["process"]).alive()
@@ -388,7 +387,7 @@ class Bridge:
                 if wanted is None:
                     wanted = self._recorded_ports(path, user)
                 record = {"user": user, "process": ProcessIdentity.current().to_json(), "ports": wanted}
-                _write_atomically(path, json.dumps(record) + "\n")
+                _write_record(path, record)
             self._ensure_locked()
 
     def allow_guest_ports(self, user: str, ports: Iterable[int]) -> None:
@@ -533,24 +532,15 @@ def orphan_namespaces(min_age: float = 120.0) -> list[str]:
             old_enough.append(name)
     if not old_enough:  # no guest older than min_age: no need to scan /proc
         return []
-    named = _command_lines()
+    named = [words for _, words in command_lines()]
     # Nothing lives in it, and no supervisor names it (between a guest's reboots, for a moment, nothing
     # lives in a guest's namespace).
     return [
         name
         for name in old_enough
-        if not any(name.encode() + b"\0" in line for line in named)
+        if not any(word.endswith(name) for words in named for word in words)
         and not run(["ip", "netns", "pids", name], check=False).split()
     ]
-
-
-def _command_lines() -> list[bytes]:
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                lines.append((entry / "cmdline").read_bytes())
-    return lines
 
 
 def sweep_orphans(min_age: float = 120.0) -> list[str]:

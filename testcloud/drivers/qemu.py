@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
 import os
 import signal
@@ -37,7 +36,9 @@ from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
+from testcloud.drivers.processes import command_lines
 from testcloud.drivers.qmp import GuestAgent, Monitor
+from testcloud.drivers.records import load_record, save_record
 
 QEMU = "qemu-system-x86_64"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -140,18 +141,13 @@ class _Machine:
             "iso": self.iso,
             "process": self.process.to_json() if self.process else None,
         }
-        temporary = self.record_file.with_name(".qemu.json.tmp")
-        temporary.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(temporary, self.record_file)
+        save_record(self.record_file, record)
 
     @classmethod
     def load(cls, vm_dir: Path) -> _Machine | None:
-        try:
-            data = json.loads((vm_dir / "qemu.json").read_text())
-        except FileNotFoundError:
+        data = load_record(vm_dir / "qemu.json")
+        if data is None:
             return None
-        except ValueError as error:
-            raise DriverError(f"{vm_dir / 'qemu.json'}: unreadable driver record: {error}") from error
         machine = cls(int(data["vm_id"]), vm_dir, str(data["tag"]))
         machine.taps, machine.disks, machine.iso = list(data["taps"]), list(data["disks"]), str(data["iso"])
         if data.get("process"):
@@ -471,11 +467,7 @@ class QemuDriver:
             self.terminate(vm_id, hard=True)
             removed.append(f"qemu VM {vm_id}")
         marker = f"process={network.namespace_prefix(self.tag)}"
-        for pid_dir in Path("/proc").glob("[0-9]*"):
-            try:
-                words = (pid_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
+        for _, words in command_lines():
             if words[0] != QEMU or not any(marker in word for word in words) or "-pidfile" not in words:
                 continue
             vm_dir = Path(words[words.index("-pidfile") + 1]).parent

@@ -102,16 +102,22 @@ def _defaults(inputs: dict[str, str]) -> dict[str, str]:
     return {key: spec.split("|")[4] for key, spec in inputs.items()}
 
 
-def _published(cloud: OneCloud, tmp_path: Path) -> Publication:
+@pytest.fixture
+def cloud(cloud_state: tuple[OneCloud, Path]) -> OneCloud:
+    return cloud_state[0]
+
+
+@pytest.fixture
+def publication(cloud: OneCloud, tmp_path: Path) -> Publication:
+    """The test run published into the module's cloud."""
     return publish(RUN, cloud, results_root=_results(tmp_path))
 
 
 def test_every_published_app_exports_and_the_service_deploys(
-    cloud_state: tuple[OneCloud, Path], tmp_path: Path
+    cloud_state: tuple[OneCloud, Path], publication: Publication
 ) -> None:
     cloud, state = cloud_state
     one = cloud.one
-    publication = _published(cloud, tmp_path)
     datastore = cloud.image_datastore_id()
     for app in publication.apps:
         if app["type"] != "IMAGE":
@@ -157,11 +163,9 @@ def test_every_published_app_exports_and_the_service_deploys(
 
 
 def test_an_export_into_a_missing_datastore_creates_nothing(
-    cloud_state: tuple[OneCloud, Path], tmp_path: Path
+    cloud: OneCloud, publication: Publication
 ) -> None:
-    cloud, _ = cloud_state
     one = cloud.one
-    publication = _published(cloud, tmp_path)
     app = next(app for app in publication.apps if app["type"] == "IMAGE")
     before = _counts(one)
     with pytest.raises(pyone.OneNoExistsException, match=r"Error getting datastore \[99\]"):
@@ -173,9 +177,8 @@ def test_an_export_into_a_missing_datastore_creates_nothing(
 
 
 def test_a_service_with_a_bad_network_id_is_refused_before_anything_is_made(
-    cloud_state: tuple[OneCloud, Path],
+    cloud: OneCloud,
 ) -> None:
-    cloud, _ = cloud_state
     one = cloud.one
     link = cloud.create_vm_template(appliance_templates.vm_template("superlink", "badnet-sl", 0, None))
     node = cloud.create_vm_template(appliance_templates.vm_template("supernode", "badnet-sn", 0, None))
@@ -195,10 +198,9 @@ def test_a_service_with_a_bad_network_id_is_refused_before_anything_is_made(
 
 
 def test_an_image_whose_content_changed_after_the_test_is_not_published(
-    cloud_state: tuple[OneCloud, Path], tmp_path: Path
+    cloud: OneCloud, tmp_path: Path
 ) -> None:
     """A cloud image that carries the tested sha256 attribute but other content: refused, nothing made."""
-    cloud, _ = cloud_state
     one = cloud.one
     root = _results(tmp_path, "1.40.0")
     result = next(iter((root / RUN).glob("*.json")))
@@ -222,11 +224,8 @@ def test_an_image_whose_content_changed_after_the_test_is_not_published(
     one.image.delete(decoy_id)
 
 
-def test_an_app_of_the_same_name_with_other_content_is_refused(
-    cloud_state: tuple[OneCloud, Path], tmp_path: Path
-) -> None:
+def test_an_app_of_the_same_name_with_other_content_is_refused(cloud: OneCloud, tmp_path: Path) -> None:
     """Found by name, checked by content: the MD5 the marketplace computed must be the tested file's."""
-    cloud, _ = cloud_state
     one = cloud.one
     first = publish(RUN, cloud, results_root=_results(tmp_path, "1.39.0"))
     link = next(app for app in first.apps if app["type"] == "IMAGE")

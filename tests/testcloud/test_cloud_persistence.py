@@ -4,6 +4,8 @@ re-attached through the driver's recover(); a full stop leaves VMs POWEROFF, rea
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,36 @@ def raw(handle: Any, method: str, *params: Any) -> str:
     return getattr(xmlrpc.client.ServerProxy(handle.endpoints["xmlrpc"]), method)(handle.auth, *params)[1]
 
 
+# the pool listings compared before and after a restart, with their parameters
+POOL_CALLS = {
+    "one.vmpool.infoextended": (-2, -1, -1, -2),
+    "one.imagepool.info": (-2, -1, -1),
+    "one.templatepool.info": (-2, -1, -1),
+    "one.vn.info": (0,),
+    "one.marketapppool.info": (-2, -1, -1),
+    "one.documentpool.info": (-2, -1, -1, 100),
+}
+
+
+def start(state: Path, timings: Any = FAST) -> tuple[Any, pyone.OneServer]:
+    """A test cloud (dummy driver) on ``state``, and a pyone client of it."""
+    handle = launcher.start(state, driver="dummy", timings=timings)
+    return handle, pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+
+
+@contextmanager
+def restarted(state: Path) -> Iterator[tuple[Any, pyone.OneServer]]:
+    """The test cloud started again on ``state``, stopped when the block ends."""
+    handle, one = start(state)
+    try:
+        yield handle, one
+    finally:
+        handle.stop()
+
+
 def test_restart_keeps_everything_and_reattaches_guests(tmp_path: Path) -> None:
     state = tmp_path / "cloud"
-    handle = launcher.start(state, driver="dummy", timings=FAST)
-    one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+    handle, one = start(state)
     image_id = ready_image(one, make_qcow2(tmp_path / "d.qcow2"))
     vm_id = running_vm(
         one,
@@ -55,33 +83,15 @@ def test_restart_keeps_everything_and_reattaches_guests(tmp_path: Path) -> None:
     wait_for(lambda: one.marketapp.info(app_id).STATE == 1)
     dropped = one.template.allocate('NAME="dropped"\nCPU="1"\nMEMORY="64"')
     one.template.delete(dropped)
-    before = {
-        method: stable(raw(handle, method, *params))
-        for method, params in (
-            ("one.vmpool.infoextended", (-2, -1, -1, -2)),
-            ("one.imagepool.info", (-2, -1, -1)),
-            ("one.templatepool.info", (-2, -1, -1)),
-            ("one.vn.info", (0,)),
-            ("one.marketapppool.info", (-2, -1, -1)),
-            ("one.documentpool.info", (-2, -1, -1, 100)),
-        )
-    }
+    before = {method: stable(raw(handle, method, *params)) for method, params in POOL_CALLS.items()}
     endpoints, headers = dict(handle.endpoints), gate_headers(handle, vm_id)
     handle.stop(keep_guests=True)
 
-    handle = launcher.start(state, driver="dummy", timings=FAST)
-    try:
-        assert (
-            handle.endpoints == endpoints
-        )  # same ports, same password: guests' ONEGATE_ENDPOINT still works
-        one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+    with restarted(state) as (handle, one):
+        # same ports, same password: guests' ONEGATE_ENDPOINT still works
+        assert handle.endpoints == endpoints
         for method, xml in before.items():
-            params = {"one.vn.info": (0,), "one.documentpool.info": (-2, -1, -1, 100)}.get(
-                method, (-2, -1, -1)
-            )
-            if method == "one.vmpool.infoextended":
-                params = (-2, -1, -1, -2)
-            assert stable(raw(handle, method, *params)) == xml, method
+            assert stable(raw(handle, method, *POOL_CALLS[method])) == xml, method
         assert one.vm.info(vm_id).LCM_STATE == 3  # recovered, not rebooted
         reply = requests.get(handle.endpoints["onegate"] + "/vm", headers=headers, timeout=10)
         assert reply.status_code == 200 and reply.json()["VM"]["USER_TEMPLATE"]["READY"] == "YES"
@@ -94,49 +104,37 @@ def test_restart_keeps_everything_and_reattaches_guests(tmp_path: Path) -> None:
         assert reply.status_code == 204
         wait_for(lambda: len(role_nodes(handle, service_id, "supernode")) == 3)
         assert requests.get(one.marketapp.info(app_id).SOURCE, timeout=10).status_code == 200
-    finally:
-        handle.stop()
 
 
 def test_full_stop_powers_guests_off_and_they_resume(tmp_path: Path) -> None:
     state = tmp_path / "cloud"
-    handle = launcher.start(state, driver="dummy", timings=FAST)
-    one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+    handle, one = start(state)
     vm_id = running_vm(one)
     held = one.vm.allocate('NAME="held"\nCPU="1"\nMEMORY="64"', True)
     handle.stop()
     assert not (state / "vms" / str(vm_id) / "dummy-guest.json").exists()  # the driver's guest is gone
-    handle = launcher.start(state, driver="dummy", timings=FAST)
-    try:
-        one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+    with restarted(state) as (_, one):
         assert one.vm.info(vm_id).STATE == 8  # POWEROFF
         assert one.vm.info(held).STATE == 2
         one.vm.action("resume", vm_id)
         wait_for(lambda: one.vm.info(vm_id).LCM_STATE == 3)
-    finally:
-        handle.stop()
 
 
 def test_work_in_progress_resumes_after_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "cloud"
-    handle = launcher.start(state, driver="dummy", timings=SLOW)
-    one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+    handle, one = start(state, SLOW)
     image_id = one.image.allocate(f'NAME="i"\nPATH="{make_qcow2(tmp_path / "d.qcow2")}"', 1)
     vm_id = one.vm.allocate('NAME="p"\nCPU="1"\nMEMORY="64"')
     assert one.image.info(image_id).STATE == 4 and one.vm.info(vm_id).STATE == 1
     handle.stop(keep_guests=True)
-    handle = launcher.start(state, driver="dummy", timings=FAST)
-    try:
-        one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+    with restarted(state) as (_, one):
         wait_for(lambda: one.image.info(image_id).STATE == 1)
         wait_for(lambda: one.vm.info(vm_id).LCM_STATE == 3)
-    finally:
-        handle.stop()
 
 
 def test_state_files_are_private(tmp_path: Path) -> None:
     state = tmp_path / "cloud"
-    handle = launcher.start(state, driver="dummy", timings=FAST)
+    handle, _ = start(state)
     handle.stop()
     assert state.stat().st_mode & 0o077 == 0
     for name in ("one_auth", "ports.json", "db/counters.json", "db/user/0.json"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
@@ -53,13 +56,19 @@ def _settings(msg: Message, context: Context) -> dict:
     return settings
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _round(msg: Message, context: Context) -> tuple[ModuleType, dict, tuple, list[np.ndarray]]:
+    """What a train or evaluate round starts from: the task, its settings, this node's (train, test)
+    data and the arrays the server sent."""
     settings = _settings(msg, context)
     task = load_task(str(settings["task"]))
     partition_id, num_partitions = _partition(context)
-    train_data, _ = task.load_data(partition_id, num_partitions, settings)
-    received = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    data = task.load_data(partition_id, num_partitions, settings)
+    return task, settings, data, msg.content.array_records["arrays"].to_numpy_ndarrays()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    task, settings, (train_data, _), received = _round(msg, context)
     arrays, examples, metrics = task.train(received, train_data, settings, received)
     reply = RecordDict(
         {
@@ -72,11 +81,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    settings = _settings(msg, context)
-    task = load_task(str(settings["task"]))
-    partition_id, num_partitions = _partition(context)
-    _, test_data = task.load_data(partition_id, num_partitions, settings)
-    arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    task, settings, (_, test_data), arrays = _round(msg, context)
     examples, metrics = task.evaluate(arrays, test_data, settings)
     reply = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": examples})})
     return Message(content=reply, reply_to=msg)

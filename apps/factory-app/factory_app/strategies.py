@@ -70,31 +70,24 @@ def _reply_summary(replies: list[Message]) -> dict:
     }
 
 
+# The Flower DP strategy wrapper of each mode (flwr/serverapp/strategy/dp_fixed_clipping.py and
+# dp_adaptive_clipping.py); the adaptive ones take the clipping norm as their initial one.
+DP_WRAPPERS = {
+    DPMode.SERVER_FIXED: flower_strategies.DifferentialPrivacyServerSideFixedClipping,
+    DPMode.CLIENT_FIXED: flower_strategies.DifferentialPrivacyClientSideFixedClipping,
+    DPMode.SERVER_ADAPTIVE: flower_strategies.DifferentialPrivacyServerSideAdaptiveClipping,
+    DPMode.CLIENT_ADAPTIVE: flower_strategies.DifferentialPrivacyClientSideAdaptiveClipping,
+}
+
+
 def _dp_wrapper(dp: DPSettings) -> tuple[type, Callable[[object], dict]]:
-    """The Flower DP strategy wrapper (flwr/serverapp/strategy/dp_fixed_clipping.py and
-    dp_adaptive_clipping.py) for ``dp.mode``, and its keyword arguments around an inner strategy."""
-    if dp.mode.adaptive:
-        wrapper = (
-            flower_strategies.DifferentialPrivacyServerSideAdaptiveClipping
-            if dp.mode is DPMode.SERVER_ADAPTIVE
-            else flower_strategies.DifferentialPrivacyClientSideAdaptiveClipping
-        )
-        return wrapper, lambda inner: {
-            "strategy": inner,
-            "noise_multiplier": dp.noise_multiplier,
-            "num_sampled_clients": dp.sampled_clients,
-            "initial_clipping_norm": dp.clipping_norm,
-        }
-    wrapper = (
-        flower_strategies.DifferentialPrivacyServerSideFixedClipping
-        if dp.mode is DPMode.SERVER_FIXED
-        else flower_strategies.DifferentialPrivacyClientSideFixedClipping
-    )
-    return wrapper, lambda inner: {
+    """The Flower DP strategy wrapper for ``dp.mode``, and its keyword arguments around an inner strategy."""
+    clipping = "initial_clipping_norm" if dp.mode.adaptive else "clipping_norm"
+    return DP_WRAPPERS[dp.mode], lambda inner: {
         "strategy": inner,
         "noise_multiplier": dp.noise_multiplier,
-        "clipping_norm": dp.clipping_norm,
         "num_sampled_clients": dp.sampled_clients,
+        clipping: dp.clipping_norm,
     }
 
 

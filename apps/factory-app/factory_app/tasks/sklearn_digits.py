@@ -11,7 +11,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss
+
+from factory_app.tasks import linearmodel
 
 CLASSES = 10
 FEATURES = 64
@@ -33,19 +34,7 @@ def initial_arrays(config: dict) -> list[np.ndarray]:
 
 def _model(arrays: list[np.ndarray], local_epochs: int) -> LogisticRegression:
     model = LogisticRegression(max_iter=max(local_epochs, 1), warm_start=True)
-    model.classes_ = np.arange(CLASSES)
-    model.coef_ = np.array(arrays[0], dtype=np.float64)
-    model.intercept_ = np.array(arrays[1], dtype=np.float64)
-    return model
-
-
-def _loss(model: LogisticRegression, data: tuple) -> tuple[float, float]:
-    features, labels = data
-    probabilities = model.predict_proba(features)
-    return (
-        float(log_loss(labels, probabilities, labels=np.arange(CLASSES))),
-        float(accuracy_score(labels, model.predict(features))),
-    )
+    return linearmodel.with_weights(model, arrays, CLASSES)
 
 
 def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: list[np.ndarray]) -> tuple:
@@ -53,10 +42,8 @@ def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: li
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(*data)
-    loss, accuracy = _loss(model, data)
-    return [model.coef_, model.intercept_], len(data[1]), {"train_loss": loss, "train_accuracy": accuracy}
+    return linearmodel.trained(model, data, CLASSES)
 
 
 def evaluate(arrays: list[np.ndarray], data: tuple, config: dict) -> tuple:
-    loss, accuracy = _loss(_model(arrays, 1), data)
-    return len(data[1]), {"eval_loss": loss, "eval_accuracy": accuracy}
+    return linearmodel.evaluated(_model(arrays, 1), data, CLASSES)

@@ -17,9 +17,8 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
-from sklearn.metrics import accuracy_score, log_loss
 
-from factory_app.tasks import localdata
+from factory_app.tasks import linearmodel, localdata
 
 DEMO_FEATURES = 30
 DEMO_CLASSES = 2
@@ -70,19 +69,7 @@ def _model(arrays: list[np.ndarray], config: dict) -> SGDClassifier:
         alpha=1e-4,
         random_state=int(config["seed"]),
     )
-    model.classes_ = np.arange(_shape(config)[1])
-    model.coef_ = np.array(arrays[0], dtype=np.float64)
-    model.intercept_ = np.array(arrays[1], dtype=np.float64)
-    return model
-
-
-def _measure(model: SGDClassifier, data: tuple, classes: int) -> tuple[float, float]:
-    features, labels = data
-    probabilities = model.predict_proba(features)
-    return (
-        float(log_loss(labels, probabilities, labels=np.arange(classes))),
-        float(accuracy_score(labels, model.predict(features))),
-    )
+    return linearmodel.with_weights(model, arrays, _shape(config)[1])
 
 
 def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: list[np.ndarray]) -> tuple:
@@ -92,10 +79,8 @@ def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: li
         warnings.simplefilter("ignore", ConvergenceWarning)
         for _ in range(int(config["local-epochs"])):
             model.partial_fit(*data, classes=np.arange(classes))
-    loss, accuracy = _measure(model, data, classes)
-    return [model.coef_, model.intercept_], len(data[1]), {"train_loss": loss, "train_accuracy": accuracy}
+    return linearmodel.trained(model, data, classes)
 
 
 def evaluate(arrays: list[np.ndarray], data: tuple, config: dict) -> tuple:
-    loss, accuracy = _measure(_model(arrays, config), data, _shape(config)[1])
-    return len(data[1]), {"eval_loss": loss, "eval_accuracy": accuracy}
+    return linearmodel.evaluated(_model(arrays, config), data, _shape(config)[1])
