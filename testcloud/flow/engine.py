@@ -61,6 +61,7 @@ SCHEDULE_ACTIONS = [
     "disk-snapshot-delete",
 ]
 MAX_LOG = 50
+HUGE_PARSER = etree.XMLParser(huge_tree=True)
 
 
 class FlowError(Exception):
@@ -923,12 +924,13 @@ class FlowEngine:
         vms = []
         for node in role["nodes"]:
             vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
-            if vm is not None:
-                vms.append(
-                    elasticity.VmView.from_vm_hash(
-                        {"VM": xml_to_dict(etree.fromstring(vm.to_xml().encode()))}
-                    )
-                )
+            if vm is None:
+                continue
+            try:  # a guest may have set a value over libxml2's default limit through OneGate
+                element = etree.fromstring(vm.to_xml().encode(), HUGE_PARSER)
+            except etree.XMLSyntaxError:
+                continue
+            vms.append(elasticity.VmView.from_vm_hash({"VM": xml_to_dict(element)}))
         decision = elasticity.evaluate_role(role, vms, now, default_cooldown=self.cloud.config.flow_cooldown)
         decision.write_to(role)
         for level, text in decision.messages:

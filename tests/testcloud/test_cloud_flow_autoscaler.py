@@ -37,9 +37,9 @@ def one(cloud: launcher.CloudHandle) -> Any:
     return pyone.OneServer(cloud.endpoints["xmlrpc"], session=cloud.auth)
 
 
-def vm_template(one: Any) -> int:
+def vm_template(one: Any, name: str = "node") -> int:
     return int(
-        one.template.allocate('NAME="node"\nCPU="1"\nMEMORY="64"\nCONTEXT=[NETWORK="YES", TOKEN="YES"]')
+        one.template.allocate(f'NAME="{name}"\nCPU="1"\nMEMORY="64"\nCONTEXT=[NETWORK="YES", TOKEN="YES"]')
     )
 
 
@@ -208,3 +208,58 @@ def test_bad_policies_in_merge_template_deploy_nothing(
     assert reply.status_code >= 400 and reply.text == message
     assert flow(cloud, "GET", "/service").json() == {"DOCUMENT_POOL": {}}
     assert one.vmpool.info(-2, -1, -1, -1).VM == []
+
+
+# ---------------------------------------------------------------------------------------------- the service
+def test_the_published_supernode_role_carries_the_documented_default_policy() -> None:
+    """docs/elasticity.md's JSON block is what the published service's SuperNode role holds."""
+    import json
+    import re
+
+    from factory.harness import appliance_templates
+    from hostkit import elasticity
+    from hostkit.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "elasticity.md").read_text()
+    section = text[text.index("## The default policy of the Flower service") :]
+    match = re.search(r"```json\n(.*?)\n```", section, re.S)
+    assert match is not None, "docs/elasticity.md lost its default policy block"
+    documented = json.loads(match.group(1))
+    body = appliance_templates.service_template("published", None, None, 2, security=None)
+    supernode = next(role for role in body["roles"] if role["name"] == "supernode")
+    assert {key: supernode[key] for key in documented if key != "name"} == {
+        key: value for key, value in documented.items() if key != "name"
+    }
+    elasticity.validate_template(body)  # the validator the test cloud's OneFlow runs
+    for size in (1, 2, 12):  # test federations of other sizes stay valid
+        elasticity.validate_template(appliance_templates.service_template("t", 1, 2, size, "tls"))
+
+
+def test_the_monitoring_role_deploys_nothing_until_asked_then_boots_the_users_template(
+    cloud: Any, one: Any
+) -> None:
+    """The published service: ``monitoring`` has cardinality 0 (no VM, the service RUNNING without it);
+    a user enables it with their own VM template through ``merge_template``."""
+    from factory.harness import appliance_templates
+
+    link, node, prometheus = (vm_template(one, name) for name in ("link", "node", "prometheus"))
+    body = appliance_templates.service_template("published", link, node, 1, "insecure")
+    body["ready_status_gate"] = False  # the dummy driver's guests report nothing
+    template_id = create(cloud, body)
+    network = [{appliance_templates.NETWORK: {"id": "0"}}]
+    reply = instantiate(cloud, template_id, {"networks_values": network})
+    assert reply.status_code == 201, reply.text
+    plain = int(reply.json()["DOCUMENT"]["ID"])
+    merge = {
+        "networks_values": network,
+        "roles": [{"name": "monitoring", "cardinality": 1, "template_id": prometheus}],
+    }
+    reply = instantiate(cloud, template_id, merge)
+    assert reply.status_code == 201, reply.text
+    watched = int(reply.json()["DOCUMENT"]["ID"])
+    for service_id in (plain, watched):
+        wait_for(lambda sid=service_id: service_body(cloud, sid)["state"] == RUNNING, timeout=20)
+    assert role_nodes(cloud, plain, "monitoring") == []
+    [monitor] = role_nodes(cloud, watched, "monitoring")
+    assert int(one.vm.info(monitor).TEMPLATE["TEMPLATE_ID"]) == prometheus
+    assert role_nodes(cloud, watched, "monitoring") == [monitor]
