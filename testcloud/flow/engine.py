@@ -902,7 +902,7 @@ class FlowEngine:
         RUNNING (SCALING and COOLDOWN ones wait for their scale to finish), each role's policies are evaluated
         over its VMs (``hostkit.elasticity.evaluate_role``), the policies' counters and the cooldown are
         written back (``update_role_policies``), and a change becomes ``scale_action`` with force=false,
-        whose refusal is only logged."""
+        whose refusal is only logged (the service's log gets scale_action's own lines)."""
         when = int(time.time()) if now is None else now
         with self.cloud.lock:
             for doc in sorted(self.cloud.pools["document"].values(), key=lambda d: d.id):
@@ -933,8 +933,8 @@ class FlowEngine:
             vms.append(elasticity.VmView.from_vm_hash({"VM": xml_to_dict(element)}))
         decision = elasticity.evaluate_role(role, vms, now, default_cooldown=self.cloud.config.flow_cooldown)
         decision.write_to(role)
-        for level, text in decision.messages:
-            self._log(body, level, text)
+        for level, text in decision.messages:  # upstream logs these to oneflow.log, not the service's log
+            log.log(logging.DEBUG if level == "D" else logging.INFO, "service %s: %s", doc.id, text)
         self.save_body(doc, body)
         if decision.cardinality is None:
             return

@@ -134,8 +134,8 @@ def test_policy_over_a_onegate_attribute_scales_up_holds_in_cooldown_and_scales_
         "RUNNING",
     ]
     messages = [entry["message"] for entry in service_body(cloud, service_id)["log"]]
-    assert "Role supernode needs to scale 1 nodes" in messages
-    assert "Role supernode needs to scale -1 nodes" in messages
+    assert "Role supernode scaling up from 1 to 2 nodes" in messages
+    assert "Role supernode scaling down from 2 to 1 nodes" in messages
     # at min_vms the scale-down policy asks for no change: the role stays at one node
     time.sleep(AUTOSCALER * 4)
     assert role_nodes(cloud, service_id, "supernode") == [nodes[1]]
