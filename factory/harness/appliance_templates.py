@@ -22,6 +22,28 @@ from factory.model import params
 
 ROLES = ("superlink", "supernode")
 ROLE_TITLES = {"superlink": "SuperLink", "supernode": "SuperNode"}
+# The optional third role of the service: Prometheus (and Grafana where the image has it) watching the
+# others. Cardinality 0 by default. No image carries Prometheus yet, so the role is declared on the
+# SuperLink's VM template (in the marketplace form: its ROLE entry names the SuperLink app, which
+# export_service_template of marketplaceapp_ext.rb needs for every role) and a user enables it with
+# their own template: ``{"roles": [{"name": "monitoring", "cardinality": 1, "template_id": N}]}`` in
+# ``merge_template``. Booting the SuperLink image in this role would start a second SuperLink (its own CA,
+# endpoint published through OneGate), which the factory's checks refuse (factory/one/service_checks.py).
+MONITORING = "monitoring"
+# The SuperNode role's OneFlow 7 elasticity (docs/elasticity.md "The default policy of the Flower
+# service", which gives the reasons): keep at least the job's minimum of SuperNodes connected.
+SUPERNODE_MIN_VMS = 2
+SUPERNODE_MAX_VMS = 10
+SUPERNODE_COOLDOWN = 300
+SUPERNODE_POLICIES: tuple[dict[str, Any], ...] = (
+    {
+        "type": "CHANGE",
+        "adjust": 1,
+        "expression": "ONEAPP_FL_CONNECTED_NODES < ONEAPP_FL_MIN_NODES",
+        "period": 60,
+        "period_number": 3,
+    },
+)
 # The service's network, as the user names it at instantiation (``networks_values``).
 NETWORK = "Private"
 NETWORK_INPUT = (
@@ -126,6 +148,19 @@ def service_user_inputs() -> dict[str, str]:
     return inputs
 
 
+def supernode_elasticity(cardinality: int) -> dict[str, Any]:
+    """The SuperNode role's ``min_vms``, ``max_vms``, ``cooldown`` and policies for a service of
+    ``cardinality`` SuperNodes (the bounds widen so that a smaller or larger test federation stays valid:
+    OneFlow refuses a cardinality outside [min_vms, max_vms])."""
+    return {
+        "min_vms": min(SUPERNODE_MIN_VMS, cardinality),
+        "max_vms": max(SUPERNODE_MAX_VMS, cardinality),
+        "cooldown": SUPERNODE_COOLDOWN,
+        "elasticity_policies": [dict(policy) for policy in SUPERNODE_POLICIES],
+        "scheduled_policies": [],
+    }
+
+
 def service_template(
     name: str,
     superlink_template_id: int | None,
@@ -137,6 +172,8 @@ def service_template(
 ) -> dict[str, Any]:
     """The OneFlow service (OpenNebula 7 format): 1 SuperLink, then ``supernodes`` SuperNodes once it is
     RUNNING (``straight``), each role RUNNING only when its VMs reported READY (``ready_status_gate``).
+    The SuperNode role carries the default elasticity policy (:func:`supernode_elasticity`); a third role,
+    :data:`MONITORING`, has no VM unless the user asks for one (see there).
 
     ``security`` fixes the TLS/node-auth context of a test deployment. The marketplace form has
     ``security=None`` and no template ids: the exporter (``export_service_template`` of upstream's
@@ -164,9 +201,20 @@ def service_template(
         if template_id is not None:
             entry["template_id"] = int(template_id)
         if role == "supernode":
-            entry["min_vms"] = 1
-            entry["max_vms"] = max(cardinality, 10)
+            entry.update(supernode_elasticity(cardinality))
         roles.append(entry)
+    monitoring: dict[str, Any] = {
+        "name": MONITORING,
+        "type": "vm",
+        "cardinality": 0,
+        "min_vms": 0,
+        "max_vms": 1,
+        "parents": ["superlink"],
+        "template_contents": {"NIC": [{"NETWORK_ID": f"${NETWORK}"}]},
+    }
+    if superlink_template_id is not None:
+        monitoring["template_id"] = int(superlink_template_id)
+    roles.append(monitoring)
     body: dict[str, Any] = {
         "name": name,
         "description": description,

@@ -12,6 +12,11 @@ OneFlow (OpenNebula/one at f847cf2e, src/flow/) accepts, and so the factory must
 - user input values of the wrong type: ``check_user_inptus`` (src/flow/oneflow-server.rb) only checks that
   each input has a value; the type rules live in the Ruby CLI's prompt alone (src/cli/one_helper.rb
   ``OpenNebulaHelper.parse_user_inputs``; INT_EXP and FLOAT_EXP of onetemplate_helper.rb).
+
+And, so that a bad policy fails here rather than at OneFlow, the checks OneFlow does make on elasticity and
+scheduled policies (``validate_vmvalues`` and the policy schema), with the same code the test cloud's OneFlow
+runs (``hostkit.elasticity.validate_template``, docs/elasticity.md), and a monitoring role asked to boot
+the SuperLink's template (it would start a second SuperLink: factory/harness/appliance_templates.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from hostkit import elasticity
 from hostkit.errors import FactoryError
 
 # Keys the OneFlow schema (src/oca/ruby/opennebula/flow/service_template.rb) declares as integers.
@@ -161,6 +167,30 @@ def check_user_input_values(template: dict[str, Any], merge: dict[str, Any]) -> 
             raise FactoryError(f"instantiate: user input '{name}': {problem}")
 
 
+def check_policies(template: dict[str, Any]) -> None:
+    """Elasticity and scheduled policies as OneFlow validates them (its message, after the factory's prefix):
+    expressions that parse, min_vms <= cardinality <= max_vms, a start_time or a valid recurrence."""
+    try:
+        elasticity.validate_template(template)
+    except elasticity.PolicyError as error:
+        raise FactoryError(f"service template: {error}") from None
+
+
+def check_monitoring(template: dict[str, Any], monitoring: str = "monitoring") -> None:
+    """A ``monitoring`` role with VMs does not boot the SuperLink's VM template: no image carries Prometheus
+    yet, the role needs a template of the user's (``template_id``)."""
+    roles = {str(r.get("name")): r for r in template.get("roles") or [] if isinstance(r, dict)}
+    role, superlink = roles.get(monitoring), roles.get("superlink")
+    if role is None or superlink is None or not role.get("cardinality"):
+        return
+    if role.get("template_id") is not None and role.get("template_id") == superlink.get("template_id"):
+        raise FactoryError(
+            f"service template: role '{monitoring}' has {role['cardinality']} VM(s) on the SuperLink's VM "
+            f"template {role['template_id']}: that would start another SuperLink; give the role a VM "
+            "template running Prometheus (template_id), or leave its cardinality at 0"
+        )
+
+
 def check_template(template: dict[str, Any]) -> None:
     """Everything above that a service template alone can show; raises FactoryError naming role or input."""
     roles = template.get("roles")
@@ -168,4 +198,6 @@ def check_template(template: dict[str, Any]) -> None:
         raise FactoryError("service template: roles must be a list of objects")
     check_integers(template)
     check_parents(roles)
+    check_policies(template)
+    check_monitoring(template)
     check_user_input_defaults(template)

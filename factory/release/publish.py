@@ -373,7 +373,13 @@ def service_yaml(
         "hypervisor": "KVM",
         "type": "SERVICE_TEMPLATE",
         "opennebula_version": OPENNEBULA_VERSIONS,
-        "roles": {"superlink": titles["superlink"], "supernode": titles["supernode"]},
+        # the monitoring role (cardinality 0) names the SuperLink's app: the exporter needs an app for every
+        # role, and no monitoring image exists yet (appliance_templates.MONITORING)
+        "roles": {
+            "superlink": titles["superlink"],
+            "supernode": titles["supernode"],
+            appliance_templates.MONITORING: titles["superlink"],
+        },
         "opennebula_template": body,
         "logo": "flower.png",
         "images": [],
@@ -623,7 +629,11 @@ class _Staging:
         document = service_yaml(result, names, stamp, self.created, self.release)
         _write_yaml(self.staging, document)
         if self.cloud is not None:
-            roles = {"superlink": self.app_names[link], "supernode": self.app_names[node]}
+            roles = {
+                "superlink": self.app_names[link],
+                "supernode": self.app_names[node],
+                appliance_templates.MONITORING: self.app_names[link],
+            }
             template = service_app_template(document, roles, stamp)
             _market_app(self.cloud, template, self.market_id, self.made, self.publication, self.progress)
 

@@ -30,6 +30,9 @@ class Timings:
     image_lock: float = 0.1
     app_lock: float = 0.1
     tick: float = 0.05
+    # seconds between two passes of OneFlow's autoscaler over the RUNNING services (oneflow-server.conf
+    # :autoscaler_interval: 90); elasticity policies' own ``period`` still counts in real seconds
+    autoscaler: float = 2.0
 
 
 @dataclass(frozen=True)

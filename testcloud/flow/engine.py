@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from hostkit import elasticity
 from hostkit.xmldict import xml_to_dict
 from testcloud.core import errors
 from testcloud.core.errors import OneError
@@ -60,6 +61,7 @@ SCHEDULE_ACTIONS = [
     "disk-snapshot-delete",
 ]
 MAX_LOG = 50
+HUGE_PARSER = etree.XMLParser(huge_tree=True)
 
 
 class FlowError(Exception):
@@ -174,6 +176,7 @@ class FlowEngine:
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
         self.waits: dict[tuple[int, str], Wait] = {}
+        self._next_autoscale = time.monotonic() + cloud.config.timings.autoscaler
         with cloud.lock:
             self._catch_up()
 
@@ -722,6 +725,7 @@ class FlowEngine:
             )
             role["cardinality"] = target
             role.setdefault("cooldown", self.cloud.config.flow_cooldown)
+            elasticity.clear_true_evals(role)  # Role#set_state(SCALING)
             if diff > 0:
                 role["scale_way"] = 0
                 error = self._deploy_roles(
@@ -888,6 +892,57 @@ class FlowEngine:
                 if self._step(sid, role_name, wait, body) and doc.id in self.cloud.pools["document"]:
                     self.save_body(doc, body)
             self._watch_running()
+            if time.monotonic() >= self._next_autoscale:
+                self._next_autoscale = time.monotonic() + self.cloud.config.timings.autoscaler
+                self.autoscale()
+
+    # ------------------------------------------------------------------ the autoscaler
+    def autoscale(self, now: int | None = None) -> None:
+        """One pass of ``ServiceAutoScaler`` (src/flow/lib/ServiceAutoScaler.rb): for every service in
+        RUNNING (SCALING and COOLDOWN ones wait for their scale to finish), each role's policies are evaluated
+        over its VMs (``hostkit.elasticity.evaluate_role``), the policies' counters and the cooldown are
+        written back (``update_role_policies``), and a change becomes ``scale_action`` with force=false,
+        whose refusal is only logged (the service's log gets scale_action's own lines)."""
+        when = int(time.time()) if now is None else now
+        with self.cloud.lock:
+            for doc in sorted(self.cloud.pools["document"].values(), key=lambda d: d.id):
+                if doc.type != DOC_SERVICE:
+                    continue
+                body = self.body(doc)
+                if body.get("state") != ServiceState.RUNNING:
+                    continue
+                for name in [r.get("name") for r in body.get("roles") or [] if isinstance(r, dict)]:
+                    self._autoscale_role(doc, str(name), when)
+
+    def _autoscale_role(self, doc: Document, name: str, now: int) -> None:
+        body = self.body(doc)  # fresh: an earlier role's scale_action saved the document
+        role = self._roles(body).get(name)
+        if role is None or role.get("type", "vm") != "vm":
+            return
+        if not (role.get("elasticity_policies") or role.get("scheduled_policies") or role.get("min_vms")):
+            return
+        vms = []
+        for node in role["nodes"]:
+            vm = self.cloud.pools["vm"].get(int(node["deploy_id"]))
+            if vm is None:
+                continue
+            try:  # a guest may have set a value over libxml2's default limit through OneGate
+                element = etree.fromstring(vm.to_xml().encode(), HUGE_PARSER)
+            except etree.XMLSyntaxError:
+                continue
+            vms.append(elasticity.VmView.from_vm_hash({"VM": xml_to_dict(element)}))
+        decision = elasticity.evaluate_role(role, vms, now, default_cooldown=self.cloud.config.flow_cooldown)
+        decision.write_to(role)
+        for level, text in decision.messages:  # upstream logs these to oneflow.log, not the service's log
+            log.log(logging.DEBUG if level == "D" else logging.INFO, "service %s: %s", doc.id, text)
+        self.save_body(doc, body)
+        if decision.cardinality is None:
+            return
+        error = self.scale(doc.id, name, decision.cardinality, False)
+        if error is not None:
+            body = self.body(doc)
+            self._log(body, "E", f"Role {name} : scale to {decision.cardinality} failed; {error}")
+            self.save_body(doc, body)
 
     def _step(self, sid: int, role_name: str, wait: Wait, body: dict[str, Any]) -> bool:
         """Advance one wait; True when the body changed."""

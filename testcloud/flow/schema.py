@@ -14,6 +14,8 @@ import math
 import re
 from typing import Any
 
+from hostkit import elasticity
+
 _POLICY_COMMON: dict[str, Any] = {
     "type": "object",
     "required": ["type", "adjust"],
@@ -197,58 +199,6 @@ def _ruby_integer(value: Any, key: str) -> int:
     raise ParseException(f"KEY: '{key}' must be an Integer;")
 
 
-# ---------------------------------------------------------------------------------------------- expressions
-_TOKEN = re.compile(r"\s*(\(|\)|&&|\|\||[<>]=?|==|!=|[A-Za-z_][A-Za-z0-9_\[\]/]*|\d+(?:\.\d+)?)")
-
-
-def _parse_expression(text: str) -> bool:
-    """The elasticity grammar: comparisons of attributes and numbers joined by && and ||, parentheses."""
-    tokens: list[str] = []
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if not match:
-            return False
-        tokens.append(match.group(1))
-        pos = match.end()
-    index = 0
-
-    def operand() -> bool:
-        nonlocal index
-        if index < len(tokens) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\[\]/]*|\d+(?:\.\d+)?", tokens[index]):
-            index += 1
-            return True
-        return False
-
-    def term() -> bool:
-        nonlocal index
-        if index < len(tokens) and tokens[index] == "(":
-            index += 1
-            if not expression() or index >= len(tokens) or tokens[index] != ")":
-                return False
-            index += 1
-            return True
-        if not operand():
-            return False
-        if index < len(tokens) and tokens[index] in ("<", ">", "<=", ">=", "==", "!="):
-            index += 1
-            return operand()
-        return False
-
-    def expression() -> bool:
-        nonlocal index
-        if not term():
-            return False
-        while index < len(tokens) and tokens[index] in ("&&", "||"):
-            index += 1
-            if not term():
-                return False
-        return True
-
-    return bool(tokens) and expression() and index == len(tokens)
-
-
 # ---------------------------------------------------------------------------------------------- templates
 def old_format(body: dict[str, Any]) -> bool:
     roles = body.get("roles")
@@ -324,39 +274,11 @@ def _validate_values(template: dict[str, Any]) -> None:
         for other in roles[index + 1 :]:
             if role["name"] == other["name"]:
                 raise ParseException(f"Role name '{role['name']}' is repeated")
-        name = role["name"]
-        cardinality = int(role.get("cardinality") or 0)
-        if role.get("min_vms") is not None and int(role["min_vms"]) > cardinality:
-            raise ParseException(f"Role '{name}' 'cardinality' must be greater than or equal to 'min_vms'")
-        if role.get("max_vms") is not None and int(role["max_vms"]) < cardinality:
-            raise ParseException(f"Role '{name}' 'cardinality' must be lower than or equal to 'max_vms'")
-        if (role.get("elasticity_policies") or role.get("scheduled_policies")) and (
-            role.get("min_vms") is None or role.get("max_vms") is None
-        ):
-            raise ParseException(
-                f"Role '{name}' with  'elasticity_policies' or "
-                "'scheduled_policies'must define both 'min_vms' and 'max_vms'"
-            )
-        for number, policy in enumerate(role.get("elasticity_policies") or []):
-            expression = policy.get("expression", "")
-            if not expression:
-                raise ParseException(
-                    f"Role '{name}', elasticity policy #{number} 'expression' cannot be empty"
-                )
-            if not _parse_expression(expression):
-                raise ParseException(
-                    f"Role '{name}', elasticity policy #{number} 'expression' parse error: Expected one of "
-                    f"the elasticity grammar's operands or operators at '{expression}'"
-                )
-        for number, policy in enumerate(role.get("scheduled_policies") or []):
-            start, recurrence = policy.get("start_time"), policy.get("recurrence")
-            if start is not None and recurrence is not None:
-                raise ParseException(
-                    f"Role '{name}', scheduled policy #{number} must define 'start_time' or 'recurrence', "
-                    "but not both"
-                )
-            if start is None and recurrence is None:
-                raise ParseException(
-                    f"Role '{name}', scheduled policy ##{number} needs to define either 'start_time' or "
-                    "'recurrence'"
-                )
+        if role.get("type", "vm") != "vm":
+            continue
+        # validate_vmvalues (service_template.rb): min/max against the cardinality, policies need both,
+        # expressions parse (treetop's reason), scheduled policies' start_time/recurrence
+        try:
+            elasticity.validate_role(role)
+        except elasticity.PolicyError as error:
+            raise ParseException(str(error)) from None

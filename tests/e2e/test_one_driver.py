@@ -221,7 +221,11 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
         assert int(info.STATE) == 1, app  # READY
     service = next(app for app in first.apps if app["type"] == "SERVICE_TEMPLATE")
     roles = cloud.marketapp_info(service["id"]).TEMPLATE["ROLE"]
-    assert {role["NAME"] for role in roles} == {"superlink", "supernode"}
+    assert {role["NAME"]: role["APP"] for role in roles} == {
+        "superlink": roles[0]["APP"],
+        "supernode": roles[1]["APP"],
+        "monitoring": roles[0]["APP"],  # no monitoring image yet: the role names the SuperLink's app
+    }
     # the YAML points at the file the marketplace serves
     import yaml
 
@@ -276,7 +280,7 @@ def _set_role(role: int, key: str, value: Any) -> Any:
         (
             _set_role(1, "parents", ["superlnk"]),
             "role 'supernode' has parent 'superlnk', which is not a role of this template "
-            "(roles: superlink, supernode)",
+            "(roles: superlink, supernode, monitoring)",
         ),
         (
             _set_role(0, "parents", ["supernode"]),
@@ -298,8 +302,33 @@ def _set_role(role: int, key: str, value: Any) -> Any:
             lambda body: body.__setitem__("user_inputs", {"ROUNDS": "M|number|Rounds||three"}),
             "service template: user input 'ROUNDS': default (number) 'three' is not an integer",
         ),
+        (
+            lambda body: body["roles"][1]["elasticity_policies"][0].__setitem__("expression", "CPU >"),
+            "service template: Role 'supernode', elasticity policy #0 'expression' parse error: Expected one "
+            "of ' ', '-', [0-9], '\"', '\\'', [a-zA-Z] at line 1, column 6 (byte 6) after CPU >",
+        ),
+        (
+            lambda body: body["roles"][1].update(min_vms=5, max_vms=3),
+            "service template: Role 'supernode' 'cardinality' must be greater than or equal to 'min_vms'",
+        ),
+        (
+            _set_role(2, "cardinality", 1),
+            "service template: role 'monitoring' has 1 VM(s) on the SuperLink's VM template",
+        ),
     ],
-    ids=["self", "missing", "cycle", "fraction", "infinite", "string", "policy", "input-default"],
+    ids=[
+        "self",
+        "missing",
+        "cycle",
+        "fraction",
+        "infinite",
+        "string",
+        "policy",
+        "input-default",
+        "expression",
+        "min-over-max",
+        "monitoring-on-superlink",
+    ],
 )
 def test_a_service_template_oneflow_would_accept_is_refused_before_sending(
     cloud_state: tuple[OneCloud, Path], change: Any, reason: str

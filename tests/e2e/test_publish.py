@@ -86,10 +86,16 @@ def test_publish_writes_marketplace_and_certification_files(run_root: Path) -> N
         assert [name.lower() for name in order] == list(inputs)
         assert document["opennebula_template"]["context"]["oneapp_fl_tls"] == "$ONEAPP_FL_TLS"
         assert document["opennebula_template"]["nic"] == {"network_mode": "auto"}
-    assert set(service["roles"]) == {"superlink", "supernode"}
+    assert set(service["roles"]) == {"superlink", "supernode", "monitoring"}
     assert service["roles"]["superlink"] in {doc["name"] for doc in images}
-    assert [role["name"] for role in service["opennebula_template"]["roles"]] == ["superlink", "supernode"]
-    assert service["opennebula_template"]["roles"][1]["parents"] == ["superlink"]
+    assert service["roles"]["monitoring"] == service["roles"]["superlink"]  # no monitoring image yet
+    roles = service["opennebula_template"]["roles"]
+    assert [role["name"] for role in roles] == ["superlink", "supernode", "monitoring"]
+    assert roles[1]["parents"] == ["superlink"]
+    assert roles[1]["elasticity_policies"][0]["expression"] == (
+        "ONEAPP_FL_CONNECTED_NODES < ONEAPP_FL_MIN_NODES"
+    )
+    assert (roles[2]["cardinality"], roles[2]["min_vms"], roles[2]["max_vms"]) == (0, 0, 1)
     assert service["images"] == []
     certification = [path for path in (directory / "certification").rglob("*") if path.is_file()]
     assert len(certification) == 6  # metadata.yaml, tests.yaml, tests/00-*.rb for each image

@@ -69,19 +69,28 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def export_service_app(one: Any, app_id: int, name: str, datastore: int) -> dict[str, Any]:
-    """``export_service_template`` with pyone: each ROLE's app is exported as ``<name>-<role>-<n>`` (image and
-    VM template), the role's ``vm_template`` set, the body validated (OneFlow's validator, which converts
-    the roles to ``template_id``) and allocated as a service template document. Undone on failure."""
+    """``export_service_template`` with pyone: each app a ROLE names is exported once, as
+    ``<name>-<role>-<n>`` (image and VM template; ``export_recursive`` counts exported apps and lets a later
+    ROLE naming the same app reuse it), the role's ``vm_template`` set, the body validated (OneFlow's
+    validator, which converts the roles to ``template_id``) and allocated as a service template document.
+    Undone on failure."""
     app = one.marketapp.info(app_id)
     roles = _as_list(app.TEMPLATE["ROLE"])
     pool = {str(item.NAME): int(item.ID) for item in one.marketapppool.info(-2, -1, -1).MARKETPLACEAPP}
     exported: dict[str, dict[str, int]] = {}
+    by_app: dict[str, dict[str, int]] = {}
     try:
-        for index, role in enumerate(roles):
-            child = pool[str(role["APP"])]
-            exported[str(role["NAME"])] = one.marketapp.export(
-                child, datastore, f"{name}-{role['NAME']}-{index}", f"{name}-{role['NAME']}-{index}"
-            )
+        for role in roles:
+            app_name = str(role["APP"])
+            if app_name not in by_app:
+                index = len(by_app)
+                by_app[app_name] = one.marketapp.export(
+                    pool[app_name],
+                    datastore,
+                    f"{name}-{role['NAME']}-{index}",
+                    f"{name}-{role['NAME']}-{index}",
+                )
+            exported[str(role["NAME"])] = by_app[app_name]
         body = json.loads(base64.b64decode(app.TEMPLATE["APPTEMPLATE64"]))
         body["name"] = name
         for role in body["roles"]:
@@ -91,7 +100,7 @@ def export_service_app(one: Any, app_id: int, name: str, datastore: int) -> dict
         document = f"<TEMPLATE><NAME>{name}</NAME><BODY><![CDATA[{json.dumps(body)}]]></BODY></TEMPLATE>"
         template_id = one.document.allocate(document, SERVICE_TEMPLATE_DOCUMENT)
     except BaseException:
-        for ids in exported.values():
+        for ids in by_app.values():
             one.template.delete(ids["vmtemplate"])
         raise
     return {"service_template": template_id, "exported": exported}
@@ -132,12 +141,16 @@ def test_every_published_app_exports_and_the_service_deploys(
         assert template["USER_INPUTS"]["ONEAPP_FL_TLS"].endswith("|YES")
     service_app = next(app for app in publication.apps if app["type"] == "SERVICE_TEMPLATE")
     made = export_service_app(one, service_app["id"], "flower-federation", datastore)
-    assert sorted(made["exported"]) == ["superlink", "supernode"]
+    assert sorted(made["exported"]) == ["monitoring", "superlink", "supernode"]
     body = cloud.flow.service_template(made["service_template"])["TEMPLATE"]["BODY"]
     body = json.loads(body) if isinstance(body, str) else body
     assert [role["template_id"] for role in body["roles"]] == [
-        made["exported"][role]["vmtemplate"] for role in ("superlink", "supernode")
+        made["exported"][role]["vmtemplate"] for role in ("superlink", "supernode", "monitoring")
     ]
+    # the monitoring role (cardinality 0) reuses the SuperLink's export: the app is exported once
+    assert made["exported"]["monitoring"] == made["exported"]["superlink"]
+    monitoring = next(role for role in body["roles"] if role["name"] == "monitoring")
+    assert monitoring["cardinality"] == 0
     network = cloud.network_id()
     merge = {
         "name": "flower-from-market",

@@ -1,4 +1,4 @@
-"""OneFlow elasticity (testcloud/flow/elasticity.py) held to upstream: the expression grammar and the cron
+"""OneFlow elasticity (hostkit/elasticity.py) held to upstream: the expression grammar and the cron
 schedule are checked side by side with OpenNebula's own compiled grammar (grammar.rb, run by Ruby's treetop)
 and the parse-cron gem; the policy arithmetic, periods and cooldown against tables taken from vmrole.rb."""
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from hostkit import elasticity as el
 from hostkit import upstream
-from testcloud.flow import elasticity as el
 
 # The oracle: upstream's OCA (service_template.rb, grammar.rb) and parse-cron, as OneFlow loads them
 # (scripts/setup.sh installs ruby-treetop, ruby-parse-cron, ruby-nokogiri...). Cases in on stdin, results
