@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from factory.cli.commands import Command
+
+if TYPE_CHECKING:
+    from hostkit.progress import Progress
 
 COMMAND = Command(
     "release",
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                     images[spec.name] = images_for(spec)
                 except FactoryError as error:
                     progress.line(f"{spec.name}: {error}")
+            _record_image_timings(run_dir(run_name), progress)
         with progress.stage(f"test {len(specs)} pair(s) in {target}"):
             import tempfile
             from pathlib import Path
@@ -116,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"published: {publication.directory} ({len(publication.apps)} marketplace apps)")
     print(f"report: {paths['html']} (open it in a browser), {paths['md']}")
     return 1 if failures or publication is None else 0
+
+
+def _record_image_timings(directory: Path, progress: Progress) -> None:
+    """The image stage's per-image and per-layer seconds: printed, and in ``<run>/timings.json``
+    (section ``images``, factory/images/timings.py)."""
+    from factory.images.timings import SESSION, write_section
+
+    write_section(directory / "timings.json", SESSION)
+    for line in SESSION.breakdown().splitlines():
+        progress.line(line)
 
 
 def _ssh_key(given: Path | None) -> tuple[Path | None, str]:
