@@ -42,7 +42,7 @@ from factory.images.layers import (
     split_steps,
     tree_digest,
 )
-from factory.images.timings import SESSION, BuildTimings, EntryKind
+from factory.images.timings import SESSION, BuildTimings, EntryKind, Outcome
 from factory.model import manifest as manifest_module
 from factory.model.image import Image, ImageFormat
 from factory.model.matrix import Variant
@@ -512,7 +512,9 @@ def build_layers(
             )
             return layer.key
 
-        reused = _cache_entry(layer_directory(layer), f"layer-{layer.label}", force, fill)
+        # --force rebuilds a layer once per run, not once per variant that shares it
+        again = force and not timings.seen(EntryKind.LAYER, layer.key, Outcome.BUILT)
+        reused = _cache_entry(layer_directory(layer), f"layer-{layer.label}", again, fill)
         seconds = time.monotonic() - started
         timings.record(EntryKind.LAYER, layer.name, variant.name, layer.key, reused, seconds)
         verb = "reusing" if reused else f"built in {seconds:.0f} s:"

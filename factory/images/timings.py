@@ -56,8 +56,11 @@ class BuildTimings:
         self.entries.append(timing)
         return timing
 
-    def seen(self, kind: EntryKind, key: str) -> bool:
-        return any(entry.kind == kind and entry.key == key for entry in self.entries)
+    def seen(self, kind: EntryKind, key: str, outcome: Outcome | None = None) -> bool:
+        return any(
+            entry.kind == kind and entry.key == key and outcome in (None, entry.outcome)
+            for entry in self.entries
+        )
 
     def seconds(self, outcome: Outcome | None = None) -> float:
         return sum(entry.seconds for entry in self.entries if outcome in (None, entry.outcome))

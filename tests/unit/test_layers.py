@@ -110,6 +110,8 @@ def test_timings_record_sums_prints_and_merges_into_a_json_section(tmp_path: Pat
     timings.record(EntryKind.IMAGE, "v1", "v1", "k2" * 32, False, 120.0)
     timings.record(EntryKind.IMAGE, "v2", "v2", "k3" * 32, True, 0.5)
     assert timings.seen(EntryKind.BASE, "k0" * 32) and not timings.seen(EntryKind.IMAGE, "k0" * 32)
+    assert timings.seen(EntryKind.LAYER, "k1" * 32, Outcome.BUILT)
+    assert not timings.seen(EntryKind.BASE, "k0" * 32, Outcome.BUILT)
     assert timings.seconds(Outcome.BUILT) == 200.0 and timings.seconds(Outcome.REUSED) == 0.51
     text = timings.breakdown()
     assert "system layer for v1" in text and "2 built (200.0 s), 2 reused (0.5 s)" in text
@@ -137,3 +139,49 @@ def test_a_timings_file_that_is_not_a_json_object_is_refused_untouched(tmp_path:
     with pytest.raises(FactoryError, match=r"timings\.json"):
         write_section(path, BuildTimings())
     assert path.read_text() == content
+
+
+def test_layers_are_built_once_and_reused_and_force_rebuilds_each_once(monkeypatch, tmp_path: Path) -> None:
+    from factory.images import localbuild
+    from hostkit import onecontext
+
+    monkeypatch.setattr(localbuild, "images_cache", lambda: tmp_path / "cache")
+    runs: list[tuple[str, dict[str, str]]] = []
+
+    def run_logged(argv: list[str], log: Path, progress: object, what: str, **kwargs: object) -> None:
+        environment = dict(
+            item.removeprefix("--setenv=").split("=", 1) for item in argv if "--setenv=" in item
+        )
+        runs.append((argv[-1], environment))
+        log.write_text("ran\n")
+
+    monkeypatch.setattr(localbuild, "_run_logged", run_logged)
+    monkeypatch.setattr(localbuild, "_copy_tree", lambda source, target: shutil.copytree(source, target))
+    (tmp_path / "base" / "rootfs").mkdir(parents=True)
+    base = localbuild.BaseRootfs("b" * 64, tmp_path / "base")
+    deb = tmp_path / "one-context_7.0.0-1_all.deb"
+    deb.write_bytes(b"deb")
+    package = onecontext.OneContextPackage(deb, "7.0.0-1", "c" * 40, tmp_path / "src", "d1")
+    matrix = load_matrix()
+    first = matrix.variant(_variant_name("supernode", "1.42.0", "edge", "numpy"))
+    second = matrix.variant(_variant_name("supernode", "1.41.0", "edge", "numpy"))
+
+    timings = BuildTimings()
+    built = localbuild.build_layers(first, base, package, timings=timings)
+    assert [script.count("bash ") for script, _ in runs] == [3, 1]  # 10 20 30, then 40
+    assert "FL_ROLE" in runs[0][1] and "FL_VARIANT" not in runs[0][1] and "FL_FLOWER_VERSION" in runs[1][1]
+    assert all((localbuild.layer_directory(layer) / ".complete").is_file() for layer in built)
+    localbuild.build_layers(second, base, package, timings=timings)  # shares the system layer
+    assert len(runs) == 3 and "40-flower.sh" in runs[2][0]
+    outcomes = [(entry.name, entry.outcome) for entry in timings.entries]
+    assert outcomes == [
+        ("system", Outcome.BUILT),
+        ("runtime", Outcome.BUILT),
+        ("system", Outcome.REUSED),
+        ("runtime", Outcome.BUILT),
+    ]
+    forced = BuildTimings()
+    for variant in (first, second):
+        localbuild.build_layers(variant, base, package, force=True, timings=forced)
+    assert len(runs) == 6  # the shared system layer once, each runtime layer once
+    assert [entry.outcome for entry in forced.entries].count(Outcome.REUSED) == 1
