@@ -71,9 +71,11 @@ def build(variant: Variant, **options: Any) -> dict[str, Any]:
     timings = BuildTimings()
     started = time.monotonic()
     image = localbuild.build_appliance(variant, progress=PROGRESS, timings=timings, **options)
+    seconds = round(time.monotonic() - started, 2)
+    print(f"bench: {variant.name} {options or 'warm'}: {seconds} s (reused: {image.reused})", flush=True)
     return {
         "variant": variant.name,
-        "seconds": round(time.monotonic() - started, 2),
+        "seconds": seconds,
         "reused": image.reused,
         "sha256": image.manifest.get("sha256"),
         "entries": timings.as_dict()["entries"],
