@@ -33,6 +33,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.images.layers import (
+    Layer,
+    LayerName,
+    digest,
+    plan_layers,
+    provisioning_steps,
+    split_steps,
+    tree_digest,
+)
+from factory.images.timings import SESSION, BuildTimings, EntryKind, Outcome
 from factory.model import manifest as manifest_module
 from factory.model.image import Image, ImageFormat
 from factory.model.matrix import Variant
@@ -109,26 +119,6 @@ def check_buildable(variant: Variant) -> None:
 # content keys
 
 
-def _digest(parts: Iterable[bytes]) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(len(part).to_bytes(8, "big"))
-        hasher.update(part)
-    return hasher.hexdigest()
-
-
-def tree_digest(root: Path) -> str:
-    """Digest of a directory: relative paths, executable bits and contents (caches excluded)."""
-    parts: list[bytes] = []
-    for path in sorted(root.rglob("*")):
-        if "__pycache__" in path.parts or not path.is_file():
-            continue
-        relative = path.relative_to(root).as_posix()
-        executable = b"x" if os.access(path, os.X_OK) else b"-"
-        parts += [relative.encode(), executable, path.read_bytes()]
-    return _digest(parts)
-
-
 def base_key() -> str:
     description = {
         "builder": BUILDER_VERSION,
@@ -136,7 +126,7 @@ def base_key() -> str:
         "sources": DEBIAN_SOURCES,
         "packages": BASE_PACKAGES,
     }
-    return _digest([json.dumps(description, sort_keys=True).encode()])
+    return digest([json.dumps(description, sort_keys=True).encode()])
 
 
 HYGIENE_SCRIPTS = ("collect-facts.sh", "sysprep.sh")
@@ -155,7 +145,7 @@ def appliance_key(
         "one-context": [one_context.commit, one_context.source_digest, one_context.version],
         "params": hashlib.sha256(params_text.encode()).hexdigest(),
     }
-    return _digest([json.dumps(description, sort_keys=True).encode()])
+    return digest([json.dumps(description, sort_keys=True).encode()])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -252,9 +242,13 @@ def base_rootfs() -> BaseRootfs:
     return BaseRootfs(key, images_cache() / "base" / f"{LOCAL_OS}-{key[:16]}")
 
 
-def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseRootfs:
-    """The Debian 12 base root filesystem (mmdebstrap), built once per content key."""
+def build_base(
+    progress: Progress = DEFAULT, force: bool = False, timings: BuildTimings | None = None
+) -> BaseRootfs:
+    """The Debian 12 base root filesystem (mmdebstrap), built once per content key; recorded in
+    ``timings`` when built, or when found the first time for that record."""
     base = base_rootfs()
+    started = time.monotonic()
 
     def fill(work: Path) -> str:
         with progress.stage(f"{LOCAL_OS} base: mmdebstrap {DEBIAN_SUITE} ({len(BASE_PACKAGES)} packages)"):
@@ -277,8 +271,11 @@ def build_base(progress: Progress = DEFAULT, force: bool = False) -> BaseRootfs:
         (work / "build.log").rename(work / "mmdebstrap.log")
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    if _cache_entry(base.directory, f"base-{base.key[:16]}", force, fill):
+    reused = _cache_entry(base.directory, f"base-{base.key[:16]}", force, fill)
+    if reused:
         progress.line(f"{LOCAL_OS} base: reusing {base.directory} (unchanged inputs)")
+    if timings is not None and not (reused and timings.seen(EntryKind.BASE, base.key)):
+        timings.record(EntryKind.BASE, LOCAL_OS, "", base.key, reused, time.monotonic() - started)
     return base
 
 
@@ -324,7 +321,7 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     size = str(base_qcow2_size()).encode()
     distro = (PROVISION_DIR / "lib" / "distro.sh").read_bytes()
     parts = [base.key, package.commit, package.source_digest, BUILDER_VERSION]
-    key = _digest([*(part.encode() for part in parts), distro, trust, size])
+    key = digest([*(part.encode() for part in parts), distro, trust, size])
     directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
     image = directory / f"{LOCAL_OS}-base.qcow2"
 
@@ -429,24 +426,101 @@ def _nspawn_argv(
     return [*argv, "/bin/bash", "-c", script]
 
 
+def _steps_script(steps: Iterable[str], hygiene: bool) -> str:
+    """The shell run in the build container: the named provisioning steps in order, then (``hygiene``)
+    collect-facts.sh and sysprep.sh."""
+    lines = ["set -euo pipefail"]
+    for step in steps:
+        lines.append(f'echo "==> {step}"; bash {GUEST_PAYLOAD}/provision/{step}')
+    if hygiene:
+        lines += [
+            'echo "==> collect-facts.sh"',
+            f"FL_FACTS={GUEST_FACTS} bash {GUEST_PAYLOAD}/hygiene/collect-facts.sh",
+            'echo "==> sysprep.sh"',
+            f"bash {GUEST_PAYLOAD}/hygiene/sysprep.sh",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def provision_rootfs(
-    rootfs: Path, variant: Variant, payload: Path, facts: Path, log: Path, progress: Progress
+    rootfs: Path,
+    variant: Variant,
+    payload: Path,
+    facts: Path,
+    log: Path,
+    progress: Progress,
+    steps: Iterable[str] | None = None,
 ) -> None:
-    """Run the provisioning scripts, collect-facts.sh and sysprep.sh inside ``rootfs`` with
-    systemd-nspawn (no boot), in the order and with the environment of the Packer build."""
+    """Run the provisioning scripts (``steps``, default all of them), collect-facts.sh and sysprep.sh
+    inside ``rootfs`` with systemd-nspawn (no boot), in the order and with the environment of the Packer
+    build."""
     environment = variant.provision_env(payload=GUEST_PAYLOAD, build_target="chroot")
-    script = (
-        "set -euo pipefail\n"
-        f"for step in {GUEST_PAYLOAD}/provision/[0-9][0-9]-*.sh; do\n"
-        '    echo "==> ${step##*/}"; bash "${step}"\n'
-        "done\n"
-        'echo "==> collect-facts.sh"\n'
-        f"FL_FACTS={GUEST_FACTS} bash {GUEST_PAYLOAD}/hygiene/collect-facts.sh\n"
-        'echo "==> sysprep.sh"\n'
-        f"bash {GUEST_PAYLOAD}/hygiene/sysprep.sh\n"
-    )
-    argv = _nspawn_argv(rootfs, payload, environment, script, facts)
+    if steps is None:
+        steps = [step.name for step in provisioning_steps(PROVISION_DIR)]
+    argv = _nspawn_argv(rootfs, payload, environment, _steps_script(steps, hygiene=True), facts)
     _run_logged(argv, log, progress, variant.name, env=build_environment())
+
+
+def layer_directory(layer: Layer) -> Path:
+    return images_cache() / "layers" / f"{LOCAL_OS}-{layer.label}"
+
+
+def _layer_payload(work: Path, layer: Layer, package: onecontext.OneContextPackage) -> Path:
+    """What a layer's container sees: ``provision/lib``, the layer's own steps and one-context: exactly
+    the inputs of its key."""
+    payload = work / "payload"
+    shutil.copytree(
+        PROVISION_DIR / "lib", payload / "provision" / "lib", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for step in layer.steps:
+        shutil.copy2(step, payload / "provision" / step.name)
+    (payload / "one-context").mkdir()
+    shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
+    return payload
+
+
+def build_layers(
+    variant: Variant,
+    base: BaseRootfs,
+    package: onecontext.OneContextPackage,
+    progress: Progress = DEFAULT,
+    force: bool = False,
+    timings: BuildTimings = SESSION,
+) -> tuple[Layer, ...]:
+    """Build (or reuse) the variant's intermediate layers (system, runtime), each from its parent's root
+    filesystem; the last one's ``rootfs`` is where the role layer starts."""
+    environment = variant.provision_env(payload=GUEST_PAYLOAD, build_target="chroot")
+    parts = [package.commit, package.source_digest, package.version]
+    layers = plan_layers(environment, base.key, PROVISION_DIR, parts, BUILDER_VERSION)
+    parent = base.rootfs
+    for layer in layers:
+        started = time.monotonic()
+        steps = " ".join(step.name for step in layer.steps) or "no steps"
+
+        def fill(work: Path, layer: Layer = layer, parent: Path = parent, steps: str = steps) -> str:
+            with progress.stage(f"{variant.name}: {layer.name} layer ({steps})"):
+                _copy_tree(parent, work / "rootfs")
+                payload = _layer_payload(work, layer, package)
+                script = _steps_script([step.name for step in layer.steps], hygiene=False)
+                argv = _nspawn_argv(work / "rootfs", payload, dict(layer.environment), script)
+                what = f"{variant.name} ({layer.name} layer)"
+                _run_logged(argv, work / "build.log", progress, what, env=build_environment())
+                _remove_tree(payload)
+            record = {"layer": layer.name, "key": layer.key, "parent": layer.parent_key, "steps": steps}
+            (work / "layer.json").write_text(
+                json.dumps(record | {"environment": layer.environment}, indent=2)
+            )
+            return layer.key
+
+        # --force rebuilds a layer once per run, not once per variant that shares it
+        again = force and not timings.seen(EntryKind.LAYER, layer.key, Outcome.BUILT)
+        reused = _cache_entry(layer_directory(layer), f"layer-{layer.label}", again, fill)
+        seconds = time.monotonic() - started
+        timings.record(EntryKind.LAYER, layer.name, variant.name, layer.key, reused, seconds)
+        verb = "reusing" if reused else f"built in {seconds:.0f} s:"
+        progress.line(f"{variant.name}: {layer.name} layer {verb} {layer_directory(layer)}")
+        parent = layer_directory(layer) / "rootfs"
+    return layers
 
 
 def appliance_directory(variant: Variant, key: str) -> Path:
@@ -458,11 +532,18 @@ def build_appliance(
     params_text: str | None = None,
     progress: Progress = DEFAULT,
     force: bool = False,
+    layered: bool = True,
+    timings: BuildTimings = SESSION,
+    force_layers: bool | None = None,
 ) -> Image:
     """Build (or reuse) the raw ext4 appliance image of a debian12 variant, and its manifest.
 
     ``params_text`` is the in-guest parameter declaration of the role (default: generated from
-    images/params.yaml by factory/model/params.py).
+    images/params.yaml by factory/model/params.py). ``layered`` (the default) starts from the variant's
+    cached runtime layer (``build_layers``) and runs only the role layer's steps; otherwise every step runs
+    on a copy of the base (the same files: tests/appliance/test_layers_equivalence.py). ``force`` rebuilds
+    the image and, unless ``force_layers`` says otherwise, its layers. What was built or reused, and how
+    long it took, goes into ``timings``.
     """
     from factory.model import params as params_module
 
@@ -470,47 +551,76 @@ def build_appliance(
     if params_text is None:
         params_text = params_module.guest_defaults(variant.role)
     package = onecontext.build_package()  # first: a missing upstream source fails before any work
-    base = build_base(progress)
+    base = build_base(progress, timings=timings)
+    started = time.monotonic()
     key = appliance_key(variant, base, params_text, package)
     directory = appliance_directory(variant, key)
     image = directory / f"{variant.name}.img"
+    layers: tuple[Layer, ...] = ()
 
     def fill(work: Path) -> str:
-        _make_appliance(work, image.name, variant, base, key, params_text, package, progress)
+        nonlocal layers
+        if layered:
+            again = force if force_layers is None else force_layers
+            layers = build_layers(variant, base, package, progress, again, timings)
+        source = Source(base, layers)
+        _make_appliance(work, image.name, variant, source, key, params_text, package, progress)
         return key
 
     reused = _cache_entry(directory, f"{variant.name}-{key[:16]}", force, fill)
+    seconds = time.monotonic() - started
+    timings.record(EntryKind.IMAGE, variant.name, variant.name, key, reused, seconds)
     built = Image.beside(variant.name, image, ImageFormat.RAW, key=key, reused=reused)
     if reused:
         progress.line(f"{variant.name}: reusing {image} (unchanged inputs, key {key[:16]})")
         return built
-    seconds = float(built.manifest["build"]["seconds"])
     progress.line(f"{variant.name}: built {image} in {seconds:.0f} s")
     return dataclasses.replace(built, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an appliance build starts: the base, or the last of its intermediate layers."""
+
+    base: BaseRootfs
+    layers: tuple[Layer, ...] = ()
+
+    @property
+    def rootfs(self) -> Path:
+        return layer_directory(self.layers[-1]) / "rootfs" if self.layers else self.base.rootfs
+
+    @property
+    def steps(self) -> list[str]:
+        """The provisioning steps still to run on it."""
+        steps = provisioning_steps(PROVISION_DIR)
+        remaining = split_steps(steps)[LayerName.ROLE] if self.layers else steps
+        return [step.name for step in remaining]
 
 
 def _make_appliance(
     work: Path,
     name: str,
     variant: Variant,
-    base: BaseRootfs,
+    source: Source,
     key: str,
     params_text: str,
     package: onecontext.OneContextPackage,
     progress: Progress,
 ) -> None:
-    """Copy the base, provision it in systemd-nspawn, write ``work/<name>`` and its manifest."""
+    """Copy the source root filesystem, provision it in systemd-nspawn, write ``work/<name>`` and its
+    manifest."""
     from hostkit import diskimage
 
     started = time.monotonic()
     rootfs = work / "rootfs"
     facts = work / "facts"
     facts.mkdir()
-    with progress.stage(f"{variant.name}: copy the {LOCAL_OS} base"):
-        _copy_tree(base.rootfs, rootfs)
+    origin = f"{source.layers[-1].name} layer" if source.layers else f"{LOCAL_OS} base"
+    with progress.stage(f"{variant.name}: copy the {origin}"):
+        _copy_tree(source.rootfs, rootfs)
     payload = _payload(work, variant, params_text, package)
-    with progress.stage(f"{variant.name}: provisioning, facts and hygiene in systemd-nspawn"):
-        provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress)
+    with progress.stage(f"{variant.name}: provisioning ({' '.join(source.steps)}), facts and hygiene"):
+        provision_rootfs(rootfs, variant, payload, facts, work / "build.log", progress, source.steps)
     with progress.stage(f"{variant.name}: raw ext4 image"):
         diskimage.make_ext4_image(rootfs, work / name)
     _remove_tree(rootfs)
@@ -524,7 +634,8 @@ def _make_appliance(
     )
     manifest["build"] |= {
         "key": key,
-        "base_key": base.key,
+        "base_key": source.base.key,
+        "layers": {str(layer.name): layer.key for layer in source.layers},
         "seconds": round(time.monotonic() - started),
         "one_context": package.record(),
     }
@@ -548,9 +659,7 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
     base_qcow2 = build_base_qcow2(progress)
     base_sha256 = (base_qcow2.parent / f"{base_qcow2.name}.sha256").read_text().split()[0]
     package = onecontext.build_package()
-    key = _digest(
-        [appliance_key(variant, base_rootfs(), params_text, package).encode(), base_sha256.encode()]
-    )
+    key = digest([appliance_key(variant, base_rootfs(), params_text, package).encode(), base_sha256.encode()])
     directory = images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
     seconds = 0.0
 

@@ -68,12 +68,14 @@ def _row(built) -> dict[str, object]:  # built: factory.model.image.Image
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
-    from factory.images import localbuild
+    from factory.images import localbuild, timings
+    from factory.images.packer import IMAGES_DIR
     from hostkit.progress import DEFAULT as progress
 
     variants = _variants(args)  # checked before anything is built
-    base = localbuild.build_base(progress, force=args.force)
+    base = localbuild.build_base(progress, force=args.force, timings=timings.SESSION)
     rows: list[dict[str, object]] = [
         {"name": f"{localbuild.LOCAL_OS}-base", "path": str(base.rootfs), "kind": "rootfs"}
     ]
@@ -90,4 +92,7 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             note = " (reused)" if row.get("reused") else ""
             print(f"{row['kind']:7} {row['name']}: {row['path']}{note}")
+    timings.write_section(IMAGES_DIR / "timings.json", timings.SESSION)
+    print(timings.SESSION.breakdown(), file=sys.stderr if args.format == "json" else sys.stdout)
+    print(f"timings: {IMAGES_DIR / 'timings.json'}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0

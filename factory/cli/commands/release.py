@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from factory.cli.commands import Command
+
+if TYPE_CHECKING:
+    from hostkit.progress import Progress
 
 COMMAND = Command(
     "release",
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             progress.line(f"SSH key for the guests (the cloud user's SSH_PUBLIC_KEY): {key_path}")
         with progress.stage("images"):
             images = campaign.resolve_images(target)
+            _record_image_timings(run_dir(run_name), progress)
         with progress.stage(f"test {len(specs)} pair(s) in {target.name}"):
             outcome = campaign.test(target, images)
             write_junit(run_name)
@@ -109,6 +113,16 @@ def _report(run_name: str) -> dict[str, Path]:
         for directory in (RESULTS_DIR, run_dir(run_name)):
             paths = write_report(results, run_name, directory)
     return paths
+
+
+def _record_image_timings(directory: Path, progress: Progress) -> None:
+    """The image stage's per-image and per-layer seconds: printed, and in ``<run>/timings.json``
+    (section ``images``, factory/images/timings.py)."""
+    from factory.images.timings import SESSION, write_section
+
+    write_section(directory / "timings.json", SESSION)
+    for line in SESSION.breakdown().splitlines():
+        progress.line(line)
 
 
 def _ssh_key(given: Path | None) -> tuple[Path | None, str]:
