@@ -161,6 +161,22 @@ def supernode_elasticity(cardinality: int) -> dict[str, Any]:
     }
 
 
+def monitoring_role(template_id: int | None) -> dict[str, Any]:
+    """The optional :data:`MONITORING` role: no VM (cardinality 0) until the user gives it a template."""
+    role: dict[str, Any] = {
+        "name": MONITORING,
+        "type": "vm",
+        "cardinality": 0,
+        "min_vms": 0,
+        "max_vms": 1,
+        "parents": ["superlink"],
+        "template_contents": {"NIC": [{"NETWORK_ID": f"${NETWORK}"}]},
+    }
+    if template_id is not None:
+        role["template_id"] = int(template_id)
+    return role
+
+
 def service_template(
     name: str,
     superlink_template_id: int | None,
@@ -203,18 +219,7 @@ def service_template(
         if role == "supernode":
             entry.update(supernode_elasticity(cardinality))
         roles.append(entry)
-    monitoring: dict[str, Any] = {
-        "name": MONITORING,
-        "type": "vm",
-        "cardinality": 0,
-        "min_vms": 0,
-        "max_vms": 1,
-        "parents": ["superlink"],
-        "template_contents": {"NIC": [{"NETWORK_ID": f"${NETWORK}"}]},
-    }
-    if superlink_template_id is not None:
-        monitoring["template_id"] = int(superlink_template_id)
-    roles.append(monitoring)
+    roles.append(monitoring_role(superlink_template_id))
     body: dict[str, Any] = {
         "name": name,
         "description": description,
