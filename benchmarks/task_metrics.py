@@ -18,31 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "apps" / "factory-app"))
 
-# the app's run-config defaults (apps/factory-app/pyproject.toml [tool.flwr.app.config])
-DEFAULTS = {"seed": 42, "samples-per-node": 256, "learning-rate": 0.05, "local-epochs": 1}
-
-
-def fedavg(task_name: str, partitions: int, rounds: int, config: dict) -> list[dict[str, float]]:
-    from factory_app.tasks import load_task
-
-    task = load_task(task_name)
-    arrays = task.initial_arrays(config)
-    data = [task.load_data(pid, partitions, config) for pid in range(partitions)]
-    history = []
-    for _ in range(rounds):
-        updates = [task.train(arrays, train, config, arrays) for train, _ in data]
-        total = sum(count for _, count, _ in updates)
-        arrays = [sum(update[0][i] * update[1] / total for update in updates) for i in range(len(arrays))]
-        evaluations = [task.evaluate(arrays, test, config) for _, test in data]
-        examples = sum(count for count, _ in evaluations)
-        names = evaluations[0][1].keys()
-        history.append(
-            {name: sum(count * metrics[name] for count, metrics in evaluations) / examples for name in names}
-        )
-    return history
-
 
 def main() -> int:
+    from factory_app.tasks.reference import DEFAULT_CONFIG, fedavg
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -53,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
     for seed in [int(value) for value in args.seeds.split(",")]:
         for partitions in [int(value) for value in args.partitions.split(",")]:
-            history = fedavg(args.task, partitions, args.rounds, {**DEFAULTS, "seed": seed})
+            history = fedavg(args.task, partitions, args.rounds, {**DEFAULT_CONFIG, "seed": seed})
             print(
                 json.dumps(
                     {

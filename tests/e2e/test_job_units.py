@@ -92,31 +92,15 @@ def test_checkpoints_keep_the_newest_and_skip_damaged_ones(tmp_path: Path) -> No
 TASK_CONFIG = {"seed": 42, "samples-per-node": 256, "learning-rate": 0.05, "local-epochs": 1}
 
 
-def _fedavg(task_name: str, partitions: int, rounds: int, config: dict) -> list[dict[str, float]]:
-    """Examples-weighted evaluation metrics per round, FedAvg by hand (as Flower's FedAvg aggregates)."""
-    from factory_app.tasks import load_task
-
-    task = load_task(task_name)
-    arrays = task.initial_arrays(config)
-    data = [task.load_data(pid, partitions, config) for pid in range(partitions)]
-    history = []
-    for _ in range(rounds):
-        updates = [task.train(arrays, train, config, arrays) for train, _ in data]
-        total = sum(count for _, count, _ in updates)
-        arrays = [sum(u[0][i] * u[1] / total for u in updates) for i in range(len(arrays))]
-        evaluations = [task.evaluate(arrays, test, config) for _, test in data]
-        examples = sum(count for count, _ in evaluations)
-        history.append({key: sum(c * m[key] for c, m in evaluations) / examples for key in evaluations[0][1]})
-    return history
-
-
 @pytest.mark.parametrize("task", ["anomaly", "edge-image"])
 @pytest.mark.parametrize("partitions", [2, 10])
 def test_numpy_use_cases_clear_their_floor_from_round_two(task: str, partitions: int) -> None:
     from factory.harness.federation import task_criteria
 
     criteria = task_criteria(task)
-    history = _fedavg(task, partitions, 2, TASK_CONFIG)
+    from factory_app.tasks.reference import fedavg
+
+    history = fedavg(task, partitions, 2, TASK_CONFIG)
     assert history[1]["eval_loss"] < history[0]["eval_loss"]
     assert history[1][criteria.metric] >= criteria.floor, history
 
