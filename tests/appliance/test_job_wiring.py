@@ -121,3 +121,58 @@ def test_node_data_that_is_not_there_fails_configure_with_the_reason(make_sandbo
         result = sandbox.service("configure", ONEAPP_FL_TLS="NO", ONEAPP_FL_DATA=path)
         assert result.returncode != 0, path
         assert "ONEAPP_FL_DATA" in sandbox.reason and reason in sandbox.reason, sandbox.reason
+
+
+def test_the_job_publishes_through_onegate_with_the_context_credentials(tmp_path: Path) -> None:
+    """flower-job as its unit runs it: the job's values from its environment (job.env), OneGate's endpoint,
+    VM id and token from one-context's env file (and nothing else from there), each value URL-encoded in
+    the PUT /vm body as upstream's onegate client sends it."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    received: list[tuple[str, str, str, dict[str, list[str]]]] = []
+
+    class OneGate(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            token = self.headers.get("X-ONEGATE-TOKEN", "")
+            received.append(
+                (self.path, token, self.headers.get("X-ONEGATE-VMID", ""), urllib.parse.parse_qs(body))
+            )
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OneGate)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env_file = tmp_path / "one_env"
+        env_file.write_text(
+            f'export ONEGATE_ENDPOINT="http://127.0.0.1:{server.server_address[1]}"\n'
+            'export VMID="5"\nexport TOKENTXT="token-5"\nexport ONEAPP_FL_APP="numpy"\n'
+        )
+        environment = {
+            "PATH": "/usr/bin:/bin",
+            "FL_APPLIANCE_DIR": str(CONTEXT_DIR / "appliance"),
+            "FL_STATE": str(tmp_path / "state"),
+            "FL_LOG_DIR": str(tmp_path / "log"),
+            "FL_RUN": str(tmp_path / "run"),
+            "ENV_FILE": str(env_file),
+            "ONEAPP_FL_APP": "jax&ONEAPP_FL_RUN_STATUS=finished",
+        }
+        result = subprocess.run(
+            ["bash", str(RUNNER)], env=environment, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(received) == 1, received
+    path, token, vmid, form = received[0]
+    assert (path, token, vmid) == ("/vm", "token-5", "5")
+    lines = form["data"][0].splitlines()
+    assert lines[0] == "ONEAPP_FL_RUN_STATUS=failed"
+    assert lines[1].startswith("ONEAPP_FL_RUN_REASON=ONEAPP_FL_APP: 'jax&ONEAPP_FL_RUN_STATUS=finished'")
+    assert set(form) == {"data"}  # the '&' stayed inside the value
