@@ -401,7 +401,13 @@ def _deploy_and_run(
         result.timings["deploy_seconds"] = time.monotonic() - instantiated
         if plan and followers:
             # the job first: the tunnel runs below would share the SuperNodes with it
-            record_job(result, plan, followers[0].wait(options.job_timeout), instantiated_wall)
+            observation = followers[0].wait(options.job_timeout)
+            record_job(result, plan, observation, instantiated_wall)
+            deployment.progress.line(
+                f"job from context ({plan.use_case}, {plan.rounds} rounds): "
+                f"{' -> '.join(observation.statuses) or 'no status'}; "
+                f"rounds seen {sorted(observation.rounds)}"
+            )
     finally:
         for follower in followers:
             follower.stop()
