@@ -128,9 +128,17 @@ class Deployment:
         )
         return template_id
 
-    def service_template(self, superlink: int, supernode: int, supernodes: int, security: str) -> int:
+    def service_template(
+        self,
+        superlink: int,
+        supernode: int,
+        supernodes: int,
+        security: str,
+        extra_context: dict[str, dict[str, str]] | None = None,
+    ) -> int:
+        """The pair's OneFlow service template; ``extra_context``: role -> CONTEXT entries (e.g. a job)."""
         body = appliance_templates.service_template(
-            f"flower-{self.tag}", superlink, supernode, supernodes, security
+            f"flower-{self.tag}", superlink, supernode, supernodes, security, extra_context=extra_context
         )
         template_id = self.cloud.create_service_template(body)
         self._cleanups.append(
@@ -138,11 +146,16 @@ class Deployment:
         )
         return template_id
 
-    def launch(self, template_id: int, timeout: float) -> Any:
-        """The OneFlow service instantiated from ``template_id``, waited for until RUNNING."""
+    def launch(
+        self, template_id: int, timeout: float, on_launched: Callable[[Any], None] | None = None
+    ) -> Any:
+        """The OneFlow service instantiated from ``template_id``, waited for until RUNNING.
+        ``on_launched(service)`` runs right after the instantiation (e.g. to start following the VMs)."""
         self.service = self.cloud.launch_service(template_id, f"flower-{self.tag}")
         service = self.service
         self._cleanups.append((f"service {service.id}", service.delete))
+        if on_launched is not None:
+            on_launched(service)
         service.wait_running(timeout)
         return service
 

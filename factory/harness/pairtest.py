@@ -31,6 +31,7 @@ from factory.harness.bareflower import BareFederation, SecurityMode
 from factory.harness.deployment import Deployment, PairCloud
 from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
 from factory.harness.flwrenv import ensure_flower
+from factory.harness.jobcheck import JobFollower, follow_superlink, plan_for, record_job
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
@@ -61,6 +62,9 @@ class PairTestOptions:
     deploy_timeout: float = 900.0
     federation_timeout: float = 900.0
     extra_config: dict[str, Any] = field(default_factory=dict)
+    # cloud only: the SuperLink also runs a train-on-deploy job from its context (factory/harness/jobcheck.py)
+    job_from_context: bool = True
+    job_timeout: float = 900.0
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -381,10 +385,32 @@ def _deploy_and_run(
         deployment.vm_template(role, refs[role].id, getattr(spec, role).arch)
         for role in ("superlink", "supernode")
     )
-    service_template = deployment.service_template(link, node, spec.supernode.count, options.security.value)
+    plan = plan_for(spec) if options.job_from_context else None
+    service_template = deployment.service_template(
+        link, node, spec.supernode.count, options.security.value,
+        extra_context={"superlink": plan.context()} if plan else None,
+    )  # fmt: skip
+    followers: list[JobFollower] = []
+
+    def follow(launched: Any) -> None:
+        followers.append(follow_superlink(deployment.cloud, launched))
+
     instantiated_wall, instantiated = time.time(), time.monotonic()
-    service = deployment.launch(service_template, options.deploy_timeout)
-    result.timings["deploy_seconds"] = time.monotonic() - instantiated
+    try:
+        service = deployment.launch(service_template, options.deploy_timeout, follow if plan else None)
+        result.timings["deploy_seconds"] = time.monotonic() - instantiated
+        if plan and followers:
+            # the job first: the tunnel runs below would share the SuperNodes with it
+            observation = followers[0].wait(options.job_timeout)
+            record_job(result, plan, observation, instantiated_wall)
+            deployment.progress.line(
+                f"job from context ({plan.use_case}, {plan.rounds} rounds): "
+                f"{' -> '.join(observation.statuses) or 'no status'}; "
+                f"rounds seen {sorted(observation.rounds)}"
+            )
+    finally:
+        for follower in followers:
+            follower.stop()
     superlink = service.role_vms("superlink")[0]
     result.warnings += [
         f"SuperNode VM {vm.id} reports a Flower version mismatch (ONEAPP_FL_COMPAT)"

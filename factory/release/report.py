@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.harness.federation import CANARY_TASK
+from factory.harness.jobcheck import JOB_TASK, job_from_context_state
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
 from factory.release.results import finite_number, metric_values, write_json
 from factory.release.templating import render
@@ -108,7 +109,22 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "framework_task": task_summary(framework) if framework else None,
         "expected_framework_task": result.framework_task or result.supernodes.framework,
         "framework_eval_loss": _framework_losses(framework),
+        "job_from_context": job_summary(result),
     }
+
+
+def job_summary(result: PairResult) -> dict[str, str]:
+    """The train-on-deploy job of a cloud pair test (factory/harness/jobcheck.py): passed, failed or not
+    run, with the failed checks or else the final metric against its floor."""
+    checks = [check for check in result.checks if check.get("task") == JOB_TASK]
+    failed = [f"{check.get('name')}: {check.get('detail')}" for check in checks if not check.get("passed")]
+    floor = [str(check.get("detail")) for check in checks if check.get("name") == "metric_floor"]
+    return {"state": job_from_context_state(result.checks), "detail": "; ".join(failed or floor)}
+
+
+def describe_job(pair: dict[str, Any]) -> str:
+    job = pair.get("job_from_context") or {"state": "not run", "detail": ""}
+    return job["state"] + (f": {job['detail']}" if job.get("detail") else "")
 
 
 def _framework_losses(framework: dict[str, Any] | None) -> dict[str, list[float | None]]:
@@ -213,6 +229,7 @@ def _md_pair_row(pair: dict[str, Any]) -> list[str]:
         pair["security"],
         _mark(pair["status"]),
         _md_cell(describe_task(pair)),
+        _md_cell(describe_job(pair)[:200]),
         f"{mean:.1f}" if mean is not None else "-",
         _losses(pair["eval_loss"]),
         _md_cell(notes[:300]),
@@ -406,6 +423,7 @@ def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
         "axes": " / ".join(html.escape(pair[axis]) for axis in ("os", "accel", "profile", "arch")),
         "symbol": SYMBOL[pair["status"]],
         "task": describe_task(pair),
+        "job": describe_job(pair)[:300],
         "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
         "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),
         "first": _one_decimal(pair["instantiate_to_first_round_seconds"]),

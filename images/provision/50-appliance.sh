@@ -18,6 +18,14 @@ cp -a "${payload}/appliance/." /etc/one-appliance/
 chown -R root:root /etc/one-appliance
 chmod -R go-w /etc/one-appliance
 install -m 0644 "${params}" /etc/one-appliance/flower/params.sh
+# The bundled app of train on deploy (flower-job's FL_JOB_APP_DIR: its use cases are its tasks), read-only.
+if [[ -d "${payload}/apps/factory-app" ]]; then
+    rm -rf /opt/flower/apps/factory-app
+    install -d -m 0755 /opt/flower/apps
+    cp -a "${payload}/apps/factory-app" /opt/flower/apps/factory-app
+    chown -R root:root /opt/flower/apps
+    chmod -R go-w,a+rX /opt/flower/apps
+fi
 bash -n /etc/one-appliance/flower/params.sh || die "${params} is not valid bash"
 
 {

@@ -214,3 +214,35 @@ def test_report_files_are_complete_and_self_contained(results: Path) -> None:
     assert all(source.startswith("data:image/png;base64,") for source in images)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the report must not fetch anything"
     assert "[code: 2004] Failed to activate SuperNode" in page
+
+
+def test_the_job_from_context_column(tmp_path: Path) -> None:
+    """Per pair: the train-on-deploy job's outcome (factory/harness/jobcheck.py checks, task "job")."""
+    root = tmp_path / "results"
+    ran = _result("1.42.0", "1.42.0", PASSED)
+    ran.checks += [
+        {"task": "job", "name": "job_progress", "passed": True, "detail": "waiting -> running -> finished"},
+        {
+            "task": "job",
+            "name": "metric_floor",
+            "passed": True,
+            "detail": "tabular: final eval_accuracy 0.96",
+        },
+    ]
+    broken = _result("1.42.0", "1.41.0", FAILED)
+    broken.checks.append(
+        {"task": "job", "name": "job_model", "passed": False, "detail": "ONEAPP_FL_MODEL unset"}
+    )
+    for result in (ran, broken, _result("1.41.0", "1.41.0", PASSED)):
+        write_result(result, root)
+    paths = write_report(load_results(RUN, root), RUN, root)
+    jobs = {
+        pair["pair"]: pair["job_from_context"]["state"]
+        for pair in json.loads(paths["json"].read_text())["pairs"]
+    }
+    assert sorted(jobs.values()) == ["failed", "not run", "passed"]
+    markdown = paths["md"].read_text()
+    assert "| framework task | job from context |" in markdown
+    assert "| passed: tabular: final eval_accuracy 0.96 |" in markdown
+    assert "failed: job_model: ONEAPP_FL_MODEL unset" in markdown
+    assert "<th>job from context</th>" in paths["html"].read_text()

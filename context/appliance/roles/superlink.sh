@@ -4,6 +4,7 @@
 
 FL_SUPERLINK_UNITS=(flower-superlink.service flower-superexec.service flower-fleet-proxy.service
     flower-keysync.service flower-readiness.service)
+FL_SUPERLINK_UNITS+=(flower-job.service) # train on deploy (superlink_configure_job below)
 
 : "${FL_START_DEADLINE:=300}"
 
@@ -70,6 +71,7 @@ superlink_configure() {
     superlink_write_proxy_config
     superlink_write_keysync_config
     superlink_backup_db_before_upgrade
+    superlink_configure_job
     if [[ "${FL_CHANGED}" == YES ]]; then
         fl_mark_restart flower-superlink.service
         fl_mark_restart flower-superexec.service
@@ -274,6 +276,7 @@ superlink_bootstrap() {
 
     # Active from now until shutdown, when its ExecStop withdraws READY through OneGate.
     fl_unit_apply flower-readiness.service
+    superlink_bootstrap_job
 
     endpoint_address=$(fl_primary_address)
     [[ -n "${endpoint_address}" ]] || fl_fail "the SuperLink has no network address to publish"
@@ -285,4 +288,96 @@ superlink_bootstrap() {
     else
         fl_publish_later "ONEAPP_FL_CA_CERT=" "ONEAPP_FL_CA_FINGERPRINT="
     fi
+}
+
+# --- train on deploy (docs/train-on-deploy.md) ------------------------------------------------------------
+# The job's parameters go to FL_ETC/job.env for flower-job.service, which checks them again, runs the job
+# and publishes its progress through OneGate. Empty ONEAPP_FL_APP: no job (the unit is stopped, disabled).
+
+FL_JOB_PARAMS=(ONEAPP_FL_APP ONEAPP_FL_APP_SHA256 ONEAPP_FL_ROUNDS ONEAPP_FL_STRATEGY ONEAPP_FL_MIN_NODES
+    ONEAPP_FL_RUN_CONFIG ONEAPP_FL_DP ONEAPP_FL_DP_NOISE ONEAPP_FL_DP_CLIPPING_NORM ONEAPP_FL_DP_SAMPLED_CLIENTS
+    ONEAPP_FL_SECAGG ONEAPP_FL_SECAGG_SHARES ONEAPP_FL_SECAGG_THRESHOLD ONEAPP_FL_CHECKPOINT_DIR
+    ONEAPP_FL_CHECKPOINT_KEEP)
+
+# A value as systemd's EnvironmentFile reads it: one line, double-quoted, with \ and \" escaped (no
+# variable expansion happens there). Newlines become spaces (base64 and run-config split on both).
+fl_job_env_value() {
+    local value=${1//$'\r'/}
+    value=${value//$'\n'/ }
+    value=${value//\\/\\\\}
+    value=${value//\"/\\\"}
+    printf '"%s"' "${value}"
+}
+
+# The SuperNode role's cardinality from OneGate (GET /service), for the MIN_NODES check; empty if unknown.
+superlink_job_max_nodes() {
+    local document
+    fl_onegate_configured || return 0
+    document=$(fl_onegate_get /service 10 2>/dev/null) || return 0
+    jq -r '[.SERVICE.roles[]? | select(.name == "supernode") | .cardinality | tonumber] | first // empty' \
+        <<<"${document}" 2>/dev/null || true
+}
+
+superlink_configure_job() {
+    local env_file="${FL_ETC}/job.env" lines="" name max_nodes problem=""
+    if [[ -z "${ONEAPP_FL_APP}" ]]; then
+        rm -f "${env_file}" "${FL_ETC}/job.problem"
+        return 0
+    fi
+    max_nodes=$(superlink_job_max_nodes)
+    for name in "${FL_JOB_PARAMS[@]}"; do
+        lines+="${name}=$(fl_job_env_value "${!name-}")"$'\n'
+    done
+    lines+="FL_JOB_MAX_NODES=$(fl_job_env_value "${max_nodes}")"
+    if fl_render job.env "LINES=${lines}" | fl_write_file "${env_file}" 0600; then
+        fl_mark_restart flower-job.service
+    fi
+    # A bad parameter is the job's failure, not the appliance's: the SuperLink still serves `flwr run`,
+    # and flower-job publishes ONEAPP_FL_RUN_STATUS=failed with the reason and starts nothing.
+    problem=$(FL_JOB_MAX_NODES="${max_nodes}" "${FL_APPLIANCE_DIR}/bin/flower-job" --check 2>&1 >/dev/null) || true
+    if [[ -n "${problem}" ]]; then
+        fl_warn "train on deploy: $(fl_one_line "${problem}")"
+        printf '%s\n' "${problem}" | fl_write_file "${FL_ETC}/job.problem" 0644 || true
+        return 0
+    fi
+    rm -f "${FL_ETC}/job.problem"
+    install -d -m 0750 "${ONEAPP_FL_CHECKPOINT_DIR}" ||
+        fl_fail "ONEAPP_FL_CHECKPOINT_DIR: could not create ${ONEAPP_FL_CHECKPOINT_DIR}"
+    fl_chown_service_user "${ONEAPP_FL_CHECKPOINT_DIR}"
+    superlink_job_rw_dropins "${ONEAPP_FL_CHECKPOINT_DIR}"
+}
+
+# The ServerApp writes the checkpoints from flower-superlink (or flower-superexec): a directory outside
+# FL_STATE needs their ReadWritePaths (drop-ins; ProtectSystem=strict makes the rest read-only).
+superlink_job_rw_dropins() {
+    local dir=$1 unit dropin text="" reload=NO
+    fl_systemd_running || return 0
+    if [[ "${dir}" != "${FL_STATE}" && "${dir}" != "${FL_STATE}"/* ]]; then
+        text=$(printf '[Service]\nReadWritePaths=%s' "${dir}")
+    fi
+    for unit in flower-superlink.service flower-superexec.service flower-job.service; do
+        dropin="/etc/systemd/system/${unit}.d/60-job-checkpoints.conf"
+        if [[ -z "${text}" ]]; then
+            [[ -e "${dropin}" ]] || continue
+            rm -f "${dropin}"
+        else
+            printf '%s\n' "${text}" | fl_write_file "${dropin}" 0644 || continue
+        fi
+        reload=YES
+        fl_mark_restart "${unit}"
+    done
+    if [[ "${reload}" == YES ]]; then
+        systemctl daemon-reload
+    fi
+}
+
+superlink_bootstrap_job() {
+    fl_systemd_running || return 0
+    if [[ -z "${ONEAPP_FL_APP}" ]]; then
+        systemctl disable --now flower-job.service >/dev/null 2>&1 || true
+        return 0
+    fi
+    systemctl enable flower-job.service >/dev/null 2>&1 || fl_warn "could not enable flower-job.service"
+    fl_unit_apply flower-job.service
+    fl_log "train on deploy: flower-job.service runs ${ONEAPP_FL_APP:0:60} (progress: ONEAPP_FL_RUN_STATUS)"
 }

@@ -64,6 +64,7 @@ supernode_configure() {
     install -d -m 0750 "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
     fl_chown_service_user "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
     supernode_check_gpu
+    supernode_check_data
     if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
         supernode_ensure_key
         local pubkey
@@ -249,6 +250,7 @@ supernode_bootstrap() {
     fi
     supernode_check_version "${ours}"
     node_config=$(supernode_node_config)
+    node_config=$(supernode_data_node_config "${node_config}")
     fl_log "node config: ${node_config}"
     supernode_preflight
 
@@ -294,4 +296,44 @@ supernode_bootstrap() {
     if [[ -s "${FL_STATE}/keys/supernode.pub" ]]; then
         fl_publish_later "ONEAPP_FL_NODE_PUBKEY=$(cat "${FL_STATE}/keys/supernode.pub")"
     fi
+}
+
+# --- train on deploy: the node's own data (docs/train-on-deploy.md) ---------------------------------------
+# ONEAPP_FL_DATA names a CSV or NPZ file on this VM; the ClientApp reads it through the node config key
+# data-path (apps/factory-app, factory_app/client_app.py). The data never leaves the VM.
+
+# The file must exist and be readable by the service user, in a place the units can see (ProtectHome
+# hides /home, /root and /run/user from flower-supernode and flower-superexec).
+supernode_check_data() {
+    local path=${ONEAPP_FL_DATA}
+    [[ -n "${path}" ]] || return 0
+    if [[ "${path}" != /* || "${path}" =~ [[:space:]\"\'=] ]]; then
+        fl_fail "ONEAPP_FL_DATA: '$(fl_one_line "${path}" 80)' must be an absolute path without spaces, quotes or '='"
+    fi
+    case "${path}" in
+        /home/* | /root/* | /run/user/*)
+            fl_fail "ONEAPP_FL_DATA: ${path} is under /home, /root or /run/user, which the SuperNode's units cannot see (ProtectHome); put the data elsewhere (e.g. an attached disk under /mnt or /srv)"
+            ;;
+    esac
+    [[ -f "${path}" ]] || fl_fail "ONEAPP_FL_DATA: ${path} does not exist or is not a file"
+    case "${path,,}" in
+        *.csv | *.npz) ;;
+        *) fl_fail "ONEAPP_FL_DATA: ${path} is neither .csv nor .npz (the formats of docs/train-on-deploy.md)" ;;
+    esac
+    if fl_user_exists && [[ "$(id -u)" -eq 0 ]]; then
+        setpriv --reuid="${FL_SERVICE_USER}" --regid="${FL_SERVICE_USER}" --init-groups -- test -r "${path}" ||
+            fl_fail "ONEAPP_FL_DATA: ${path} is not readable by the service user ${FL_SERVICE_USER} (its file and directory permissions)"
+    elif [[ ! -r "${path}" ]]; then
+        fl_fail "ONEAPP_FL_DATA: ${path} is not readable"
+    fi
+    fl_log "training data: ${path} ($(stat -c %s "${path}") bytes)"
+}
+
+# The node config with data-path="<ONEAPP_FL_DATA>" added (a TOML string, as Flower parses --node-config).
+supernode_data_node_config() {
+    local config=$1
+    if [[ -n "${ONEAPP_FL_DATA}" ]]; then
+        config="${config:+${config} }data-path=\"${ONEAPP_FL_DATA}\""
+    fi
+    printf '%s\n' "${config}"
 }

@@ -1,0 +1,130 @@
+"""The pair test's train-on-deploy check (factory/harness/jobcheck.py) without a cloud: what it reads from
+the SuperLink's OneGate attributes, what passes and what fails, and the follower's thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from factory.harness.federation import task_criteria
+from factory.harness.jobcheck import (
+    JOB_TASK,
+    JobFollower,
+    JobObservation,
+    JobPlan,
+    job_checks,
+    job_from_context_state,
+    parse_metrics,
+    parse_round,
+    use_case_for,
+)
+
+WAITING = {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes", "ONEAPP_FL_ROUND": "0/2"}
+
+
+def readings(loss1: float, loss2: float, accuracy: float) -> list[dict[str, str]]:
+    """What the SuperLink VM's USER_TEMPLATE holds, poll after poll, for a 2-round tabular job."""
+    running = {"ONEAPP_FL_RUN_STATUS": "running", "ONEAPP_FL_RUN_ID": "42", "ONEAPP_FL_ROUND": "0/2"}
+    first = {**running, "ONEAPP_FL_ROUND": "1/2", "ONEAPP_FL_METRICS": f"eval_loss={loss1} eval_accuracy=0.8"}
+    second = {
+        **first,
+        "ONEAPP_FL_ROUND": "2/2",
+        "ONEAPP_FL_METRICS": f"eval_loss={loss2} eval_accuracy={accuracy}",
+    }
+    done = {
+        **second,
+        "ONEAPP_FL_RUN_STATUS": "finished",
+        "ONEAPP_FL_MODEL": "/var/lib/flower/checkpoints/j/final.npz",
+    }
+    return [{}, WAITING, WAITING, running, first, first, second, done]
+
+
+def observe(sequence: list[dict[str, str]]) -> JobObservation:
+    observation = JobObservation()
+    for number, attributes in enumerate(sequence):
+        observation.observe(attributes, now=1000.0 + number)
+    return observation
+
+
+def by_name(checks: list[dict]) -> dict[str, dict]:
+    assert {check["task"] for check in checks} == {JOB_TASK}
+    return {check["name"]: check for check in checks}
+
+
+def test_parsing_the_attributes() -> None:
+    assert parse_metrics("eval_loss=0.25 eval_accuracy=0.9 note=x bare") == {
+        "eval_loss": 0.25,
+        "eval_accuracy": 0.9,
+    }
+    assert parse_round("2/5") == (2, 5) and parse_round("") is None and parse_round("two/5") is None
+    assert use_case_for("sklearn") == "tabular" and use_case_for("pytorch") == "image-cnn"
+    assert use_case_for("numpy") == "anomaly" and use_case_for("tensorflow") == "tensorflow"
+    assert JobPlan("tabular", 2, 3).context() == {
+        "ONEAPP_FL_APP": "tabular",
+        "ONEAPP_FL_ROUNDS": "2",
+        "ONEAPP_FL_MIN_NODES": "3",
+    }
+
+
+def test_a_job_that_ran_to_the_end_passes() -> None:
+    observation = observe(readings(0.5, 0.3, 0.95))
+    assert observation.statuses == ["waiting-for-nodes", "running", "finished"]
+    assert observation.rounds[2]["eval_accuracy"] == 0.95 and observation.round_seen_at[1] == 1004.0
+    checks = by_name(job_checks(observation, JobPlan("tabular")))
+    assert all(check["passed"] for check in checks.values()), checks
+    assert set(checks) == {
+        "job_progress",
+        "job_rounds_reported",
+        "loss_decreasing",
+        "metric_floor",
+        "job_model",
+    }
+    assert job_from_context_state(list(checks.values())) == "passed"
+
+
+def test_what_makes_a_job_fail() -> None:
+    floor = task_criteria("tabular").floor
+    checks = by_name(job_checks(observe(readings(0.3, 0.5, floor - 0.05)), JobPlan("tabular")))
+    assert not checks["loss_decreasing"]["passed"] and "[0.3, 0.5]" in checks["loss_decreasing"]["detail"]
+    assert not checks["metric_floor"]["passed"] and "below floor" in checks["metric_floor"]["detail"]
+    assert checks["job_progress"]["passed"]
+    # a round never seen (published and overwritten between two polls) is not made up
+    sequence = [reading for reading in readings(0.5, 0.3, 0.95) if reading.get("ONEAPP_FL_ROUND") != "1/2"]
+    missed = by_name(job_checks(observe(sequence), JobPlan("tabular")))
+    assert (
+        not missed["job_rounds_reported"]["passed"]
+        and "rounds [2] of 2" in missed["job_rounds_reported"]["detail"]
+    )
+    # a job that failed: the reason is in the detail, no model
+    failed = observe(
+        [{}, {"ONEAPP_FL_RUN_STATUS": "failed", "ONEAPP_FL_RUN_REASON": "ONEAPP_FL_APP: 'jax' ..."}]
+    )
+    result = job_checks(failed, JobPlan("tabular"))
+    named = by_name(result)
+    assert not named["job_progress"]["passed"] and "'jax'" in named["job_progress"]["detail"]
+    assert not named["job_model"]["passed"]
+    assert job_from_context_state(result) == "failed" and job_from_context_state([]) == "not run"
+
+
+def test_the_follower_reads_until_the_job_is_done() -> None:
+    sequence = [None, *readings(0.5, 0.3, 0.95), {"ONEAPP_FL_RUN_STATUS": "should not be read"}]
+    calls = []
+
+    def read() -> dict[str, str] | None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise OSError("oned did not answer")
+        return sequence[min(len(calls) - 1, len(sequence) - 1)]
+
+    observation = JobFollower(read, interval=0.01).start().wait(timeout=10)
+    assert observation.status == "finished" and observation.errors == ["oned did not answer"]
+    assert set(calls) == {"job-follower"}
+    assert len(calls) == len(sequence) - 1  # stopped at "finished"
+
+
+def test_the_follower_gives_up_at_its_timeout() -> None:
+    follower = JobFollower(lambda: WAITING, interval=0.01).start()
+    started = time.monotonic()
+    observation = follower.wait(timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert observation.statuses == ["waiting-for-nodes"] and not observation.done
