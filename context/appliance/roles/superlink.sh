@@ -8,7 +8,7 @@ FL_SUPERLINK_UNITS=(flower-superlink.service flower-superexec.service flower-fle
 : "${FL_START_DEADLINE:=300}"
 
 superlink_install() {
-    fl_install_units "${FL_SUPERLINK_UNITS[@]}"
+    fl_install_units "${FL_SUPERLINK_UNITS[@]}" "${FL_METRICS_UNITS[@]}"
     # The distribution's nginx service stays off: the appliance runs its own proxy unit as the service
     # user with its own configuration (the same on every distribution).
     if command -v systemctl >/dev/null 2>&1; then
@@ -44,6 +44,7 @@ superlink_validate() {
     fi
     [[ "${ONEAPP_FL_NODE_AUTH}" == YES || -z "${ONEAPP_FL_NODE_KEYS}" ]] ||
         fl_warn "ONEAPP_FL_NODE_KEYS is ignored: ONEAPP_FL_NODE_AUTH=NO"
+    fl_metrics_validate superlink ONEAPP_FL_FLEET_PORT ONEAPP_FL_API_PORT
 }
 
 # The address SuperNodes use: the first NIC's address from the context, else the first global IPv4.
@@ -70,6 +71,7 @@ superlink_configure() {
     superlink_write_proxy_config
     superlink_write_keysync_config
     superlink_backup_db_before_upgrade
+    fl_metrics_configure superlink
     if [[ "${FL_CHANGED}" == YES ]]; then
         fl_mark_restart flower-superlink.service
         fl_mark_restart flower-superexec.service
@@ -271,6 +273,8 @@ superlink_bootstrap() {
     elif fl_systemd_running; then
         systemctl stop flower-keysync.service >/dev/null 2>&1 || true
     fi
+
+    fl_metrics_bootstrap
 
     # Active from now until shutdown, when its ExecStop withdraws READY through OneGate.
     fl_unit_apply flower-readiness.service
