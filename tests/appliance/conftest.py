@@ -201,7 +201,7 @@ def appliance_cloud(tmp_path_factory: pytest.TempPathFactory, appliance_images: 
     try:
         one = cloud.one = pyone.OneServer(cloud.handle.endpoints["xmlrpc"], session=cloud.handle.auth)
         for built in appliance_images.values():
-            name = built.variant  # type: ignore[attr-defined]
+            name = built.name  # type: ignore[attr-defined]
             path = built.image  # type: ignore[attr-defined]
             image_id = one.image.allocate(f'NAME="{name}"\nPATH="{path}"\nTYPE="OS"', 1)
             wait_for(lambda image_id=image_id: one.image.info(image_id).STATE == 1, 600, what=f"image {name}")
