@@ -22,6 +22,8 @@ import contextlib
 import dataclasses
 import hashlib
 import re
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from factory.harness.federation import CANARY_TASK, FederationOutcome, Federatio
 from factory.harness.flwrenv import ensure_flower
 from factory.harness.jobcheck import JobFollower, follow_superlink, plan_for, record_job
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
+from factory.harness.tunnel import SSHSession
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
@@ -436,6 +439,94 @@ def _deploy_and_run(
         if rogue is not None:
             described = deployment.cloud.vm_info(rogue).describe()
             result.checks.append(rogue_check(runner, spec.supernode.count, True, described))
+    # After the rounds, so the SuperLink's exporter has runs, rounds and losses to serve.
+    result.checks.append(metrics_check(scrape_service_metrics(deployment, service)))
+
+
+# -- the metrics endpoints (issue 12) ----------------------------------------------------------------------
+
+METRICS_CHECK = "metrics_endpoints"
+METRICS_TASK = "monitoring"
+
+
+def metrics_port() -> int:
+    """The exporter's port on every VM: the ONEAPP_FL_METRICS_PORT default (images/params.yaml)."""
+    from factory.model import params
+
+    defaults = {param.name: param.default for param in params.load_params().for_role("supernode")}
+    return int(defaults.get("ONEAPP_FL_METRICS_PORT") or 9101)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One VM's /metrics as read on the VM itself (loopback: ONEAPP_FL_METRICS_ALLOW is empty), or why not."""
+
+    vm: str  # "VM 12 (supernode)"
+    text: str = ""
+    error: str = ""
+
+
+def scrape_service_metrics(deployment: Deployment, service: Any) -> list[Scrape]:
+    """Every VM's metrics, fetched with curl on the VM through the deployment's SSH key."""
+    command = f"curl --silent --show-error --fail --max-time 15 http://127.0.0.1:{metrics_port()}/metrics"
+    scrapes = []
+    for role in ("superlink", "supernode"):
+        for vm in service.role_vms(role):
+            name = f"VM {vm.id} ({role})"
+            if vm.ip is None:
+                scrapes.append(Scrape(name, error="no IP address"))
+                continue
+            session = SSHSession(
+                vm.ip, deployment.cloud.settings.ssh_user, deployment.key.private,
+                known_hosts=deployment.known_hosts,
+            )  # fmt: skip
+            try:
+                with session.connect(timeout=60) as ssh:
+                    status, out, err = ssh.execute(command, timeout=60)
+            except (FactoryError, OSError) as error:
+                scrapes.append(Scrape(name, error=f"SSH: {error}"))
+                continue
+            if status != 0:
+                scrapes.append(Scrape(name, error=f"curl exit {status}: {err.strip()[:300]}"))
+            elif not out.strip():
+                scrapes.append(Scrape(name, error="empty answer"))
+            else:
+                scrapes.append(Scrape(name, text=out))
+    return scrapes
+
+
+def promtool_problems(text: str) -> str:
+    """What ``promtool check metrics`` says about an exposition ("" when it is clean)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise ConfigError("promtool not found: install Debian's prometheus package (scripts/setup.sh)")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    said = " ".join((result.stdout + result.stderr).split())
+    if result.returncode != 0:
+        return said or f"promtool exit status {result.returncode}"
+    return said  # lint findings come with status 0 on older promtool: still a failure
+
+
+def metrics_check(scrapes: list[Scrape]) -> dict[str, Any]:
+    """The pair's monitoring check: every VM's endpoint answered and passes ``promtool check metrics``.
+    A failure names each VM and what went wrong (the promtool output)."""
+    problems = []
+    for scrape in scrapes:
+        if scrape.error:
+            problems.append(f"{scrape.vm}: {scrape.error}")
+            continue
+        said = promtool_problems(scrape.text)
+        if said:
+            problems.append(f"{scrape.vm}: promtool check metrics: {said[:500]}")
+    passed = bool(scrapes) and not problems
+    if not scrapes:
+        problems.append("no VM to scrape")
+    detail = (
+        f"{len(scrapes)} endpoints answer and pass promtool check metrics" if passed else "; ".join(problems)
+    )
+    return {"task": METRICS_TASK, "name": METRICS_CHECK, "passed": passed, "detail": detail}
 
 
 def _wait_rogue_settled(cloud: PairCloud, vm_id: int, progress: Progress, timeout: float = 300.0) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from factory.harness.federation import CANARY_TASK
 from factory.harness.jobcheck import JOB_TASK, job_from_context_state
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
+from factory.harness.pairtest import METRICS_CHECK
 from factory.release.results import finite_number, metric_values, write_json
 from factory.release.templating import render
 from hostkit.fileio import write_atomic
@@ -110,6 +111,7 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "expected_framework_task": result.framework_task or result.supernodes.framework,
         "framework_eval_loss": _framework_losses(framework),
         "job_from_context": job_summary(result),
+        "monitoring": monitoring_summary(result),
     }
 
 
@@ -125,6 +127,23 @@ def job_summary(result: PairResult) -> dict[str, str]:
 def describe_job(pair: dict[str, Any]) -> str:
     job = pair.get("job_from_context") or {"state": "not run", "detail": ""}
     return job["state"] + (f": {job['detail']}" if job.get("detail") else "")
+
+
+def monitoring_summary(result: PairResult) -> dict[str, Any] | None:
+    """The pair's metrics check (every VM's endpoint answers, promtool check metrics clean), or None
+    where none ran (bare pairs, a pair that failed before its rounds)."""
+    for check in result.checks:
+        if check.get("name") == METRICS_CHECK:
+            return {"passed": bool(check.get("passed")), "detail": str(check.get("detail", ""))}
+    return None
+
+
+def describe_monitoring(pair: dict[str, Any]) -> str:
+    """The monitoring column: the check's verdict and what it found (a failure names the VMs)."""
+    check = pair.get("monitoring")
+    if not check:
+        return "not checked"
+    return f"{'passed' if check['passed'] else 'failed'}: {check['detail']}"
 
 
 def _framework_losses(framework: dict[str, Any] | None) -> dict[str, list[float | None]]:
@@ -230,6 +249,7 @@ def _md_pair_row(pair: dict[str, Any]) -> list[str]:
         _mark(pair["status"]),
         _md_cell(describe_task(pair)),
         _md_cell(describe_job(pair)[:200]),
+        _md_cell(describe_monitoring(pair)[:300]),
         f"{mean:.1f}" if mean is not None else "-",
         _losses(pair["eval_loss"]),
         _md_cell(notes[:300]),
@@ -424,6 +444,7 @@ def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
         "symbol": SYMBOL[pair["status"]],
         "task": describe_task(pair),
         "job": describe_job(pair)[:300],
+        "monitoring": describe_monitoring(pair)[:500],
         "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
         "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),
         "first": _one_decimal(pair["instantiate_to_first_round_seconds"]),

@@ -7,6 +7,9 @@ FL_PROVISION_STEP=40-flower
 . "$(dirname "$0")/lib/distro.sh"
 
 venv=/opt/flower/venv
+# The metrics exporter (context/appliance/bin/flower-metrics) runs with this venv's Python; same pin as
+# pyproject.toml (tests/appliance/test_metrics_wiring.py keeps them equal).
+metrics_package="prometheus-client==0.26.0"
 python=$(distro_python)
 [[ -x "${python}" ]] || die "no ${python} for the Flower virtualenv"
 
@@ -26,10 +29,12 @@ if [[ -n "${FL_FRAMEWORK_INDEX_URL:-}" ]]; then
     pip_args+=(--extra-index-url "${FL_FRAMEWORK_INDEX_URL}")
 fi
 # shellcheck disable=SC2086  # FL_FRAMEWORK_PACKAGES is a word list on purpose
-"${venv}/bin/pip" install "${pip_args[@]}" "flwr==${FL_FLOWER_VERSION}" ${FL_FRAMEWORK_PACKAGES:-}
+"${venv}/bin/pip" install "${pip_args[@]}" "flwr==${FL_FLOWER_VERSION}" "${metrics_package}" \
+    ${FL_FRAMEWORK_PACKAGES:-}
 "${venv}/bin/pip" check
 installed=$("${venv}/bin/python" -c 'import importlib.metadata as m; print(m.version("flwr"))')
 [[ "${installed}" == "${FL_FLOWER_VERSION}" ]] || die "flwr ${installed} installed, ${FL_FLOWER_VERSION} wanted"
+"${venv}/bin/python" -c 'import prometheus_client' || die "${metrics_package} is not importable in ${venv}"
 
 chown -R root:root /opt/flower
 chmod -R go-w /opt/flower

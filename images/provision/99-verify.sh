@@ -40,6 +40,10 @@ fi
 check "net-90-service-appliance hook" test -x /etc/one-context.d/net-90-service-appliance
 check "net-99-report-ready hook" test -x /etc/one-context.d/net-99-report-ready
 check "flower-${FL_ROLE}.service installed" test -f "/etc/systemd/system/flower-${FL_ROLE}.service"
+check "flower-metrics.service installed" test -f /etc/systemd/system/flower-metrics.service
+check "flower-nodecount.service installed" test -f /etc/systemd/system/flower-nodecount.service
+check "prometheus-client in ${venv}" "${venv}/bin/python" -c "import prometheus_client"
+check "flower-metrics runs with ${venv}" "${venv}/bin/python" /etc/one-appliance/bin/flower-metrics --help
 if [[ "${FL_ROLE}" == superlink ]]; then
     check "nginx for the Fleet proxy" test -x /usr/sbin/nginx
     check "sqlite3 for database backups" command -v sqlite3

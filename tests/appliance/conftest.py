@@ -112,7 +112,7 @@ class Sandbox:
         prologue = (
             "set -euo pipefail\n"
             f'. "{self.params}"\n'
-            "for lib in lib/common lib/onegate lib/params lib/tls lib/flower lib/checks \\\n"
+            "for lib in lib/common lib/onegate lib/params lib/tls lib/flower lib/checks lib/metrics \\\n"
             "           roles/superlink roles/supernode; do\n"
             '    . "$FL_APPLIANCE_DIR/$lib.sh"\n'
             "done\n"

@@ -16,6 +16,7 @@ import pytest
 from appliance_cloud import ApplianceCloud, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from metrics_helpers import promtool_check, samples
 
 pytestmark = pytest.mark.cloud
 
@@ -194,6 +195,67 @@ def test_supernodes_run_with_their_key_the_pinned_ca_and_distinct_partitions(pai
         partitions.add(args[args.index("--node-config") + 1])
         assert "All set and ready to serve" in host.file("/etc/motd").content_string
     assert partitions == {"partition-id=0 num-partitions=2", "partition-id=1 num-partitions=2"}
+
+
+def test_metrics_served_on_loopback_pass_promtool_on_both_roles(pair: Pair) -> None:
+    """flower-metrics runs on every VM with the default ONEAPP_FL_METRICS_* (port 9101, loopback only), its
+    exposition read on the VM passes `promtool check metrics`, and it serves its role's series."""
+    wait_online(pair, 2)
+    for vm, role in [(pair.superlink, "superlink"), *((node, "supernode") for node in pair.supernodes)]:
+        host = pair.cloud.host(vm)
+        assert host.service("flower-metrics").is_running, pair.cloud.diagnose(vm)
+        assert host.run("systemctl show -p User --value flower-metrics").stdout.strip() == "flower"
+        assert host.file("/etc/flower/metrics.args").content_string.splitlines()[:2] == [role, "--port=9101"]
+        assert host.socket("tcp://127.0.0.1:9101").is_listening
+        assert not host.socket("tcp://0.0.0.0:9101").is_listening
+        text = wait_for(lambda host=host: _scrape(host), 60, what=f"VM {vm} metrics")
+        promtool_check(text)
+        series = samples(text)
+        if role == "superlink":
+            assert series['flower_exporter_source_up{source="state_db"}'] == 1.0
+            assert series["flower_superlink_supernodes_connected"] == 2.0
+        else:
+            assert series['flower_exporter_source_up{source="supernode_log"}'] == 1.0
+    # From another VM of the network the port is closed (loopback only by default).
+    probe = pair.cloud.host(pair.supernodes[0]).run(
+        f"curl --silent --max-time 5 http://{pair.superlink_ip}:9101/metrics"
+    )
+    assert probe.rc != 0 and "flower_" not in probe.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="in the booted SuperNode appliance the exporter (flower-metrics on main) reports connection state "
+    "'unknown' although its journal, readable by flower with systemd-journal, holds 'SuperNode ID: N' "
+    "(seen 2026-12-02 on the 1.42.0 debian12 images); not yet understood",
+)
+def test_supernode_metrics_show_the_connection(pair: Pair) -> None:
+    wait_online(pair, 2)
+    for vm in pair.supernodes:
+        host = pair.cloud.host(vm)
+        text = wait_for(lambda host=host: _scrape(host), 60, what=f"VM {vm} metrics")
+        assert samples(text)["flower_supernode_connected"] == 1.0
+
+
+def _scrape(host) -> str:
+    result = host.run("curl --silent --fail --max-time 10 http://127.0.0.1:9101/metrics")
+    return result.stdout if result.rc == 0 and "flower_exporter_source_up" in result.stdout else ""
+
+
+def test_node_counts_are_published_for_elasticity(pair: Pair) -> None:
+    """The SuperLink publishes ONEAPP_FL_CONNECTED_NODES and ONEAPP_FL_MIN_NODES, every SuperNode copies
+    them onto its own VM (what a SuperNode-role elasticity expression reads, docs/elasticity.md)."""
+    wait_online(pair, 2)
+    for vm in [pair.superlink, *pair.supernodes]:
+        assert pair.cloud.host(vm).service("flower-nodecount").is_running, pair.cloud.diagnose(vm)
+
+    def counts(vm: int) -> tuple[str, str] | None:
+        attributes = pair.cloud.user_template(vm)
+        found = (attributes.get("ONEAPP_FL_CONNECTED_NODES", ""), attributes.get("ONEAPP_FL_MIN_NODES", ""))
+        return found if found == ("2", "2") else None
+
+    for vm in [pair.superlink, *pair.supernodes]:
+        wait_for(lambda vm=vm: counts(vm), 150, what=f"VM {vm} publishes 2 connected / 2 minimum")
 
 
 def test_the_supernodes_register_and_go_online(pair: Pair) -> None:

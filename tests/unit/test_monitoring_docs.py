@@ -30,7 +30,8 @@ def test_the_parameter_snippet_is_a_valid_declaration() -> None:
     assert snippet is not None
     entries = yaml.safe_load(snippet.group(1))
     assert {entry["name"] for entry in entries} == {
-        "ONEAPP_FL_METRICS", "ONEAPP_FL_METRICS_PORT", "ONEAPP_FL_METRICS_ALLOW", "ONEAPP_FL_METRICS_TLS"
+        "ONEAPP_FL_METRICS_ENABLED", "ONEAPP_FL_METRICS_PORT",
+        "ONEAPP_FL_METRICS_ALLOW", "ONEAPP_FL_METRICS_TLS",
     }  # fmt: skip
     declared = yaml.safe_load((REPO_ROOT / "images" / "params.yaml").read_text())["params"]
     by_name = {entry["name"]: entry for entry in declared}

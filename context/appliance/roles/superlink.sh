@@ -9,7 +9,7 @@ FL_SUPERLINK_UNITS+=(flower-job.service) # train on deploy (superlink_configure_
 : "${FL_START_DEADLINE:=300}"
 
 superlink_install() {
-    fl_install_units "${FL_SUPERLINK_UNITS[@]}"
+    fl_install_units "${FL_SUPERLINK_UNITS[@]}" "${FL_METRICS_UNITS[@]}"
     # The distribution's nginx service stays off: the appliance runs its own proxy unit as the service
     # user with its own configuration (the same on every distribution).
     if command -v systemctl >/dev/null 2>&1; then
@@ -45,6 +45,7 @@ superlink_validate() {
     fi
     [[ "${ONEAPP_FL_NODE_AUTH}" == YES || -z "${ONEAPP_FL_NODE_KEYS}" ]] ||
         fl_warn "ONEAPP_FL_NODE_KEYS is ignored: ONEAPP_FL_NODE_AUTH=NO"
+    fl_metrics_validate superlink ONEAPP_FL_FLEET_PORT ONEAPP_FL_API_PORT
 }
 
 # The address SuperNodes use: the first NIC's address from the context, else the first global IPv4.
@@ -72,6 +73,7 @@ superlink_configure() {
     superlink_write_keysync_config
     superlink_backup_db_before_upgrade
     superlink_configure_job
+    fl_metrics_configure superlink
     if [[ "${FL_CHANGED}" == YES ]]; then
         fl_mark_restart flower-superlink.service
         fl_mark_restart flower-superexec.service
@@ -273,6 +275,8 @@ superlink_bootstrap() {
     elif fl_systemd_running; then
         systemctl stop flower-keysync.service >/dev/null 2>&1 || true
     fi
+
+    fl_metrics_bootstrap
 
     # Active from now until shutdown, when its ExecStop withdraws READY through OneGate.
     fl_unit_apply flower-readiness.service

@@ -6,7 +6,7 @@ FL_SUPERNODE_UNITS=(flower-supernode.service flower-superexec.service)
 : "${FL_SUPERNODE_RUNTIME_PORT:=9094}"
 
 supernode_install() {
-    fl_install_units "${FL_SUPERNODE_UNITS[@]}"
+    fl_install_units "${FL_SUPERNODE_UNITS[@]}" "${FL_METRICS_UNITS[@]}"
 }
 
 supernode_validate() {
@@ -21,6 +21,7 @@ supernode_validate() {
         [[ "${token}" =~ ^[A-Za-z_][A-Za-z0-9_.-]*=[^=]*$ ]] ||
             fl_fail "ONEAPP_FL_NODE_CONFIG: '$(fl_one_line "${token}" 60)' is not key=value"
     done
+    fl_metrics_validate supernode FL_SUPERNODE_RUNTIME_PORT
     if [[ "${ONEAPP_FL_TLS}" == NO ]]; then
         fl_warn "ONEAPP_FL_TLS=NO: this SuperNode talks to the SuperLink without encryption or authentication"
         [[ -z "${ONEAPP_FL_SUPERLINK_CA}" ]] || fl_warn "ONEAPP_FL_SUPERLINK_CA is ignored: ONEAPP_FL_TLS=NO"
@@ -65,6 +66,7 @@ supernode_configure() {
     fl_chown_service_user "${FL_STATE}" "${FL_STATE}/run" "${FL_STATE}/tls" "${FL_STATE}/.flwr"
     supernode_check_gpu
     supernode_check_data
+    fl_metrics_configure supernode
     if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
         supernode_ensure_key
         local pubkey
@@ -291,6 +293,8 @@ supernode_bootstrap() {
     elif fl_systemd_running; then
         systemctl stop flower-superexec.service >/dev/null 2>&1 || true
     fi
+
+    fl_metrics_bootstrap
 
     fl_publish_later "ONEAPP_FL_FLOWER_VERSION=${ours}" "ONEAPP_FL_COMPAT=${FL_COMPAT}"
     if [[ -s "${FL_STATE}/keys/supernode.pub" ]]; then
