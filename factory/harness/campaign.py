@@ -1,16 +1,20 @@
-"""One test campaign: which pairs, where (a cloud or bare Flower), with which options, one pair at a time.
+"""One test campaign: which pairs, where (a cloud or bare Flower), with which options, N pairs at once.
 
 Both ``build.py test`` and ``build.py release`` run their pairs through this module:
 
     specs = select_pairs(PairSelection(only=["flower=1.42.0"]), target="cloud", images="auto")
     options = PairTestOptions(rounds=3)
     with cloud_target("auto") as target:
-        outcome = Campaign(specs, run_name, options, record=write_result).test(target)
+        parallel = choose_parallel(None, specs, options, free_addresses(target.cloud), machine_parallel(True))
+        outcome = Campaign(specs, run_name, options, record=write_result, parallel=parallel).test(target)
 
 A campaign is a list of ``PairRun``s, one object per pair: a run holds its spec, the run name and the
-options, and touches nothing another run touches (its own scratch directory, its own result), so that the
-loop in ``Campaign.test`` can later hand the runs to a pool (``--parallel N``) unchanged. The campaign
-itself only counts and reports progress.
+options, and touches nothing another run touches (its own scratch directory, its own result). In a cloud
+each run also gets its own connection (``PairCloudView``: pyone's XML-RPC proxy is one HTTP connection,
+not for threads) and its own progress (``PairProgress``: lines prefixed with the pair's name). The one
+thing pairs share, image imports, goes through the campaign's connection under a lock. The campaign hands
+the runs to a thread pool of ``parallel`` workers, records results from its own thread and lists them in
+the order of the pairs.
 
 The caller records results (``record``): the harness writes no result files itself, the release layer
 (factory/release/results.py) does.
