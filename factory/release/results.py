@@ -226,9 +226,8 @@ class RunTimings:
             label = ("  " * depth) + name.rsplit("/", 1)[-1]
             lines.append(f"  {label:<58} {_clock(seconds):>8}")
         if self.pairs:
-            lines.append(
-                f"  pairs ({self.parallel} at once):{'deploy':>36}{'rounds':>9}{'teardown':>9}{'total':>9}"
-            )
+            heading = f"pairs ({self.parallel} at once):"
+            lines.append(f"  {heading:<54}{'deploy':>9}{'rounds':>9}{'teardown':>9}{'total':>9}")
             for pair in self.pairs:
                 lines.append(
                     f"    {pair['pair'][:52]:<52}{_clock(pair['deploy']):>9}{_clock(pair['rounds']):>9}"
