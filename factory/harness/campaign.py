@@ -521,7 +521,8 @@ class Campaign:
         self, target: CloudTarget | None, images: dict[str, Images | str] | None = None
     ) -> CampaignOutcome:
         """Each pair in ``target`` (None: bare Flower), its images from ``images`` when resolved beforehand
-        (else each pair's as its turn comes). Without ``keep_going`` the first failure starts no further
+        (else each pair's in its own thread as its turn comes: where images are built here, resolve them
+        first, so that builds never overlap). Without ``keep_going`` the first failure starts no further
         pair (those already running finish and are recorded)."""
         check_parallel(self.parallel)
         self.scratch_root.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
             with timings.stage("cloud start"):
                 target = stack.enter_context(cloud_target(args.images))
             campaign.parallel = campaign_parallel(args, specs, options, target)
+            # built (or found) one after another before any pair starts: never two builds at once
+            with progress.stage("images"), timings.stage("images"):
+                images = campaign.resolve_images(target, on_stage=timings.add)
             with timings.stage("test"):
-                outcome = campaign.test(target)
+                outcome = campaign.test(target, images)
     junit = write_junit(run_name) if outcome.results else Path()
     tested = len(outcome.results)
     if outcome.results:
