@@ -558,36 +558,58 @@ class Campaign:
                 result = failed_result(run.spec, run.run, kind, run.options, message)
             return result, PairTiming.of(result, time.monotonic() - began, progress.stages)
 
-        with ThreadPoolExecutor(max_workers=outcome.parallel, thread_name_prefix="pair") as pool:
-            futures = {pool.submit(one, index, run): index for index, run in enumerate(runs, start=1)}
-            try:
-                for future in as_completed(futures):
-                    done = future.result() if not future.cancelled() else None
-                    if done is None:
-                        continue
-                    finished[futures[future]] = done
-                    self._report(done[0])
-                    if not done[0].passed and not self.keep_going and not stop.is_set():
-                        self.progress.line(
-                            "stopping after the first failed pair: no further pair starts, those running "
-                            "finish (--keep-going tests the rest)"
-                        )
-                        stop.set()
-                        outcome.stopped_early = True
-                        for pending in futures:
-                            pending.cancel()
-            except BaseException:  # Ctrl-C: start nothing more; running pairs tear down what they made
+        def settle(index: int, done: tuple[PairResult, PairTiming]) -> None:
+            finished[index] = done
+            self._report(done[0])
+            if not done[0].passed and not self.keep_going and not stop.is_set():
+                self.progress.line(
+                    "stopping after the first failed pair: no further pair starts, those running finish "
+                    "(--keep-going tests the rest)"
+                )
                 stop.set()
-                for pending in futures:
-                    pending.cancel()
-                self.progress.line("interrupted: waiting for the running pairs to tear down")
-                raise
+                outcome.stopped_early = True
+
+        if outcome.parallel == 1:  # in this thread: Ctrl-C reaches the pair, which tears down at once
+            for index, run in enumerate(runs, start=1):
+                done = one(index, run)
+                if done is None:
+                    break
+                settle(index, done)
+        else:
+            self._pool(runs, one, settle, stop)
         outcome.stopped_early = outcome.stopped_early or len(finished) < len(runs)
         for index in sorted(finished):
             outcome.results.append(finished[index][0])
             outcome.timings.append(finished[index][1])
         outcome.wall_seconds = time.monotonic() - started
         return outcome
+
+    def _pool(
+        self,
+        runs: list[PairRun],
+        one: Callable[[int, PairRun], tuple[PairResult, PairTiming] | None],
+        settle: Callable[[int, tuple[PairResult, PairTiming]], None],
+        stop: threading.Event,
+    ) -> None:
+        """The runs in ``self.parallel`` threads; results settled here, in this thread, as they come.
+        Ctrl-C (or a failure without keep_going, through ``stop``) starts no further pair; a running pair
+        cannot be interrupted from here and finishes its run and teardown before the command ends."""
+        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="pair") as pool:
+            futures = {pool.submit(one, index, run): index for index, run in enumerate(runs, start=1)}
+            try:
+                for future in as_completed(futures):
+                    done = None if future.cancelled() else future.result()
+                    if done is not None:
+                        settle(futures[future], done)
+                    if stop.is_set():
+                        for pending in futures:
+                            pending.cancel()
+            except BaseException:
+                stop.set()
+                for pending in futures:
+                    pending.cancel()
+                self.progress.line("interrupted: no further pair starts; the running ones finish first")
+                raise
 
     @staticmethod
     def _images(target: CloudTarget, spec: PairSpec) -> Images | str:

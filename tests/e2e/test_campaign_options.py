@@ -195,3 +195,27 @@ def test_a_pyone_connection_per_pair() -> None:
     progress = Progress(quiet=True)
     own = campaign_module.own_connection(shared, progress)
     assert own is not shared and own.one is not shared.one and own.progress is progress
+
+
+def test_one_at_a_time_stops_at_the_first_failure_without_keep_going(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """--parallel 1 runs the pairs in the command's own thread (Ctrl-C reaches the pair at once); without
+    --keep-going the first failure starts nothing more."""
+    started: list[str] = []
+
+    def fake(spec: Any, run: str, workdir: Path, options: Any, progress: Progress) -> PairResult:
+        started.append(spec.name)
+        assert threading.current_thread() is threading.main_thread()
+        result = PairResult.begin(spec, run, "bare", "tls-auth")
+        result.status = FAILED
+        return result
+
+    monkeypatch.setattr(campaign_module, "run_pair_bare", fake)
+    campaign = Campaign(
+        find_pair_specs(PAIRS), "stop", PairTestOptions(), lambda result: tmp_path, keep_going=False,
+        parallel=1, progress=Progress(quiet=True), scratch_root=tmp_path,
+    )  # fmt: skip
+    outcome = campaign.test(None)
+    assert started == PAIRS[:1] and [result.pair for result in outcome.results] == PAIRS[:1]
+    assert outcome.stopped_early and outcome.failed == 1
