@@ -10,10 +10,13 @@
    run, first with the numpy canary only (what a pair test did before), then with the canary and the task of
    its SuperNode image's framework (what it does now); prints both pair-test times and their ratio. Image
    import is left out of both (it happens once per cloud, not per pair test).
+4. ``parallel``: the same pairs tested one after another, then N at once (``--parallel``), in one run:
+   wall time of each campaign and their ratio (the records of both are the same but for clocks and ids).
 
     python benchmarks/bench_e2e.py scaling [--nodes 2,10,30] [--rounds 3]
     python benchmarks/bench_e2e.py overhead --pair NAME [--rounds 3]     # needs the cloud and built images
     python benchmarks/bench_e2e.py tasks --pair NAME [--target cloud|bare] [--rounds 3]
+    python benchmarks/bench_e2e.py parallel --pairs A,B [--parallel 2] [--target cloud|bare] [--rounds 3]
     python benchmarks/bench_e2e.py all --pair NAME
 
 Results also go to ``results/bench/bench-<time>.json``.
@@ -213,15 +216,57 @@ def tasks(pair_name: str, rounds: int, workdir: Path, target: str) -> dict:
     return {"pair": pair_name, "target": where, "framework_task": framework, "runs": rows, "ratio": ratio}
 
 
+def parallel(pair_names: list[str], at_once: int, rounds: int, workdir: Path, target: str) -> dict:
+    """The campaign of ``pair_names`` one after another, then ``at_once`` at a time, side by side."""
+    from contextlib import nullcontext
+
+    from factory.harness.campaign import Campaign, cloud_target, find_pair_specs
+    from factory.harness.pairtest import PairTestOptions
+
+    specs = find_pair_specs(pair_names)
+    rows = []
+    with nullcontext(None) if target == "bare" else cloud_target() as cloud:
+        where = "bare" if cloud is None else cloud.name
+        for count in (1, at_once):
+            scratch = workdir / f"parallel-{count}"
+            scratch.mkdir(parents=True, exist_ok=True)
+            campaign = Campaign(
+                specs, f"bench-p{count}", PairTestOptions(rounds=rounds),
+                record=lambda result, directory=scratch: directory,
+                progress=PROGRESS, scratch_root=scratch, parallel=count,
+            )  # fmt: skip
+            with PROGRESS.stage(f"parallel: {len(specs)} pair(s) in {where}, {count} at once"):
+                outcome = campaign.test(cloud)
+            if outcome.failed:
+                errors = [result.error for result in outcome.results if not result.passed]
+                raise SystemExit(f"parallel benchmark: a pair failed: {errors}")
+            rows.append(
+                {
+                    "parallel": count,
+                    "wall_seconds": outcome.wall_seconds,
+                    "pairs": [{"pair": timing.pair, **timing.to_dict()} for timing in outcome.timings],
+                }
+            )
+    ratio = rows[1]["wall_seconds"] / rows[0]["wall_seconds"]
+    print(f"\n{len(specs)} pair(s) in {where}, {rounds} rounds per task")
+    for row in rows:
+        mean = statistics.mean(pair["total"] for pair in row["pairs"])
+        print(f"  {row['parallel']} at once: wall {row['wall_seconds']:.1f} s, mean pair test {mean:.1f} s")
+    print(f"  ratio {at_once} at once / one after another: {ratio:.2f}")
+    return {"target": where, "pairs": pair_names, "runs": rows, "ratio": ratio}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=["overhead", "scaling", "tasks", "all"])
+    parser.add_argument("part", choices=["overhead", "scaling", "tasks", "parallel", "all"])
     parser.add_argument("--pair", help="pair name for the overhead and tasks parts (see `build.py matrix`)")
     parser.add_argument(
-        "--target", choices=("cloud", "bare"), default="cloud", help="where the tasks part tests the pair"
+        "--target", choices=("cloud", "bare"), default="cloud", help="where the tasks and parallel parts test"
     )
+    parser.add_argument("--pairs", help="comma-separated pair names for the parallel part")
+    parser.add_argument("--parallel", type=int, default=2, help="pairs at once in the parallel part")
     parser.add_argument("--nodes", default="2,10,30", help="SuperNode counts for the scaling part")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flower", default="1.42.0", help="Flower version of the scaling part")
@@ -234,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.part in ("overhead", "tasks", "all") and not args.pair:
         parser.error(f"the {args.part} part needs --pair")
+    if args.part == "parallel" and (not args.pairs or args.parallel < 2):
+        parser.error("the parallel part needs --pairs A,B and --parallel 2 or more")
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds}
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as scratch:
         workdir = Path(scratch)
@@ -241,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             report["overhead"] = overhead(args.pair, args.rounds, workdir)
         if args.part in ("tasks", "all"):
             report["tasks"] = tasks(args.pair, args.rounds, workdir, args.target)
+        if args.part == "parallel":
+            names = [name for name in args.pairs.split(",") if name]
+            report["parallel"] = parallel(names, args.parallel, args.rounds, workdir, args.target)
         if args.part in ("scaling", "all"):
             counts = [int(value) for value in args.nodes.split(",")]
             report["scaling"] = scaling(args.flower, counts, args.rounds, workdir, args.state == "persistent")

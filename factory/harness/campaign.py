@@ -1,16 +1,20 @@
-"""One test campaign: which pairs, where (a cloud or bare Flower), with which options, one pair at a time.
+"""One test campaign: which pairs, where (a cloud or bare Flower), with which options, N pairs at once.
 
 Both ``build.py test`` and ``build.py release`` run their pairs through this module:
 
     specs = select_pairs(PairSelection(only=["flower=1.42.0"]), target="cloud", images="auto")
     options = PairTestOptions(rounds=3)
     with cloud_target("auto") as target:
-        outcome = Campaign(specs, run_name, options, record=write_result).test(target)
+        parallel = choose_parallel(None, specs, options, free_addresses(target.cloud), machine_parallel(True))
+        outcome = Campaign(specs, run_name, options, record=write_result, parallel=parallel).test(target)
 
 A campaign is a list of ``PairRun``s, one object per pair: a run holds its spec, the run name and the
-options, and touches nothing another run touches (its own scratch directory, its own result), so that the
-loop in ``Campaign.test`` can later hand the runs to a pool (``--parallel N``) unchanged. The campaign
-itself only counts and reports progress.
+options, and touches nothing another run touches (its own scratch directory, its own result). In a cloud
+each run also gets its own connection (``PairCloudView``: pyone's XML-RPC proxy is one HTTP connection,
+not for threads) and its own progress (``PairProgress``: lines prefixed with the pair's name). The one
+thing pairs share, image imports, goes through the campaign's connection under a lock. The campaign hands
+the runs to a thread pool of ``parallel`` workers, records results from its own thread and lists them in
+the order of the pairs.
 
 The caller records results (``record``): the harness writes no result files itself, the release layer
 (factory/release/results.py) does.
@@ -22,7 +26,11 @@ import json
 import os
 import platform
 import tempfile
+import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +246,161 @@ def cloud_target(
             handle.stop()
 
 
+# -- how many at once ----------------------------------------------------------------------------------------
+
+# What one pair test costs the machine that runs the campaign. With the local test cloud its VMs are
+# containers here (a SuperLink and SuperNodes with Flower and a framework: about 2 GiB together, measured
+# with the sklearn pairs); against a real OpenNebula only the flwr CLI and an SSH tunnel run here.
+LOCAL_PAIR_MEMORY = 2 << 30
+REMOTE_PAIRS_PER_CORE = 4
+REMOTE_PAIRS_MAX = 16
+
+
+def addresses_per_pair(spec: PairSpec, options: PairTestOptions) -> int:
+    """The service network's leases one pair holds at once: its SuperLink, its SuperNodes, a rogue one."""
+    return 1 + spec.supernode.count + (1 if options.rogue_supernode else 0)
+
+
+def free_addresses(cloud: Any) -> int:
+    """Leases left in the network the pairs' services use: the sum of its address ranges' SIZE minus the
+    network's USED_LEASES, as ``onevnet show`` reports them (upstream one/share/doc/xsd/vnet.xsd,
+    one/src/cli/one_helper/onevnet_helper.rb), read through pyone's one.vn.info."""
+    network = cloud.network_id()
+    try:
+        vnet = cloud.one.vn.info(network)
+    except Exception as error:  # pyone raises its own and transport errors alike
+        raise FactoryError(f"OpenNebula one.vn.info {network}: {error}") from None
+    ranges = (vnet.AR_POOL.AR if vnet.AR_POOL is not None else None) or []
+    ranges = ranges if isinstance(ranges, list) else [ranges]
+    size = sum(int(address_range.SIZE or 0) for address_range in ranges)
+    return max(size - int(vnet.USED_LEASES or 0), 0)
+
+
+def memory_available() -> int:
+    """Bytes of memory available to new processes (MemAvailable), or 0 when it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def machine_parallel(local_vms: bool, cores: int | None = None, memory: int | None = None) -> int:
+    """Pairs this machine carries at once: with the VMs here, one per core as far as memory allows (a pair
+    is mostly waiting: boot, polling, the tunnel); against a remote cloud a few per core, capped."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    if not local_vms:
+        return max(1, min(cores * REMOTE_PAIRS_PER_CORE, REMOTE_PAIRS_MAX))
+    memory = memory if memory is not None else memory_available()
+    by_memory = memory // LOCAL_PAIR_MEMORY if memory else cores
+    return max(1, min(cores, by_memory))
+
+
+def check_parallel(value: int) -> int:
+    """``--parallel`` as given: at least 1 (0 is not "no limit")."""
+    if value < 1:
+        raise ConfigError("command line", "--parallel", f"must be 1 or more pairs at once, got {value}")
+    return value
+
+
+def choose_parallel(
+    requested: int | None,
+    specs: list[PairSpec],
+    options: PairTestOptions,
+    free: int | None,
+    machine: int,
+    progress: Progress = PROGRESS,
+) -> int:
+    """How many pairs run at once: ``requested`` (``--parallel``) when the cloud has the addresses for it,
+    else a refusal before anything starts; without it the machine's figure, capped by the addresses
+    (``free``, None where not known: bare Flower) and the number of pairs."""
+    need = max((addresses_per_pair(spec, options) for spec in specs), default=1)
+    if requested is not None:
+        check_parallel(requested)
+        if free is not None and requested * need > free:
+            raise ConfigError(
+                "command line",
+                "--parallel",
+                f"{requested} pairs at once need {requested * need} addresses ({need} per pair) but the "
+                f"service network has {free} free: use --parallel {max(free // need, 1)} or less",
+            )
+        return requested
+    chosen = min(machine, len(specs) or 1)
+    if free is not None:
+        if free < need:
+            raise ConfigError(
+                "cloud", "network", f"the service network has {free} free address(es), a pair needs {need}"
+            )
+        chosen = min(chosen, free // need)
+    chosen = max(chosen, 1)
+    progress.line(
+        f"{chosen} pair(s) at once (--parallel: machine {machine}"
+        + (f", {free} free addresses / {need} per pair" if free is not None else "")
+        + f", {len(specs)} pair(s))"
+    )
+    return chosen
+
+
+# -- one pair's view of the shared things --------------------------------------------------------------------
+
+
+class PairProgress(Progress):
+    """A pair's progress: every line prefixed with the pair's name, written whole under a lock shared by
+    the campaign's pairs (so lines of pairs running at once never interleave mid-line), and the seconds of
+    every stage it showed, for the timings."""
+
+    def __init__(self, name: str, base: Progress, lock: threading.Lock) -> None:
+        super().__init__(base.stream, base.quiet)
+        self.name = name
+        self.lock = lock
+        self.stages: dict[str, float] = {}
+
+    def _write(self, text: str) -> None:
+        prefixed = "".join(f"[{self.name}] {line}" for line in text.lstrip("\r").splitlines(keepends=True))
+        with self.lock:
+            super()._write(prefixed)
+
+    def interactive(self) -> bool:
+        return False  # no counter redrawn in place: other pairs write between its updates
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            with super().stage(name):
+                yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.monotonic() - started
+
+
+class PairCloudView:
+    """A pair's own connection to the campaign's cloud (pyone's XML-RPC proxy is not shared between
+    threads) with its own progress; image imports go through the campaign's connection one at a time,
+    so two pairs of one image never import it twice and its checksum is hashed once."""
+
+    def __init__(self, shared: Any, own: Any, lock: threading.Lock) -> None:
+        self._shared = shared
+        self._own = own
+        self._lock = lock
+
+    def ensure_image(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._shared.ensure_image(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._own, name)
+
+
+def own_connection(cloud: Any, progress: Progress) -> Any:
+    """A new connection like ``cloud`` (a factory.one.OneCloud) reporting to ``progress``; any other cloud
+    object (a test's fake) is used as it is."""
+    from factory.one import OneCloud
+
+    return OneCloud(cloud.settings, progress) if type(cloud) is OneCloud else cloud
+
+
 # -- the loop ------------------------------------------------------------------------------------------------
 
 
@@ -266,10 +429,45 @@ class PairRun:
             )
 
 
+@dataclass(frozen=True)
+class PairTiming:
+    """Where one pair's wall time went: deploy (images, templates, the service RUNNING; bare: processes
+    up), rounds (every task's federation), teardown, and the rest (tunnel, logs, checks)."""
+
+    pair: str
+    total: float
+    deploy: float
+    rounds: float
+    teardown: float
+
+    @staticmethod
+    def of(result: PairResult, total: float, stages: dict[str, float]) -> PairTiming:
+        timings: dict[str, Any] = result.timings
+        deploy = float(timings.get("images_seconds", 0.0)) + float(timings.get("deploy_seconds", 0.0))
+        rounds = sum(float(seconds) for seconds in (timings.get("task_seconds") or {}).values())
+        return PairTiming(result.pair, total, deploy, rounds, stages.get("teardown", 0.0))
+
+    @property
+    def other(self) -> float:
+        return max(self.total - self.deploy - self.rounds - self.teardown, 0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "total": self.total,
+            "deploy": self.deploy,
+            "rounds": self.rounds,
+            "teardown": self.teardown,
+            "other": self.other,
+        }
+
+
 @dataclass
 class CampaignOutcome:
     results: list[PairResult] = field(default_factory=list)
     stopped_early: bool = False
+    timings: list[PairTiming] = field(default_factory=list)
+    parallel: int = 1
+    wall_seconds: float = 0.0
 
     @property
     def passed(self) -> int:
@@ -282,7 +480,13 @@ class CampaignOutcome:
 
 @dataclass
 class Campaign:
-    """The selected pairs, tested one after another; ``record`` keeps each result as soon as it is known."""
+    """The selected pairs, up to ``parallel`` at once; ``record`` keeps each result as soon as it is known.
+
+    Each pair runs in a thread of its own (the work is subprocesses, SSH and HTTP: waiting) with its own
+    scratch directory, service (named after the pair and the run), SSH key and tunnel (a free local port),
+    its own connection to the cloud and progress lines prefixed with its name. Results are recorded from
+    the campaign's thread, one at a time, and listed in the order of the pairs, whatever order they
+    finished in: a run with ``parallel`` 1 and one with 4 leave the same records."""
 
     specs: list[PairSpec]
     run: str
@@ -291,43 +495,125 @@ class Campaign:
     keep_going: bool = True
     progress: Progress = PROGRESS
     scratch_root: Path = BUILD_DIR / "e2e"
+    parallel: int = 1
 
     def runs(self) -> list[PairRun]:
         return [PairRun(spec, self.run, self.options) for spec in self.specs]
 
-    def resolve_images(self, target: CloudTarget) -> dict[str, Images | str]:
-        """Every pair's images, before any pair runs; a pair whose images cannot be had maps to the reason."""
+    def resolve_images(
+        self, target: CloudTarget, on_stage: Callable[[str, float], None] | None = None
+    ) -> dict[str, Images | str]:
+        """Every pair's images, before any pair runs; a pair whose images cannot be had maps to the reason.
+        ``on_stage("images/<variant>", seconds)`` is told how long each variant took the first time."""
         images: dict[str, Images | str] = {}
         for spec in self.progress.iterate(self.specs, "images of pair"):
+            started = time.monotonic()
             try:
                 images[spec.name] = target.images_for(spec)
             except FactoryError as error:
                 self.progress.line(f"{spec.name}: {error}")
                 images[spec.name] = f"images: {error}"
+            if on_stage is not None:
+                on_stage(f"images/{spec.name}", time.monotonic() - started)
         return images
 
     def test(
         self, target: CloudTarget | None, images: dict[str, Images | str] | None = None
     ) -> CampaignOutcome:
         """Each pair in ``target`` (None: bare Flower), its images from ``images`` when resolved beforehand
-        (else each pair's as its turn comes). Without ``keep_going`` the first failure ends the campaign."""
+        (else each pair's in its own thread as its turn comes: where images are built here, resolve them
+        first, so that builds never overlap). Without ``keep_going`` the first failure starts no further
+        pair (those already running finish and are recorded)."""
+        check_parallel(self.parallel)
         self.scratch_root.mkdir(parents=True, exist_ok=True)
-        outcome = CampaignOutcome()
+        runs = self.runs()
+        outcome = CampaignOutcome(parallel=min(self.parallel, max(len(runs), 1)))
         where = "on bare Flower" if target is None else f"in {target.name}"
-        for index, run in enumerate(self.runs(), start=1):
-            self.progress.line(f"[{index}/{len(self.specs)}] {run.spec.name} {where}")
-            if target is None:
-                result = run.bare(self.scratch_root, self.progress)
-            else:
-                pair_images = images[run.spec.name] if images is not None else self._images(target, run.spec)
-                result = run.in_cloud(target, pair_images, self.scratch_root, self.progress)
-            self._report(result)
-            outcome.results.append(result)
-            if not result.passed and not self.keep_going:
-                self.progress.line("stopping after the first failed pair (--keep-going tests the rest)")
+        stop = threading.Event()
+        lines = threading.Lock()
+        imports = threading.Lock()
+        finished: dict[int, tuple[PairResult, PairTiming]] = {}
+        started = time.monotonic()
+
+        def one(index: int, run: PairRun) -> tuple[PairResult, PairTiming] | None:
+            if stop.is_set():
+                return None
+            progress = PairProgress(run.spec.name, self.progress, lines)
+            progress.line(f"[{index}/{len(runs)}] {run.spec.name} {where}")
+            began = time.monotonic()
+            try:
+                result = self._run_one(run, target, images, progress, imports)
+            except Exception as error:  # a bug in one pair's run must not end the others'
+                progress.line(f"internal error: {traceback.format_exc()}")
+                kind = "bare" if target is None else target.name
+                message = f"internal error: {type(error).__name__}: {error}"
+                result = failed_result(run.spec, run.run, kind, run.options, message)
+            return result, PairTiming.of(result, time.monotonic() - began, progress.stages)
+
+        def settle(index: int, done: tuple[PairResult, PairTiming]) -> None:
+            finished[index] = done
+            self._report(done[0])
+            if not done[0].passed and not self.keep_going and not stop.is_set():
+                self.progress.line(
+                    "stopping after the first failed pair: no further pair starts, those running finish "
+                    "(--keep-going tests the rest)"
+                )
+                stop.set()
                 outcome.stopped_early = True
-                break
+
+        if outcome.parallel == 1:  # in this thread: Ctrl-C reaches the pair, which tears down at once
+            for index, run in enumerate(runs, start=1):
+                done = one(index, run)
+                if done is None:
+                    break
+                settle(index, done)
+        else:
+            self._pool(runs, one, settle, stop)
+        outcome.stopped_early = outcome.stopped_early or len(finished) < len(runs)
+        for index in sorted(finished):
+            outcome.results.append(finished[index][0])
+            outcome.timings.append(finished[index][1])
+        outcome.wall_seconds = time.monotonic() - started
         return outcome
+
+    def _run_one(
+        self, run: PairRun, target: CloudTarget | None, images: dict[str, Images | str] | None,
+        progress: PairProgress, imports: threading.Lock,
+    ) -> PairResult:  # fmt: skip
+        """One pair's run: bare, or in the cloud through its own connection (pyone's is not thread-safe)."""
+        if target is None:
+            return run.bare(self.scratch_root, progress)
+        view = PairCloudView(target.cloud, own_connection(target.cloud, progress), imports)
+        own_target = CloudTarget(view, target.name, target.images_for)
+        pair_images = images[run.spec.name] if images is not None else self._images(target, run.spec)
+        return run.in_cloud(own_target, pair_images, self.scratch_root, progress)
+
+    def _pool(
+        self,
+        runs: list[PairRun],
+        one: Callable[[int, PairRun], tuple[PairResult, PairTiming] | None],
+        settle: Callable[[int, tuple[PairResult, PairTiming]], None],
+        stop: threading.Event,
+    ) -> None:
+        """The runs in ``self.parallel`` threads; results settled here, in this thread, as they come.
+        Ctrl-C (or a failure without keep_going, through ``stop``) starts no further pair; a running pair
+        cannot be interrupted from here and finishes its run and teardown before the command ends."""
+        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="pair") as pool:
+            futures = {pool.submit(one, index, run): index for index, run in enumerate(runs, start=1)}
+            try:
+                for future in as_completed(futures):
+                    done = None if future.cancelled() else future.result()
+                    if done is not None:
+                        settle(futures[future], done)
+                    if stop.is_set():
+                        for pending in futures:
+                            pending.cancel()
+            except BaseException:
+                stop.set()
+                for pending in futures:
+                    pending.cancel()
+                self.progress.line("interrupted: no further pair starts; the running ones finish first")
+                raise
 
     @staticmethod
     def _images(target: CloudTarget, spec: PairSpec) -> Images | str:

@@ -393,27 +393,8 @@ def _deploy_and_run(
         link, node, spec.supernode.count, options.security.value,
         extra_context={"superlink": plan.context()} if plan else None,
     )  # fmt: skip
-    followers: list[JobFollower] = []
-
-    def follow(launched: Any) -> None:
-        followers.append(follow_superlink(deployment.cloud, launched))
-
-    instantiated_wall, instantiated = time.time(), time.monotonic()
-    try:
-        service = deployment.launch(service_template, options.deploy_timeout, follow if plan else None)
-        result.timings["deploy_seconds"] = time.monotonic() - instantiated
-        if plan and followers:
-            # the job first: the tunnel runs below would share the SuperNodes with it
-            observation = followers[0].wait(options.job_timeout)
-            record_job(result, plan, observation, instantiated_wall)
-            deployment.progress.line(
-                f"job from context ({plan.use_case}, {plan.rounds} rounds): "
-                f"{' -> '.join(observation.statuses) or 'no status'}; "
-                f"rounds seen {sorted(observation.rounds)}"
-            )
-    finally:
-        for follower in followers:
-            follower.stop()
+    instantiated_wall = time.time()
+    service = _launch_with_job(deployment, service_template, plan, options, result, instantiated_wall)
     superlink = service.role_vms("superlink")[0]
     result.warnings += [
         f"SuperNode VM {vm.id} reports a Flower version mismatch (ONEAPP_FL_COMPAT)"
@@ -441,6 +422,35 @@ def _deploy_and_run(
             result.checks.append(rogue_check(runner, spec.supernode.count, True, described))
     # After the rounds, so the SuperLink's exporter has runs, rounds and losses to serve.
     result.checks.append(metrics_check(scrape_service_metrics(deployment, service)))
+
+
+def _launch_with_job(
+    deployment: Deployment, service_template: int, plan: Any, options: PairTestOptions, result: PairResult,
+    instantiated_wall: float,
+) -> Any:  # fmt: skip
+    """The service RUNNING; with a job from context, followed through OneGate from the instantiation
+    to its end before anything else uses the SuperNodes (the tunnel runs would share them)."""
+    followers: list[JobFollower] = []
+
+    def follow(launched: Any) -> None:
+        followers.append(follow_superlink(deployment.cloud, launched))
+
+    instantiated = time.monotonic()
+    try:
+        service = deployment.launch(service_template, options.deploy_timeout, follow if plan else None)
+        result.timings["deploy_seconds"] = time.monotonic() - instantiated
+        if plan and followers:
+            observation = followers[0].wait(options.job_timeout)
+            record_job(result, plan, observation, instantiated_wall)
+            deployment.progress.line(
+                f"job from context ({plan.use_case}, {plan.rounds} rounds): "
+                f"{' -> '.join(observation.statuses) or 'no status'}; "
+                f"rounds seen {sorted(observation.rounds)}"
+            )
+    finally:
+        for follower in followers:
+            follower.stop()
+    return service
 
 
 # -- the metrics endpoints (issue 12) ----------------------------------------------------------------------

@@ -17,6 +17,9 @@ import os
 import re
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +168,79 @@ def write_junit(run: str, root: Path = RESULTS_DIR) -> Path:
     path = run_dir(run, root) / "junit.xml"
     write_atomic(path, junit_xml(results, suite=f"flower-factory.{run}"))
     return path
+
+
+# -- timings -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunTimings:
+    """Where a run's wall time went, stage by stage, written to ``results/<run>/timings.json``.
+
+    ``add(stage, seconds)`` is the hook every stage reports through (a sub-stage is named
+    ``<stage>/<part>``, e.g. ``images/<layer>``): code below the release layer takes a
+    ``Callable[[str, float], None]`` and release passes ``timings.add``."""
+
+    run: str
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    parallel: int = 1
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages.append((stage, float(seconds)))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as ``name`` (recorded also when it fails: the time was spent)."""
+        started, index = time.monotonic(), len(self.stages)
+        self.add(name, 0.0)  # its place: before the sub-stages reported while it runs
+        try:
+            yield
+        finally:
+            self.stages[index] = (name, time.monotonic() - started)
+
+    def add_pairs(self, pairs: list[Any], parallel: int) -> None:
+        """Each pair's ``PairTiming`` (factory/harness/campaign.py): total, deploy, rounds, teardown."""
+        self.parallel = parallel
+        self.pairs = [{"pair": timing.pair, **timing.to_dict()} for timing in pairs]
+
+    def to_dict(self) -> dict[str, Any]:
+        top = [seconds for name, seconds in self.stages if "/" not in name]
+        return {
+            "schema": 1,
+            "run": self.run,
+            "wall_seconds": time.monotonic() - self.started,
+            "stages_seconds": sum(top),
+            "stages": [{"stage": name, "seconds": seconds} for name, seconds in self.stages],
+            "parallel": self.parallel,
+            "pairs": self.pairs,
+        }
+
+    def table(self) -> str:
+        """The breakdown as printed at the end of a run: stages, then one line per pair."""
+        data = self.to_dict()
+        lines = [f"time per stage (run {self.run}, wall {_clock(data['wall_seconds'])}):"]
+        for name, seconds in self.stages:
+            depth = name.count("/")
+            label = ("  " * depth) + name.rsplit("/", 1)[-1]
+            lines.append(f"  {label:<58} {_clock(seconds):>8}")
+        if self.pairs:
+            heading = f"pairs ({self.parallel} at once):"
+            lines.append(f"  {heading:<54}{'deploy':>9}{'rounds':>9}{'teardown':>9}{'total':>9}")
+            for pair in self.pairs:
+                lines.append(
+                    f"    {pair['pair'][:52]:<52}{_clock(pair['deploy']):>9}{_clock(pair['rounds']):>9}"
+                    f"{_clock(pair['teardown']):>9}{_clock(pair['total']):>9}"
+                )
+        return "\n".join(lines)
+
+    def write(self, root: Path = RESULTS_DIR) -> Path:
+        path = run_dir(self.run, root) / "timings.json"
+        write_json(path, self.to_dict())
+        return path
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds, 1), 60)
+    return f"{int(minutes)}m{secs:04.1f}s" if minutes else f"{secs:.1f}s"

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from factory.harness.campaign import PairSelection
+    from factory.harness.campaign import CloudTarget, PairSelection
+    from factory.harness.pair import PairSpec
     from factory.harness.pairtest import PairTestOptions
 
 TARGETS = ("cloud", "bare")
@@ -56,6 +57,11 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--keep-going", action="store_true", help="test the remaining pairs after a failure")
     parser.add_argument(
+        "--parallel", type=int, default=None, metavar="N",
+        help="test up to N pairs at once, each in its own service (default: what this machine carries, "
+        "capped by the free addresses of the cloud's service network and the number of pairs)",
+    )  # fmt: skip
+    parser.add_argument(
         "--deploy-timeout", type=float, default=900.0, help="seconds until the service is RUNNING"
     )
     parser.add_argument(
@@ -69,6 +75,10 @@ def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
     from factory.harness.pairtest import PairTestOptions
     from hostkit.errors import ConfigError
 
+    if args.parallel is not None:
+        from factory.harness.campaign import check_parallel
+
+        check_parallel(args.parallel)
     if args.supernodes < 1:
         raise ConfigError("command line", "--supernodes", f"must be at least 1, got {args.supernodes}")
     options = PairTestOptions(
@@ -89,3 +99,15 @@ def pair_selection(args: argparse.Namespace) -> PairSelection:
     from factory.harness.campaign import PairSelection
 
     return PairSelection(args.matrix, args.only, args.exclude, not args.no_cross, args.supernodes)
+
+
+def campaign_parallel(
+    args: argparse.Namespace, specs: list[PairSpec], options: PairTestOptions, target: CloudTarget | None
+) -> int:
+    """``--parallel`` checked against the cloud's free addresses (refused before any pair starts), or the
+    default from the machine (VMs here: the local test cloud, or bare Flower processes) and the cloud."""
+    from factory.harness.campaign import choose_parallel, free_addresses, machine_parallel
+
+    local = target is None or target.name == "testcloud"
+    free = free_addresses(target.cloud) if target is not None else None
+    return choose_parallel(args.parallel, specs, options, free, machine_parallel(local_vms=local))

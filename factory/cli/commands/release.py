@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +46,46 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from factory.cli.commands._pairargs import pair_selection, pair_test_options
+    from factory.cli.commands._pairargs import campaign_parallel, pair_selection, pair_test_options
     from factory.cli.commands.cloud import set_user_ssh_key
     from factory.harness.campaign import Campaign, cloud_target, select_pairs
-    from factory.release.results import new_run_name, run_dir, write_junit, write_result
-    from hostkit.errors import ConfigError
+    from factory.release.results import RunTimings, new_run_name, run_dir, write_junit, write_result
     from hostkit.progress import DEFAULT as progress
+
+    _check_arguments(args)
+    options = pair_test_options(args)
+    key_path, key = _ssh_key(args.ssh_key)  # checked before anything starts
+    run_name = args.run or new_run_name()
+    run_dir(run_name)
+    timings = RunTimings(run_name)
+    specs = select_pairs(pair_selection(args), args.target, args.images)
+    progress.line(f"release run {run_name}: {len(specs)} pair(s)")
+    campaign = Campaign(specs, run_name, options, record=write_result, keep_going=True)
+    with contextlib.ExitStack() as stack:
+        with timings.stage("cloud start"):
+            target = stack.enter_context(cloud_target(args.images, keep_running=True))
+        campaign.parallel = campaign_parallel(args, specs, options, target)  # refused before any image
+        if key_path is not None:
+            set_user_ssh_key(target.cloud.one, key)
+            progress.line(f"SSH key for the guests (the cloud user's SSH_PUBLIC_KEY): {key_path}")
+        with progress.stage("images"), timings.stage("images"):
+            images = campaign.resolve_images(target, on_stage=timings.add)
+        with progress.stage(f"test {len(specs)} pair(s) in {target.name}"), timings.stage("test"):
+            outcome = campaign.test(target, images)
+            write_junit(run_name)
+        timings.add_pairs(outcome.timings, outcome.parallel)
+        with progress.stage("publish"), timings.stage("publish"):
+            publication = _publish(run_name, target.cloud, args.release)
+    with timings.stage("report"):
+        paths = _report(run_name)
+    timings_path = timings.write()
+    _record_image_timings(run_dir(run_name), progress)  # the per-layer image record, as section "images"
+    _print_summary(timings.table(), run_dir(run_name), timings_path, publication, paths)
+    return 1 if outcome.failed or publication is None else 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    from hostkit.errors import ConfigError
 
     if args.target != "cloud":
         raise ConfigError(
@@ -58,31 +93,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.release < 1:
         raise ConfigError("command line", "--release", f"must be 1 or more, got {args.release}")
-    options = pair_test_options(args)
-    key_path, key = _ssh_key(args.ssh_key)  # checked before anything starts
-    run_name = args.run or new_run_name()
-    run_dir(run_name)
-    specs = select_pairs(pair_selection(args), args.target, args.images)
-    progress.line(f"release run {run_name}: {len(specs)} pair(s)")
-    campaign = Campaign(specs, run_name, options, record=write_result, keep_going=True)
-    with cloud_target(args.images, keep_running=True) as target:
-        if key_path is not None:
-            set_user_ssh_key(target.cloud.one, key)
-            progress.line(f"SSH key for the guests (the cloud user's SSH_PUBLIC_KEY): {key_path}")
-        with progress.stage("images"):
-            images = campaign.resolve_images(target)
-            _record_image_timings(run_dir(run_name), progress)
-        with progress.stage(f"test {len(specs)} pair(s) in {target.name}"):
-            outcome = campaign.test(target, images)
-            write_junit(run_name)
-        with progress.stage("publish"):
-            publication = _publish(run_name, target.cloud, args.release)
-    paths = _report(run_name)
-    print(f"results: {run_dir(run_name)}")
+
+
+def _print_summary(
+    table: str, results: Path, timings: Path, publication: Any, paths: dict[str, Path]
+) -> None:
+    print(table)
+    print(f"results: {results} (timings: {timings})")
     if publication is not None:
         print(f"published: {publication.directory} ({len(publication.apps)} marketplace apps)")
     print(f"report: {paths['html']} (open it in a browser), {paths['md']}")
-    return 1 if outcome.failed or publication is None else 0
 
 
 def _publish(run_name: str, cloud: Any, release: int) -> Any:
