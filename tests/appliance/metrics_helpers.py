@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -10,11 +11,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from factory.harness.bareflower import free_port
 from hostkit.paths import CONTEXT_DIR
+from hostkit.waiting import wait_until
 
 EXPORTER = CONTEXT_DIR / "appliance" / "bin" / "flower-metrics"
 
@@ -101,3 +104,23 @@ def get_url(url: str, timeout: float = 5.0) -> str:
             return reply.read().decode()
     except urllib.error.HTTPError as error:
         return f"HTTP {error.code}"
+
+
+def scrape_until(exporter: Exporter, done: Callable[[dict[str, float]], object], timeout: float = 20) -> str:
+    """Scrape until ``done(samples)`` holds or ``timeout`` runs out (the caller asserts what it found);
+    the exporter is stopped either way. Returns the last scrape."""
+    last = {"text": ""}
+
+    def scraped() -> bool:
+        last["text"] = exporter.scrape()
+        return bool(done(samples(last["text"])))
+
+    try:
+        with contextlib.suppress(TimeoutError):
+            wait_until(scraped, timeout, interval=0.2, what="exporter samples")
+    finally:
+        exporter.stop()
+    return last["text"]
+
+
+UNREGISTERED = 'flower_keysync_key_events_total{event="unregistered"}'

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from metrics_helpers import EXPORTER, promtool_check, samples, start_exporter
+from metrics_helpers import EXPORTER, promtool_check, samples, scrape_until, start_exporter
 
 from factory.harness.tlsmaterial import make_tls
 from hostkit.paths import CONTEXT_DIR, REPO_ROOT
@@ -217,19 +217,10 @@ exec sleep 600
 """
     path = _fake(tmp_path / "bin", "journalctl", script)
     exporter = start_exporter("superlink", "--database", str(tmp_path / "missing.db"), path=path)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            text = exporter.scrape()
-            found = samples(text)
-            if (
-                found.get('flower_keysync_key_events_total{event="unregistered"}') == 1
-                or time.monotonic() > deadline
-            ):
-                break
-            time.sleep(0.2)
-    finally:
-        exporter.stop()
+    text = scrape_until(
+        exporter, lambda seen: seen.get('flower_keysync_key_events_total{event="unregistered"}') == 1
+    )
+    found = samples(text)
     promtool_check(text)
     assert found['flower_superlink_supernode_refusals_total{reason="unregistered_key"}'] == 2
     assert found['flower_superlink_supernode_refusals_total{reason="no_key"}'] == 1

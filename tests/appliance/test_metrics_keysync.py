@@ -4,13 +4,12 @@ test_keysync_pinning.py), its log goes to a file, and the exporter reads that fi
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from appliance_cloud import wait_for
 from dummy_service import start_dummy_service
-from metrics_helpers import promtool_check, samples, start_exporter
+from metrics_helpers import promtool_check, samples, scrape_until, start_exporter
 from test_keysync_pinning import REAL, ROGUE, KeySync, gate, identity, onegate_put
 
 
@@ -44,19 +43,10 @@ def test_key_events_of_a_real_key_sync(make_sandbox: Any, dummy_cloud: Any, tmp_
         "superlink", "--database", str(tmp_path / "none.db"), "--log", str(tmp_path / "none.log"),
         "--keysync-log", str(log),
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            text = exporter.scrape()
-            found = samples(text)
-            if (
-                found.get('flower_keysync_key_events_total{event="unregistered"}')
-                or time.monotonic() > deadline
-            ):
-                break
-            time.sleep(0.2)
-    finally:
-        exporter.stop()
+    text = scrape_until(
+        exporter, lambda seen: seen.get('flower_keysync_key_events_total{event="unregistered"}')
+    )
+    found = samples(text)
     promtool_check(text)
     assert found['flower_keysync_key_events_total{event="pinned"}'] == 2
     assert found['flower_keysync_key_events_total{event="registered"}'] == 2

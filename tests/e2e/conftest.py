@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,16 @@ def make_pair_result(
         error="" if status == PASSED else "all_rounds_finished: rounds reported [1]",
         federations=[{"task": "numpy", "rounds": [{"round": 1}, {"round": 2}]}],
     )
+
+
+def run_build_py(args: list[str], results: Path) -> subprocess.CompletedProcess:
+    """``python build.py ARGS`` as a user runs it, its results and build output under ``results``."""
+    from hostkit.paths import REPO_ROOT
+
+    environment = dict(
+        os.environ, FLOWER_FACTORY_RESULTS=str(results), FLOWER_FACTORY_BUILD=str(results / "build")
+    )
+    return subprocess.run(
+        [sys.executable, "build.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=environment,
+        timeout=900, check=False,
+    )  # fmt: skip

@@ -20,6 +20,8 @@ from factory.harness.pairtest import PairTestOptions
 from hostkit.paths import REPO_ROOT
 from hostkit.progress import Progress
 
+from .conftest import run_build_py
+
 CURRENT = "pair-sl1.42.0-sn1.42.0-debian12-cpu-edge-numpy"
 PREVIOUS = "pair-sl1.41.0-sn1.41.0-debian12-cpu-edge-numpy"
 
@@ -43,13 +45,7 @@ def _steady(value: Any) -> Any:
 def _test_command(results: Path, run: str, parallel: int) -> subprocess.CompletedProcess:
     args = ["test", "--target", "bare", "--only", f"name={CURRENT}", "--only", f"name={PREVIOUS}"]
     args += ["--no-cross", "--rounds", "2", "--parallel", str(parallel), "--run", run]
-    environment = dict(
-        os.environ, FLOWER_FACTORY_RESULTS=str(results), FLOWER_FACTORY_BUILD=str(results / "build")
-    )
-    return subprocess.run(
-        [sys.executable, "build.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=environment,
-        timeout=900, check=False,
-    )  # fmt: skip
+    return run_build_py(args, results)
 
 
 def test_two_pairs_at_once_leave_the_records_of_one_after_another(tmp_path: Path) -> None:

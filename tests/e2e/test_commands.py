@@ -4,25 +4,15 @@ records it, `report` renders it, `publish` refuses to publish what was not teste
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hostkit.paths import REPO_ROOT
+from .conftest import run_build_py
 
 PAIR = "pair-sl1.42.0-sn1.42.0-debian12-cpu-edge-numpy"
 
 
-def _build(args: list[str], results: Path) -> subprocess.CompletedProcess:
-    environment = dict(
-        os.environ, FLOWER_FACTORY_RESULTS=str(results), FLOWER_FACTORY_BUILD=str(results / "build")
-    )
-    return subprocess.run(
-        [sys.executable, "build.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=environment,
-        timeout=900, check=False,
-    )  # fmt: skip
+_build = run_build_py
 
 
 def test_test_report_publish_on_bare_flower(tmp_path: Path) -> None:
