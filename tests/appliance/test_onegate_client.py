@@ -54,6 +54,13 @@ def test_publish_and_read_back(make_sandbox, dummy_cloud, service) -> None:
 
 
 def test_empty_values_clear_attributes(make_sandbox, dummy_cloud, service) -> None:
+    """A SuperNode clears its own attributes and leaves the SuperLink's alone. The SuperLink's endpoint is
+    published here: this test must not rely on another test having run first in the same worker (xdist)."""
+    link = gate_environment(dummy_cloud, service["superlink"])
+    published_link = run(
+        make_sandbox, "superlink", 'fl_onegate_publish "ONEAPP_FL_ENDPOINT=10.231.64.9:9092"\n', link
+    )
+    assert published_link.returncode == 0, published_link.stderr
     environment = gate_environment(dummy_cloud, service["supernodes"][2])
     script = "fl_onegate_publish ONEAPP_FL_STAGE=configure ONEAPP_FL_ERROR=oops\n"
     script += "fl_onegate_publish ONEAPP_FL_STATUS=ready ONEAPP_FL_STAGE= ONEAPP_FL_ERROR=\n"
