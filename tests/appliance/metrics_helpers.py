@@ -124,3 +124,13 @@ def scrape_until(exporter: Exporter, done: Callable[[dict[str, float]], object],
 
 
 UNREGISTERED = 'flower_keysync_key_events_total{event="unregistered"}'
+
+
+def scrape_once(exporter: Exporter) -> str:
+    """One scrape (the exporter stopped afterwards either way), checked by promtool."""
+    try:
+        text = exporter.scrape()
+    finally:
+        exporter.stop()
+    promtool_check(text)
+    return text

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from metrics_helpers import EXPORTER, promtool_check, samples, scrape_until, start_exporter
+from metrics_helpers import EXPORTER, promtool_check, samples, scrape_once, scrape_until, start_exporter
 
 from factory.harness.tlsmaterial import make_tls
 from hostkit.paths import CONTEXT_DIR, REPO_ROOT
@@ -146,11 +146,7 @@ echo "1, GPU-9c1d, NVIDIA H200, [N/A], 0, 143771"
 def test_gpus_from_nvidia_smi(tmp_path: Path) -> None:
     path = _fake(tmp_path / "bin", "nvidia-smi", GPUS)
     exporter = start_exporter("supernode", "--log", str(tmp_path / "none.log"), path=path)
-    try:
-        text = exporter.scrape()
-    finally:
-        exporter.stop()
-    promtool_check(text)
+    text = scrape_once(exporter)
     found = samples(text)
     labels = 'gpu="0",name="NVIDIA H200",uuid="GPU-0f4a"'
     assert found[f"flower_gpu_utilization_ratio{{{labels}}}"] == pytest.approx(0.37)
@@ -166,11 +162,7 @@ def test_no_gpu_metrics_without_a_working_nvidia_smi(nvidia_smi: str, tmp_path: 
     if nvidia_smi == "failing":
         path = _fake(tmp_path / "bin", "nvidia-smi", 'echo "NVIDIA-SMI has failed" >&2\nexit 9\n')
     exporter = start_exporter("supernode", "--log", str(tmp_path / "none.log"), path=path)
-    try:
-        text = exporter.scrape()
-    finally:
-        exporter.stop()
-    promtool_check(text)
+    text = scrape_once(exporter)
     assert "flower_gpu" not in text
     assert "flower_supernode_connected" in text
 
@@ -328,11 +320,7 @@ def test_run_ids_are_the_unsigned_ids_flwr_shows(tmp_path: Path) -> None:
     exporter = start_exporter(
         "superlink", "--database", str(database), "--log", str(tmp_path / "none.log"), "--keysync-log", "none"
     )
-    try:
-        text = exporter.scrape()
-    finally:
-        exporter.stop()
-    promtool_check(text)
+    text = scrape_once(exporter)
     found = samples(text)
     run = 'run_id="13526230806941732539"'
     assert found[f"flower_superlink_run_active{{{run}}}"] == 1
