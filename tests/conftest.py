@@ -10,6 +10,7 @@ This file sits in ``tests/`` (no ``__init__.py``), so pytest puts ``tests/`` on 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -17,9 +18,23 @@ import onecli
 import pytest
 
 from hostkit import upstream
-from hostkit.paths import UPSTREAM_DIR
+from hostkit.paths import CACHE_DIR, UPSTREAM_DIR
 
 UPSTREAM_PREFIX = "needs upstream files: "
+FREE_AT_START = pytest.StashKey[dict[str, float]]()
+
+
+def free_gib() -> dict[str, float]:
+    """Free space (GiB) where the tests write most: the temporary folders and the image cache."""
+    places = {"temp": Path(tempfile.gettempdir()), "cache": CACHE_DIR}
+    return {
+        name: shutil.disk_usage(place if place.exists() else place.parent).free / 2**30
+        for name, place in places.items()
+    }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[FREE_AT_START] = free_gib()
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +84,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         for report in terminalreporter.stats.get(kind, [])
         if UPSTREAM_PREFIX in getattr(report, "longreprtext", "")
     ]
+    start, end = config.stash.get(FREE_AT_START, {}), free_gib()
+    terminalreporter.write_line(
+        "disk free (GiB), start -> end: "
+        + ", ".join(f"{name} {start.get(name, float('nan')):.1f} -> {end[name]:.1f}" for name in end)
+    )
     if stopped:
         terminalreporter.section("upstream files missing")
         terminalreporter.write_line(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scratch import remove_scratch
 
 from hostkit.paths import CONTEXT_DIR, REPO_ROOT
 
@@ -209,6 +210,7 @@ def appliance_cloud(tmp_path_factory: pytest.TempPathFactory, appliance_images: 
         yield cloud
     finally:
         cloud.handle.stop()  # a test may have restarted the cloud: stop the current handle
+        remove_scratch(state)  # its datastores hold a copy of each appliance image (tests/scratch.py)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scratch import scratch_dir
 
 from factory.harness.bareflower import SecurityMode
 from factory.harness.campaign import find_pair_specs, local_image
@@ -34,8 +35,7 @@ CROSS = "pair-sl1.42.0-sn1.41.0-debian12-cpu-edge-numpy"
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneCloud]:
     from testcloud.launcher import start
 
-    state = tmp_path_factory.mktemp("cloud")
-    with start(state, "auto") as handle:
+    with scratch_dir(tmp_path_factory, "cloud") as state, start(state, "auto") as handle:
         settings = load_settings(environ={}, cloud_dir=state)
         assert handle.endpoints["xmlrpc"] == settings.xmlrpc
         yield OneCloud(settings, Progress())

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scratch import scratch_dir
 
 from factory.harness import appliance_templates
 from factory.harness.campaign import find_pair_specs, local_image
@@ -69,8 +70,7 @@ DISCOVERY_LINES = (
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, OneCloud]]:
     from testcloud.launcher import start
 
-    state = tmp_path_factory.mktemp("cloud")
-    with start(state, "auto") as handle:
+    with scratch_dir(tmp_path_factory, "cloud") as state, start(state, "auto") as handle:
         yield handle, OneCloud(load_settings(environ={}, cloud_dir=state), Progress())
 
 

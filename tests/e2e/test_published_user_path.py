@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from onecli import OneCli
+from scratch import scratch_dir
 
 from factory.harness.bareflower import free_port
 from factory.harness.campaign import find_pair_specs, local_image
@@ -54,8 +55,7 @@ SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", 
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, OneCloud]]:
     from testcloud.launcher import start
 
-    state = tmp_path_factory.mktemp("cloud")
-    with start(state, "auto") as handle:
+    with scratch_dir(tmp_path_factory, "cloud") as state, start(state, "auto") as handle:
         yield handle, OneCloud(load_settings(environ={}, cloud_dir=state), Progress())
 
 
