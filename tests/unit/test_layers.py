@@ -63,19 +63,18 @@ def test_variants_share_a_layer_exactly_when_its_inputs_agree() -> None:
     numpy_edge = _plan(_variant_name("supernode", "1.42.0", "edge", "numpy"))
     sklearn = _plan(_variant_name("supernode", "1.41.0", "standard", "sklearn"))
     superlink = _plan(_variant_name("superlink", "1.42.0", "standard", "numpy"))
-    # one system layer per role while 10-base.sh branches on FL_ROLE; the venv per version and framework
-    assert numpy_edge[0].key == sklearn[0].key
+    # one system layer for every variant of the OS; one venv per Flower version and framework, for both roles
+    assert numpy_edge[0].key == sklearn[0].key == superlink[0].key
     assert numpy_edge[1].key != sklearn[1].key
-    uses_role = "FL_ROLE" in (PROVISION_DIR / "10-base.sh").read_text()
-    assert (numpy_edge[0].key != superlink[0].key) == uses_role
+    assert numpy_edge[1].key == superlink[1].key
 
 
-def test_a_script_that_stops_naming_the_role_makes_its_layer_shared_by_both_roles(provision: Path) -> None:
+def test_a_script_below_the_role_layer_that_names_the_role_splits_its_layer_by_role(provision: Path) -> None:
     script = provision / "10-base.sh"
-    script.write_text(script.read_text().replace('"${FL_ROLE:?}" == superlink', "false"))
+    script.write_text(script.read_text() + 'echo "${FL_ROLE:?}"\n')
     supernode = _plan(_variant_name("supernode", "1.42.0", "edge", "numpy"), provision)
     superlink = _plan(_variant_name("superlink", "1.42.0", "standard", "numpy"), provision)
-    assert [layer.key for layer in supernode] == [layer.key for layer in superlink]
+    assert supernode[0].key != superlink[0].key and supernode[1].key != superlink[1].key
 
 
 def test_every_input_of_a_layer_changes_its_key_and_its_children(provision: Path) -> None:
@@ -169,10 +168,16 @@ def test_layers_are_built_once_and_reused_and_force_rebuilds_each_once(monkeypat
     timings = BuildTimings()
     built = localbuild.build_layers(first, base, package, timings=timings)
     assert [script.count("bash ") for script, _ in runs] == [3, 1]  # 10 20 30, then 40
-    assert "FL_ROLE" in runs[0][1] and "FL_VARIANT" not in runs[0][1] and "FL_FLOWER_VERSION" in runs[1][1]
+    assert "FL_OS" in runs[0][1] and "FL_ROLE" not in runs[0][1] and "FL_VARIANT" not in runs[0][1]
+    assert "FL_FLOWER_VERSION" in runs[1][1]
     assert all((localbuild.layer_directory(layer) / ".complete").is_file() for layer in built)
     localbuild.build_layers(second, base, package, timings=timings)  # shares the system layer
     assert len(runs) == 3 and "40-flower.sh" in runs[2][0]
+    superlink = matrix.variant(_variant_name("superlink", "1.42.0", "standard", "numpy"))
+    assert [layer.key for layer in localbuild.build_layers(superlink, base, package)] == [
+        layer.key for layer in built
+    ]  # the other role, same version and framework: both layers reused, nothing run
+    assert len(runs) == 3
     outcomes = [(entry.name, entry.outcome) for entry in timings.entries]
     assert outcomes == [
         ("system", Outcome.BUILT),
