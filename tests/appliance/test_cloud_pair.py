@@ -223,13 +223,9 @@ def test_metrics_served_on_loopback_pass_promtool_on_both_roles(pair: Pair) -> N
     assert probe.rc != 0 and "flower_" not in probe.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in the booted SuperNode appliance the exporter (flower-metrics on main) reports connection state "
-    "'unknown' although its journal, readable by flower with systemd-journal, holds 'SuperNode ID: N' "
-    "(seen 2026-12-02 on the 1.42.0 debian12 images); not yet understood",
-)
 def test_supernode_metrics_show_the_connection(pair: Pair) -> None:
+    """Read from the SuperNode's journal inside the exporter's sandbox (flower-metrics: the newest boot, the
+    SuperNode's own process), as a booted container shows it."""
     wait_online(pair, 2)
     for vm in pair.supernodes:
         host = pair.cloud.host(vm)

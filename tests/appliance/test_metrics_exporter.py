@@ -202,6 +202,7 @@ def test_superlink_and_keysync_from_the_journal(tmp_path: Path) -> None:
     (tmp_path / "link.json").write_text(_journal(link))
     (tmp_path / "keysync.json").write_text(_journal(keysync))
     script = f"""case "$*" in
+  *--list-boots*) exit 0 ;;
   *"-t flower-superlink"*) cat {tmp_path}/link.json ;;
   *"-t flower-keysync"*) cat {tmp_path}/keysync.json ;;
 esac
@@ -222,6 +223,66 @@ exec sleep 600
     # the state database is not there: said, and nothing invented from it
     assert found['flower_exporter_source_up{source="state_db"}'] == 0
     assert "flower_superlink_runs" not in text and "flower_superlink_supernodes" not in text
+
+
+def test_the_journal_is_read_for_the_newest_boot_it_holds(tmp_path: Path) -> None:
+    """In a container the sandboxed exporter sees the host's boot ID (the container's is a bind mount that
+    ProtectKernelTunables drops): asked for that boot, the journal has nothing. The fake answers only for the
+    newest boot of ``--list-boots``, as the booted SuperNode's journal did."""
+    newest = "731cb4bf5f5d4caeb9caaef2d0679f03"
+    node = [{"__REALTIME_TIMESTAMP": "1796185835000000", "MESSAGE": "INFO :      SuperNode ID: 7852337562"}]
+    (tmp_path / "node.json").write_text(_journal(node))
+    script = f"""case "$*" in
+  *--list-boots*) printf 'IDX BOOT ID                          FIRST ENTRY LAST ENTRY\\n'
+                  printf ' -1 0123456789abcdef0123456789abcdef Tue Wed\\n  0 {newest} Wed Wed\\n'
+                  exit 0 ;;
+  *"-b {newest} -t flower-supernode"*) cat {tmp_path}/node.json ;;
+esac
+exec sleep 600
+"""
+    path = _fake(tmp_path / "bin", "journalctl", script)
+    exporter = start_exporter("supernode", "--no-gpus", path=path)
+    found = samples(scrape_until(exporter, lambda seen: seen.get("flower_supernode_connected") == 1))
+    assert found['flower_exporter_source_up{source="supernode_log"}'] == 1
+    assert found['flower_supernode_connection_state{state="connected"}'] == 1
+
+
+@pytest.mark.parametrize(
+    ("lines", "state", "failures"),
+    [
+        # the SuperExec the SuperNode starts (another process, same identifier) retries its local connection
+        ([(100, "SuperNode ID: 7"), (101, "Starting Flower SuperExec"), (101, "Connection attempt failed"),
+          (101, "Connection attempt failed"), (101, "Connection successful after 33.75 s")], "connected", 0),
+        ([(100, "SuperNode ID: 7"), (101, "Connection attempt failed")], "connected", 0),
+        # the SuperNode's own retries are about the SuperLink; its success afterwards connects it again
+        ([(100, "SuperNode ID: 7"), (100, "Connection attempt failed")], "retrying", 1),
+        ([(100, "SuperNode ID: 7"), (100, "Connection attempt failed"), (100, "Connection successful")],
+         "connected", 1),
+        # no process ids (a log file): every line counts, the success after them connects it again
+        ([(None, "SuperNode ID: 7"), (None, "Connection attempt failed"), (None, "Connection successful")],
+         "connected", 1),
+    ],
+)  # fmt: skip
+def test_retries_count_for_the_supernode_process_only(
+    tmp_path: Path, lines: list[tuple[int | None, str]], state: str, failures: int
+) -> None:
+    records = [
+        {"MESSAGE": f"WARNING :   {text}", **({"_PID": str(pid)} if pid is not None else {})}
+        for pid, text in lines
+    ]
+    (tmp_path / "node.json").write_text(_journal(records))
+    script = f"""case "$*" in
+  *--list-boots*) exit 0 ;;
+  *"-t flower-supernode"*) cat {tmp_path}/node.json ;;
+esac
+exec sleep 600
+"""
+    path = _fake(tmp_path / "bin", "journalctl", script)
+    exporter = start_exporter("supernode", "--no-gpus", path=path)
+    wanted = f'flower_supernode_connection_state{{state="{state}"}}'
+    found = samples(scrape_until(exporter, lambda seen: seen.get(wanted) == 1))
+    assert found[wanted] == 1
+    assert found["flower_supernode_connection_failures_total"] == failures
 
 
 def test_arguments_from_a_file(tmp_path: Path) -> None:
