@@ -108,6 +108,12 @@ class Sandbox:
             check=False,
         )
 
+    def configured(self, **parameters: str) -> Sandbox:
+        """``service configure`` with ``parameters``; it must succeed (its output is the failure message)."""
+        result = self.service("configure", **parameters)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return self
+
     def bash(self, script: str, **parameters: str) -> subprocess.CompletedProcess[str]:
         """Run ``script`` with the appliance libraries and the role's declaration loaded."""
         prologue = (
