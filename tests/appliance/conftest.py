@@ -110,13 +110,13 @@ class Sandbox:
         assert result.returncode == 0, result.stdout + result.stderr
         return self
 
-    def refused(self, name: str, problem: str, **parameters: str) -> subprocess.CompletedProcess[str]:
-        """``service configure`` with ``parameters``, which must fail naming ``name`` and ``problem`` in the
-        reason, with that reason in the status, the MOTD and the stage log."""
+    def refused(self, *expected: str, **parameters: str) -> subprocess.CompletedProcess[str]:
+        """``service configure`` with ``parameters``, which must fail with a reason that holds every
+        ``expected`` text (the parameter's name, the problem), shown in the status, the MOTD and the log."""
         result = self.service("configure", **parameters)
         assert result.returncode != 0, result.stdout + result.stderr
         assert self.status == "configure_failure"
-        assert name in self.reason and problem in self.reason, self.reason
+        assert all(text in self.reason for text in expected), (expected, self.reason)
         assert self.reason in self.motd
         assert self.reason in self.log("configure")
         return result
