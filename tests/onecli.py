@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostkit.paths import UPSTREAM_DIR
 
@@ -83,6 +84,12 @@ class OneCli:
     home: Path
     env: Mapping[str, str]
 
+    @property
+    def _process(self) -> dict[str, Any]:
+        """How every ruby this CLI starts runs: in its environment (ONE_LOCATION, ONE_AUTH ...), from its
+        HOME, with no other file descriptor (a terminal's other end would keep it open)."""
+        return {"env": dict(self.env), "cwd": self.home, "close_fds": True}
+
     def run(
         self, *argv: str, input: str | None = None, timeout: float = 120.0, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
@@ -99,13 +106,7 @@ class OneCli:
         script = self._command(command)
         controller, terminal = pty.openpty()
         process = subprocess.Popen(
-            ["ruby", str(script), *args],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            env=dict(self.env),
-            cwd=self.home,
-            close_fds=True,
+            ["ruby", str(script), *args], stdin=terminal, stdout=terminal, stderr=terminal, **self._process
         )
         os.close(terminal)
         deadline = time.monotonic() + timeout
@@ -180,10 +181,9 @@ class OneCli:
             input=input,
             capture_output=True,
             text=True,
-            env=dict(self.env),
-            cwd=self.home,
             timeout=timeout,
             check=check,
+            **self._process,
         )
 
 

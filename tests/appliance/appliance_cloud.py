@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,20 @@ def wait_for(
 def context_section(values: dict[str, str]) -> str:
     items = ", ".join(f'{key}="{value}"' for key, value in values.items())
     return f"CONTEXT=[{items}]"
+
+
+@dataclass
+class Pair:
+    """A booted service: its cloud, its id and its VMs."""
+
+    cloud: ApplianceCloud
+    service: int
+    superlink: int
+    supernodes: list[int]
+
+    @property
+    def superlink_ip(self) -> str:
+        return self.cloud.ip(self.superlink)
 
 
 @dataclass
@@ -185,6 +199,22 @@ class ApplianceCloud:
 
     def delete_service(self, service_id: int) -> None:
         self.flow("DELETE", f"/service/{service_id}")
+
+    @contextlib.contextmanager
+    def booted_pair(self, name: str) -> Iterator[Pair]:
+        """A OneFlow service ``name`` (1 SuperLink, 2 SuperNodes) RUNNING with every VM answering SSH;
+        deleted on the way out."""
+        service = self.service(name)
+        try:
+            self.wait_service_running(service)
+            pair = Pair(
+                self, service, self.role_vms(service, "superlink")[0], self.role_vms(service, "supernode")
+            )
+            for vm in [pair.superlink, *pair.supernodes]:
+                self.wait_ssh(vm)
+            yield pair
+        finally:
+            self.delete_service(service)
 
     def terminate(self, vm_id: int) -> None:
         with contextlib.suppress(Exception):  # its address goes to the next VM: forget the connection

@@ -55,22 +55,18 @@ class Sandbox:
     accel: str = "cpu"
     profile: str = "standard"
     extra_env: dict[str, str] = field(default_factory=dict)
+    etc: Path = field(init=False)  # FL_ETC: /etc/flower in the guest
+    state: Path = field(init=False)  # FL_STATE: /var/lib/flower in the guest
 
     def __post_init__(self) -> None:
+        self.etc = self.root / "etc"
+        self.state = self.root / "state"
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "build.env").write_text(
             f"FL_ROLE={self.role}\nFL_VARIANT={self.role}-{FLOWER_VERSION}-debian12-{self.accel}-{self.profile}"
             f"-sklearn-x86_64\nFL_FLOWER_VERSION={FLOWER_VERSION}\nFL_ACCEL={self.accel}\n"
             f"FL_PROFILE={self.profile}\n"
         )
-
-    @property
-    def etc(self) -> Path:
-        return self.root / "etc"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
 
     def env(self, **parameters: str) -> dict[str, str]:
         environment = {
@@ -107,6 +103,23 @@ class Sandbox:
             timeout=120,
             check=False,
         )
+
+    def configured(self, **parameters: str) -> Sandbox:
+        """``service configure`` with ``parameters``; it must succeed (its output is the failure message)."""
+        result = self.service("configure", **parameters)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return self
+
+    def refused(self, *expected: str, **parameters: str) -> subprocess.CompletedProcess[str]:
+        """``service configure`` with ``parameters``, which must fail with a reason that holds every
+        ``expected`` text (the parameter's name, the problem), shown in the status, the MOTD and the log."""
+        result = self.service("configure", **parameters)
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert self.status == "configure_failure"
+        assert all(text in self.reason for text in expected), (expected, self.reason)
+        assert self.reason in self.motd
+        assert self.reason in self.log("configure")
+        return result
 
     def bash(self, script: str, **parameters: str) -> subprocess.CompletedProcess[str]:
         """Run ``script`` with the appliance libraries and the role's declaration loaded."""

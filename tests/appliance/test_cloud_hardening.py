@@ -10,24 +10,15 @@ import hashlib
 import shlex
 
 import pytest
-from appliance_cloud import ApplianceCloud, wait_for
+from appliance_cloud import ApplianceCloud, Pair, wait_for
 
 pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def pair(appliance_cloud: ApplianceCloud):
-    cloud = appliance_cloud
-    service = cloud.service("harden")
-    try:
-        cloud.wait_service_running(service)
-        superlink = cloud.role_vms(service, "superlink")[0]
-        supernodes = cloud.role_vms(service, "supernode")
-        for vm in [superlink, *supernodes]:
-            cloud.wait_ssh(vm)
-        yield {"cloud": cloud, "service": service, "superlink": superlink, "supernodes": supernodes}
-    finally:
-        cloud.delete_service(service)
+    with appliance_cloud.booted_pair("harden") as booted:
+        yield booted
 
 
 def online(cloud: ApplianceCloud, superlink: int) -> set[str]:
@@ -38,9 +29,9 @@ def key_hash(line: str) -> str:
     return hashlib.sha256((" ".join(line.split()[:2]) + "\n").encode()).hexdigest()
 
 
-def test_a_rogue_vm_cannot_take_over_a_supernode_key(pair) -> None:
-    cloud: ApplianceCloud = pair["cloud"]
-    superlink, victim = pair["superlink"], pair["supernodes"][0]
+def test_a_rogue_vm_cannot_take_over_a_supernode_key(pair: Pair) -> None:
+    cloud = pair.cloud
+    superlink, victim = pair.superlink, pair.supernodes[0]
     before = wait_for(lambda: len(nodes := online(cloud, superlink)) == 2 and nodes, 300, what="2 online")
     real_key = cloud.attribute(victim, "ONEAPP_FL_NODE_PUBKEY")
 
@@ -60,7 +51,7 @@ def test_a_rogue_vm_cannot_take_over_a_supernode_key(pair) -> None:
             '. /var/run/one-context/one_env; curl -sS -f -X PUT -H "X-ONEGATE-TOKEN: $TOKENTXT"'
             ' -H "X-ONEGATE-VMID: $VMID" --data-urlencode {data} "$ONEGATE_ENDPOINT{path}"'
         )
-        joined = host.run(put.format(data=shlex.quote(f"data= SERVICE_ID={pair['service']}"), path="/vm"))
+        joined = host.run(put.format(data=shlex.quote(f"data= SERVICE_ID={pair.service}"), path="/vm"))
         assert joined.rc == 0, joined.stderr
         written = host.run(
             put.format(data=shlex.quote(f"data=ONEAPP_FL_NODE_PUBKEY={rogue_key}"), path=f"/vms/{victim}")
@@ -81,12 +72,12 @@ def test_a_rogue_vm_cannot_take_over_a_supernode_key(pair) -> None:
         cloud.terminate(rogue)
 
 
-def test_a_killed_supernode_rejoins_at_once(pair) -> None:
+def test_a_killed_supernode_rejoins_at_once(pair: Pair) -> None:
     """Item 13: killed, its node stays ONLINE on the SuperLink for up to 60 s and a plain restart is refused
     with code 2004; flower-node-release (ExecStartPre) releases it and the restart activates at once."""
-    cloud: ApplianceCloud = pair["cloud"]
-    victim = pair["supernodes"][1]
-    wait_for(lambda: len(online(cloud, pair["superlink"])) == 2, 300, what="2 online")
+    cloud = pair.cloud
+    victim = pair.supernodes[1]
+    wait_for(lambda: len(online(cloud, pair.superlink)) == 2, 300, what="2 online")
     host = cloud.host(victim)
     since = host.run("date +%s").stdout.strip()
     killed = host.run('kill -9 "$(systemctl show -p MainPID --value flower-supernode)"')
@@ -101,12 +92,12 @@ def test_a_killed_supernode_rejoins_at_once(pair) -> None:
     assert "Failed to activate" not in seen, seen[-3000:]
     restarts = host.run("systemctl show -p NRestarts --value flower-supernode").stdout.strip()
     assert int(restarts) >= 1, restarts
-    assert len(online(cloud, pair["superlink"])) == 2
+    assert len(online(cloud, pair.superlink)) == 2
 
 
-def test_a_powered_off_superlink_is_not_ready_until_it_is_back(pair) -> None:
-    cloud: ApplianceCloud = pair["cloud"]
-    superlink = pair["superlink"]
+def test_a_powered_off_superlink_is_not_ready_until_it_is_back(pair: Pair) -> None:
+    cloud = pair.cloud
+    superlink = pair.superlink
     assert cloud.attribute(superlink, "READY") == "YES"
     cloud.one.vm.action("poweroff", superlink)
     wait_for(lambda: cloud.one.vm.info(superlink).STATE == 8, 300, what="SuperLink POWEROFF")

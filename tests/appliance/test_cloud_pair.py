@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
 
 import pytest
-from appliance_cloud import ApplianceCloud, wait_for
+from appliance_cloud import ApplianceCloud, Pair, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from metrics_helpers import promtool_check, samples
@@ -21,32 +20,10 @@ from metrics_helpers import promtool_check, samples
 pytestmark = pytest.mark.cloud
 
 
-@dataclass
-class Pair:
-    cloud: ApplianceCloud
-    service: int
-    superlink: int
-    supernodes: list[int]
-
-    @property
-    def superlink_ip(self) -> str:
-        return self.cloud.ip(self.superlink)
-
-
 @pytest.fixture(scope="module")
 def pair(appliance_cloud: ApplianceCloud):
-    cloud = appliance_cloud
-    service = cloud.service("pair")
-    try:
-        cloud.wait_service_running(service)
-        pair = Pair(
-            cloud, service, cloud.role_vms(service, "superlink")[0], cloud.role_vms(service, "supernode")
-        )
-        for vm in [pair.superlink, *pair.supernodes]:
-            cloud.wait_ssh(vm)
-        yield pair
-    finally:
-        cloud.delete_service(service)
+    with appliance_cloud.booted_pair("pair") as booted:
+        yield booted
 
 
 def online_nodes(pair: Pair) -> list[dict]:

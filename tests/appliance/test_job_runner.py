@@ -6,10 +6,12 @@ its calls (a test of the runner's logic, not of OneGate)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -178,15 +180,24 @@ def connect(root: Path, federation: BareFederation) -> None:
     )
 
 
+@contextlib.contextmanager
+def connected_federation(
+    root: Path, flower: FlowerEnv, params: dict[str, str]
+) -> Iterator[tuple[BareFederation, dict[str, str]]]:
+    """A bare federation (2 SuperNodes) and the runner's environment for ``params``, connected to it."""
+    os.chmod(root, 0o700)
+    with BareFederation(root / "fed", flower, num_supernodes=2) as federation:
+        environment = runner_env(root, flower.root, **params)
+        connect(root, federation)
+        yield federation, environment
+
+
 @pytest.mark.slow  # about 3-5 minutes on a shared 2-core host: every poll is two flwr CLI calls
 def test_a_job_from_parameters_runs_to_the_end(flower: FlowerEnv, tmp_path: Path) -> None:
     """numpy, 2 rounds, 2 nodes: waiting-for-nodes, running with the run id, every round k/N with its
     metrics, finished with the final model; started again, the complete job is not run twice."""
-    os.chmod(tmp_path, 0o700)
     params = {"ONEAPP_FL_APP": "numpy", "ONEAPP_FL_ROUNDS": "2", "ONEAPP_FL_MIN_NODES": "2"}
-    with BareFederation(tmp_path / "fed", flower, num_supernodes=2) as federation:
-        environment = runner_env(tmp_path, flower.root, **params)
-        connect(tmp_path, federation)
+    with connected_federation(tmp_path, flower, params) as (_, environment):
         result = run_job(environment, timeout=480)
         assert result.returncode == 0, result.stderr[-3000:]
         published = calls(tmp_path)
@@ -228,11 +239,8 @@ def test_a_run_that_ends_early_is_resumed_by_a_new_run(flower: FlowerEnv, tmp_pa
 
     from factory.harness.federation import FlowerCLI
 
-    os.chmod(tmp_path, 0o700)
     params = {"ONEAPP_FL_APP": "numpy", "ONEAPP_FL_ROUNDS": "3", "ONEAPP_FL_MIN_NODES": "2"}
-    with BareFederation(tmp_path / "fed", flower, num_supernodes=2) as federation:
-        environment = runner_env(tmp_path, flower.root, **params)
-        connect(tmp_path, federation)
+    with connected_federation(tmp_path, flower, params) as (federation, environment):
         cli = FlowerCLI(flower, tmp_path / "cli", federation.connection())
         stopped: list[str] = []
 
@@ -331,7 +339,6 @@ def test_a_user_bundle_gets_only_the_run_config_it_declares(tmp_path: Path) -> N
 def test_a_verified_user_bundle_runs(flower: FlowerEnv, tmp_path: Path) -> None:
     """ONEAPP_FL_APP as a base64 Flower app bundle (here: the factory app, built with Flower's own
     builder) with the right sha256: verified, unpacked, submitted, followed to the end."""
-    os.chmod(tmp_path, 0o700)
     fab = tmp_path / "user.fab"
     subprocess.run(
         [
@@ -352,9 +359,7 @@ def test_a_verified_user_bundle_runs(flower: FlowerEnv, tmp_path: Path) -> None:
         "ONEAPP_FL_ROUNDS": "2",
         "ONEAPP_FL_MIN_NODES": "2",
     }
-    with BareFederation(tmp_path / "fed", flower, num_supernodes=2) as federation:
-        environment = runner_env(tmp_path, flower.root, **params)
-        connect(tmp_path, federation)
+    with connected_federation(tmp_path, flower, params) as (_, environment):
         result = run_job(environment, timeout=480)
     assert result.returncode == 0, result.stderr[-3000:]
     published = calls(tmp_path)

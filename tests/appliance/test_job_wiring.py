@@ -30,15 +30,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 def test_configure_writes_the_job_environment(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
     config = 'local-epochs=2 tag="v1"\nlearning-rate=0.01'
-    result = sandbox.service(
-        "configure",
+    sandbox.configured(
         ETH0_IP="10.231.64.50",
         ONEAPP_FL_APP="tabular",
         ONEAPP_FL_ROUNDS="2",
         ONEAPP_FL_RUN_CONFIG=config,
         ONEAPP_FL_CHECKPOINT_DIR=str(sandbox.root / "ckpt"),
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     values = read_env_file(sandbox.etc / "job.env")
     assert values["ONEAPP_FL_APP"] == "tabular"
     assert values["ONEAPP_FL_ROUNDS"] == "2"
@@ -62,23 +60,17 @@ def test_configure_writes_the_job_environment(make_sandbox) -> None:
 
 def test_no_app_no_job(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
-    first = sandbox.service("configure", ETH0_IP="10.231.64.50", ONEAPP_FL_APP="numpy")
-    assert first.returncode == 0, first.stdout + first.stderr
+    sandbox.configured(ETH0_IP="10.231.64.50", ONEAPP_FL_APP="numpy")
     assert (sandbox.etc / "job.env").exists()
-    again = sandbox.service("configure", ETH0_IP="10.231.64.50", ONEAPP_FL_APP="")
-    assert again.returncode == 0, again.stdout + again.stderr
+    sandbox.configured(ETH0_IP="10.231.64.50", ONEAPP_FL_APP="")
     assert not (sandbox.etc / "job.env").exists()
 
 
 def test_a_bad_job_parameter_fails_the_job_not_the_appliance(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
-        ETH0_IP="10.231.64.50",
-        ONEAPP_FL_APP="jax",
-        ONEAPP_FL_CHECKPOINT_DIR=str(sandbox.root / "ckpt"),
+    sandbox.configured(
+        ETH0_IP="10.231.64.50", ONEAPP_FL_APP="jax", ONEAPP_FL_CHECKPOINT_DIR=str(sandbox.root / "ckpt")
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     assert sandbox.status == "configure_success"
     problem = (sandbox.etc / "job.problem").read_text()
     assert "ONEAPP_FL_APP: 'jax' is not a bundled use case" in problem

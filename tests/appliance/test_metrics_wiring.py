@@ -24,13 +24,6 @@ from test_onegate_client import gate_environment
 NODECOUNT = APPLIANCE_DIR / "bin" / "flower-nodecount"
 
 
-def configure_failed(sandbox, result, name: str, problem: str) -> None:
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert sandbox.status == "configure_failure"
-    assert name in sandbox.reason and problem in sandbox.reason, sandbox.reason
-    assert sandbox.reason in sandbox.log("configure")
-
-
 @pytest.mark.parametrize(
     ("role", "name", "value", "problem"),
     [
@@ -49,27 +42,25 @@ def test_bad_metrics_values_fail_configure_naming_them(
     make_sandbox, role: str, name: str, value: str, problem: str
 ) -> None:
     sandbox = make_sandbox(role)
-    result = sandbox.service("configure", ETH0_IP="10.231.64.50", **{name: value})
-    configure_failed(sandbox, result, name, problem)
+    sandbox.refused(name, problem, ETH0_IP="10.231.64.50", **{name: value})
     assert not (sandbox.etc / "metrics.args").exists()
 
 
 def test_metrics_tls_needs_the_superlink_and_flower_tls(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
+    sandbox.refused(
+        "ONEAPP_FL_METRICS_TLS",
+        "needs ONEAPP_FL_TLS=YES",
         ETH0_IP="10.231.64.50",
         ONEAPP_FL_TLS="NO",
         ONEAPP_FL_NODE_AUTH="NO",
         ONEAPP_FL_METRICS_TLS="YES",
     )
-    configure_failed(sandbox, result, "ONEAPP_FL_METRICS_TLS", "needs ONEAPP_FL_TLS=YES")
 
 
 def test_defaults_serve_on_loopback_only(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
-    result = sandbox.service("configure", ETH0_IP="10.231.64.50")
-    assert result.returncode == 0, result.stdout + result.stderr
+    sandbox.configured(ETH0_IP="10.231.64.50")
     args = sandbox.args("metrics")
     assert args[0] == "superlink" and "--port=9101" in args
     assert not any(arg.startswith("--allow") for arg in args)
@@ -81,15 +72,13 @@ def test_defaults_serve_on_loopback_only(make_sandbox) -> None:
 
 def test_allow_list_and_tls_reach_the_exporter_arguments(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
+    sandbox.configured(
         ETH0_IP="10.231.64.50",
         ONEAPP_FL_METRICS_PORT="9200",
         ONEAPP_FL_METRICS_ALLOW="10.231.64.0/24, 2001:db8::/32",
         ONEAPP_FL_METRICS_TLS="YES",
         ONEAPP_FL_DATABASE="memory",
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     args = sandbox.args("metrics")
     assert "--port=9200" in args and "--allow=10.231.64.0/24,2001:db8::/32" in args
     assert (
@@ -103,10 +92,7 @@ def test_allow_list_and_tls_reach_the_exporter_arguments(make_sandbox) -> None:
 
 def test_metrics_off_writes_no_arguments(make_sandbox) -> None:
     sandbox = make_sandbox("supernode")
-    result = sandbox.service(
-        "configure", ONEAPP_FL_METRICS_ENABLED="NO", ONEAPP_FL_METRICS_ALLOW="not-checked"
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    sandbox.configured(ONEAPP_FL_METRICS_ENABLED="NO", ONEAPP_FL_METRICS_ALLOW="not-checked")
     assert not (sandbox.etc / "metrics.args").exists()
 
 
@@ -114,8 +100,7 @@ def test_metrics_off_writes_no_arguments(make_sandbox) -> None:
 def test_written_arguments_run_the_real_exporter(make_sandbox, tmp_path: Path, role: str) -> None:
     """metrics.args as configure writes it, read by the exporter the way the unit reads it (@file)."""
     sandbox = make_sandbox(role)
-    result = sandbox.service("configure", ETH0_IP="10.231.64.50", ONEAPP_FL_METRICS_ALLOW="10.231.64.0/24")
-    assert result.returncode == 0, result.stdout + result.stderr
+    sandbox.configured(ETH0_IP="10.231.64.50", ONEAPP_FL_METRICS_ALLOW="10.231.64.0/24")
     written = sandbox.args("metrics")
     assert written[0] == role
     # The unit's file, minus the port (a free one here) and with log files instead of the journal.

@@ -68,28 +68,31 @@ def readiness(
     )
 
 
-def test_a_ready_superlink_that_shuts_down_withdraws_ready(make_sandbox, gate_vm) -> None:
+@pytest.mark.parametrize(
+    ("status", "before", "withdrawn"),
+    [
+        # a ready SuperLink: READY=NO and stopped; the endpoint stays for the next boot
+        (
+            "bootstrap_success",
+            {"ONEAPP_FL_STATUS": "ready", "ONEAPP_FL_ENDPOINT": "10.231.64.9:9092"},
+            "stopped",
+        ),
+        # a failed one: only READY=NO, its failure report survives the shutdown
+        ("configure_failure", {"ONEAPP_FL_STATUS": "failed", "ONEAPP_FL_ERROR": "bad port"}, None),
+    ],
+)
+def test_a_superlink_that_shuts_down_withdraws_ready(
+    make_sandbox, gate_vm, status: str, before: dict[str, str], withdrawn: str | None
+) -> None:
     one, vm_id, environment = gate_vm
-    publish(environment, "READY=YES\nONEAPP_FL_STATUS=ready\nONEAPP_FL_ENDPOINT=10.231.64.9:9092\n")
-    result = readiness(make_sandbox, "bootstrap_success", environment)
+    publish(environment, "".join(f"{name}={value}\n" for name, value in ({"READY": "YES"} | before).items()))
+    result = readiness(make_sandbox, status, environment)
     assert result.returncode == 0, result.stderr
+    taken = {"READY": "NO"} | ({"ONEAPP_FL_STATUS": withdrawn} if withdrawn else {})
     published = one.vm.info(vm_id).USER_TEMPLATE
-    assert (published["READY"], published["ONEAPP_FL_STATUS"]) == ("NO", "stopped")
-    assert published["ONEAPP_FL_ENDPOINT"] == "10.231.64.9:9092", "the rest stays for the next boot"
-    assert "published READY=NO ONEAPP_FL_STATUS=stopped" in result.stderr
-
-
-def test_a_failure_report_survives_the_shutdown(make_sandbox, gate_vm) -> None:
-    one, vm_id, environment = gate_vm
-    publish(environment, "READY=YES\nONEAPP_FL_STATUS=failed\nONEAPP_FL_ERROR=bad port\n")
-    result = readiness(make_sandbox, "configure_failure", environment)
-    assert result.returncode == 0, result.stderr
-    published = one.vm.info(vm_id).USER_TEMPLATE
-    assert (published["READY"], published["ONEAPP_FL_STATUS"], published["ONEAPP_FL_ERROR"]) == (
-        "NO",
-        "failed",
-        "bad port",
-    )
+    assert {name: published.get(name) for name in before | taken} == before | taken
+    said = " ".join(f"{name}={value}" for name, value in taken.items())
+    assert f"published {said} through OneGate" in result.stderr
 
 
 def test_an_unreachable_onegate_does_not_hold_the_shutdown(make_sandbox, gate_vm) -> None:

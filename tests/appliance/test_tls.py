@@ -36,10 +36,7 @@ def fingerprint(path: Path) -> bytes:
 
 @pytest.fixture
 def configured(make_sandbox):
-    sandbox = make_sandbox("superlink")
-    result = sandbox.service("configure", ETH0_IP="10.231.64.50", ETH1_IP="192.168.77.5")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return sandbox
+    return make_sandbox("superlink").configured(ETH0_IP="10.231.64.50", ETH1_IP="192.168.77.5")
 
 
 def test_server_certificate_names_every_address_the_hostname_and_loopback(configured) -> None:
@@ -76,16 +73,14 @@ def test_private_keys_are_0600(configured) -> None:
 def test_reconfigure_keeps_ca_and_certificate(configured) -> None:
     tls = configured.etc / "tls"
     before = (fingerprint(tls / "ca.pem"), fingerprint(tls / "server.pem"))
-    result = configured.service("configure", ETH0_IP="10.231.64.50", ETH1_IP="192.168.77.5")
-    assert result.returncode == 0, result.stderr
+    configured.configured(ETH0_IP="10.231.64.50", ETH1_IP="192.168.77.5")
     assert (fingerprint(tls / "ca.pem"), fingerprint(tls / "server.pem")) == before
 
 
 def test_new_address_reissues_the_server_certificate_from_the_same_ca(configured) -> None:
     tls = configured.etc / "tls"
     ca_before = fingerprint(tls / "ca.pem")
-    result = configured.service("configure", ETH0_IP="10.231.64.51")
-    assert result.returncode == 0, result.stderr
+    configured.configured(ETH0_IP="10.231.64.51")
     assert fingerprint(tls / "ca.pem") == ca_before
     _, addresses = sans(load(tls / "server.pem"))
     assert "10.231.64.51" in addresses and "10.231.64.50" not in addresses
@@ -127,44 +122,42 @@ def test_generated_chain_verifies_for_127_0_0_1_as_flower_superexec_needs(config
 # --- the user's own certificates -------------------------------------------------------------------
 
 
-def make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def sign(
+    subject: str,
+    issuer: x509.Name | None,
+    signer: ec.EllipticCurvePrivateKey | None,
+    extension,
+    *,
+    critical: bool,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new key and its certificate for ``subject`` (valid now, 30 days), signed by ``signer`` as
+    ``issuer``, or self-signed when both are None."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(name)
+        .issuer_name(issuer or name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
+        .add_extension(extension, critical=critical)
+        .sign(signer or key, hashes.SHA256())
     )
     return key, certificate
+
+
+def make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    return sign(name, None, None, x509.BasicConstraints(ca=True, path_length=0), critical=True)
 
 
 def make_leaf(ca_key, ca_cert, address: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink.example")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("superlink.example"), x509.IPAddress(ipaddress.ip_address(address))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    names = [x509.DNSName("superlink.example"), x509.IPAddress(ipaddress.ip_address(address))]
+    return sign(
+        "superlink.example", ca_cert.subject, ca_key, x509.SubjectAlternativeName(names), critical=False
     )
-    return key, certificate
 
 
 def pem64(item) -> str:
@@ -177,17 +170,17 @@ def pem64(item) -> str:
     return base64.b64encode(data).decode()
 
 
+def configure_with_user_tls(make_sandbox, **material):
+    """A SuperLink's `configure` given the user's PEM items as ONEAPP_FL_SSL_<NAME> (cert, key, ca)."""
+    sandbox = make_sandbox("superlink")
+    parameters = {f"ONEAPP_FL_SSL_{name.upper()}": pem64(item) for name, item in material.items()}
+    return sandbox, sandbox.service("configure", ETH0_IP="10.231.64.50", **parameters)
+
+
 def test_user_certificates_are_presented_by_the_proxy(make_sandbox) -> None:
     ca_key, ca_cert = make_ca("User CA")
     leaf_key, leaf_cert = make_leaf(ca_key, ca_cert, "10.231.64.50")
-    sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
-        ETH0_IP="10.231.64.50",
-        ONEAPP_FL_SSL_CERT=pem64(leaf_cert),
-        ONEAPP_FL_SSL_KEY=pem64(leaf_key),
-        ONEAPP_FL_SSL_CA=pem64(ca_cert),
-    )
+    sandbox, result = configure_with_user_tls(make_sandbox, cert=leaf_cert, key=leaf_key, ca=ca_cert)
     assert result.returncode == 0, result.stdout + result.stderr
     tls = sandbox.etc / "tls"
     assert load(tls / "user.pem") == leaf_cert
@@ -204,14 +197,7 @@ def test_user_key_that_does_not_match_is_refused(make_sandbox) -> None:
     ca_key, ca_cert = make_ca("User CA")
     _, leaf_cert = make_leaf(ca_key, ca_cert, "10.231.64.50")
     other_key = ec.generate_private_key(ec.SECP256R1())
-    sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
-        ETH0_IP="10.231.64.50",
-        ONEAPP_FL_SSL_CERT=pem64(leaf_cert),
-        ONEAPP_FL_SSL_KEY=pem64(other_key),
-        ONEAPP_FL_SSL_CA=pem64(ca_cert),
-    )
+    sandbox, result = configure_with_user_tls(make_sandbox, cert=leaf_cert, key=other_key, ca=ca_cert)
     assert result.returncode != 0
     assert sandbox.status == "configure_failure"
     assert "ONEAPP_FL_SSL_KEY: does not match the certificate" in sandbox.reason
@@ -221,14 +207,7 @@ def test_user_certificate_from_another_ca_is_refused(make_sandbox) -> None:
     ca_key, ca_cert = make_ca("User CA")
     _, other_ca = make_ca("Someone else")
     leaf_key, leaf_cert = make_leaf(ca_key, ca_cert, "10.231.64.50")
-    sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
-        ETH0_IP="10.231.64.50",
-        ONEAPP_FL_SSL_CERT=pem64(leaf_cert),
-        ONEAPP_FL_SSL_KEY=pem64(leaf_key),
-        ONEAPP_FL_SSL_CA=pem64(other_ca),
-    )
+    sandbox, result = configure_with_user_tls(make_sandbox, cert=leaf_cert, key=leaf_key, ca=other_ca)
     assert result.returncode != 0
     assert "ONEAPP_FL_SSL_CERT: does not verify against ONEAPP_FL_SSL_CA" in sandbox.reason
 
@@ -236,12 +215,6 @@ def test_user_certificate_from_another_ca_is_refused(make_sandbox) -> None:
 def test_user_certificate_without_its_ca_is_refused(make_sandbox) -> None:
     ca_key, ca_cert = make_ca("User CA")
     leaf_key, leaf_cert = make_leaf(ca_key, ca_cert, "10.231.64.50")
-    sandbox = make_sandbox("superlink")
-    result = sandbox.service(
-        "configure",
-        ETH0_IP="10.231.64.50",
-        ONEAPP_FL_SSL_CERT=pem64(leaf_cert),
-        ONEAPP_FL_SSL_KEY=pem64(leaf_key),
-    )
+    sandbox, result = configure_with_user_tls(make_sandbox, cert=leaf_cert, key=leaf_key)
     assert result.returncode != 0
     assert "ONEAPP_FL_SSL_CA: missing" in sandbox.reason

@@ -1,5 +1,6 @@
-"""Shared fixtures of the drivers' tests: the test image, a container driver per test, addresses from the
-host-wide lease registry, contexts written the way oned writes them, SSH keys."""
+"""Shared fixtures of the drivers' tests: a small file tree for filesystem images, the test image, a
+container driver per test, addresses from the host-wide lease registry, contexts written the way oned writes
+them, SSH keys."""
 
 from __future__ import annotations
 
@@ -50,6 +51,22 @@ def ssh_key() -> SshKey:
     ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return SshKey(paramiko.Ed25519Key.from_private_key(io.StringIO(pem)), public.decode() + " drivers-test")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small root tree for filesystem images: files, a 0600 secret, an executable and a symlink."""
+    root = tmp_path / "tree"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hello").write_text("hello from the tree\n")
+    secret = root / "etc" / "secret"
+    secret.write_text("0600\n")
+    secret.chmod(0o600)
+    (root / "bin").mkdir()
+    (root / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "bin" / "link").symlink_to("tool")
+    return root
 
 
 @pytest.fixture(scope="session")

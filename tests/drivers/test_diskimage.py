@@ -10,23 +10,7 @@ from pathlib import Path
 import pytest
 
 from hostkit import diskimage
-
-MIB = 1024 * 1024
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "hello").write_text("hello from the tree\n")
-    secret = root / "etc" / "secret"
-    secret.write_text("0600\n")
-    secret.chmod(0o600)
-    (root / "bin").mkdir()
-    (root / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
-    (root / "bin" / "tool").chmod(0o755)
-    (root / "bin" / "link").symlink_to("tool")
-    return root
+from hostkit.diskimage import MIB
 
 
 def _debugfs(device: str | Path, request: str) -> str:

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 
 from hostkit import diskimage
+from hostkit.diskimage import MIB
 from testcloud.drivers.base import DiskSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.rootimage import root_filesystem
 
-MIB = 1024 * 1024
-
 
 @pytest.fixture
-def filesystem(tmp_path: Path) -> Path:
-    tree = tmp_path / "tree"
-    (tree / "etc").mkdir(parents=True)
-    (tree / "etc" / "os-release").write_text("ID=test\n")
+def filesystem(tree: Path, tmp_path: Path) -> Path:
     return diskimage.make_ext4_image(tree, tmp_path / "fs.img", size=32 * MIB)
 
 

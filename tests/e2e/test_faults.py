@@ -9,10 +9,10 @@ hurt while it works, each fault ending in a completed run or a clear failure wit
 3. OneGate stopped while the service boots (after the SuperLink is READY, before the SuperNodes found it),
    started again 45 s later: the appliances retry, the service reaches RUNNING and a run completes.
 
-The pieces are the factory's own: the pair's VM and service templates
-(factory/harness/appliance_templates.py), a OneFlow service through factory/one (OneCloud,
-ServiceDeployment), the SSH tunnel to the SuperLink's Control API (factory/harness/tunnel.py) and the
-``flwr`` CLI (factory/harness/federation.py FlowerCLI, FederationRunner).
+The pieces are the factory's own: the pair's images, VM and service templates, OneFlow service, logs and
+teardown through factory/harness/deployment.py (Deployment, on factory/one's OneCloud, with its SSH tunnel
+to the SuperLink's Control API) and the ``flwr`` CLI (factory/harness/federation.py FlowerCLI,
+FederationRunner).
 Guests are reached as root over SSH with the test's key. The OneGate test (its own pair) comes first in
 the file, so that one pair runs at a time. Needs root, systemd-nspawn and the test bridge (marker
 ``cloud``) and the debian12 1.42.0 edge images (built here, cached by content); minutes (``slow``).
@@ -23,19 +23,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from scratch import scratch_dir
 
-from factory.harness import appliance_templates
 from factory.harness.campaign import find_pair_specs, local_image
-from factory.harness.deployment import appliance_log_reader
+from factory.harness.deployment import Deployment
 from factory.harness.federation import (
     DEFAULT_APP,
-    Connection,
     FederationRunner,
     FlowerCLI,
     RoundRecord,
@@ -44,7 +42,6 @@ from factory.harness.federation import (
 )
 from factory.harness.flwrenv import FlowerEnv
 from factory.harness.pairtest import ca_from_published
-from factory.harness.tlsmaterial import KeyPair, make_keypair
 from factory.harness.tunnel import SSHSession
 from factory.one import OneCloud, load_settings
 from factory.one.cloud import ServiceDeployment, VMInfo
@@ -55,7 +52,6 @@ from hostkit.waiting import wait_until
 pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
 PAIR = "pair-sl1.42.0-sn1.42.0-debian12-cpu-edge-numpy"
-CONTROL_API_PORT = 9093
 POWEROFF = 8  # VM STATE (include/VirtualMachine.h)
 # A round waits for its replies this long (the app's default is 600 s): a reply lost to a fault shows as a
 # short round within the test's time, not as a ten-minute stall.
@@ -76,32 +72,30 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, OneCl
 
 @dataclass
 class Pair:
-    """One appliance pair deployed as a OneFlow service, and the ways in: SSH as root, the Control API."""
+    """One appliance pair as the factory deploys it (factory/harness/deployment.py: its SSH key, templates,
+    service, logs and teardown), and the ways in the faults need: SSH as root, the Control API."""
 
-    cloud: OneCloud
-    workdir: Path
-    key: KeyPair
+    deployment: Deployment
     flower: FlowerEnv
-    deployment: ServiceDeployment | None = None
-    vm_templates: list[int] = field(default_factory=list)
-    service_template: int | None = None
 
     @property
-    def known_hosts(self) -> Path:
-        return self.workdir / "known_hosts"
+    def cloud(self) -> OneCloud:
+        return self.deployment.cloud  # type: ignore[return-value]  # a PairCloud: OneCloud here
+
+    @property
+    def workdir(self) -> Path:
+        return self.deployment.workdir
 
     def superlink(self) -> VMInfo:
-        assert self.deployment is not None
-        return self.deployment.role_vms("superlink")[0]
+        return self.deployment.service.role_vms("superlink")[0]
 
     def supernodes(self) -> list[VMInfo]:
-        assert self.deployment is not None
-        return sorted(self.deployment.role_vms("supernode"), key=lambda vm: vm.id)
+        return sorted(self.deployment.service.role_vms("supernode"), key=lambda vm: vm.id)
 
     def ssh(self, vm: VMInfo, timeout: float = 180) -> SSHSession:
         assert vm.ip, vm.describe()
-        session = SSHSession(vm.ip, "root", self.key.private, known_hosts=self.known_hosts)
-        return session.connect(timeout=timeout)
+        key, known_hosts = self.deployment.key.private, self.deployment.known_hosts
+        return SSHSession(vm.ip, "root", key, known_hosts=known_hosts).connect(timeout=timeout)
 
     def sh(self, vm: VMInfo, command: str) -> str:
         with self.ssh(vm) as session:
@@ -114,51 +108,43 @@ class Pair:
         """``flwr`` on the SuperLink's Control API through a new SSH tunnel, trusting the CA the SuperLink
         published through OneGate (the same CA is checked against the file in the VM)."""
         superlink = self.superlink()
-        ca = self.workdir / f"ca-{name}.pem"
-        ca.write_bytes(ca_from_published(superlink.user_template))
-        with self.ssh(superlink) as session, session.forward("127.0.0.1", CONTROL_API_PORT) as forward:
-            yield FlowerCLI(self.flower, self.workdir / f"flwr-{name}", Connection(forward.address, ca))
+        with self.deployment.control_api(superlink, ca_from_published(superlink.user_template)) as connection:
+            yield FlowerCLI(self.flower, self.workdir / f"flwr-{name}", connection)
 
     def logs(self) -> str:
-        if self.deployment is None:
-            return "(no service)"
-        reader = appliance_log_reader(self.cloud.settings.ssh_user, self.key.private, self.known_hosts)
-        collected = self.deployment.collect_logs(reader)
-        return "\n".join(f"== {name}\n{text[-3000:]}" for name, text in collected.items())
-
-    def teardown(self) -> None:
-        with contextlib.suppress(FactoryError):
-            if self.deployment is not None:
-                self.deployment.delete()
-            if self.service_template is not None:
-                self.cloud.delete_service_template(self.service_template)
-            for template_id in self.vm_templates:
-                self.cloud.delete_vm_template(template_id)
+        collected = self.deployment.collect_logs()
+        return "\n".join(f"== {name}\n{text[-3000:]}" for name, text in collected.items()) or "(no service)"
 
 
-def launch(cloud: OneCloud, workdir: Path, flower: FlowerEnv, name: str) -> Pair:
-    """The pair's images, VM templates and OneFlow service (TLS and SuperNode authentication), as
-    factory/harness/pairtest.py makes them; returns without waiting for RUNNING."""
+def launch(
+    cloud: OneCloud,
+    workdir: Path,
+    flower: FlowerEnv,
+    name: str,
+    while_booting: Callable[[ServiceDeployment], None] | None = None,
+) -> Pair:
+    """The pair's images, VM templates and OneFlow service (TLS and SuperNode authentication), made by the
+    factory's Deployment as factory/harness/pairtest.py makes them, waited for until RUNNING;
+    ``while_booting(service)`` runs right after the instantiation. The caller cleans up (``deployment``)."""
     spec = find_pair_specs([PAIR])[0]
-    workdir.mkdir(parents=True, exist_ok=True)
-    pair = Pair(cloud, workdir, make_keypair(workdir / "ssh" / "id_ed25519", kind="ed25519"), flower)
-    refs = {}
-    for role in ("superlink", "supernode"):
-        image = local_image(getattr(spec, role).variant)
-        refs[role] = cloud.ensure_image(
-            image.path, f"flower-{getattr(spec, role).variant}", image.manifest["sha256"],
-            image.manifest.get("format", "raw"),
-        )  # fmt: skip
-    for role in ("superlink", "supernode"):
-        template = appliance_templates.vm_template(
-            role, f"{role}-{name}", refs[role].id, cloud.network_id(), ssh_public_key=pair.key.public_line()
+    sides = {"superlink": spec.superlink, "supernode": spec.supernode}
+    deployment = Deployment(cloud, name, workdir, Progress())
+    pair = Pair(deployment, flower)
+    try:
+        refs = deployment.import_images(
+            {role: local_image(side.variant) for role, side in sides.items()},
+            {role: f"flower-{side.variant}" for role, side in sides.items()},
         )
-        pair.vm_templates.append(cloud.create_vm_template(template))
-    body = appliance_templates.service_template(
-        f"flower-{name}", pair.vm_templates[0], pair.vm_templates[1], spec.supernode.count, "tls-auth"
-    )
-    pair.service_template = cloud.create_service_template(body)
-    pair.deployment = cloud.launch_service(pair.service_template, f"flower-{name}")
+        templates = [deployment.vm_template(role, refs[role].id, side.arch) for role, side in sides.items()]
+        service = deployment.service_template(*templates, spec.supernode.count, "tls-auth")
+        deployment.launch(service, 900, on_launched=while_booting)
+    except FactoryError as error:
+        logs = pair.logs()
+        deployment.clean()
+        raise AssertionError(f"{error}\n{logs}") from None
+    except BaseException:
+        deployment.clean()
+        raise
     return pair
 
 
@@ -232,40 +218,40 @@ def test_onegate_stopped_during_a_boot_delays_the_service_but_it_runs(
 ) -> None:
     handle, one_cloud = cloud
     outage = 45.0
-    pair = launch(one_cloud, tmp_path / "pair", flower_current, "onegate")
-    deployment = pair.deployment
-    assert deployment is not None
-    try:
+    seen: dict[str, Any] = {}
+
+    def stop_onegate_when_the_supernodes_are_created(service: ServiceDeployment) -> None:
         # the SuperLink is READY (OneFlow creates the SuperNodes only then): stop OneGate at once
-        wait(lambda: deployment.role_vms("supernode"), 900, "the SuperNode VMs", interval=1.0)
+        wait(lambda: service.role_vms("supernode"), 900, "the SuperNode VMs", interval=1.0)
         handle.stop_server("onegate")
-        stopped = time.monotonic()
+        seen["stopped"] = time.monotonic()
         try:
             time.sleep(outage)
-            during = {vm.id: vm.user_template.get("ONEAPP_FL_STATUS", "") for vm in pair.supernodes()}
-            published = [vm.id for vm in pair.supernodes() if vm.user_template.get("ONEAPP_FL_NODE_PUBKEY")]
+            supernodes = sorted(service.role_vms("supernode"), key=lambda vm: vm.id)
+            seen["during"] = {vm.id: vm.user_template.get("ONEAPP_FL_STATUS", "") for vm in supernodes}
+            seen["published"] = [vm.id for vm in supernodes if vm.user_template.get("ONEAPP_FL_NODE_PUBKEY")]
         finally:
             handle.start_server("onegate")
-        down_for = time.monotonic() - stopped
-        try:
-            deployment.wait_running(900)
-        except FactoryError as error:
-            raise AssertionError(f"{error}\n{pair.logs()}") from None
-        running_after = time.monotonic() - stopped
+        seen["down_for"] = time.monotonic() - seen["stopped"]
+
+    pair = launch(
+        one_cloud, tmp_path / "pair", flower_current, "onegate", stop_onegate_when_the_supernodes_are_created
+    )
+    with pair.deployment:
+        running_after = time.monotonic() - seen["stopped"]
         found = {vm.id: pair.sh(vm, DISCOVERY_LINES) for vm in pair.supernodes()}
         record = (
-            f"OneGate down {down_for:.0f} s from the SuperNodes' creation; their status then {during}, keys "
-            f"published by {published}; service RUNNING {running_after:.0f} s after the stop; {found}"
+            f"OneGate down {seen['down_for']:.0f} s from the SuperNodes' creation; their status then "
+            f"{seen['during']}, keys published by {seen['published']}; service RUNNING {running_after:.0f} s "
+            f"after the stop; {found}"
         )
         # the outage landed before the SuperNodes found the SuperLink (nothing reached OneGate)
-        assert not published, record
+        assert not seen["published"], record
         assert all("found the SuperLink" in lines for lines in found.values()), record
         with pair.control("onegate") as cli:
             runner = FederationRunner(pair.flower, pair.workdir / "runner", cli.connection)
             outcome = runner.run(rounds=2, timeout=600)
         assert outcome.passed, f"{record}\nrun {outcome.run_id}: {outcome.failures()}"
-    finally:
-        pair.teardown()
 
 
 @pytest.fixture(scope="module")
@@ -274,15 +260,8 @@ def pair(
 ) -> Iterator[Pair]:
     """One pair for the SuperNode and SuperLink faults (each test starts by waiting for both online)."""
     deployed = launch(cloud[1], tmp_path_factory.mktemp("faults"), flower_current, "faults")
-    try:
-        assert deployed.deployment is not None
-        try:
-            deployed.deployment.wait_running(900)
-        except FactoryError as error:
-            raise AssertionError(f"{error}\n{deployed.logs()}") from None
+    with deployed.deployment:
         yield deployed
-    finally:
-        deployed.teardown()
 
 
 def test_a_supernode_killed_mid_run_restarts_and_the_run_completes(pair: Pair) -> None:
