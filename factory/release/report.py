@@ -66,6 +66,12 @@ def task_summary(federation: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def nodes_per_round(rounds: list[dict[str, Any]]) -> list[int | None]:
+    """How many SuperNodes answered each round's training without an error (``train_replies`` of the
+    harness's round records, from the factory app's FF-ROUND line), None where a record does not say."""
+    return [count if isinstance(count := record.get("train_replies"), int) else None for record in rounds]
+
+
 def _eval_losses(rounds: list[dict[str, Any]]) -> list[float | None]:
     return [finite_number(record.get("evaluate_metrics", {}).get("eval_loss")) for record in rounds]
 
@@ -100,6 +106,7 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "round_seconds": round_seconds,
         "mean_round_seconds": sum(finite_seconds) / len(finite_seconds) if finite_seconds else None,
         "eval_loss": losses,
+        "nodes_per_round": nodes_per_round(rounds),
         "instantiate_to_first_round_seconds": finite_number(
             result.timings.get("instantiate_to_first_round_seconds")
         ),
@@ -236,6 +243,10 @@ def _mark(status: str) -> str:
     return f"{MARK[status]} {SYMBOL[status]}"
 
 
+def _counts(counts: list[int | None]) -> str:
+    return ", ".join("?" if count is None else str(count) for count in counts) or "-"
+
+
 def _md_pair_row(pair: dict[str, Any]) -> list[str]:
     mean = pair["mean_round_seconds"]
     notes = pair["error"] or "; ".join(pair["warnings"])
@@ -251,6 +262,7 @@ def _md_pair_row(pair: dict[str, Any]) -> list[str]:
         _md_cell(describe_job(pair)[:200]),
         _md_cell(describe_monitoring(pair)[:300]),
         f"{mean:.1f}" if mean is not None else "-",
+        _counts(pair["nodes_per_round"]),
         _losses(pair["eval_loss"]),
         _md_cell(notes[:300]),
     ]
@@ -347,6 +359,7 @@ def _plots(data: dict[str, Any]) -> dict[str, str]:
         for task, entry in data["frameworks"].items()
     }
     plots["round_time"] = _round_time_plot(data["pairs"], width)
+    plots["nodes_per_round"] = _nodes_plot(data["pairs"], width)
     for grid in data["grids"]:
         plots[f"grid:{grid['os']}/{grid['accel']}"] = _grid_plot(grid)
     return plots
@@ -407,6 +420,29 @@ def _round_time_plot(pairs: list[dict[str, Any]], width: float) -> str:
     return _png(figure)
 
 
+def _nodes_plot(pairs: list[dict[str, Any]], width: float) -> str:
+    """SuperNodes that answered each canary round, a step line per pair: where a node dropped out or
+    OneFlow scaled the role, the line moves."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(width, 3.5))
+    for pair in pairs:
+        points = [
+            (index + 1, count) for index, count in enumerate(pair["nodes_per_round"]) if count is not None
+        ]
+        if points:
+            rounds, counts = zip(*points, strict=True)
+            axis.step(rounds, counts, where="mid", marker="o", color=COLOUR[pair["status"]], alpha=0.7)
+            axis.annotate(pair["pair"], (rounds[-1], counts[-1]), fontsize=6, xytext=(4, 0),
+                          textcoords="offset points")  # fmt: skip
+    axis.set(xlabel="round", ylabel="SuperNodes", title="SuperNodes that trained in each canary round")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.yaxis.get_major_locator().set_params(integer=True)
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    return _png(figure)
+
+
 def _grid_plot(grid: dict[str, Any]) -> str:
     """The SuperLink x SuperNode version grid of one (OS, accelerator), coloured by outcome."""
     import matplotlib.pyplot as plt
@@ -447,6 +483,7 @@ def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
         "monitoring": describe_monitoring(pair)[:500],
         "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
         "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),
+        "nodes": _counts(pair["nodes_per_round"]),
         "first": _one_decimal(pair["instantiate_to_first_round_seconds"]),
         "total": _one_decimal(pair["pair_seconds"]),
         "notes": notes[:500],
@@ -487,6 +524,7 @@ def render_html(data: dict[str, Any]) -> str:
             for task, entry in data["frameworks"].items()
         ],
         round_time=plots["round_time"],
+        nodes_per_round=plots["nodes_per_round"],
         pairs=[_html_pair(pair) for pair in data["pairs"]],
     )
 

@@ -205,8 +205,8 @@ def test_report_files_are_complete_and_self_contained(results: Path) -> None:
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>")
     images = re.findall(r'<img[^>]* src="([^"]+)"', page)
-    # convergence of the numpy and sklearn tasks, round time, one grid per (OS, accel)
-    assert len(images) == 5
+    # convergence of the numpy and sklearn tasks, round time, SuperNodes per round, one grid per (OS, accel)
+    assert len(images) == 6
     assert 'alt="sklearn: evaluation loss and eval_accuracy per round' in page
     assert "sklearn: 3/3 rounds, eval_accuracy 0.9 &gt;= floor 0.85 (passed)" in page
     assert "## Convergence: sklearn task (the framework task of 1 pair(s))" in markdown
@@ -246,3 +246,28 @@ def test_the_job_from_context_column(tmp_path: Path) -> None:
     assert "| passed: tabular: final eval_accuracy 0.96 |" in markdown
     assert "failed: job_model: ONEAPP_FL_MODEL unset" in markdown
     assert "<th>job from context</th>" in paths["html"].read_text()
+
+
+def test_supernodes_per_round(tmp_path: Path) -> None:
+    """Per pair: how many SuperNodes trained in each canary round (the round records' ``train_replies``), in
+    the JSON, the Markdown and HTML tables, and a plot; rounds that do not say are marked, not invented."""
+    root = tmp_path / "results"
+    scaled = _result("1.42.0", "1.42.0", PASSED, losses=(1.5, 0.9, 0.4))
+    for record, replies in zip(scaled.federations[0]["rounds"], (2, 1, 3), strict=True):
+        record["train_replies"] = replies
+    unknown = _result("1.41.0", "1.41.0", PASSED)  # records written before the count was kept
+    for result in (scaled, unknown):
+        write_result(result, root)
+    paths = write_report(load_results(RUN, root), RUN, root)
+    counts = {
+        pair["pair"]: pair["nodes_per_round"] for pair in json.loads(paths["json"].read_text())["pairs"]
+    }
+    assert counts == {scaled.pair: [2, 1, 3], unknown.pair: [None, None]}
+    markdown = paths["md"].read_text()
+    assert "| canary mean round (s) | SuperNodes per round | canary eval loss |" in markdown
+    assert "| 2, 1, 3 |" in markdown and "| ?, ? |" in markdown
+    page = paths["html"].read_text()
+    assert "<th>SuperNodes per round</th>" in page and "<td>2, 1, 3</td>" in page
+    assert re.search(
+        r'<img alt="SuperNodes that trained in each canary round[^"]*" src="data:image/png', page
+    )
