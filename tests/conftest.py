@@ -57,6 +57,7 @@ def make_one_cli(one_location: Path, tmp_path: Path) -> Callable[[Mapping[str, s
     return make
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``-n N --dist loadgroup`` (what ``./run.sh test`` runs) every test that boots guests goes to one
     worker, one after another, as the cloud tests were written to run; the other workers take the rest."""
