@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from testcloud.core.states import LcmState, VmState
 from testcloud.core.template import CData, Template, attribute_xml, element, elements
@@ -50,9 +50,15 @@ APP_IMAGE, APP_VMTEMPLATE, APP_SERVICE_TEMPLATE = 1, 2, 3
 DOC_SERVICE, DOC_SERVICE_TEMPLATE = 100, 101
 
 
-def capacity_xml(total_mb: int, free_mb: int, used_mb: int) -> list[tuple[str, object]]:
+class Space(NamedTuple):
     """A datastore's or marketplace's size in MB."""
-    return [("TOTAL_MB", total_mb), ("FREE_MB", free_mb), ("USED_MB", used_mb)]
+
+    total_mb: int
+    free_mb: int
+    used_mb: int
+
+    def xml(self) -> list[tuple[str, object]]:
+        return [("TOTAL_MB", self.total_mb), ("FREE_MB", self.free_mb), ("USED_MB", self.used_mb)]
 
 
 def ids_xml(tag: str, ids: list[int]) -> str:
@@ -141,7 +147,7 @@ class Datastore(PoolObject):
     tm_mad: str = "ssh"
     base_path: str = ""
 
-    def to_xml(self, images: list[int], total_mb: int, free_mb: int, used_mb: int) -> str:
+    def to_xml(self, images: list[int], space: Space) -> str:
         return element(
             "DATASTORE",
             self.head_xml(),
@@ -150,7 +156,7 @@ class Datastore(PoolObject):
             ("DISK_TYPE", 0),
             ("STATE", 0),
             ("CLUSTERS", [("ID", 0)]),
-            *capacity_xml(total_mb, free_mb, used_mb),
+            *space.xml(),
             ids_xml("IMAGES", images),
             self.template.to_xml("TEMPLATE"),
         )
@@ -304,7 +310,7 @@ class Marketplace(PoolObject):
     KIND: ClassVar[str] = "market"
     market_mad: str = "http"
 
-    def to_xml(self, apps: list[int], total_mb: int, free_mb: int, used_mb: int) -> str:
+    def to_xml(self, apps: list[int], space: Space) -> str:
         return element(
             "MARKETPLACE",
             self.owner_xml(),
@@ -312,7 +318,7 @@ class Marketplace(PoolObject):
             ("STATE", 0),
             ("MARKET_MAD", CData(self.market_mad)),
             ("ZONE_ID", CData("0")),
-            *capacity_xml(total_mb, free_mb, used_mb),
+            *space.xml(),
             ids_xml("MARKETPLACEAPPS", apps),
             self.permissions_xml(),
             self.template.to_xml("TEMPLATE"),
