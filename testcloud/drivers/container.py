@@ -393,23 +393,22 @@ class ContainerDriver:
                 _signal(leader, signal.SIGINT)  # systemd: ctrl-alt-del.target, i.e. an orderly reboot
 
     def terminate(self, vm_id: int, hard: bool = False) -> None:
-        container = self._get(vm_id)
-        with container.lock:
-            if container.gone:
-                return
-            container.terminating = True
-            (container.vm_dir / "container.restart").unlink(missing_ok=True)
-            if not hard:
-                _signal(container.nspawn_pid(), signal.SIGTERM)  # nspawn -b: orderly poweroff of the guest
-                self._wait_stopped(container, self.stop_timeout)
-            if container.running():
-                _signal(container.leader_pid(), signal.SIGKILL)
-                self._wait_stopped(container, 5.0)
-            if container.running():
-                self._kill_everything(container)
-                self._wait_stopped(container, 5.0)
-            self._clean_host_side(container)
-            container.gone = True
+        self._containers.terminate(
+            vm_id, lambda container: self._stop(container, hard), self._clean_host_side
+        )
+
+    def _stop(self, container: _Container, hard: bool) -> None:
+        """An orderly poweroff (unless ``hard``), then SIGKILL to the guest's init, then to everything."""
+        (container.vm_dir / "container.restart").unlink(missing_ok=True)
+        if not hard:
+            _signal(container.nspawn_pid(), signal.SIGTERM)  # nspawn -b: orderly poweroff of the guest
+            self._wait_stopped(container, self.stop_timeout)
+        if container.running():
+            _signal(container.leader_pid(), signal.SIGKILL)
+            self._wait_stopped(container, 5.0)
+        if container.running():
+            self._kill_everything(container)
+            self._wait_stopped(container, 5.0)
 
     def _kill_everything(self, container: _Container) -> None:
         """SIGKILL nspawn without orphaning its container: nspawn is stopped first so that it cannot start

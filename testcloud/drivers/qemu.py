@@ -341,25 +341,22 @@ class QemuDriver:
                 monitor.execute("system_reset")
 
     def terminate(self, vm_id: int, hard: bool = False) -> None:
-        machine = self._get(vm_id)
-        with machine.lock:
-            if machine.gone:
-                return
-            machine.terminating = True
-            if machine.alive() and not hard:
-                with contextlib.suppress(DriverError), machine.monitor() as monitor:
-                    monitor.execute("system_powerdown")  # ACPI power button, as a VM shutdown does
-                self._wait(machine, lambda: not machine.alive() or self._status(machine) == "shutdown")
-            if machine.alive():
-                with contextlib.suppress(DriverError), machine.monitor() as monitor:
-                    monitor.execute("quit")
-                self._wait(machine, lambda: not machine.alive(), 10.0)
-            if machine.alive() and machine.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(machine.process.pid, signal.SIGKILL)
-                self._wait(machine, lambda: not machine.alive(), 10.0)
-            self._clean_host_side(machine)
-            machine.gone = True
+        self._machines.terminate(vm_id, lambda machine: self._stop(machine, hard), self._clean_host_side)
+
+    def _stop(self, machine: _Machine, hard: bool) -> None:
+        """The ACPI power button (unless ``hard``), then QMP ``quit``, then SIGKILL."""
+        if machine.alive() and not hard:
+            with contextlib.suppress(DriverError), machine.monitor() as monitor:
+                monitor.execute("system_powerdown")  # ACPI power button, as a VM shutdown does
+            self._wait(machine, lambda: not machine.alive() or self._status(machine) == "shutdown")
+        if machine.alive():
+            with contextlib.suppress(DriverError), machine.monitor() as monitor:
+                monitor.execute("quit")
+            self._wait(machine, lambda: not machine.alive(), 10.0)
+        if machine.alive() and machine.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(machine.process.pid, signal.SIGKILL)
+            self._wait(machine, lambda: not machine.alive(), 10.0)
 
     def _status(self, machine: _Machine) -> str:
         try:

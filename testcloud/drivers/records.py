@@ -114,6 +114,18 @@ class Guests(Generic[G]):
         with self._lock:
             return sorted(vm_id for vm_id, guest in self._by_id.items() if not guest.gone)
 
+    def terminate(self, vm_id: int, stop: Callable[[G], None], clean: Callable[[G], None]) -> None:
+        """End a guest once: under its lock and unless it is gone already, mark it terminating, ``stop``
+        it, clean its host side and mark it gone."""
+        guest = self.get(vm_id)
+        with guest.lock:
+            if guest.gone:
+                return
+            guest.terminating = True
+            stop(guest)
+            clean(guest)
+            guest.gone = True
+
     @contextlib.contextmanager
     def launching(self, guest: G, clean: Callable[[G], None]) -> Iterator[None]:
         """Hold ``guest``'s lock while it is prepared and started. A failure cleans its host side, marks it
