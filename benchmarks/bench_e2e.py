@@ -25,7 +25,6 @@ Results also go to ``results/bench/bench-<time>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import statistics
 import sys
@@ -36,10 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.record import save_record
 from factory.harness.bareflower import BareFederation
 from factory.harness.federation import FederationRunner
 from factory.harness.flwrenv import ensure_flower
-from hostkit.paths import RESULTS_DIR
 from hostkit.progress import Progress
 
 PROGRESS = Progress()
@@ -294,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.part in ("scaling", "all"):
             counts = [int(value) for value in args.nodes.split(",")]
             report["scaling"] = scaling(args.flower, counts, args.rounds, workdir, args.state == "persistent")
-    out = RESULTS_DIR / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten {out}")
+    print(f"\nwritten {save_record('bench', report)}")
     return 0
 
 

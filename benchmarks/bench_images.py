@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.record import save_record
 from factory.images import layers, localbuild
 from factory.images.timings import BuildTimings
 from factory.model.matrix import Variant, load_matrix
 from hostkit import onecontext
-from hostkit.paths import RESULTS_DIR
 from hostkit.progress import Progress
 
 PROGRESS = Progress()
@@ -118,10 +117,7 @@ def main() -> int:
     for name, ratio in ratios.items():
         print(f"{name}: {ratio:.3f}")
     record = {"variants": [first.name, second.name], "shared_layers": shared, "runs": runs, "ratios": ratios}
-    out = RESULTS_DIR / "bench" / f"bench-images-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"results: {out}")
+    print(f"results: {save_record('bench-images', record)}")
     return 0
 
 

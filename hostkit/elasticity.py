@@ -373,12 +373,20 @@ class _Parser:
             if node is not None:
                 self.pos = end
             return node
-        start = self.pos
-        node = body()
-        if node is None:
-            self.pos = start
+        node = self.choice(body)
         self.cache[key] = (node, self.pos)
         return node
+
+    def choice(self, *alternatives: Callable[[], Any]) -> Any:
+        """Treetop's ordered choice: the node of the first alternative that matches; one that does not
+        leaves the position where it was."""
+        for alternative in alternatives:
+            start = self.pos
+            node = alternative()
+            if node is not None:
+                return node
+            self.pos = start
+        return None
 
     def expression(self) -> Any:
         def body() -> Any:
@@ -395,7 +403,6 @@ class _Parser:
 
     def boolean_exp(self) -> Any:
         def alternative(ops: tuple[str, str]) -> Any:
-            start = self.pos
             left = self.logic_cond()
             if left is not None:
                 self.space()
@@ -405,14 +412,15 @@ class _Parser:
                     right = self.expression()
                     if right is not None:
                         return _Logic(op, left, right)
-            self.pos = start
             return None
 
-        return self.rule("boolean_exp", lambda: alternative(("&&", "&")) or alternative(("||", "|")))
+        return self.rule(
+            "boolean_exp",
+            lambda: self.choice(lambda: alternative(("&&", "&")), lambda: alternative(("||", "|"))),
+        )
 
     def logic_cond(self) -> Any:
         def comparison() -> Any:
-            start = self.pos
             left = self.operand()
             if left is not None:
                 self.space()
@@ -422,21 +430,17 @@ class _Parser:
                     right = self.operand()
                     if right is not None:
                         return _Compare(op, left, right)
-            self.pos = start
             return None
 
         def negation() -> Any:
-            start = self.pos
             if self.literal("!"):
                 self.space()
                 inner = self.expression()
                 if inner is not None:
                     return _Not(inner)
-            self.pos = start
             return None
 
         def parenthesis() -> Any:
-            start = self.pos
             if self.literal("("):
                 self.space()
                 inner = self.expression()
@@ -444,10 +448,9 @@ class _Parser:
                     self.space()
                     if self.literal(")"):
                         return _Paren(inner)
-            self.pos = start
             return None
 
-        return self.rule("logic_cond", lambda: comparison() or negation() or parenthesis())
+        return self.rule("logic_cond", lambda: self.choice(comparison, negation, parenthesis))
 
     def comp_op(self) -> str | None:
         def body() -> str | None:
@@ -467,7 +470,6 @@ class _Parser:
             self.literal("-")
             if self.digits() and self.literal(".") and self.digits():
                 return _Number(float(self.text[start : self.pos]))
-            self.pos = start
             return None
 
         def integer() -> Any:
@@ -475,10 +477,9 @@ class _Parser:
             self.literal("-")
             if self.digits():
                 return _Number(int(self.text[start : self.pos]))
-            self.pos = start
             return None
 
-        return self.rule("number", lambda: decimal_number() or integer())
+        return self.rule("number", lambda: self.choice(decimal_number, integer))
 
     def variable(self) -> Any:
         def name() -> bool:
@@ -492,17 +493,15 @@ class _Parser:
             start = self.pos
             if self.literal(quote) and name() and self.literal(quote):
                 return _Variable(self.text[start : self.pos])
-            self.pos = start
             return None
 
         def bare() -> Any:
             start = self.pos
             if name():
                 return _Variable(self.text[start : self.pos])
-            self.pos = start
             return None
 
-        return self.rule("variable", lambda: quoted('"') or quoted("'") or bare())
+        return self.rule("variable", lambda: self.choice(lambda: quoted('"'), lambda: quoted("'"), bare))
 
     def space(self) -> bool:
         def body() -> bool:
@@ -724,12 +723,19 @@ class CronSchedule:
         moment = dt.datetime(t["year"], t["month"], t["day"] or 1, t["hour"], t["min"], tzinfo=tz)
         return int(moment.timestamp())
 
-    def _nudge_month(self, t: dict[str, Any]) -> None:
-        months = self.fields["month"][0]
-        following = _best_next(t["month"], months)
-        t["month"] = following if following is not None else months[0]
+    def _nudge(
+        self, t: dict[str, Any], key: str, field: str, carry: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """parse-cron's ``nudge_<field>``: ``t[key]`` moves to the field's next allowed value; past the
+        last it wraps to the first and ``carry`` moves the next larger unit on."""
+        allowed = self.fields[field][0]
+        following = _best_next(t[key], allowed)
+        t[key] = following if following is not None else allowed[0]
         if following is None:
-            t["year"] += 1
+            carry(t)
+
+    def _nudge_month(self, t: dict[str, Any]) -> None:
+        self._nudge(t, "month", "month", _next_year)
         days = self._month_days(t["year"], t["month"])
         t["day"] = days[0] if days else None
 
@@ -741,18 +747,14 @@ class CronSchedule:
             self._nudge_month(t)
 
     def _nudge_hour(self, t: dict[str, Any]) -> None:
-        hours = self.fields["hour"][0]
-        following = _best_next(t["hour"], hours)
-        t["hour"] = following if following is not None else hours[0]
-        if following is None:
-            self._nudge_date(t)
+        self._nudge(t, "hour", "hour", self._nudge_date)
 
     def _nudge_minute(self, t: dict[str, Any]) -> None:
-        minutes = self.fields["minute"][0]
-        following = _best_next(t["min"], minutes)
-        t["min"] = following if following is not None else minutes[0]
-        if following is None:
-            self._nudge_hour(t)
+        self._nudge(t, "min", "minute", self._nudge_hour)
+
+
+def _next_year(t: dict[str, Any]) -> None:
+    t["year"] += 1
 
 
 def _ruby_split(text: str) -> list[str]:

@@ -21,12 +21,10 @@ from hostkit.paths import CACHE_DIR
 
 @dataclass(frozen=True)
 class FlowerEnv:
-    version: str
-    root: Path
+    """A virtualenv holding ``flwr==version``; ``bin_dir`` has its executables (``flwr``, ``python``, ...)."""
 
-    @property
-    def bin_dir(self) -> Path:
-        return self.root / "bin"
+    version: str
+    bin_dir: Path
 
     def executable(self, name: str) -> Path:
         return self.bin_dir / name
@@ -63,12 +61,12 @@ def ensure_flower(version: str, extra_packages: tuple[str, ...] = (), index_url:
     root = CACHE_DIR / "flwr" / key
     marker = root / ".complete"
     if marker.exists():
-        return FlowerEnv(version, root)
+        return FlowerEnv(version, root / "bin")
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.exists():
-            return FlowerEnv(version, root)
+            return FlowerEnv(version, root / "bin")
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
         command = [str(root / "bin" / "pip"), "install", "--quiet", f"flwr=={version}", *extras]
         if index_url:
@@ -80,4 +78,4 @@ def ensure_flower(version: str, extra_packages: tuple[str, ...] = (), index_url:
                 f"{result.stderr.strip()[-2000:]}"
             )
         marker.write_text(version + "\n")
-    return FlowerEnv(version, root)
+    return FlowerEnv(version, root / "bin")

@@ -652,7 +652,7 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
     """The variant's qcow2 from a real ``packer build`` of its rendered debian12 HCL, started from the
     local base qcow2. Cached by content (the appliance key plus the base qcow2's checksum)."""
     from factory.images.hcl import render_variant
-    from factory.images.packer import build_variant
+    from factory.images.packer import build_variant, plan_build
     from factory.model import params as params_module
     from factory.model.matrix import load_matrix
 
@@ -669,7 +669,7 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
         nonlocal seconds
         render_variant(load_matrix(), variant)
         overrides = {"base_image_url": f"file://{base_qcow2}", "base_image_checksum": f"sha256:{base_sha256}"}
-        result = build_variant(variant, overrides, progress=progress)
+        result = build_variant(plan_build(variant, overrides), progress=progress)
         seconds = result.seconds
         try:
             os.link(result.image, work / result.image.name)

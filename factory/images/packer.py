@@ -8,7 +8,8 @@ the rendered files without ``plugins.pkr.hcl``. Packer 1.7+ runs on the rendered
 API::
 
     check_directory(directory, overrides) -> CheckResult   # python-hcl2 parse, fmt -check, validate
-    build_variant(variant, var_overrides) -> Image   # packer build; artifacts and manifest
+    plan_build(variant, var_overrides) -> BuildPlan   # the checked ``packer build`` command
+    build_variant(plan) -> Image   # packer build; artifacts and manifest
 """
 
 from __future__ import annotations
@@ -282,18 +283,13 @@ def plan_build(
 
 
 def build_variant(
-    variant: Variant,
-    var_overrides: Mapping[str, str] | None = None,
-    var_files: Sequence[Path] = (),
-    hcl_root: Path = HCL_DIR,
-    images_root: Path = IMAGES_DIR,
-    progress: Progress | None = None,
-    on_line: Callable[[str], None] | None = None,
+    plan: BuildPlan, progress: Progress | None = None, on_line: Callable[[str], None] | None = None
 ) -> Image:
-    """``packer build`` one rendered variant. Output goes to a log file; Packer's step lines (``==>``)
-    are shown as progress. The image lands in ``images_root/<variant>/`` only when the build succeeded."""
+    """Run ``plan`` (:func:`plan_build`): ``packer build`` one rendered variant. Output goes to a log file;
+    Packer's step lines (``==>``) are shown as progress. The image lands in ``images_root/<variant>/`` only
+    when the build succeeded."""
     progress = progress or DEFAULT_PROGRESS
-    plan = plan_build(variant, var_overrides, var_files, hcl_root, images_root)
+    variant = plan.variant
     work = WORK_DIR / variant.name
     if work.exists():
         shutil.rmtree(work)

@@ -14,7 +14,6 @@ import html
 import io
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +180,12 @@ def framework_convergence(results: list[PairResult]) -> dict[str, dict[str, Any]
     return {task: tasks[task] for task in sorted(tasks, key=lambda name: (name != CANARY_TASK, name))}
 
 
-@dataclass(frozen=True)
-class GridKey:
-    os: str
-    accel: str
+GridKey = tuple[str, str]  # (OS, accelerator) of one grid; "" where the pairs do not say
 
-    @property
-    def label(self) -> str:
-        return f"{self.os or 'any OS'} / {self.accel or 'any accelerator'}"
+
+def _grid_label(key: GridKey) -> str:
+    os_name, accel = key
+    return f"{os_name or 'any OS'} / {accel or 'any accelerator'}"
 
 
 def build_grids(pairs: list[dict[str, Any]]) -> dict[GridKey, dict[str, Any]]:
@@ -196,8 +193,8 @@ def build_grids(pairs: list[dict[str, Any]]) -> dict[GridKey, dict[str, Any]]:
     grids: dict[GridKey, dict[str, Any]] = {}
     grouped: dict[GridKey, list[dict[str, Any]]] = defaultdict(list)
     for pair in pairs:
-        grouped[GridKey(pair["os"], pair["accel"])].append(pair)
-    for key in sorted(grouped, key=lambda item: (item.os, item.accel)):
+        grouped[(pair["os"], pair["accel"])].append(pair)
+    for key in sorted(grouped):
         members = grouped[key]
         links = sorted({pair["superlink_flower"] for pair in members}, key=_version_key)
         nodes = sorted({pair["supernode_flower"] for pair in members}, key=_version_key)
@@ -226,8 +223,8 @@ def compat_data(results: list[PairResult], run: str) -> dict[str, Any]:
         "pairs": pairs,
         "frameworks": framework_convergence(results),
         "grids": [
-            {"os": key.os, "accel": key.accel, **grid}
-            for key, grid in sorted(grids.items(), key=lambda kv: kv[0].label)
+            {"os": key[0], "accel": key[1], **grid}
+            for key, grid in sorted(grids.items(), key=lambda kv: _grid_label(kv[0]))
         ],
     }
 

@@ -190,6 +190,18 @@ class Handler(BaseHTTPRequestHandler):
             raise TimeoutError(f"the body ended after {len(body)} of {length} bytes")
         return body
 
+    def body_or_refusal(
+        self, status: int, refusal: str, content_type: str = "text/plain; charset=utf-8"
+    ) -> bytes | None:
+        """The request body (:meth:`read_body`); None once a body over MAX_BODY was answered with
+        ``status`` and ``refusal`` and the connection marked to close."""
+        try:
+            return self.read_body()
+        except BodyTooLarge:
+            self.close_connection = True
+            self.send(status, refusal, content_type)
+            return None
+
     def send(
         self,
         status: int,

@@ -8,7 +8,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from testcloud.api.httpbase import BodyTooLarge, Handler, Server
+from testcloud.api.httpbase import Handler, Server
 from testcloud.core.errors import OneError
 from testcloud.core.objects import DOC_SERVICE, DOC_SERVICE_TEMPLATE
 from testcloud.flow.engine import FlowEngine, FlowError, parse_json, sinatra_500
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("testcloud")
 
 CONTENT_TYPE = "text/html;charset=utf-8"  # Sinatra's default: oneflow-server sets none
+NOT_FOUND = "<h1>Not Found</h1>"
+# The two document collections of oneflow-server.rb, by their path.
+COLLECTIONS = {"service_template": DOC_SERVICE_TEMPLATE, "service": DOC_SERVICE}
 
 
 def _pretty(data: Any) -> str:
@@ -54,33 +57,14 @@ class OneFlowApp:
     def route(self, method: str, path: str, body: bytes) -> tuple[int, str]:
         engine = self.engine
         route = path.split("?", 1)[0].rstrip("/") or "/"
-        if method == "GET" and route == "/service_template":
-            return 200, _pretty(engine.pool_json(DOC_SERVICE_TEMPLATE))
-        if method == "POST" and route == "/service_template":
-            return 201, _pretty(engine.create_template(body.decode("utf-8", errors="replace")))
-        if method == "GET" and route == "/service":
-            return 200, _pretty(engine.pool_json(DOC_SERVICE))
-        match = re.fullmatch(r"/service_template/(\d+)", route)
+        match = re.fullmatch(r"/(service_template|service)(?:/(\d+))?", route)
         if match:
-            oid = int(match.group(1))
-            if method == "GET":
-                return 200, _pretty(engine.get_json(oid, DOC_SERVICE_TEMPLATE))
-            if method == "PUT":
-                return 200, _pretty(engine.update_template(oid, body.decode("utf-8", errors="replace")))
-            if method == "DELETE":
-                engine.delete_template(oid)
-                return 204, ""
+            kind = COLLECTIONS[match.group(1)]
+            oid = int(match.group(2)) if match.group(2) else None
+            return self._document(method, kind, oid, body)
         match = re.fullmatch(r"/service_template/(\d+)/action", route)
         if match and method == "POST":
             return self._template_action(int(match.group(1)), body)
-        match = re.fullmatch(r"/service/(\d+)", route)
-        if match:
-            oid = int(match.group(1))
-            if method == "GET":
-                return 200, _pretty(engine.get_json(oid, DOC_SERVICE))
-            if method == "DELETE":
-                engine.undeploy(oid)
-                return 204, ""
         match = re.fullmatch(r"/service/(\d+)/scale", route)
         if match and method == "POST":
             call = _json_body(body)
@@ -100,7 +84,29 @@ class OneFlowApp:
                 raise FlowError(500, "Internal server error")
             engine.action(int(match.group(1)), str(action.get("perform")), action.get("params"))
             return 204, ""
-        return 404, "<h1>Not Found</h1>"
+        return 404, NOT_FOUND
+
+    def _document(self, method: str, kind: int, oid: int | None, body: bytes) -> tuple[int, str]:
+        """A collection (``oid`` None: list, or create a template) or one document: show, update a template,
+        delete (a service undeploys first)."""
+        engine = self.engine
+        if oid is None and method == "GET":
+            return 200, _pretty(engine.pool_json(kind))
+        if oid is None and method == "POST" and kind == DOC_SERVICE_TEMPLATE:
+            return 201, _pretty(engine.create_template(body.decode("utf-8", errors="replace")))
+        if oid is None:
+            return 404, NOT_FOUND
+        if method == "GET":
+            return 200, _pretty(engine.get_json(oid, kind))
+        if method == "PUT" and kind == DOC_SERVICE_TEMPLATE:
+            return 200, _pretty(engine.update_template(oid, body.decode("utf-8", errors="replace")))
+        if method == "DELETE" and kind == DOC_SERVICE_TEMPLATE:
+            engine.delete_template(oid)
+            return 204, ""
+        if method == "DELETE":
+            engine.undeploy(oid)
+            return 204, ""
+        return 404, NOT_FOUND
 
     def _template_action(self, oid: int, body: bytes) -> tuple[int, str]:
         """``POST /service_template/<id>/action``: instantiate or update."""
@@ -125,11 +131,8 @@ class OneFlowHandler(Handler):
 
     def _handle(self) -> None:
         app: OneFlowApp = self.server.app
-        try:
-            body = self.read_body()
-        except BodyTooLarge:
-            self.close_connection = True
-            self.send(413, "Request Entity Too Large", CONTENT_TYPE)
+        body = self.body_or_refusal(413, "Request Entity Too Large", CONTENT_TYPE)
+        if body is None:
             return
         try:
             app.authenticate(self.headers.get("Authorization"))

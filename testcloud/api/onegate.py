@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from hostkit.xmldict import xml_to_dict
-from testcloud.api.httpbase import BodyTooLarge, Handler, Server
+from testcloud.api.httpbase import Handler, Server
 from testcloud.core import errors
 from testcloud.core.context import decrypt_token
 from testcloud.core.errors import OneError
@@ -388,11 +388,8 @@ class OneGateHandler(Handler):
 
     def _handle(self) -> None:
         gate: OneGate = self.server.app
-        try:
-            body = self.read_body()
-        except BodyTooLarge:
-            self.close_connection = True
-            self.send(413, "Request Entity Too Large")
+        body = self.body_or_refusal(413, "Request Entity Too Large")
+        if body is None:
             return
         try:
             status, text_out = gate.route(self.command, self.path, self.headers, body)

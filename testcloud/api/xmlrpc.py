@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from testcloud.api.httpbase import BodyTooLarge, Handler, Server
+from testcloud.api.httpbase import Handler, Server
 from testcloud.core import errors
 from testcloud.core.errors import OneError
 from testcloud.core.template import text
@@ -212,13 +212,9 @@ class RpcHandler(Handler):
         if self.path.split("?", 1)[0].rstrip("/") != "/RPC2":
             self.send(404, "Not Found")
             return
-        try:
-            body = self.read_body()
-        except BodyTooLarge:
-            self.close_connection = True
-            self.send(200, fault_xml(FAULT_LIMIT, "XML-RPC request too large"), "text/xml")
-            return
-        self.send(200, dispatch(self.server.app, body), "text/xml")
+        body = self.body_or_refusal(200, fault_xml(FAULT_LIMIT, "XML-RPC request too large"), "text/xml")
+        if body is not None:
+            self.send(200, dispatch(self.server.app, body), "text/xml")
 
     def do_GET(self) -> None:
         self.send(405, "Method Not Allowed", headers={"Allow": "POST"})

@@ -186,7 +186,7 @@ class Cloud:
 
     def datastore_xml(self, ds: Datastore) -> str:
         images = [i.id for i in self.pools["image"].values() if i.datastore_id == ds.id]
-        return ds.to_xml(images, *self.images.datastore_space(ds))
+        return ds.to_xml(images, self.images.datastore_space(ds))
 
     def datastorepool_info(self) -> str:
         with self.lock:

@@ -34,6 +34,7 @@ from testcloud.core.objects import (
     IMG_USED,
     Datastore,
     Image,
+    Space,
 )
 from testcloud.core.pool import PoolStore
 from testcloud.core.template import Template
@@ -148,7 +149,7 @@ class ImagePool:
     def __init__(self, db: PoolStore) -> None:
         self.db = db
 
-    def datastore_space(self, ds: Datastore) -> tuple[int, int, int]:
+    def datastore_space(self, ds: Datastore) -> Space:
         """TOTAL_MB, FREE_MB, USED_MB of the filesystem holding the datastore (capped by LIMIT_MB)."""
         path = Path(ds.base_path)
         path.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ class ImagePool:
         if limit is not None and limit.strip().isdigit():
             images_mb = sum(i.size_mb for i in self.db.pools["image"].values() if i.datastore_id == ds.id)
             total, free, used = int(limit), max(int(limit) - images_mb, 0), images_mb
-        return total, free, used
+        return Space(total, free, used)
 
     # ------------------------------------------------------------------ one.image.*
     def image_allocate(self, text_in: str, ds_id: int, skip_capacity_check: bool = False) -> int:

@@ -27,6 +27,7 @@ from testcloud.core.objects import (
     Image,
     MarketApp,
     Marketplace,
+    Space,
 )
 from testcloud.core.pool import PoolStore
 from testcloud.core.validate import check_name, parse_template
@@ -66,7 +67,7 @@ class MarketPool:
             total, free, _ = self.images.datastore_space(self.db.pools["datastore"][1])
         else:
             total = free = 0
-        return market.to_xml([a.id for a in apps], total, free, used)
+        return market.to_xml([a.id for a in apps], Space(total, free, used))
 
     def market_info(self, oid: int) -> str:
         with self.db.lock:

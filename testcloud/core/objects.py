@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from testcloud.core.states import LcmState, VmState
 from testcloud.core.template import CData, Template, attribute_xml, element, elements
@@ -50,13 +50,25 @@ APP_IMAGE, APP_VMTEMPLATE, APP_SERVICE_TEMPLATE = 1, 2, 3
 DOC_SERVICE, DOC_SERVICE_TEMPLATE = 100, 101
 
 
+class Space(NamedTuple):
+    """A datastore's or marketplace's size in MB."""
+
+    total_mb: int
+    free_mb: int
+    used_mb: int
+
+    def xml(self) -> list[tuple[str, object]]:
+        return [("TOTAL_MB", self.total_mb), ("FREE_MB", self.free_mb), ("USED_MB", self.used_mb)]
+
+
 def ids_xml(tag: str, ids: list[int]) -> str:
     return elements((tag, [("ID", i) for i in sorted(ids)] if ids else None))
 
 
 @dataclass
 class PoolObject:
-    """What every pool object has: id, owner, group, name, permissions (9 digits, owner/group/other)."""
+    """What every pool object has: id, owner, group, name, permissions (9 digits, owner/group/other) and
+    its TEMPLATE."""
 
     KIND: ClassVar[str] = ""
 
@@ -67,6 +79,7 @@ class PoolObject:
     uname: str = "oneadmin"
     gname: str = "oneadmin"
     permissions: str = "110000000"
+    template: Template = field(default_factory=Template)
 
     def permissions_xml(self) -> str:
         names = [
@@ -83,13 +96,19 @@ class PoolObject:
         return element("PERMISSIONS", *zip(names, self.permissions, strict=True))
 
     def owner_xml(self) -> str:
-        return elements(
-            ("ID", self.id),
-            ("UID", self.uid),
-            ("GID", self.gid),
-            ("UNAME", self.uname),
-            ("GNAME", self.gname),
-        )
+        return elements(*self.fields_xml("id", "uid", "gid", "uname", "gname"))
+
+    def head_xml(self) -> str:
+        """ID, owner, NAME and PERMISSIONS: how oned opens most pool objects."""
+        return elements(self.owner_xml(), ("NAME", self.name), self.permissions_xml())
+
+    def fields_xml(self, *names: str) -> list[tuple[str, object]]:
+        """One element a field, named as the field upper-cased: ``reg_time`` is ``<REG_TIME>``."""
+        return [(name.upper(), getattr(self, name)) for name in names]
+
+    def cdata_xml(self, *names: str) -> list[tuple[str, object]]:
+        """Like :meth:`fields_xml`, the values written as CDATA (the strings oned escapes)."""
+        return [(name.upper(), CData(getattr(self, name))) for name in names]
 
     # ------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +137,6 @@ class PoolObject:
 class User(PoolObject):
     KIND: ClassVar[str] = "user"
     password_sha256: str = ""
-    template: Template = field(default_factory=Template)
 
 
 @dataclass
@@ -128,24 +146,17 @@ class Datastore(PoolObject):
     ds_mad: str = "fs"
     tm_mad: str = "ssh"
     base_path: str = ""
-    template: Template = field(default_factory=Template)
 
-    def to_xml(self, images: list[int], total_mb: int, free_mb: int, used_mb: int) -> str:
+    def to_xml(self, images: list[int], space: Space) -> str:
         return element(
             "DATASTORE",
-            self.owner_xml(),
-            ("NAME", self.name),
-            self.permissions_xml(),
-            ("DS_MAD", CData(self.ds_mad)),
-            ("TM_MAD", CData(self.tm_mad)),
-            ("BASE_PATH", CData(self.base_path)),
+            self.head_xml(),
+            *self.cdata_xml("ds_mad", "tm_mad", "base_path"),
             ("TYPE", self.type),
             ("DISK_TYPE", 0),
             ("STATE", 0),
             ("CLUSTERS", [("ID", 0)]),
-            ("TOTAL_MB", total_mb),
-            ("FREE_MB", free_mb),
-            ("USED_MB", used_mb),
+            *space.xml(),
             ids_xml("IMAGES", images),
             self.template.to_xml("TEMPLATE"),
         )
@@ -170,32 +181,20 @@ class Image(PoolObject):
     app_clones: list[int] = field(default_factory=list)
     datastore_id: int = 1
     datastore: str = "default"
-    template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
         return element(
             "IMAGE",
-            self.owner_xml(),
-            ("NAME", self.name),
-            self.permissions_xml(),
-            ("TYPE", self.type),
-            ("DISK_TYPE", self.disk_type),
-            ("PERSISTENT", self.persistent),
-            ("REGTIME", self.regtime),
-            ("MODTIME", self.modtime),
-            ("SOURCE", CData(self.source)),
-            ("PATH", CData(self.path)),
-            ("FORMAT", CData(self.format)),
-            ("FS", CData(self.fs)),
+            self.head_xml(),
+            *self.fields_xml("type", "disk_type", "persistent", "regtime", "modtime"),
+            *self.cdata_xml("source", "path", "format", "fs"),
             ("SIZE", self.size_mb),
-            ("STATE", self.state),
-            ("PREV_STATE", self.prev_state),
+            *self.fields_xml("state", "prev_state"),
             ("RUNNING_VMS", len(self.vms)),
             ("CLONING_OPS", 0),
             ("CLONING_ID", -1),
             ("TARGET_SNAPSHOT", -1),
-            ("DATASTORE_ID", self.datastore_id),
-            ("DATASTORE", self.datastore),
+            *self.fields_xml("datastore_id", "datastore"),
             ids_xml("VMS", self.vms),
             ("CLONES", None),
             ids_xml("APP_CLONES", self.app_clones),
@@ -210,14 +209,11 @@ class Image(PoolObject):
 class VMTemplate(PoolObject):
     KIND: ClassVar[str] = "template"
     regtime: int = 0
-    template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
         return element(
             "VMTEMPLATE",
-            self.owner_xml(),
-            ("NAME", self.name),
-            self.permissions_xml(),
+            self.head_xml(),
             ("REGTIME", self.regtime),
             self.template.to_xml("TEMPLATE"),
         )
@@ -271,7 +267,6 @@ class VNet(PoolObject):
     KIND: ClassVar[str] = "vnet"
     bridge: str = "flbr0"
     vn_mad: str = "bridge"
-    template: Template = field(default_factory=Template)
     ars: list[dict] = field(default_factory=list)  # AddressRange fields, kept as dicts for JSON
 
     def address_ranges(self) -> list[AddressRange]:
@@ -286,9 +281,7 @@ class VNet(PoolObject):
     def to_xml(self, extended: bool = True) -> str:
         return element(
             "VNET",
-            self.owner_xml(),
-            ("NAME", self.name),
-            self.permissions_xml(),
+            self.head_xml(),
             ("CLUSTERS", [("ID", 0)]),
             ("BRIDGE", CData(self.bridge)),
             ("BRIDGE_TYPE", CData("linux")),
@@ -316,9 +309,8 @@ class VNet(PoolObject):
 class Marketplace(PoolObject):
     KIND: ClassVar[str] = "market"
     market_mad: str = "http"
-    template: Template = field(default_factory=Template)
 
-    def to_xml(self, apps: list[int], total_mb: int, free_mb: int, used_mb: int) -> str:
+    def to_xml(self, apps: list[int], space: Space) -> str:
         return element(
             "MARKETPLACE",
             self.owner_xml(),
@@ -326,9 +318,7 @@ class Marketplace(PoolObject):
             ("STATE", 0),
             ("MARKET_MAD", CData(self.market_mad)),
             ("ZONE_ID", CData("0")),
-            ("TOTAL_MB", total_mb),
-            ("FREE_MB", free_mb),
-            ("USED_MB", used_mb),
+            *space.xml(),
             ids_xml("MARKETPLACEAPPS", apps),
             self.permissions_xml(),
             self.template.to_xml("TEMPLATE"),
@@ -351,27 +341,19 @@ class MarketApp(PoolObject):
     market_name: str = ""
     state: int = APP_LOCKED
     type: int = APP_IMAGE
-    template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
         return element(
             "MARKETPLACEAPP",
             self.owner_xml(),
-            ("REGTIME", self.regtime),
-            ("NAME", self.name),
+            *self.fields_xml("regtime", "name"),
             ("ZONE_ID", CData("0")),
-            ("ORIGIN_ID", CData(self.origin_id)),
-            ("SOURCE", CData(self.source)),
-            ("MD5", CData(self.md5)),
+            *self.cdata_xml("origin_id", "source", "md5"),
             ("SIZE", self.size_mb),
-            ("DESCRIPTION", CData(self.description)),
-            ("VERSION", CData(self.version)),
-            ("FORMAT", CData(self.format)),
-            ("APPTEMPLATE64", CData(self.apptemplate64)),
+            *self.cdata_xml("description", "version", "format", "apptemplate64"),
             ("MARKETPLACE_ID", self.market_id),
             ("MARKETPLACE", self.market_name),
-            ("STATE", self.state),
-            ("TYPE", self.type),
+            *self.fields_xml("state", "type"),
             self.permissions_xml(),
             self.template.to_xml("TEMPLATE"),
         )
@@ -381,7 +363,6 @@ class MarketApp(PoolObject):
 class Document(PoolObject):
     KIND: ClassVar[str] = "document"
     type: int = DOC_SERVICE
-    template: Template = field(default_factory=Template)
 
     def to_xml(self) -> str:
         return element(
@@ -524,7 +505,6 @@ class VM(PoolObject):
     etime: int = 0
     deploy_id: str = ""
     last_poll: int = 0
-    template: Template = field(default_factory=Template)
     user_template: Template = field(default_factory=Template)
     history: list[dict] = field(default_factory=list)
     created_by: int = 0
@@ -602,18 +582,9 @@ class VM(PoolObject):
         """The full VM of one.vm.info and one.vmpool.infoextended."""
         return element(
             "VM",
-            self.owner_xml(),
-            ("NAME", self.name),
-            self.permissions_xml(),
-            ("LAST_POLL", self.last_poll),
-            ("STATE", self.state),
-            ("LCM_STATE", self.lcm_state),
-            ("PREV_STATE", self.prev_state),
-            ("PREV_LCM_STATE", self.prev_lcm_state),
-            ("RESCHED", self.resched),
-            ("STIME", self.stime),
-            ("ETIME", self.etime),
-            ("DEPLOY_ID", self.deploy_id),
+            self.head_xml(),
+            *self.fields_xml("last_poll", "state", "lcm_state", "prev_state", "prev_lcm_state"),
+            *self.fields_xml("resched", "stime", "etime", "deploy_id"),
             self.monitoring_xml(),
             ("SCHED_ACTIONS", None),
             self.template.to_xml("TEMPLATE", order=VM_TEMPLATE_ORDER),
@@ -641,14 +612,9 @@ class VM(PoolObject):
         return element(
             "VM",
             self.owner_xml(),
-            ("NAME", self.name),
-            ("LAST_POLL", self.last_poll),
-            ("STATE", self.state),
-            ("LCM_STATE", self.lcm_state),
-            ("RESCHED", self.resched),
-            ("STIME", self.stime),
-            ("ETIME", self.etime),
-            ("DEPLOY_ID", self.deploy_id),
+            *self.fields_xml(
+                "name", "last_poll", "state", "lcm_state", "resched", "stime", "etime", "deploy_id"
+            ),
             (
                 "TEMPLATE",
                 [*template, disks, nics, attribute_xml("GRAPHICS", graphics) if graphics is not None else ""],

@@ -12,6 +12,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from testcloud.core import context as ctx
@@ -869,14 +870,13 @@ class VMPool:
             spec = self.launch_spec(vm)
             host_id = vm.host_id
             vm.history[-1]["rstime"] = vm.history[-1]["rstime"] or int(time.time())
-        error = ""
-        try:
+
+        def launch(driver: VMDriver) -> None:
             spec.vm_dir.mkdir(parents=True, exist_ok=True)
-            self.driver_for(host_id).launch(spec)
-        except DriverUnavailable as failure:
-            error = str(failure)
-        except Exception as failure:  # the driver's own failure becomes the VM's BOOT_FAILURE
-            error = f"{type(failure).__name__}: {failure}"
+            driver.launch(spec)
+
+        # the driver's failure, or its absence, becomes the VM's BOOT_FAILURE
+        error = self._driver_failure(host_id, launch, unavailable_fails=True)
         with self.db.lock:
             vm = self._current(vm_id, "launch")
             if vm is None:
@@ -888,6 +888,19 @@ class VMPool:
             vm.pending_op = "launched"
             self.db.save(vm)
 
+    def _driver_failure(
+        self, host_id: int, call: Callable[[VMDriver], object], unavailable_fails: bool = False
+    ) -> str:
+        """``call`` the host's driver, outside the cloud's lock: "" when it worked, else the failure as the
+        text the VM's ERROR gets (a missing driver only ``unavailable_fails``)."""
+        try:
+            call(self.driver_for(host_id))
+        except DriverUnavailable as failure:
+            return str(failure) if unavailable_fails else ""
+        except Exception as failure:
+            return f"{type(failure).__name__}: {failure}"
+        return ""
+
     def _stop_work(self, vm_id: int, hard: bool = False) -> None:
         with self.db.lock:
             vm = self._current(vm_id, "stop")
@@ -895,13 +908,8 @@ class VMPool:
                 return
             host_id = vm.host_id
         error = ""
-        try:
-            if host_id >= 0:
-                self.driver_for(host_id).terminate(vm_id, hard=hard)
-        except DriverUnavailable:
-            pass  # nothing was ever launched by a driver that does not exist
-        except Exception as failure:
-            error = f"{type(failure).__name__}: {failure}"
+        if host_id >= 0:  # a driver that does not exist never launched anything
+            error = self._driver_failure(host_id, lambda driver: driver.terminate(vm_id, hard=hard))
         with self.db.lock:
             vm = self._current(vm_id, "stop")
             if vm is None:

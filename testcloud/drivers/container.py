@@ -30,9 +30,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from hostkit import diskimage
-from hostkit.errors import FactoryError
 from hostkit.host import (
     PROCESS_GONE,
     HostError,
@@ -48,7 +48,7 @@ from testcloud.drivers import contextmedia, network
 from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSpec
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.processes import command_lines
-from testcloud.drivers.records import load_record, save_record
+from testcloud.drivers.records import GuestRecord, Guests
 from testcloud.drivers.rootimage import RootFilesystem, root_filesystem
 
 SUPERVISOR = Path(__file__).with_name("nspawn-supervisor.sh")
@@ -61,9 +61,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
 
 
 @dataclass
-class _Container:
-    vm_id: int
-    vm_dir: Path
+class _Container(GuestRecord):
+    RECORD: ClassVar[str] = "container.json"
+    SAVED: ClassVar[tuple[str, ...]] = ("namespace", "machine", "links", "loop", "image", "supervisor")
+
     namespace: str
     machine: str
     links: list[str] = field(default_factory=list)
@@ -72,9 +73,6 @@ class _Container:
     supervisor: ProcessIdentity | None = None
     process: subprocess.Popen[bytes] | None = None
     booted: bool = False
-    terminating: bool = False
-    gone: bool = False
-    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def base(self) -> Path:
@@ -93,41 +91,8 @@ class _Container:
         return self.vm_dir / "context"
 
     @property
-    def console(self) -> Path:
-        return self.vm_dir / "console.log"
-
-    @property
-    def record_file(self) -> Path:
-        return self.vm_dir / "container.json"
-
-    @property
     def state_prefix(self) -> Path:
         return self.vm_dir / "container"
-
-    def save(self) -> None:
-        record = {
-            "vm_id": self.vm_id,
-            "namespace": self.namespace,
-            "machine": self.machine,
-            "links": self.links,
-            "loop": self.loop,
-            "image": self.image,
-            "supervisor": self.supervisor.to_json() if self.supervisor else None,
-        }
-        save_record(self.record_file, record)
-
-    @classmethod
-    def load(cls, vm_dir: Path) -> _Container | None:
-        data = load_record(vm_dir / "container.json")
-        if data is None:
-            return None
-        container = cls(int(data["vm_id"]), vm_dir, str(data["namespace"]), str(data["machine"]))
-        container.links = list(data.get("links", []))
-        container.loop = data.get("loop")
-        container.image = str(data.get("image", ""))
-        if data.get("supervisor"):
-            container.supervisor = ProcessIdentity.from_json(data["supervisor"])
-        return container
 
     def supervisor_alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -207,17 +172,12 @@ class ContainerDriver:
         self.tag = cloud_tag
         self.stop_timeout = stop_timeout
         self.raw_cache_dir = raw_cache_dir
-        self._containers: dict[int, _Container] = {}
-        self._lock = threading.Lock()
+        self._containers: Guests[_Container] = Guests("container")
 
     # ------------------------------------------------------------------------------------------ bookkeeping
 
     def _get(self, vm_id: int) -> _Container:
-        with self._lock:
-            container = self._containers.get(vm_id)
-        if container is None:
-            raise DriverError(f"VM {vm_id}: not known to the container driver (never launched here)")
-        return container
+        return self._containers.get(vm_id)
 
     def _running(self, vm_id: int) -> tuple[_Container, int]:
         container = self._get(vm_id)
@@ -236,28 +196,12 @@ class ContainerDriver:
                 raise DriverError(
                     f"VM {spec.vm_id}: NIC {nic.nic_id} wants bridge {nic.bridge!r}; only {network.BRIDGE}"
                 )
-        with self._lock:
-            existing = self._containers.get(spec.vm_id)
-            if existing is not None and not existing.gone:
-                raise DriverError(f"VM {spec.vm_id}: already launched")
-            container = _Container(
-                spec.vm_id,
-                Path(spec.vm_dir),
-                network.namespace_name(self.tag, spec.vm_id),
-                network.namespace_name(self.tag, spec.vm_id),
-            )
-            self._containers[spec.vm_id] = container
+        name = network.namespace_name(self.tag, spec.vm_id)
+        container = self._containers.add(_Container(spec.vm_id, Path(spec.vm_dir), name, name))
         network.sweep_orphans()  # a killed cloud's guest namespace would still answer for its address
-        with container.lock:
-            try:
-                self._prepare(container, spec)
-                self._start(container)
-            except BaseException as error:
-                self._clean_host_side(container)
-                container.gone = True
-                if isinstance(error, FactoryError) and not isinstance(error, DriverError):
-                    raise DriverError(f"VM {spec.vm_id}: launch failed: {error}") from error
-                raise
+        with self._containers.launching(container, self._clean_host_side):
+            self._prepare(container, spec)
+            self._start(container)
 
     def _prepare(self, container: _Container, spec: LaunchSpec) -> None:
         root: RootFilesystem = root_filesystem(spec.disks[0], self.raw_cache_dir)
@@ -344,8 +288,7 @@ class ContainerDriver:
     # ------------------------------------------------------------------------------------------ observe
 
     def state(self, vm_id: int) -> GuestState:
-        with self._lock:
-            container = self._containers.get(vm_id)
+        container = self._containers.find(vm_id)
         if container is None:
             return GuestState.STOPPED
         with container.lock:
@@ -450,23 +393,22 @@ class ContainerDriver:
                 _signal(leader, signal.SIGINT)  # systemd: ctrl-alt-del.target, i.e. an orderly reboot
 
     def terminate(self, vm_id: int, hard: bool = False) -> None:
-        container = self._get(vm_id)
-        with container.lock:
-            if container.gone:
-                return
-            container.terminating = True
-            (container.vm_dir / "container.restart").unlink(missing_ok=True)
-            if not hard:
-                _signal(container.nspawn_pid(), signal.SIGTERM)  # nspawn -b: orderly poweroff of the guest
-                self._wait_stopped(container, self.stop_timeout)
-            if container.running():
-                _signal(container.leader_pid(), signal.SIGKILL)
-                self._wait_stopped(container, 5.0)
-            if container.running():
-                self._kill_everything(container)
-                self._wait_stopped(container, 5.0)
-            self._clean_host_side(container)
-            container.gone = True
+        self._containers.terminate(
+            vm_id, lambda container: self._stop(container, hard), self._clean_host_side
+        )
+
+    def _stop(self, container: _Container, hard: bool) -> None:
+        """An orderly poweroff (unless ``hard``), then SIGKILL to the guest's init, then to everything."""
+        (container.vm_dir / "container.restart").unlink(missing_ok=True)
+        if not hard:
+            _signal(container.nspawn_pid(), signal.SIGTERM)  # nspawn -b: orderly poweroff of the guest
+            self._wait_stopped(container, self.stop_timeout)
+        if container.running():
+            _signal(container.leader_pid(), signal.SIGKILL)
+            self._wait_stopped(container, 5.0)
+        if container.running():
+            self._kill_everything(container)
+            self._wait_stopped(container, 5.0)
 
     def _kill_everything(self, container: _Container) -> None:
         """SIGKILL nspawn without orphaning its container: nspawn is stopped first so that it cannot start
@@ -513,8 +455,7 @@ class ContainerDriver:
         container = _Container.load(Path(spec.vm_dir))
         if container is None:
             return GuestState.STOPPED
-        with self._lock:
-            self._containers[vm_id] = container
+        self._containers.add_found(container)
         with container.lock:
             if container.running():
                 return self.state(vm_id)
@@ -524,8 +465,7 @@ class ContainerDriver:
             return GuestState.STOPPED if status == 0 else GuestState.FAILED
 
     def known_vms(self) -> list[int]:
-        with self._lock:
-            return sorted(vm_id for vm_id, container in self._containers.items() if not container.gone)
+        return self._containers.known()
 
     def sweep(self) -> list[str]:
         """Terminate (hard) every container of this driver's cloud still running on the host, including ones
@@ -547,8 +487,7 @@ class ContainerDriver:
                 continue
             orphan = _Container.load(vm_dir)
             if orphan is not None:
-                with self._lock:
-                    self._containers[orphan.vm_id] = orphan
+                self._containers.add_found(orphan)
                 self.terminate(orphan.vm_id, hard=True)
                 removed.append(f"container VM {orphan.vm_id} ({vm_dir})")
         removed += network.sweep(self.tag)

@@ -23,14 +23,13 @@ import os
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from hostkit import diskimage
-from hostkit.errors import FactoryError
 from hostkit.host import HostError, ProcessIdentity, boot_id, run
 from hostkit.waiting import wait_until
 from testcloud.drivers import contextmedia, network
@@ -38,7 +37,7 @@ from testcloud.drivers.base import ContextSpec, ExecResult, GuestState, LaunchSp
 from testcloud.drivers.errors import DriverError
 from testcloud.drivers.processes import command_lines
 from testcloud.drivers.qmp import GuestAgent, Monitor
-from testcloud.drivers.records import load_record, save_record
+from testcloud.drivers.records import GuestRecord, Guests
 
 QEMU = "qemu-system-x86_64"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -104,17 +103,15 @@ def _option(value: str) -> str:
 
 
 @dataclass
-class _Machine:
-    vm_id: int
-    vm_dir: Path
+class _Machine(GuestRecord):
+    RECORD: ClassVar[str] = "qemu.json"
+    SAVED: ClassVar[tuple[str, ...]] = ("tag", "taps", "disks", "iso", "process")
+
     tag: str
     taps: list[str] = field(default_factory=list)
     disks: list[str] = field(default_factory=list)
     iso: str = ""
     process: ProcessIdentity | None = None
-    terminating: bool = False
-    gone: bool = False
-    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def monitor_path(self) -> Path:
@@ -123,36 +120,6 @@ class _Machine:
     @property
     def agent_path(self) -> Path:
         return SOCKET_DIR / f"{self.tag}-{self.vm_id}.qga"
-
-    @property
-    def console(self) -> Path:
-        return self.vm_dir / "console.log"
-
-    @property
-    def record_file(self) -> Path:
-        return self.vm_dir / "qemu.json"
-
-    def save(self) -> None:
-        record = {
-            "vm_id": self.vm_id,
-            "tag": self.tag,
-            "taps": self.taps,
-            "disks": self.disks,
-            "iso": self.iso,
-            "process": self.process.to_json() if self.process else None,
-        }
-        save_record(self.record_file, record)
-
-    @classmethod
-    def load(cls, vm_dir: Path) -> _Machine | None:
-        data = load_record(vm_dir / "qemu.json")
-        if data is None:
-            return None
-        machine = cls(int(data["vm_id"]), vm_dir, str(data["tag"]))
-        machine.taps, machine.disks, machine.iso = list(data["taps"]), list(data["disks"]), str(data["iso"])
-        if data.get("process"):
-            machine.process = ProcessIdentity.from_json(data["process"])
-        return machine
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
@@ -171,8 +138,7 @@ class QemuDriver:
         self.tag = cloud_tag
         self._accel = accel
         self.stop_timeout = stop_timeout
-        self._machines: dict[int, _Machine] = {}
-        self._lock = threading.Lock()
+        self._machines: Guests[_Machine] = Guests("qemu")
 
     @property
     def accel(self) -> str:
@@ -181,11 +147,7 @@ class QemuDriver:
         return self._accel
 
     def _get(self, vm_id: int) -> _Machine:
-        with self._lock:
-            machine = self._machines.get(vm_id)
-        if machine is None:
-            raise DriverError(f"VM {vm_id}: not known to the qemu driver (never launched here)")
-        return machine
+        return self._machines.get(vm_id)
 
     def _live(self, vm_id: int) -> _Machine:
         machine = self._get(vm_id)
@@ -201,22 +163,9 @@ class QemuDriver:
         for nic in spec.nics:
             if nic.bridge != network.BRIDGE:
                 raise DriverError(f"VM {spec.vm_id}: NIC {nic.nic_id} wants bridge {nic.bridge!r}")
-        with self._lock:
-            existing = self._machines.get(spec.vm_id)
-            if existing is not None and not existing.gone:
-                raise DriverError(f"VM {spec.vm_id}: already launched")
-            machine = _Machine(spec.vm_id, Path(spec.vm_dir), self.tag)
-            self._machines[spec.vm_id] = machine
-        with machine.lock:
-            try:
-                argv = self._prepare(machine, spec)
-                self._start(machine, argv)
-            except BaseException as error:
-                self._clean_host_side(machine)
-                machine.gone = True
-                if isinstance(error, FactoryError) and not isinstance(error, DriverError):
-                    raise DriverError(f"VM {spec.vm_id}: launch failed: {error}") from error
-                raise
+        machine = self._machines.add(_Machine(spec.vm_id, Path(spec.vm_dir), self.tag))
+        with self._machines.launching(machine, self._clean_host_side):
+            self._start(machine, self._prepare(machine, spec))
 
     @staticmethod
     def _disk_arguments(machine: _Machine, spec: LaunchSpec) -> list[str]:
@@ -304,8 +253,7 @@ class QemuDriver:
     # ------------------------------------------------------------------------------------------ observe
 
     def state(self, vm_id: int) -> GuestState:
-        with self._lock:
-            machine = self._machines.get(vm_id)
+        machine = self._machines.find(vm_id)
         if machine is None or machine.gone:
             return GuestState.STOPPED
         with machine.lock:
@@ -393,25 +341,22 @@ class QemuDriver:
                 monitor.execute("system_reset")
 
     def terminate(self, vm_id: int, hard: bool = False) -> None:
-        machine = self._get(vm_id)
-        with machine.lock:
-            if machine.gone:
-                return
-            machine.terminating = True
-            if machine.alive() and not hard:
-                with contextlib.suppress(DriverError), machine.monitor() as monitor:
-                    monitor.execute("system_powerdown")  # ACPI power button, as a VM shutdown does
-                self._wait(machine, lambda: not machine.alive() or self._status(machine) == "shutdown")
-            if machine.alive():
-                with contextlib.suppress(DriverError), machine.monitor() as monitor:
-                    monitor.execute("quit")
-                self._wait(machine, lambda: not machine.alive(), 10.0)
-            if machine.alive() and machine.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(machine.process.pid, signal.SIGKILL)
-                self._wait(machine, lambda: not machine.alive(), 10.0)
-            self._clean_host_side(machine)
-            machine.gone = True
+        self._machines.terminate(vm_id, lambda machine: self._stop(machine, hard), self._clean_host_side)
+
+    def _stop(self, machine: _Machine, hard: bool) -> None:
+        """The ACPI power button (unless ``hard``), then QMP ``quit``, then SIGKILL."""
+        if machine.alive() and not hard:
+            with contextlib.suppress(DriverError), machine.monitor() as monitor:
+                monitor.execute("system_powerdown")  # ACPI power button, as a VM shutdown does
+            self._wait(machine, lambda: not machine.alive() or self._status(machine) == "shutdown")
+        if machine.alive():
+            with contextlib.suppress(DriverError), machine.monitor() as monitor:
+                monitor.execute("quit")
+            self._wait(machine, lambda: not machine.alive(), 10.0)
+        if machine.alive() and machine.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(machine.process.pid, signal.SIGKILL)
+            self._wait(machine, lambda: not machine.alive(), 10.0)
 
     def _status(self, machine: _Machine) -> str:
         try:
@@ -446,8 +391,7 @@ class QemuDriver:
         machine = _Machine.load(Path(spec.vm_dir))
         if machine is None:
             return GuestState.STOPPED
-        with self._lock:
-            self._machines[vm_id] = machine
+        self._machines.add_found(machine)
         if machine.alive():
             return self.state(vm_id)
         with machine.lock:
@@ -456,8 +400,7 @@ class QemuDriver:
         return GuestState.FAILED
 
     def known_vms(self) -> list[int]:
-        with self._lock:
-            return sorted(vm_id for vm_id, machine in self._machines.items() if not machine.gone)
+        return self._machines.known()
 
     def sweep(self) -> list[str]:
         """Terminate (hard) every QEMU guest of this cloud on the host, including ones from an earlier
@@ -473,8 +416,7 @@ class QemuDriver:
             vm_dir = Path(words[words.index("-pidfile") + 1]).parent
             orphan = _Machine.load(vm_dir)
             if orphan is not None:
-                with self._lock:
-                    self._machines[orphan.vm_id] = orphan
+                self._machines.add_found(orphan)
                 self.terminate(orphan.vm_id, hard=True)
                 removed.append(f"qemu VM {orphan.vm_id} ({vm_dir})")
         with contextlib.suppress(HostError):

@@ -12,6 +12,7 @@ state fails it.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import re
@@ -253,12 +254,7 @@ class FlowEngine:
     # ------------------------------------------------------------------ service templates
     def create_template(self, text_in: str) -> dict[str, Any]:
         template = parse_json(text_in)
-        try:
-            schema.validate(template)
-        except schema.ParseException as error:
-            raise FlowError(400, str(error)) from None
-        except schema.FloatDomainError as error:
-            raise sinatra_500(str(error)) from None
+        _validate(template)
         template["registration_time"] = int(time.time())
         return self._allocate(template, DOC_SERVICE_TEMPLATE)
 
@@ -282,24 +278,14 @@ class FlowEngine:
             template = parse_json(text_in)
             if not isinstance(template, dict):
                 raise FlowError(400, "KEY: '' must be an Object;")
+            registered = current.get("registration_time")
+            if append and "registration_time" in template:
+                raise FlowError(500, IMMUTABLE_REGISTRATION)
             if append:
-                if "registration_time" in template:
-                    raise FlowError(
-                        500, "Immutable value: `service_template/registration_time` can not be changed"
-                    )
                 template = {**current, **template}
-            else:
-                template.setdefault("registration_time", current.get("registration_time"))
-                if template["registration_time"] != current.get("registration_time"):
-                    raise FlowError(
-                        500, "Immutable value: `service_template/registration_time` can not be changed"
-                    )
-            try:
-                schema.validate(template)
-            except schema.ParseException as error:
-                raise FlowError(400, str(error)) from None
-            except schema.FloatDomainError as error:
-                raise sinatra_500(str(error)) from None
+            elif template.setdefault("registration_time", registered) != registered:
+                raise FlowError(500, IMMUTABLE_REGISTRATION)
+            _validate(template)
             doc.name = template.get("name") or doc.name
             self.save_body(doc, template)
             return self.document_json(doc)
@@ -319,12 +305,7 @@ class FlowEngine:
             self._check_networks(body, merge)
             body = self._handle_nested_values(body, merge)
             service = deep_merge(body, merge)
-            try:
-                schema.validate(service)
-            except schema.ParseException as error:
-                raise FlowError(500, str(error)) from None
-            except schema.FloatDomainError as error:
-                raise sinatra_500(str(error)) from None
+            _validate(service, schema_status=500)  # instantiate answers a schema error with a 500
             if any(role.get("type") == "vr" for role in service["roles"]):
                 raise FlowError(500, "Virtual router roles are not supported by the test cloud")
             service["state"] = ServiceState.PENDING
@@ -507,9 +488,7 @@ class FlowEngine:
             if all(r["state"] == RoleState.RUNNING for r in self._roles(body).values()):
                 self._set_state(body, ServiceState.RUNNING)
             return
-        error = self._deploy_roles(
-            sid, body, roles, RoleState.DEPLOYING, RoleState.FAILED_DEPLOYING, WaitKind.DEPLOY
-        )
+        error = self._deploy_roles(sid, body, roles)
         if error is None and body.get("on_hold"):
             self._set_state(body, ServiceState.HOLD)
         elif error is None:
@@ -518,14 +497,14 @@ class FlowEngine:
             self._set_state(body, ServiceState.FAILED_DEPLOYING)
 
     def _deploy_roles(
-        self,
-        sid: int,
-        body: dict[str, Any],
-        roles: list[dict[str, Any]],
-        success: RoleState,
-        failure: RoleState,
-        wait_kind: WaitKind,
+        self, sid: int, body: dict[str, Any], roles: list[dict[str, Any]], scaling: bool = False
     ) -> str | None:
+        """Deploy ``roles``: the service's deployment, or with ``scaling`` a role's scale-up."""
+        success, failure, wait_kind = (
+            (RoleState.SCALING, RoleState.FAILED_SCALING, WaitKind.SCALEUP)
+            if scaling
+            else (RoleState.DEPLOYING, RoleState.FAILED_DEPLOYING, WaitKind.DEPLOY)
+        )
         report = bool(body.get("ready_status_gate"))
         all_roles = self._roles(body)
         for role in roles:
@@ -646,13 +625,12 @@ class FlowEngine:
         return done
 
     def _undeploy_roles(
-        self,
-        sid: int,
-        body: dict[str, Any],
-        roles: list[dict[str, Any]],
-        success: RoleState,
-        wait_kind: WaitKind,
+        self, sid: int, body: dict[str, Any], roles: list[dict[str, Any]], scaling: bool = False
     ) -> None:
+        """Shut ``roles`` down: the service's undeployment, or with ``scaling`` a role's scale-down."""
+        success, wait_kind = (
+            (RoleState.SCALING, WaitKind.SCALEDOWN) if scaling else (RoleState.UNDEPLOYING, WaitKind.UNDEPLOY)
+        )
         for role in roles:
             nodes = self._shutdown_role(sid, body, role)
             role["state"] = success
@@ -675,7 +653,7 @@ class FlowEngine:
             if not roles:
                 self.cloud.documents.document_delete(sid)
                 return
-            self._undeploy_roles(sid, body, roles, RoleState.UNDEPLOYING, WaitKind.UNDEPLOY)
+            self._undeploy_roles(sid, body, roles)
             self._set_state(body, ServiceState.UNDEPLOYING)
             self.save_body(doc, body)
 
@@ -728,12 +706,10 @@ class FlowEngine:
             elasticity.clear_true_evals(role)  # Role#set_state(SCALING)
             if diff > 0:
                 role["scale_way"] = 0
-                error = self._deploy_roles(
-                    sid, body, [role], RoleState.SCALING, RoleState.FAILED_SCALING, WaitKind.SCALEUP
-                )
+                error = self._deploy_roles(sid, body, [role], scaling=True)
             else:
                 role["scale_way"] = 1
-                self._undeploy_roles(sid, body, [role], RoleState.SCALING, WaitKind.SCALEDOWN)
+                self._undeploy_roles(sid, body, [role], scaling=True)
                 error = None
             self._set_state(body, ServiceState.SCALING if error is None else ServiceState.FAILED_SCALING)
             self.save_body(doc, body)
@@ -968,10 +944,10 @@ class FlowEngine:
             successful = set(wait.successful)
             role["nodes"] = [n for n in role["nodes"] if int(n["deploy_id"]) not in successful]
         finish = {
-            WaitKind.DEPLOY: self._deployed,
+            WaitKind.DEPLOY: functools.partial(self._walked, up=True),
             WaitKind.SCALEUP: self._scaled,
             WaitKind.SCALEDOWN: self._scaled,
-            WaitKind.UNDEPLOY: self._undeployed,
+            WaitKind.UNDEPLOY: functools.partial(self._walked, up=False),
         }[wait.kind]
         return finish(sid, body, roles, role, failed)
 
@@ -986,25 +962,35 @@ class FlowEngine:
         self._auto_delete(sid, body, role)
         return True
 
-    def _deployed(
-        self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
+    def _walked(
+        self,
+        sid: int,
+        body: dict[str, Any],
+        roles: dict[str, Any],
+        role: dict[str, Any],
+        failed: bool,
+        up: bool,
     ) -> bool:
+        """A role's DEPLOY (``up``) or UNDEPLOY wait is over (ServiceLCM's deploy_cb / undeploy_cb): the role
+        runs, or is done; once every role is, the service runs, or its networks go; until then a straight
+        service walks on to the roles whose parents are through."""
         if failed:
-            return self._failed(sid, body, role, ServiceState.FAILED_DEPLOYING, cancel=True)
-        role["state"] = RoleState.RUNNING
-        if all(r["state"] == RoleState.RUNNING for r in roles.values()):
+            failure = ServiceState.FAILED_DEPLOYING if up else ServiceState.FAILED_UNDEPLOYING
+            return self._failed(sid, body, role, failure, cancel=True)
+        role["state"] = RoleState.RUNNING if up else RoleState.DONE
+        through = all(r["state"] == role["state"] for r in roles.values())
+        if through and up:
             self._set_state(body, ServiceState.RUNNING)
-        elif body.get("deployment") == "straight":
+        elif through:
+            self._set_state(body, ServiceState.UNDEPLOYING_NETS)
+            self.waits[(sid, "")] = Wait(WaitKind.NETS_UNDEPLOY)
+        elif body.get("deployment") == "straight" and up:
             self._fill_template(body)
-            self._deploy_roles(
-                sid,
-                body,
-                self._roles_deploy(body),
-                RoleState.DEPLOYING,
-                RoleState.FAILED_DEPLOYING,
-                WaitKind.DEPLOY,
-            )
-        self._auto_delete(sid, body, role)
+            self._deploy_roles(sid, body, self._roles_deploy(body))
+        elif body.get("deployment") == "straight":
+            self._undeploy_roles(sid, body, self._roles_shutdown(body))
+        if up:
+            self._auto_delete(sid, body, role)
         return True
 
     def _failed(
@@ -1025,21 +1011,6 @@ class FlowEngine:
             return self._failed(sid, body, role, ServiceState.FAILED_SCALING, cancel=False)
         return self._cooldown(sid, body, role)
 
-    def _undeployed(
-        self, sid: int, body: dict[str, Any], roles: dict[str, Any], role: dict[str, Any], failed: bool
-    ) -> bool:
-        if failed:
-            return self._failed(sid, body, role, ServiceState.FAILED_UNDEPLOYING, cancel=True)
-        role["state"] = RoleState.DONE
-        if all(r["state"] == RoleState.DONE for r in roles.values()):
-            self._set_state(body, ServiceState.UNDEPLOYING_NETS)
-            self.waits[(sid, "")] = Wait(WaitKind.NETS_UNDEPLOY)
-        elif body.get("deployment") == "straight":
-            self._undeploy_roles(
-                sid, body, self._roles_shutdown(body), RoleState.UNDEPLOYING, WaitKind.UNDEPLOY
-            )
-        return True
-
     def _cooldown(self, sid: int, body: dict[str, Any], role: dict[str, Any]) -> bool:
         self._set_state(body, ServiceState.COOLDOWN)
         role["state"] = RoleState.COOLDOWN
@@ -1054,9 +1025,7 @@ class FlowEngine:
             return
         if all(not r["nodes"] for r in self._roles(body).values()):
             self._log(body, "I", f"Automatically deleting service {sid}")
-            self._undeploy_roles(
-                sid, body, self._roles_shutdown(body), RoleState.UNDEPLOYING, WaitKind.UNDEPLOY
-            )
+            self._undeploy_roles(sid, body, self._roles_shutdown(body))
             self._set_state(body, ServiceState.UNDEPLOYING)
 
     def _check(self, wait: Wait, up: bool) -> tuple[bool, bool]:
@@ -1132,10 +1101,22 @@ class FlowEngine:
 # answers with 400 where it rescues JSON::ParserError), no NaN or Infinity literals; 1e400 reads as Infinity
 # (a float), which Integer() refuses later with FloatDomainError (a 500, flow_schema.FloatDomainError).
 MAX_NESTING = 100
+IMMUTABLE_REGISTRATION = "Immutable value: `service_template/registration_time` can not be changed"
 
 
 def _no_constant(name: str) -> Any:
     raise FlowError(400, f"unexpected token at '{name}'")
+
+
+def _validate(template: Any, schema_status: int = 400) -> None:
+    """A service template as oneflow-server.rb checks it: a schema error is a ``schema_status``, a number Ruby
+    cannot read a 500."""
+    try:
+        schema.validate(template)
+    except schema.ParseException as error:
+        raise FlowError(schema_status, str(error)) from None
+    except schema.FloatDomainError as error:
+        raise sinatra_500(str(error)) from None
 
 
 def sinatra_500(reason: str) -> FlowError:

@@ -6,39 +6,35 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-
-class ServiceState(IntEnum):
-    PENDING = 0
-    DEPLOYING = 1
-    RUNNING = 2
-    UNDEPLOYING = 3
-    WARNING = 4
-    DONE = 5
-    FAILED_UNDEPLOYING = 6
-    FAILED_DEPLOYING = 7
-    SCALING = 8
-    FAILED_SCALING = 9
-    COOLDOWN = 10
-    DEPLOYING_NETS = 11
-    UNDEPLOYING_NETS = 12
-    FAILED_DEPLOYING_NETS = 13
-    FAILED_UNDEPLOYING_NETS = 14
-    HOLD = 15
-
-
-class RoleState(IntEnum):
-    PENDING = 0
-    DEPLOYING = 1
-    RUNNING = 2
-    UNDEPLOYING = 3
-    WARNING = 4
-    DONE = 5
-    FAILED_UNDEPLOYING = 6
-    FAILED_DEPLOYING = 7
-    SCALING = 8
-    FAILED_SCALING = 9
-    COOLDOWN = 10
-    HOLD = 11
+# A service and a role share their first eleven states, name and number: the engine moves a role into its
+# service's FAILED_* state by name.
+_SHARED = (
+    "PENDING",
+    "DEPLOYING",
+    "RUNNING",
+    "UNDEPLOYING",
+    "WARNING",
+    "DONE",
+    "FAILED_UNDEPLOYING",
+    "FAILED_DEPLOYING",
+    "SCALING",
+    "FAILED_SCALING",
+    "COOLDOWN",
+)
+ServiceState = IntEnum(
+    "ServiceState",
+    [
+        *_SHARED,
+        "DEPLOYING_NETS",
+        "UNDEPLOYING_NETS",
+        "FAILED_DEPLOYING_NETS",
+        "FAILED_UNDEPLOYING_NETS",
+        "HOLD",
+    ],
+    module=__name__,
+    start=0,
+)
+RoleState = IntEnum("RoleState", [*_SHARED, "HOLD"], module=__name__, start=0)
 
 
 TRANSIENT = frozenset(

@@ -51,14 +51,14 @@ def run(args: argparse.Namespace) -> int:
             print(plan.shell())
         return 0
     failures: list[str] = []
-    for variant in progress.iterate(variants, "packer build"):
+    for plan in progress.iterate(plans, "packer build"):
         try:
-            result = build_variant(variant, overrides, args.var_file, hcl_root=rendered.out_root)
+            result = build_variant(plan)
         except FactoryError as error:
             if not args.keep_going:
                 raise
             print(f"error: {error}", file=sys.stderr)
-            failures.append(variant.name)
+            failures.append(plan.variant.name)
             continue
         print(f"built {result.image} ({result.seconds:.0f} s), manifest {result.manifest_path}")
     if failures:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from factory_app.tasks import localdata, synthetic
+from factory_app.tasks import localdata, synthetic, torchnet
 
 SIDE = 8
 CLASSES = 10
@@ -38,10 +38,6 @@ class DigitsCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images))
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _demo(partition_id: int, num_partitions: int, config: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -75,38 +71,23 @@ def load_data(partition_id: int, num_partitions: int, config: dict) -> tuple[tup
     return localdata.split(images, labels.astype(np.int64), int(config["seed"]))
 
 
-def _network(arrays: list[np.ndarray] | None, seed: int) -> DigitsCNN:
-    torch.manual_seed(seed)
-    network = DigitsCNN()
-    if arrays is not None:
-        keys = list(network.state_dict().keys())
-        network.load_state_dict(
-            {key: torch.from_numpy(np.array(a)) for key, a in zip(keys, arrays, strict=True)}
-        )
-    return network.to(device())
-
-
-def _arrays(network: DigitsCNN) -> list[np.ndarray]:
-    return [value.detach().cpu().numpy() for value in network.state_dict().values()]
-
-
 def initial_arrays(config: dict) -> list[np.ndarray]:
-    return _arrays(_network(None, int(config["seed"])))
+    return torchnet.arrays_of(torchnet.network(DigitsCNN, None, int(config["seed"])))
 
 
 def _measure(network: DigitsCNN, data: tuple) -> tuple[float, float]:
     images, labels = (torch.from_numpy(part) for part in data)
     network.eval()
     with torch.no_grad():
-        logits = network(images.to(device()))
-        loss = nn.functional.cross_entropy(logits, labels.to(device())).item()
+        logits = network(images.to(torchnet.device()))
+        loss = nn.functional.cross_entropy(logits, labels.to(torchnet.device())).item()
         accuracy = (logits.argmax(1).cpu() == labels).float().mean().item()
     return float(loss), float(accuracy)
 
 
 def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: list[np.ndarray]) -> tuple:
-    run_on = device()
-    network = _network(arrays, int(config["seed"]))
+    run_on = torchnet.device()
+    network = torchnet.network(DigitsCNN, arrays, int(config["seed"]))
     # Adam restarts every round (its moments are not averaged); 0.2 x the run-config rate (0.01 by default)
     optimiser = torch.optim.Adam(network.parameters(), lr=float(config["learning-rate"]) * 0.2)
     mu = float(config.get("proximal-mu", 0.0))
@@ -134,9 +115,9 @@ def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: li
             loss.backward()
             optimiser.step()
     loss_value, accuracy = _measure(network, data)
-    return _arrays(network), len(data[1]), {"train_loss": loss_value, "train_accuracy": accuracy}
+    return torchnet.arrays_of(network), len(data[1]), {"train_loss": loss_value, "train_accuracy": accuracy}
 
 
 def evaluate(arrays: list[np.ndarray], data: tuple, config: dict) -> tuple:
-    loss, accuracy = _measure(_network(arrays, int(config["seed"])), data)
+    loss, accuracy = _measure(torchnet.network(DigitsCNN, arrays, int(config["seed"])), data)
     return len(data[1]), {"eval_loss": loss, "eval_accuracy": accuracy}

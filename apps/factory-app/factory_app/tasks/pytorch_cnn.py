@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from factory_app.tasks import synthetic
+from factory_app.tasks import synthetic, torchnet
 
 load_data = synthetic.load_data
 
@@ -28,25 +28,6 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(images), 1))
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _network(arrays: list[np.ndarray] | None, seed: int) -> SmallCNN:
-    torch.manual_seed(seed)
-    network = SmallCNN()
-    if arrays is not None:
-        keys = list(network.state_dict().keys())
-        network.load_state_dict(
-            {key: torch.from_numpy(np.array(a)) for key, a in zip(keys, arrays, strict=True)}
-        )
-    return network.to(_device())
-
-
-def _arrays(network: SmallCNN) -> list[np.ndarray]:
-    return [value.detach().cpu().numpy() for value in network.state_dict().values()]
-
-
 def _tensors(data: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = data
     # NHWC (as generated) -> NCHW (as torch convolutions want)
@@ -54,12 +35,12 @@ def _tensors(data: tuple) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def initial_arrays(config: dict) -> list[np.ndarray]:
-    return _arrays(_network(None, int(config["seed"])))
+    return torchnet.arrays_of(torchnet.network(SmallCNN, None, int(config["seed"])))
 
 
 def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: list[np.ndarray]) -> tuple:
-    device = _device()
-    network = _network(arrays, int(config["seed"]))
+    device = torchnet.device()
+    network = torchnet.network(SmallCNN, arrays, int(config["seed"]))
     anchor = [torch.from_numpy(np.array(a)).to(device) for a in global_arrays]
     mu = float(config.get("proximal-mu", 0.0))
     optimiser = torch.optim.SGD(network.parameters(), lr=float(config["learning-rate"]), momentum=0.9)
@@ -88,11 +69,15 @@ def train(arrays: list[np.ndarray], data: tuple, config: dict, global_arrays: li
             loss.backward()
             optimiser.step()
     train_loss, train_accuracy = _measure(network, data)
-    return _arrays(network), len(labels), {"train_loss": train_loss, "train_accuracy": train_accuracy}
+    return (
+        torchnet.arrays_of(network),
+        len(labels),
+        {"train_loss": train_loss, "train_accuracy": train_accuracy},
+    )
 
 
 def _measure(network: SmallCNN, data: tuple) -> tuple[float, float]:
-    device = _device()
+    device = torchnet.device()
     images, labels = _tensors(data)
     network.eval()
     with torch.no_grad():
@@ -103,5 +88,5 @@ def _measure(network: SmallCNN, data: tuple) -> tuple[float, float]:
 
 
 def evaluate(arrays: list[np.ndarray], data: tuple, config: dict) -> tuple:
-    loss, accuracy = _measure(_network(arrays, int(config["seed"])), data)
+    loss, accuracy = _measure(torchnet.network(SmallCNN, arrays, int(config["seed"])), data)
     return len(data[1]), {"eval_loss": loss, "eval_accuracy": accuracy}
