@@ -41,7 +41,7 @@ def params_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def flower_venv() -> Path:
     from factory.harness.flwrenv import ensure_flower
 
-    return ensure_flower(FLOWER_VERSION).root
+    return ensure_flower(FLOWER_VERSION).bin_dir.parent  # the venv: bin/ lies in it
 
 
 @dataclass

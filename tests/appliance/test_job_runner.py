@@ -187,7 +187,7 @@ def connected_federation(
     """A bare federation (2 SuperNodes) and the runner's environment for ``params``, connected to it."""
     os.chmod(root, 0o700)
     with BareFederation(root / "fed", flower, num_supernodes=2) as federation:
-        environment = runner_env(root, flower.root, **params)
+        environment = runner_env(root, flower.bin_dir.parent, **params)
         connect(root, federation)
         yield federation, environment
 
