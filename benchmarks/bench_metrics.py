@@ -396,8 +396,9 @@ def print_report(
                 else ("tasks_seen", "tasks")
             )
             saw = "no such series" if row[key] is None else f"{row[key]:g} {what}"
+            name = row["name"] if repeats == 1 else f"{row['name']} #{run['repeat'] + 1}"
             print(
-                f"{row['name']:14} {row['peak_rss_mib']:>15.1f} {row['end_rss_mib']:>17.1f} "
+                f"{name:14} {row['peak_rss_mib']:>15.1f} {row['end_rss_mib']:>17.1f} "
                 f"{row['cpu_seconds']:>8.2f} {row['scrapes']:>8}  {saw}"
             )
 
