@@ -43,6 +43,7 @@ from factory.harness.bareflower import BareFederation, free_port
 from factory.harness.federation import FederationRunner, evaluate_checks
 from factory.harness.flwrenv import ensure_flower
 from hostkit.errors import FactoryError
+from hostkit.host import stop_process
 from hostkit.paths import CONTEXT_DIR
 from hostkit.progress import Progress
 
@@ -109,13 +110,7 @@ class Exporter:
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def log_tail(self) -> str:
         try:

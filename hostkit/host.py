@@ -108,6 +108,18 @@ def same_pid_namespace(pid: int) -> bool:
         return True
 
 
+def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM a child that still runs, SIGKILL it if it has not ended after ``grace`` seconds; reaped."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace)
+
+
 def mounts_under(directory: Path) -> list[Path]:
     """Mount points at or below ``directory`` in this mount namespace, deepest first."""
     root = str(directory.resolve())

@@ -22,18 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from hostkit.host import mounts_under
+
 KEEP_SETTING = "FLOWER_KEEP_TEST_CLOUDS"
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` (``/proc/self/mountinfo``, field 5, octal escapes undone)."""
-    root = os.path.realpath(path)
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == root or point.startswith(root + "/"):
-            found.append(point)
-    return found
 
 
 def remove_scratch(path: Path) -> None:
@@ -42,7 +33,7 @@ def remove_scratch(path: Path) -> None:
         return
     mounted = mounts_under(path)
     if mounted:
-        print(f"kept {path}: still mounted below it: {', '.join(mounted)}", file=sys.stderr)
+        print(f"kept {path}: still mounted below it: {', '.join(map(str, mounted))}", file=sys.stderr)
         return
     shutil.rmtree(path, ignore_errors=True)
 

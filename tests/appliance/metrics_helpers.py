@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.harness.bareflower import free_port
+from hostkit.host import stop_process
 from hostkit.paths import CONTEXT_DIR
 from hostkit.waiting import wait_until
 
@@ -41,13 +42,7 @@ class Exporter:
             return reply.read().decode()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def start_exporter(

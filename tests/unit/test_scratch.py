@@ -1,4 +1,5 @@
-"""tests/scratch.py: the clouds' scratch folders go when their fixture ends, never through a mount."""
+"""tests/scratch.py: the clouds' scratch folders go when their fixture ends, never through a mount; and
+hostkit.host.stop_process, what the test and benchmark helpers stop their child processes with."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scratch import mounts_under, remove_scratch, scratch_dir
+from scratch import remove_scratch, scratch_dir
+
+from hostkit.host import mounts_under, stop_process
 
 
 def test_a_scratch_dir_is_removed_after_the_block(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -35,7 +38,7 @@ def test_a_mount_below_keeps_the_folder_and_what_it_shows(tmp_path: Path) -> Non
     if done.returncode != 0:
         pytest.fail(f"mount --bind needs root (as the cloud tests do): {done.stderr.strip()}")
     try:
-        assert mounts_under(state) == [str(point)]
+        assert mounts_under(state) == [point]
         remove_scratch(state)
         assert (point / "precious").read_text() == "keep me"
     finally:
@@ -43,3 +46,17 @@ def test_a_mount_below_keeps_the_folder_and_what_it_shows(tmp_path: Path) -> Non
     assert mounts_under(state) == []
     remove_scratch(state)
     assert not state.exists() and (outside / "precious").is_file()
+
+
+def test_stop_process_ends_a_child_that_ignores_sigterm() -> None:
+    """hostkit.host.stop_process (the exporter helpers and the metrics benchmark stop with it): SIGTERM, then
+    SIGKILL after the grace period; a child that already ended is left alone."""
+    stubborn = subprocess.Popen(["bash", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == "up\n"
+    stop_process(stubborn, grace=0.5)
+    assert stubborn.returncode == -9
+    polite = subprocess.Popen(["sleep", "30"])
+    stop_process(polite)
+    assert polite.returncode == -15
+    stop_process(polite)  # ended already: nothing to do
