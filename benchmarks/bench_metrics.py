@@ -39,6 +39,7 @@ from typing import NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.record import save_record
+from factory.cli.commands._selection import positive_int
 from factory.harness.bareflower import BareFederation, free_port
 from factory.harness.federation import FederationRunner, evaluate_checks
 from factory.harness.flwrenv import ensure_flower
@@ -407,16 +408,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
 
 
 def positive_float(text: str) -> float:
