@@ -124,8 +124,9 @@ def test_both_roles_install_the_metrics_units(role: str) -> None:
     script = (APPLIANCE_DIR / "roles" / f"{role}.sh").read_text()
     assert 'fl_install_units "${FL_' in script and '"${FL_METRICS_UNITS[@]}"' in script
     units = (APPLIANCE_DIR / "lib" / "metrics.sh").read_text()
-    assert "FL_METRICS_UNITS=(flower-metrics.service flower-nodecount.service)" in units
-    for unit in ("flower-metrics.service", "flower-nodecount.service"):
+    wanted = ("flower-metrics.service", "flower-nodecount.service", "flower-metrics-cert.service")
+    assert f"FL_METRICS_UNITS=({' '.join(wanted)})" in units
+    for unit in wanted:
         assert (APPLIANCE_DIR / "systemd" / unit).is_file()
 
 
@@ -284,3 +285,46 @@ def test_report_shows_the_metrics_column(tmp_path: Path) -> None:
     assert "failed: VM 7 (supernode): empty answer" in markdown and "not checked" in markdown
     page = paths["html"].read_text()
     assert "<th>metrics endpoints</th>" in page and "failed: VM 7 (supernode): empty answer" in page
+
+
+def test_supernode_metrics_tls_uses_the_certificate_the_superlink_issues(make_sandbox) -> None:
+    """ONEAPP_FL_METRICS_TLS=YES on a SuperNode: the exporter serves the key and certificate that
+    flower-metrics-cert requests (lib/metrics_tls.sh); its unit gets the request arguments."""
+    sandbox = make_sandbox("supernode")
+    sandbox.configured(ETH0_IP="10.231.64.50", ONEAPP_FL_TLS="YES", ONEAPP_FL_METRICS_TLS="YES")
+    args = sandbox.args("metrics")
+    assert f"--tls-cert={sandbox.etc}/metrics-tls/node.pem" in args
+    assert f"--tls-key={sandbox.etc}/metrics-tls/node.key" in args
+    assert (sandbox.etc / "metrics-cert.env").read_text() == (
+        f"FL_METRICS_CERT_ARGS=request --dir {sandbox.etc}/metrics-tls "
+        f"--ca {sandbox.state}/tls/superlink-ca.pem --interval 15\n"
+    )
+
+
+def test_superlink_metrics_tls_signs_for_its_supernodes(make_sandbox) -> None:
+    sandbox = make_sandbox("superlink")
+    sandbox.configured(ETH0_IP="10.231.64.50", ONEAPP_FL_METRICS_TLS="YES")
+    assert (sandbox.etc / "metrics-cert.env").read_text() == (
+        f"FL_METRICS_CERT_ARGS=sign --ca-dir {sandbox.etc}/tls --interval 30\n"
+    )
+    plain = make_sandbox("superlink")
+    plain.configured(ETH0_IP="10.231.64.50")
+    assert not (plain.etc / "metrics-cert.env").exists()
+
+
+def test_supernode_metrics_tls_needs_flower_tls(make_sandbox) -> None:
+    sandbox = make_sandbox("supernode")
+    sandbox.refused(
+        "ONEAPP_FL_METRICS_TLS",
+        "needs ONEAPP_FL_TLS=YES",
+        ETH0_IP="10.231.64.50",
+        ONEAPP_FL_TLS="NO",
+        ONEAPP_FL_METRICS_TLS="YES",
+    )
+    assert not (sandbox.etc / "metrics-cert.env").exists()
+
+
+def test_the_certificate_unit_is_installed_and_passes_its_arguments() -> None:
+    unit = (APPLIANCE_DIR / "systemd" / "flower-metrics-cert.service").read_text()
+    assert "EnvironmentFile=/etc/flower/metrics-cert.env" in unit
+    assert "/etc/one-appliance/bin/flower-metrics-cert $FL_METRICS_CERT_ARGS" in unit

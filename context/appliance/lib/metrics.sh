@@ -6,8 +6,11 @@
 # the exporter itself enforces ONEAPP_FL_METRICS_ALLOW: empty, it listens on 127.0.0.1 only; otherwise it
 # listens on every address and disconnects clients outside those CIDRs (and loopback) without an answer.
 
+# shellcheck source=lib/metrics_tls.sh
+. "${FL_APPLIANCE_DIR}/lib/metrics_tls.sh"
+
 # shellcheck disable=SC2034  # used by roles/*.sh
-FL_METRICS_UNITS=(flower-metrics.service flower-nodecount.service)
+FL_METRICS_UNITS=(flower-metrics.service flower-nodecount.service flower-metrics-cert.service)
 
 # Check ONEAPP_FL_METRICS_* (after fl_params_apply). Fails the stage naming the parameter.
 fl_metrics_validate() {
@@ -24,8 +27,6 @@ fl_metrics_validate() {
             fl_fail "ONEAPP_FL_METRICS_ALLOW: '$(fl_one_line "${cidr}" 60)' is not an IP address or CIDR"
     done
     if [[ "${ONEAPP_FL_METRICS_TLS:-NO}" == YES ]]; then
-        [[ "${role}" == superlink ]] ||
-            fl_fail "ONEAPP_FL_METRICS_TLS=YES: only the SuperLink has a certificate of the appliance CA"
         [[ "${ONEAPP_FL_TLS}" == YES ]] ||
             fl_fail "ONEAPP_FL_METRICS_TLS=YES needs ONEAPP_FL_TLS=YES (the certificate comes from the appliance CA)"
     fi
@@ -47,8 +48,11 @@ fl_metrics_configure() {
             printf '%s' "${cidrs[*]}"
         )")
     fi
-    if [[ "${ONEAPP_FL_METRICS_TLS:-NO}" == YES ]]; then
+    if [[ "${ONEAPP_FL_METRICS_TLS:-NO}" == YES && "${role}" == superlink ]]; then
         args+=("--tls-cert=${FL_ETC}/tls/server.pem" "--tls-key=${FL_ETC}/tls/server.key")
+    elif [[ "${ONEAPP_FL_METRICS_TLS:-NO}" == YES ]]; then
+        # issued by the SuperLink through OneGate (flower-metrics-cert, lib/metrics_tls.sh)
+        args+=("--tls-cert=${FL_METRICS_TLS_DIR}/node.pem" "--tls-key=${FL_METRICS_TLS_DIR}/node.key")
     fi
     if [[ "${role}" == superlink ]]; then
         args+=("--database=${FL_STATE}/state.db")
@@ -59,6 +63,7 @@ fl_metrics_configure() {
     if fl_write_args "${FL_ETC}/metrics.args" "${args[@]}"; then
         fl_mark_restart flower-metrics.service
     fi
+    fl_metrics_tls_configure "${role}"
     local database=""
     if [[ "${role}" == superlink && "${ONEAPP_FL_DATABASE}" == persistent ]]; then
         database="${FL_STATE}/state.db"
@@ -76,8 +81,10 @@ fl_metrics_configure() {
 # The counts are published whatever ONEAPP_FL_METRICS_ENABLED says: the elasticity policy needs them.
 fl_metrics_bootstrap() {
     fl_systemd_running || return 0
-    if [[ "${ONEAPP_FL_METRICS_ENABLED}" == YES ]]; then
+    if [[ "${ONEAPP_FL_METRICS_ENABLED}" == YES ]] && fl_metrics_tls_ready; then
         fl_unit_apply flower-metrics.service
+    elif [[ "${ONEAPP_FL_METRICS_ENABLED}" == YES ]]; then
+        fl_log "the metrics start once the SuperLink has issued their certificate (flower-metrics-cert)"
     else
         systemctl stop flower-metrics.service >/dev/null 2>&1 || true
     fi
@@ -86,4 +93,5 @@ fl_metrics_bootstrap() {
     else
         systemctl stop flower-nodecount.service >/dev/null 2>&1 || true
     fi
+    fl_metrics_tls_bootstrap
 }
