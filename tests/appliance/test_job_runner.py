@@ -25,6 +25,11 @@ HOOK = """fl_job_publish() {
     printf '%s\\n' "$(printf '%s|' "$@")" >>"${FL_TEST_CALLS:?}"
 }
 """
+# What flower-job publishes (images/params.yaml, published:), emptied when a job begins.
+JOB_ATTRIBUTES = (
+    "ONEAPP_FL_RUN_STATUS", "ONEAPP_FL_RUN_ID", "ONEAPP_FL_RUN_REASON", "ONEAPP_FL_ROUND",
+    "ONEAPP_FL_METRICS", "ONEAPP_FL_RESUMED_FROM", "ONEAPP_FL_MODEL",
+)  # fmt: skip
 FLWR_STUB = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >>"${FL_TEST_FLWR_CALLS:?}"
 exit 3
@@ -62,14 +67,16 @@ def run_job(environment: dict[str, str], timeout: float = 200) -> subprocess.Com
     )
 
 
-def calls(root: Path) -> list[dict[str, str]]:
+def calls(root: Path, keep_empty: bool = False) -> list[dict[str, str]]:
+    """The publishing calls, KEY -> VALUE each; an emptied attribute (``KEY=``) is left out unless
+    ``keep_empty`` (the runner empties the job's attributes when a job begins)."""
     path = root / "calls"
     if not path.exists():
         return []
     found = []
     for line in path.read_text().splitlines():
-        pairs = [item for item in line.split("|") if item]
-        found.append(dict(pair.split("=", 1) for pair in pairs))
+        pairs = dict(item.split("=", 1) for item in line.split("|") if item)
+        found.append({key: value for key, value in pairs.items() if keep_empty or value})
     return found
 
 
@@ -125,6 +132,8 @@ def test_bad_parameters_fail_with_the_reason_and_start_nothing(
     )
     result = run_job(environment, timeout=30)
     assert result.returncode == 1, result.stderr
+    # first an earlier job's attributes are emptied (a refused job shows no run id, round or model of it)
+    assert calls(tmp_path, keep_empty=True)[0] == dict.fromkeys(JOB_ATTRIBUTES, ""), calls(tmp_path, True)
     published = calls(tmp_path)
     assert published and published[-1]["ONEAPP_FL_RUN_STATUS"] == "failed", published
     assert reason in published[-1]["ONEAPP_FL_RUN_REASON"], published[-1]
