@@ -12,6 +12,8 @@ from factory.harness.jobcheck import (
     JobFollower,
     JobObservation,
     JobPlan,
+    changed_since,
+    job_attributes,
     job_checks,
     job_from_context_state,
     parse_metrics,
@@ -128,3 +130,26 @@ def test_the_follower_gives_up_at_its_timeout() -> None:
     observation = follower.wait(timeout=0.3)
     assert time.monotonic() - started < 5
     assert observation.statuses == ["waiting-for-nodes"] and not observation.done
+
+
+def test_a_follower_of_a_new_job_never_records_the_earlier_one() -> None:
+    """After a context change the USER_TEMPLATE still holds the finished job's attributes until the new
+    job's runner empties them: those readings are not the new job's (no stale round 2/2, no stale model)."""
+    earlier = readings(0.5, 0.3, 0.95)[-1]
+    emptied = {**earlier, **dict.fromkeys(job_attributes(earlier), "")}
+    new_job = [{**emptied, **reading} for reading in readings(0.6, 0.4, 0.93)[1:]]
+    sequence = [earlier, earlier, emptied, *new_job]
+    before = job_attributes(earlier)
+    assert before["ONEAPP_FL_ROUND"] == "2/2" and set(before) == set(job_attributes({}))
+    read = changed_since(iter(sequence).__next__, before)
+    observation = JobObservation()
+    for _ in sequence:
+        attributes = read()
+        if attributes is not None:
+            observation.observe(attributes)
+    assert observation.polls == len(sequence) - 2  # the two readings of the earlier job were skipped
+    assert observation.statuses == ["waiting-for-nodes", "running", "finished"]
+    assert observation.rounds[1]["eval_loss"] == 0.6 and observation.rounds[2]["eval_loss"] == 0.4
+    # once changed, the same values again are the new job's (a refused job may repeat a reason)
+    read = changed_since(iter([emptied, earlier]).__next__, before)
+    assert read() == emptied and read() == earlier
