@@ -190,6 +190,11 @@ class JobFollower:
                         return
             self._stop.wait(self.interval)
 
+    def progress(self) -> tuple[int, bool]:
+        """The newest round seen so far and whether the job is done (safe while the thread runs)."""
+        with self._lock:
+            return max(self.observation.rounds, default=0), self.observation.done
+
     def wait(self, timeout: float) -> JobObservation:
         """Until the job is done or ``timeout`` seconds passed; the observation either way."""
         self._thread.join(timeout)
@@ -262,10 +267,159 @@ def job_checks(
 
 def job_from_context_state(checks: list[dict[str, Any]]) -> str:
     """The report's "job from context" cell: passed, failed or not run (no job checks)."""
-    mine = [check for check in checks if check.get("task") == JOB_TASK]
+    return feature_state(checks, Feature.JOB)[0]
+
+
+# -- the report's feature columns ---------------------------------------------------------------------------
+
+
+class Feature(StrEnum):
+    """The train-on-deploy features the compatibility report has a column for (its header text)."""
+
+    JOB = "job from context"
+    RESUME = "resume"
+    DP = "DP"
+    SECAGG = "SecAgg+"
+
+
+class FeatureState(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_RUN = "not run"
+    UNSUPPORTED = "unsupported"
+
+
+# The task name of each feature's checks in a PairResult.
+FEATURE_TASKS = {
+    Feature.JOB: JOB_TASK,
+    Feature.RESUME: "job-resume",
+    Feature.DP: "job-dp",
+    Feature.SECAGG: "job-secagg",
+}
+# SecAgg+ for the Message API, per Flower major.minor, read from the wheels (docs/train-on-deploy.md,
+# "Privacy"): flwr/server/workflow/secure_aggregation/secaggplus_workflow.py, whose __call__ raises
+# TypeError unless the context is a LegacyContext; flwr/serverapp/strategy has no SecAgg path. A version
+# not listed has no fact: its SecAgg+ cell says "not run".
+SECAGG_PLUS_UNSUPPORTED = {
+    version: "SecAggPlusWorkflow needs the legacy ServerApp (a LegacyContext); the Message API "
+    "strategies have no SecAgg+, so the appliance refuses ONEAPP_FL_SECAGG=secaggplus"
+    for version in ("1.41", "1.42")
+}
+
+
+def feature_state(checks: list[dict[str, Any]], feature: Feature) -> tuple[str, str]:
+    """A feature's report cell from a pair's recorded checks: (state, detail). No check of the feature:
+    not run; a check marked ``unsupported``: unsupported with its reason; else passed only when every
+    check passed, with the failed ones as the detail."""
+    mine = [check for check in checks if check.get("task") == FEATURE_TASKS[feature]]
     if not mine:
-        return "not run"
-    return "passed" if all(check.get("passed") for check in mine) else "failed"
+        return FeatureState.NOT_RUN.value, ""
+    unsupported = [str(check.get("detail", "")) for check in mine if check.get("unsupported")]
+    if unsupported:
+        return FeatureState.UNSUPPORTED.value, "; ".join(unsupported)
+    failed = [f"{check.get('name')}: {check.get('detail')}" for check in mine if not check.get("passed")]
+    if failed:
+        return FeatureState.FAILED.value, "; ".join(failed)
+    return FeatureState.PASSED.value, "; ".join(str(check.get("detail", "")) for check in mine)
+
+
+def secagg_check(flower: str, tried: JobObservation | None = None) -> dict[str, Any] | None:
+    """The SecAgg+ cell's record for a SuperLink of Flower ``flower``, where the version has a fact
+    (None otherwise: not run). ``tried``: a job asked for with ONEAPP_FL_SECAGG=secaggplus on the pair.
+    Untried, the fact stands (unsupported, said so); tried, the SuperLink must have refused it with the
+    reason (unsupported, its published reason), else the check fails (the fact would be stale). An
+    unsupported record passes: it is what the version is, not a failure of the pair."""
+    version = ".".join(flower.split(".")[:2])
+    reason = SECAGG_PLUS_UNSUPPORTED.get(version)
+    if reason is None:
+        return None
+    check = {"task": FEATURE_TASKS[Feature.SECAGG], "name": "secagg_plus_refused", "unsupported": True}
+    if tried is None:
+        return check | {"passed": True, "detail": f"Flower {flower}: {reason} (per-version fact, not tried)"}
+    refused = tried.statuses == [JobStatus.FAILED.value] and "secaggplus is not supported" in tried.reason
+    if refused:
+        return check | {"passed": True, "detail": f"Flower {flower}: refused: {tried.reason}"}
+    return {
+        "task": FEATURE_TASKS[Feature.SECAGG],
+        "name": "secagg_plus_refused",
+        "passed": False,
+        "detail": f"Flower {flower}: expected the SuperLink to refuse secaggplus ({reason}); "
+        f"ONEAPP_FL_RUN_STATUS went {' -> '.join(tried.statuses) or '(never published)'}"
+        + (f", reason: {tried.reason}" if tried.reason else ""),
+    }
+
+
+def _feature_check(feature: Feature, name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"task": FEATURE_TASKS[feature], "name": name, "passed": passed, "detail": detail}
+
+
+def dp_checks(observation: JobObservation, baseline: JobObservation, plan: JobPlan) -> list[dict[str, Any]]:
+    """A DP job of the pair's use case against the pair's job without DP (same data, rounds, strategy):
+    it ran to the end, every round reported, and its published loss differs from the baseline's in every
+    round (the use cases are seeded: without noise the same computation gives the same loss)."""
+    progressed = observation.statuses == [
+        JobStatus.WAITING.value,
+        JobStatus.RUNNING.value,
+        JobStatus.FINISHED.value,
+    ]
+    seen = sorted(observation.rounds)
+    wanted = list(range(1, plan.rounds + 1))
+    plain = {k: baseline.rounds.get(k, {}).get("eval_loss", math.nan) for k in wanted}
+    noised = {k: observation.rounds.get(k, {}).get("eval_loss", math.nan) for k in wanted}
+    moved = all(
+        math.isfinite(plain[k])
+        and math.isfinite(noised[k])
+        and abs(noised[k] - plain[k]) > 1e-6 * abs(plain[k])
+        for k in wanted
+    )
+    return [
+        _feature_check(
+            Feature.DP,
+            "dp_job_finished",
+            progressed and seen == wanted,
+            f"ONEAPP_FL_RUN_STATUS went {' -> '.join(observation.statuses) or '(never published)'}, "
+            f"rounds {seen} of {plan.rounds}"
+            + (f"; reason: {observation.reason}" if observation.reason else ""),
+        ),
+        _feature_check(
+            Feature.DP,
+            "dp_noise_in_metrics",
+            moved,
+            f"eval_loss per round without DP {[round(v, 6) for v in plain.values()]}, "
+            f"with DP {[round(v, 6) for v in noised.values()]}",
+        ),
+    ]
+
+
+def resume_checks(observation: JobObservation, rounds: int, seen_before: int) -> list[dict[str, Any]]:
+    """A job of ``rounds`` rounds whose SuperLink was powered off after round ``seen_before`` was
+    published, and resumed: it finished with every round reported, ONEAPP_FL_RESUMED_FROM names a
+    checkpoint at least as late, and the loss continued from it (the first resumed round's loss below
+    round 2's, which is below round 1's: from scratch it would repeat round 1's)."""
+    seen = sorted(observation.rounds)
+    resumed = int(observation.resumed_from) if observation.resumed_from.isdigit() else 0
+    loss = {k: metrics.get("eval_loss", math.nan) for k, metrics in observation.rounds.items()}
+    after = loss.get(resumed + 1, math.nan)
+    continued = 2 <= resumed < rounds and after < loss.get(2, math.nan) < loss.get(1, math.nan)
+    return [
+        _feature_check(
+            Feature.RESUME,
+            "resume_finished",
+            observation.status == JobStatus.FINISHED.value
+            and seen == list(range(1, rounds + 1))
+            and 2 <= seen_before < rounds,
+            f"powered off after round {seen_before} of {rounds}; ONEAPP_FL_RUN_STATUS went "
+            f"{' -> '.join(observation.statuses)}; rounds {seen}"
+            + (f"; reason: {observation.reason}" if observation.reason else ""),
+        ),
+        _feature_check(
+            Feature.RESUME,
+            "resume_from_checkpoint",
+            continued and resumed >= seen_before,
+            f"ONEAPP_FL_RESUMED_FROM={observation.resumed_from or '(not published)'}; eval_loss per round "
+            + str({k: round(v, 6) for k, v in sorted(loss.items())}),
+        ),
+    ]
 
 
 # -- in a cloud pair test (factory/harness/pairtest.py) --------------------------------------------------
@@ -323,10 +477,87 @@ def changed_since(
 def record_job(
     result: PairResult, plan: JobPlan, observation: JobObservation, instantiated_wall: float
 ) -> None:
-    """The job's checks and timings (wall seconds from the instantiation) into the PairResult."""
+    """The job's checks and timings (wall seconds from the instantiation) into the PairResult, and the
+    SecAgg+ fact of the SuperLink's Flower version (:func:`secagg_check`)."""
     result.checks += job_checks(observation, plan)
+    secagg = secagg_check(result.superlink.flower)
+    if secagg is not None:
+        result.checks.append(secagg)
     seen = observation.round_seen_at
     if 1 in seen:
         result.timings["job_instantiate_to_first_round_seconds"] = seen[1] - instantiated_wall
     if seen:
         result.timings["job_instantiate_to_last_round_seconds"] = max(seen.values()) - instantiated_wall
+
+
+# -- the feature jobs (PairTestOptions.job_features): more jobs on the pair, asked for by context ---------
+
+FEATURE_CHECKPOINTS = "/var/lib/flower/checkpoints/features"  # one directory per feature job
+RESUME_ROUNDS = 4
+POWEROFF = 8  # VM STATE (include/VirtualMachine.h)
+
+
+def feature_context(plan: JobPlan, directory: str, **changes: str) -> dict[str, str]:
+    """Every job parameter (a context change merges: nothing may be left from the job before), the
+    pair's use case and nodes, a checkpoint directory of its own (so no job resumes another's)."""
+    return (
+        plan.context()
+        | {
+            "ONEAPP_FL_APP_SHA256": "",
+            "ONEAPP_FL_STRATEGY": "fedavg",
+            "ONEAPP_FL_RUN_CONFIG": "",
+            "ONEAPP_FL_DP": "off",
+            "ONEAPP_FL_DP_NOISE": "1.0",
+            "ONEAPP_FL_DP_CLIPPING_NORM": "10.0",
+            "ONEAPP_FL_DP_SAMPLED_CLIENTS": "0",
+            "ONEAPP_FL_SECAGG": "off",
+            "ONEAPP_FL_CHECKPOINT_DIR": f"{FEATURE_CHECKPOINTS}/{directory}",
+        }
+        | changes
+    )
+
+
+def context_job(cloud: Any, service: Any, context: dict[str, str], interval: float = 2.0) -> JobFollower:
+    """Ask the running SuperLink for another job as a user would (``onevm updateconf``: its CONTEXT
+    merged with ``context``; the guest's one-context re-runs the appliance's configure, which restarts
+    flower-job), and follow it; the earlier job's attributes are never recorded (:func:`changed_since`)."""
+    superlink = service.role_vms("superlink")[0]
+    read = changed_since(superlink_reader(cloud, service), job_attributes(superlink.user_template))
+    entries = ", ".join(f'{key}="{value}"' for key, value in context.items())
+    cloud.one.vm.updateconf(superlink.id, f"CONTEXT=[{entries}]", 1)
+    return JobFollower(read, interval).start()
+
+
+def run_feature_jobs(
+    cloud: Any, service: Any, plan: JobPlan, baseline: JobObservation, flower: str, timeout: float
+) -> list[dict[str, Any]]:
+    """SecAgg+ asked for (refused where the version's fact says so), a DP job (server-side fixed clipping)
+    against the pair's job without DP, and a resume: a job of :data:`RESUME_ROUNDS` rounds whose SuperLink
+    VM is powered off after round 2 and resumed. The checks of the report's resume, DP and SecAgg+
+    columns; about 3 more minutes per pair here (docs/train-on-deploy.md)."""
+    checks: list[dict[str, Any]] = []
+    tried = context_job(cloud, service, feature_context(plan, "secagg", ONEAPP_FL_SECAGG="secaggplus"))
+    secagg = secagg_check(flower, tried.wait(timeout))
+    checks += [secagg] if secagg is not None else []
+
+    dp_context = feature_context(
+        plan, "dp", ONEAPP_FL_DP="server-fixed", ONEAPP_FL_DP_NOISE="0.5", ONEAPP_FL_DP_CLIPPING_NORM="1.0"
+    )
+    checks += dp_checks(context_job(cloud, service, dp_context).wait(timeout), baseline, plan)
+
+    resume = context_job(
+        cloud, service, feature_context(plan, "resume", ONEAPP_FL_ROUNDS=str(RESUME_ROUNDS)), interval=1.0
+    )
+    deadline = time.monotonic() + timeout
+    seen_before, done = resume.progress()
+    while time.monotonic() < deadline and seen_before < 2 and not done:
+        time.sleep(0.5)
+        seen_before, done = resume.progress()
+    if 2 <= seen_before < RESUME_ROUNDS and not done:
+        vm_id = service.role_vms("superlink")[0].id
+        cloud.one.vm.action("poweroff", vm_id)
+        while time.monotonic() < deadline and int(cloud.one.vm.info(vm_id).STATE) != POWEROFF:
+            time.sleep(2)
+        cloud.one.vm.action("resume", vm_id)
+    checks += resume_checks(resume.wait(max(deadline - time.monotonic(), 1.0)), RESUME_ROUNDS, seen_before)
+    return checks

@@ -180,8 +180,8 @@ def losses(observation: JobObservation) -> dict[int, float]:
 
 def test_a_job_resumes_from_its_checkpoint_after_a_superlink_poweroff(pair: JobPair) -> None:
     cloud, superlink, job = pair.cloud, pair.superlink(), pair.first_job
-    wait(lambda: max(job.observation.rounds, default=0) >= 2 or job.observation.done, 900, "round 2", 0.5)
-    seen_before = max(job.observation.rounds, default=0)
+    wait(lambda: job.progress()[0] >= 2 or job.progress()[1], 900, "round 2", 0.5)
+    seen_before = job.progress()[0]
     run_before = job.observation.run_id
     cloud.one.vm.action("poweroff", superlink.id)
     powered_off = time.monotonic() - pair.instantiated

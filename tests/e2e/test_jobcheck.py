@@ -153,3 +153,41 @@ def test_a_follower_of_a_new_job_never_records_the_earlier_one() -> None:
     # once changed, the same values again are the new job's (a refused job may repeat a reason)
     read = changed_since(iter([emptied, earlier]).__next__, before)
     assert read() == emptied and read() == earlier
+
+
+def test_the_secagg_fact_and_what_a_tried_pair_shows() -> None:
+    from factory.harness.jobcheck import Feature, feature_state, secagg_check
+
+    assert secagg_check("1.43.0") is None  # no fact for that version: the cell says "not run"
+    assert feature_state([], Feature.SECAGG) == ("not run", "")
+    fact = secagg_check("1.41.0")
+    assert fact is not None and fact["passed"] and "LegacyContext" in fact["detail"]
+    assert feature_state([fact], Feature.SECAGG)[0] == "unsupported"
+    # a SuperLink that accepted secaggplus contradicts the fact: failed, not unsupported
+    accepted = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+    check = secagg_check("1.42.0", accepted)
+    assert check is not None and not check["passed"] and "unsupported" not in check
+    state, detail = feature_state([check], Feature.SECAGG)
+    assert state == "failed" and "waiting-for-nodes -> running -> finished" in detail
+    # a refusal for another reason (the appliance failed otherwise) is not taken as the fact either
+    other = secagg_check("1.42.0", JobObservation(statuses=["failed"], reason="ONEAPP_FL_ROUNDS: ..."))
+    assert other is not None and feature_state([other], Feature.SECAGG)[0] == "failed"
+
+
+def test_the_resume_checks_need_a_continued_loss() -> None:
+    from factory.harness.jobcheck import resume_checks
+
+    def observed(losses: list[float], resumed_from: str) -> JobObservation:
+        observation = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+        observation.rounds = {k: {"eval_loss": loss} for k, loss in enumerate(losses, start=1)}
+        observation.resumed_from = resumed_from
+        return observation
+
+    continued = resume_checks(observed([0.9, 0.5, 0.4, 0.35], "2"), 4, seen_before=2)
+    assert all(check["passed"] for check in continued), continued
+    from_scratch = resume_checks(observed([0.9, 0.5, 0.9, 0.5], "2"), 4, seen_before=2)
+    assert [check["passed"] for check in from_scratch] == [True, False]
+    not_said = resume_checks(observed([0.9, 0.5, 0.4, 0.35], ""), 4, seen_before=2)
+    assert not not_said[1]["passed"]
+    too_late = resume_checks(observed([0.9, 0.5, 0.4, 0.35], "2"), 4, seen_before=4)  # no rounds were left
+    assert not too_late[0]["passed"]
