@@ -46,12 +46,15 @@ from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.deployment import Deployment
 from factory.harness.flwrenv import FlowerEnv
 from factory.harness.jobcheck import (
+    Feature,
     JobFollower,
     JobObservation,
     JobPlan,
     changed_since,
+    feature_state,
     job_attributes,
     job_checks,
+    run_feature_jobs,
     superlink_reader,
 )
 from factory.model.params import load_params
@@ -280,6 +283,29 @@ def test_a_user_app_bundle_runs_only_with_its_sha256(
     assert ran.statuses == ["waiting-for-nodes", "running", "finished"], f"{record}\n{pair.logs()}"
     assert sorted(ran.rounds) == [1, 2] and ran.total_rounds == 2, record
     assert ran.run_id.isdigit() and ran.model.startswith(f"{CHECKPOINTS}/bundle/"), record
+
+
+def test_the_report_feature_jobs_pass_on_a_working_pair(pair: JobPair) -> None:
+    """What ``build.py test|release --job-features`` runs on every pair (jobcheck.run_feature_jobs: SecAgg+
+    asked for, a DP job against the job without, a resume after a power-off of 4 rounds), here on this
+    pair: the report's cells say resume passed, DP passed, SecAgg+ unsupported with the SuperLink's own
+    refusal."""
+    plan = JobPlan(USE_CASE, rounds=2, min_nodes=2)
+    baseline, _ = pair.run_job(job_context("features-baseline"))
+    started = time.monotonic()
+    checks = run_feature_jobs(pair.cloud, pair.deployment.service, plan, baseline, "1.42.0", JOB_TIMEOUT)
+    seconds = time.monotonic() - started
+    cells = {
+        feature.value: feature_state(checks, feature)
+        for feature in (Feature.RESUME, Feature.DP, Feature.SECAGG)
+    }
+    record = f"{cells} in {seconds:.0f} s; baseline {baseline.to_dict()}"
+    assert {name: state for name, (state, _) in cells.items()} == {
+        "resume": "passed",
+        "DP": "passed",
+        "SecAgg+": "unsupported",
+    }, f"{record}\n{pair.logs()}"
+    assert "refused: ONEAPP_FL_SECAGG: secaggplus is not supported" in cells["SecAgg+"][1], record
 
 
 def test_dp_noise_shows_in_the_published_metrics(pair: JobPair) -> None:
