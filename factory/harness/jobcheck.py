@@ -82,6 +82,16 @@ class JobPlan:
         }
 
 
+def ran_to_the_end(statuses: list[str]) -> bool:
+    """A job asked for on a running pair (a context change) that ran to the end: waiting-for-nodes ->
+    running -> finished, or running -> finished where its nodes were online already and the wait was
+    shorter than a poll."""
+    return statuses in (
+        [JobStatus.WAITING.value, JobStatus.RUNNING.value, JobStatus.FINISHED.value],
+        [JobStatus.RUNNING.value, JobStatus.FINISHED.value],
+    )
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """ONEAPP_FL_METRICS (``key=value`` separated by spaces) as numbers; values that are not are left out."""
     metrics = {}
@@ -357,11 +367,7 @@ def dp_checks(observation: JobObservation, baseline: JobObservation, plan: JobPl
     """A DP job of the pair's use case against the pair's job without DP (same data, rounds, strategy):
     it ran to the end, every round reported, and its published loss differs from the baseline's in every
     round (the use cases are seeded: without noise the same computation gives the same loss)."""
-    progressed = observation.statuses == [
-        JobStatus.WAITING.value,
-        JobStatus.RUNNING.value,
-        JobStatus.FINISHED.value,
-    ]
+    progressed = ran_to_the_end(observation.statuses)
     seen = sorted(observation.rounds)
     wanted = list(range(1, plan.rounds + 1))
     plain = {k: baseline.rounds.get(k, {}).get("eval_loss", math.nan) for k in wanted}

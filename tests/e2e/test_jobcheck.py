@@ -191,3 +191,12 @@ def test_the_resume_checks_need_a_continued_loss() -> None:
     assert not not_said[1]["passed"]
     too_late = resume_checks(observed([0.9, 0.5, 0.4, 0.35], "2"), 4, seen_before=4)  # no rounds were left
     assert not too_late[0]["passed"]
+
+
+def test_a_job_on_a_running_pair_may_skip_waiting_but_nothing_else() -> None:
+    from factory.harness.jobcheck import ran_to_the_end
+
+    assert ran_to_the_end(["waiting-for-nodes", "running", "finished"])
+    assert ran_to_the_end(["running", "finished"])  # the nodes were online: the wait was shorter than a poll
+    for statuses in ([], ["finished"], ["running"], ["running", "failed"], ["waiting-for-nodes", "finished"]):
+        assert not ran_to_the_end(statuses), statuses
