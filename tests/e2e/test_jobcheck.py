@@ -3,6 +3,7 @@ the SuperLink's OneGate attributes, what passes and what fails, and the follower
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -200,3 +201,107 @@ def test_a_job_on_a_running_pair_may_skip_waiting_but_nothing_else() -> None:
     assert ran_to_the_end(["running", "finished"])  # the nodes were online: the wait was shorter than a poll
     for statuses in ([], ["finished"], ["running"], ["running", "failed"], ["waiting-for-nodes", "finished"]):
         assert not ran_to_the_end(statuses), statuses
+
+
+class _FakeVM:
+    def __init__(self, vm_id: int, template: dict[str, str]) -> None:
+        self.id, self.user_template = vm_id, template
+
+
+class _FakeCloud:
+    """A SuperLink whose USER_TEMPLATE plays, after each context change, the job that change asks for
+    (the way flower-job publishes it), one step per read; a power-off and resume continue the resume job."""
+
+    POWERED_OFF = 8
+
+    def __init__(self, accept_secagg: bool = False, fail_dp: bool = False) -> None:
+        self.accept_secagg, self.fail_dp = accept_secagg, fail_dp
+        self.template: dict[str, str] = {"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_ROUND": "2/2"}
+        self.script: list[dict[str, str]] = []
+        self.actions: list[str] = []
+        self.contexts: list[str] = []
+        self.one = self  # cloud.one.vm.updateconf / action / info
+        self.vm = self
+        self.lock = threading.Lock()
+
+    # pyone's vm.* as run_feature_jobs calls them
+    def updateconf(self, vm_id: int, text: str, kind: int) -> None:
+        assert vm_id == 7 and kind == 1 and text.startswith("CONTEXT=[")
+        self.contexts.append(text)
+        emptied = dict.fromkeys(job_attributes({}), "")
+        running = {"ONEAPP_FL_RUN_STATUS": "running", "ONEAPP_FL_RUN_ID": "9"}
+
+        def rounds(losses: list[float], total: int, start: int = 1) -> list[dict[str, str]]:
+            return [
+                {"ONEAPP_FL_ROUND": f"{k}/{total}", "ONEAPP_FL_METRICS": f"eval_loss={loss}"}
+                for k, loss in enumerate(losses, start=start)
+            ]
+
+        if 'ONEAPP_FL_SECAGG="secaggplus"' in text and not self.accept_secagg:
+            reason = "ONEAPP_FL_SECAGG: secaggplus is not supported by Flower's Message API strategies"
+            steps = [emptied, {"ONEAPP_FL_RUN_STATUS": "failed", "ONEAPP_FL_RUN_REASON": reason}]
+        elif 'ONEAPP_FL_ROUNDS="4"' in text:
+            steps = [emptied, {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes"}, running, *rounds([0.9, 0.5], 4)]
+            steps += [{"HOLD": ""}, emptied, {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes"}, running]
+            steps += [{"ONEAPP_FL_RESUMED_FROM": "2", "ONEAPP_FL_ROUND": "2/4"}, *rounds([0.4, 0.3], 4, 3)]
+            steps += [{"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_MODEL": "/m.npz"}]
+        else:
+            losses = [0.5, 0.3] if self.fail_dp else [0.7, 0.6]  # the baseline's are 0.5, 0.3
+            steps = [emptied, {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes"}, running, *rounds(losses, 2)]
+            steps += [{"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_MODEL": "/m.npz"}]
+        with self.lock:
+            self.script = steps
+
+    def action(self, name: str, vm_id: int) -> None:
+        self.actions.append(name)
+
+    def info(self, vm_id: int) -> object:
+        return type("VM", (), {"STATE": self.POWERED_OFF if self.actions[-1:] == ["poweroff"] else 3})()
+
+    # the service
+    def role_vms(self, role: str) -> list[_FakeVM]:
+        with self.lock:
+            if self.script and ("HOLD" not in self.script[0] or self.actions[-1:] == ["resume"]):
+                step = self.script.pop(0)
+                self.template = {**self.template, **{k: v for k, v in step.items() if k != "HOLD"}}
+                self.template = {k: v for k, v in self.template.items() if v}
+            return [_FakeVM(7, dict(self.template))]
+
+
+def _baseline() -> JobObservation:
+    baseline = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+    baseline.rounds = {1: {"eval_loss": 0.5}, 2: {"eval_loss": 0.3}}
+    return baseline
+
+
+def test_the_feature_jobs_ask_by_context_and_power_the_superlink_off_once() -> None:
+    from factory.harness.jobcheck import Feature, feature_state, run_feature_jobs
+
+    cloud = _FakeCloud()
+    checks = run_feature_jobs(cloud, cloud, JobPlan("anomaly"), _baseline(), "1.42.0", timeout=30)
+    cells = {
+        feature: feature_state(checks, feature)[0] for feature in (Feature.RESUME, Feature.DP, Feature.SECAGG)
+    }
+    assert cells == {Feature.RESUME: "passed", Feature.DP: "passed", Feature.SECAGG: "unsupported"}, checks
+    assert cloud.actions == ["poweroff", "resume"]
+    # three jobs, each naming every job parameter and a checkpoint directory of its own
+    assert len(cloud.contexts) == 3 and all('ONEAPP_FL_STRATEGY="fedavg"' in text for text in cloud.contexts)
+    directories = [re.search(r'ONEAPP_FL_CHECKPOINT_DIR="([^"]+)"', text).group(1) for text in cloud.contexts]
+    assert len(set(directories)) == 3
+
+
+def test_the_feature_jobs_fail_truthfully() -> None:
+    from factory.harness.jobcheck import Feature, feature_state, run_feature_jobs
+
+    cloud = _FakeCloud(accept_secagg=True, fail_dp=True)  # SecAgg+ accepted; DP without any noise
+    checks = run_feature_jobs(cloud, cloud, JobPlan("anomaly"), _baseline(), "1.42.0", timeout=30)
+    assert feature_state(checks, Feature.SECAGG)[0] == "failed"
+    assert feature_state(checks, Feature.DP)[0] == "failed"
+
+    class Broken(_FakeCloud):
+        def updateconf(self, vm_id: int, text: str, kind: int) -> None:
+            raise OSError("oned did not answer")
+
+    checks = run_feature_jobs(Broken(), Broken(), JobPlan("anomaly"), _baseline(), "1.42.0", timeout=5)
+    states = {feature_state(checks, f) for f in (Feature.RESUME, Feature.DP, Feature.SECAGG)}
+    assert states == {("failed", "feature_job: OSError: oned did not answer")}
