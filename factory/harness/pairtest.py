@@ -33,7 +33,8 @@ from factory.harness.bareflower import BareFederation, SecurityMode
 from factory.harness.deployment import Deployment, PairCloud
 from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
 from factory.harness.flwrenv import ensure_flower
-from factory.harness.jobcheck import JobFollower, follow_superlink, plan_for, record_job, run_feature_jobs
+from factory.harness.jobcheck import JobFollower, follow_superlink, plan_for, record_job
+from factory.harness.jobfeatures import pair_feature_checks
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
 from factory.harness.tunnel import SSHSession
 from hostkit.errors import ConfigError, FactoryError
@@ -449,10 +450,10 @@ def _launch_with_job(
         if plan and followers:
             observation = followers[0].wait(options.job_timeout)
             record_job(result, plan, observation, instantiated_wall)
-            if options.job_features:
-                result.checks += run_feature_jobs(
-                    deployment.cloud, service, plan, observation, result.superlink.flower, options.job_timeout
-                )
+            result.checks += pair_feature_checks(
+                deployment.cloud, service, plan, observation, result.superlink.flower, options.job_features,
+                options.job_timeout,
+            )  # fmt: skip
             deployment.progress.line(
                 f"job from context ({plan.use_case}, {plan.rounds} rounds): "
                 f"{' -> '.join(observation.statuses) or 'no status'}; "

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from factory.harness.federation import CANARY_TASK
-from factory.harness.jobcheck import JOB_TASK, Feature, feature_state, job_from_context_state
+from factory.harness.jobcheck import JOB_TASK, job_from_context_state
+from factory.harness.jobfeatures import Feature, feature_state
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
 from factory.harness.pairtest import METRICS_CHECK
 from factory.release.results import finite_number, metric_values, write_json

@@ -46,18 +46,16 @@ from factory.harness.campaign import find_pair_specs, local_image
 from factory.harness.deployment import Deployment
 from factory.harness.flwrenv import FlowerEnv
 from factory.harness.jobcheck import (
-    Feature,
     JobFollower,
     JobObservation,
     JobPlan,
     changed_since,
-    feature_state,
     job_attributes,
     job_checks,
     ran_to_the_end,
-    run_feature_jobs,
     superlink_reader,
 )
+from factory.harness.jobfeatures import Feature, feature_state, run_feature_jobs
 from factory.model.params import load_params
 from factory.one import OneCloud, load_settings
 from factory.one.cloud import VMInfo
@@ -287,7 +285,7 @@ def test_a_user_app_bundle_runs_only_with_its_sha256(
 
 
 def test_the_report_feature_jobs_pass_on_a_working_pair(pair: JobPair) -> None:
-    """What ``build.py test|release --job-features`` runs on every pair (jobcheck.run_feature_jobs: SecAgg+
+    """What ``build.py test|release --job-features`` runs on every pair (jobfeatures.run_feature_jobs: SecAgg+
     asked for, a DP job against the job without, a resume after a power-off of 4 rounds), here on this
     pair: the report's cells say resume passed, DP passed, SecAgg+ unsupported with the SuperLink's own
     refusal."""

@@ -157,7 +157,7 @@ def test_a_follower_of_a_new_job_never_records_the_earlier_one() -> None:
 
 
 def test_the_secagg_fact_and_what_a_tried_pair_shows() -> None:
-    from factory.harness.jobcheck import Feature, feature_state, secagg_check
+    from factory.harness.jobfeatures import Feature, feature_state, secagg_check
 
     assert secagg_check("1.43.0") is None  # no fact for that version: the cell says "not run"
     assert feature_state([], Feature.SECAGG) == ("not run", "")
@@ -176,7 +176,7 @@ def test_the_secagg_fact_and_what_a_tried_pair_shows() -> None:
 
 
 def test_the_resume_checks_need_a_continued_loss() -> None:
-    from factory.harness.jobcheck import resume_checks
+    from factory.harness.jobfeatures import resume_checks
 
     def observed(losses: list[float], resumed_from: str) -> JobObservation:
         observation = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
@@ -275,7 +275,7 @@ def _baseline() -> JobObservation:
 
 
 def test_the_feature_jobs_ask_by_context_and_power_the_superlink_off_once() -> None:
-    from factory.harness.jobcheck import Feature, feature_state, run_feature_jobs
+    from factory.harness.jobfeatures import Feature, feature_state, run_feature_jobs
 
     cloud = _FakeCloud()
     checks = run_feature_jobs(cloud, cloud, JobPlan("anomaly"), _baseline(), "1.42.0", timeout=30)
@@ -291,7 +291,7 @@ def test_the_feature_jobs_ask_by_context_and_power_the_superlink_off_once() -> N
 
 
 def test_the_feature_jobs_fail_truthfully() -> None:
-    from factory.harness.jobcheck import Feature, feature_state, run_feature_jobs
+    from factory.harness.jobfeatures import Feature, feature_state, run_feature_jobs
 
     cloud = _FakeCloud(accept_secagg=True, fail_dp=True)  # SecAgg+ accepted; DP without any noise
     checks = run_feature_jobs(cloud, cloud, JobPlan("anomaly"), _baseline(), "1.42.0", timeout=30)

@@ -277,7 +277,8 @@ def test_the_feature_columns_say_what_each_pair_recorded(tmp_path: Path) -> None
     """resume, DP and SecAgg+ per pair, each from the pair's own checks (factory/harness/jobcheck.py
     run_feature_jobs and the per-version SecAgg+ fact): passed, failed with the failed check, unsupported
     with the reason, or not run where the pair has no such checks; never a state it did not record."""
-    from factory.harness.jobcheck import JobObservation, JobPlan, dp_checks, resume_checks, secagg_check
+    from factory.harness.jobcheck import JobObservation, JobPlan
+    from factory.harness.jobfeatures import dp_checks, resume_checks, secagg_check
 
     root = tmp_path / "results"
     plan = JobPlan("anomaly")
