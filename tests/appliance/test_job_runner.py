@@ -377,3 +377,31 @@ def test_a_verified_user_bundle_runs(flower: FlowerEnv, tmp_path: Path) -> None:
     assert Path(published[-1]["ONEAPP_FL_MODEL"]).is_file()
     start = next(event for event in journal(tmp_path) if event["event"] == "start")
     assert start["app"] == f"fab:{hashlib.sha256(data).hexdigest()}"
+
+
+def test_a_verified_bundle_is_unpacked_for_the_service_user(tmp_path: Path, stub_venv: Path) -> None:
+    """flower-job runs as root (UMask=0027) and `flwr run` as the service user: the unpacked bundle must be
+    the service user's, or the SuperLink refuses it ("Permission denied: .../pyproject.toml", seen in
+    tests/e2e/test_cloud_jobs.py). Here the service user is ``daemon`` (a user with a group of its name)."""
+    import pwd
+    import shutil
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root, as the appliance's flower-job.service runs (chown to the service user)")
+    daemon = pwd.getpwnam("daemon")
+    (stub_venv / "bin" / "python").symlink_to(shutil.which("python3") or sys.executable)  # unzips the bundle
+    encoded, digest = _bundle(tmp_path, "num-server-rounds = 3\n")
+    root = tmp_path / "job"
+    root.mkdir()
+    environment = runner_env(
+        root, stub_venv, ONEAPP_FL_APP=encoded, ONEAPP_FL_APP_SHA256=digest, FL_SERVICE_USER="daemon",
+        FL_JOB_NODES_TIMEOUT="1",
+    )  # fmt: skip
+    result = run_job(environment, timeout=60)
+    assert result.returncode == 1  # no SuperNodes (the stand-in flwr): after the bundle was unpacked
+    assert "SuperNodes came online" in calls(root)[-1]["ONEAPP_FL_RUN_REASON"], calls(root)
+    work = root / "state" / "job"
+    unpacked = next(work.glob("app-*"))
+    owners = {path.stat().st_uid for path in [work, unpacked, *unpacked.rglob("*")]}
+    assert owners == {daemon.pw_uid}, owners
