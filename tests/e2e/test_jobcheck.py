@@ -305,3 +305,12 @@ def test_the_feature_jobs_fail_truthfully() -> None:
     checks = run_feature_jobs(Broken(), Broken(), JobPlan("anomaly"), _baseline(), "1.42.0", timeout=5)
     states = {feature_state(checks, f) for f in (Feature.RESUME, Feature.DP, Feature.SECAGG)}
     assert states == {("failed", "feature_job: OSError: oned did not answer")}
+
+
+def test_a_pair_without_job_features_records_only_the_secagg_fact() -> None:
+    from factory.harness.jobfeatures import pair_feature_checks
+
+    plan, baseline = JobPlan("anomaly"), _baseline()
+    checks = pair_feature_checks(None, None, plan, baseline, "1.42.0", run_jobs=False, timeout=1)
+    assert [check["task"] for check in checks] == ["job-secagg"] and checks[0]["unsupported"]
+    assert pair_feature_checks(None, None, plan, baseline, "1.43.0", run_jobs=False, timeout=1) == []
