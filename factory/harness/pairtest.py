@@ -70,7 +70,7 @@ class PairTestOptions:
     job_from_context: bool = True
     job_timeout: float = 900.0
     # cloud only, opt-in (--job-features): after that job, SecAgg+, DP and resume jobs on the same pair for
-    # the report's feature columns (factory/harness/jobcheck.py run_feature_jobs; a few minutes more)
+    # the report's feature columns (factory/harness/jobfeatures.py run_feature_jobs; a few minutes more)
     job_features: bool = False
 
     def check(self) -> None:
