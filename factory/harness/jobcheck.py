@@ -40,6 +40,11 @@ USE_CASE_BY_FRAMEWORK = {
     "numpy": "anomaly",
     "tensorflow": "tensorflow",
 }
+# What flower-job publishes (images/params.yaml, published:); a job begins by emptying them.
+JOB_ATTRIBUTES = (
+    "ONEAPP_FL_RUN_STATUS", "ONEAPP_FL_RUN_ID", "ONEAPP_FL_RUN_REASON", "ONEAPP_FL_ROUND",
+    "ONEAPP_FL_METRICS", "ONEAPP_FL_RESUMED_FROM", "ONEAPP_FL_MODEL",
+)  # fmt: skip
 ROUND_VALUE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -75,6 +80,16 @@ class JobPlan:
             "ONEAPP_FL_ROUNDS": str(self.rounds),
             "ONEAPP_FL_MIN_NODES": str(self.min_nodes),
         }
+
+
+def ran_to_the_end(statuses: list[str]) -> bool:
+    """A job asked for on a running pair (a context change) that ran to the end: waiting-for-nodes ->
+    running -> finished, or running -> finished where its nodes were online already and the wait was
+    shorter than a poll."""
+    return statuses in (
+        [JobStatus.WAITING.value, JobStatus.RUNNING.value, JobStatus.FINISHED.value],
+        [JobStatus.RUNNING.value, JobStatus.FINISHED.value],
+    )
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -185,6 +200,11 @@ class JobFollower:
                         return
             self._stop.wait(self.interval)
 
+    def progress(self) -> tuple[int, bool]:
+        """The newest round seen so far and whether the job is done (safe while the thread runs)."""
+        with self._lock:
+            return max(self.observation.rounds, default=0), self.observation.done
+
     def wait(self, timeout: float) -> JobObservation:
         """Until the job is done or ``timeout`` seconds passed; the observation either way."""
         self._thread.join(timeout)
@@ -271,9 +291,9 @@ def plan_for(spec: PairSpec) -> JobPlan:
     return JobPlan(use_case_for(spec.supernode.framework), min_nodes=spec.supernode.count)
 
 
-def follow_superlink(cloud: Any, service: Any, interval: float = 2.0) -> JobFollower:
-    """Follow the SuperLink's job attributes from the instantiation on. A factory.one.OneCloud service is
-    read over a connection of its own (same settings), not the one the deploying thread uses."""
+def superlink_reader(cloud: Any, service: Any) -> Callable[[], dict[str, str] | None]:
+    """A reader of the SuperLink VM's USER_TEMPLATE (None while there is none). A factory.one.OneCloud
+    service is read over a connection of its own (same settings), not the one the deploying thread uses."""
     own = service
     settings = getattr(cloud, "settings", None)
     if settings is not None and dataclasses.is_dataclass(service) and not isinstance(service, type):
@@ -284,7 +304,35 @@ def follow_superlink(cloud: Any, service: Any, interval: float = 2.0) -> JobFoll
         vms = own.role_vms("superlink")
         return dict(vms[0].user_template) if vms else None
 
-    return JobFollower(read, interval).start()
+    return read
+
+
+def follow_superlink(cloud: Any, service: Any, interval: float = 2.0) -> JobFollower:
+    """Follow the SuperLink's job attributes from the instantiation on (see :func:`superlink_reader`)."""
+    return JobFollower(superlink_reader(cloud, service), interval).start()
+
+
+def job_attributes(attributes: dict[str, str]) -> dict[str, str]:
+    """The job's published attributes (:data:`JOB_ATTRIBUTES`) of a USER_TEMPLATE, "" when absent."""
+    return {name: attributes.get(name, "") for name in JOB_ATTRIBUTES}
+
+
+def changed_since(
+    read: Callable[[], dict[str, str] | None], before: dict[str, str]
+) -> Callable[[], dict[str, str] | None]:
+    """``read``, answering None until the job's attributes differ from ``before`` (what an earlier job left,
+    read before a context change asks for another): a follower of the new job never records the old one."""
+    changed = False
+
+    def fresh() -> dict[str, str] | None:
+        nonlocal changed
+        attributes = read()
+        if attributes is None or (not changed and job_attributes(attributes) == before):
+            return None
+        changed = True
+        return attributes
+
+    return fresh
 
 
 def record_job(

@@ -34,6 +34,7 @@ from factory.harness.deployment import Deployment, PairCloud
 from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
 from factory.harness.flwrenv import ensure_flower
 from factory.harness.jobcheck import JobFollower, follow_superlink, plan_for, record_job
+from factory.harness.jobfeatures import pair_feature_checks
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
 from factory.harness.tunnel import SSHSession
 from hostkit.errors import ConfigError, FactoryError
@@ -68,6 +69,9 @@ class PairTestOptions:
     # cloud only: the SuperLink also runs a train-on-deploy job from its context (factory/harness/jobcheck.py)
     job_from_context: bool = True
     job_timeout: float = 900.0
+    # cloud only, opt-in (--job-features): after that job, SecAgg+, DP and resume jobs on the same pair for
+    # the report's feature columns (factory/harness/jobfeatures.py run_feature_jobs; a few minutes more)
+    job_features: bool = False
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -75,6 +79,10 @@ class PairTestOptions:
                 "command line",
                 "--security",
                 "insecure runs plain HTTP and no node authentication: add --allow-insecure",
+            )
+        if self.job_features and not self.job_from_context:
+            raise ConfigError(
+                "command line", "--job-features", "needs the job from context (it runs on the same pair)"
             )
         if self.rounds < 2:
             raise ConfigError(
@@ -442,6 +450,10 @@ def _launch_with_job(
         if plan and followers:
             observation = followers[0].wait(options.job_timeout)
             record_job(result, plan, observation, instantiated_wall)
+            result.checks += pair_feature_checks(
+                deployment.cloud, service, plan, observation, result.superlink.flower, options.job_features,
+                options.job_timeout,
+            )  # fmt: skip
             deployment.progress.line(
                 f"job from context ({plan.use_case}, {plan.rounds} rounds): "
                 f"{' -> '.join(observation.statuses) or 'no status'}; "

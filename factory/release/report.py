@@ -19,6 +19,7 @@ from typing import Any
 
 from factory.harness.federation import CANARY_TASK
 from factory.harness.jobcheck import JOB_TASK, job_from_context_state
+from factory.harness.jobfeatures import Feature, feature_state
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
 from factory.harness.pairtest import METRICS_CHECK
 from factory.release.results import finite_number, metric_values, write_json
@@ -117,6 +118,7 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "expected_framework_task": result.framework_task or result.supernodes.framework,
         "framework_eval_loss": _framework_losses(framework),
         "job_from_context": job_summary(result),
+        "features": feature_summary(result),
         "monitoring": monitoring_summary(result),
     }
 
@@ -128,6 +130,30 @@ def job_summary(result: PairResult) -> dict[str, str]:
     failed = [f"{check.get('name')}: {check.get('detail')}" for check in checks if not check.get("passed")]
     floor = [str(check.get("detail")) for check in checks if check.get("name") == "metric_floor"]
     return {"state": job_from_context_state(result.checks), "detail": "; ".join(failed or floor)}
+
+
+# The report's train-on-deploy feature columns after "job from context" (factory/harness/jobcheck.py).
+FEATURE_COLUMNS = (Feature.RESUME, Feature.DP, Feature.SECAGG)
+
+
+def feature_summary(result: PairResult) -> dict[str, dict[str, str]]:
+    """Per feature column: its state (passed, failed, not run, unsupported) and detail, from the pair's
+    recorded checks only (nothing assumed: a pair without a feature's checks says "not run")."""
+    summary = {}
+    for feature in FEATURE_COLUMNS:
+        state, detail = feature_state(result.checks, feature)
+        summary[feature.value] = {"state": state, "detail": detail}
+    return summary
+
+
+def describe_features(pair: dict[str, Any], limit: int) -> list[str]:
+    """The feature columns' cells of a pair (a record written before the columns existed: not run)."""
+    features = pair.get("features") or {}
+    cells = []
+    for feature in FEATURE_COLUMNS:
+        cell = features.get(feature.value) or {"state": "not run", "detail": ""}
+        cells.append((cell["state"] + (f": {cell['detail']}" if cell.get("detail") else ""))[:limit])
+    return cells
 
 
 def describe_job(pair: dict[str, Any]) -> str:
@@ -257,6 +283,7 @@ def _md_pair_row(pair: dict[str, Any]) -> list[str]:
         _mark(pair["status"]),
         _md_cell(describe_task(pair)),
         _md_cell(describe_job(pair)[:200]),
+        *(_md_cell(cell) for cell in describe_features(pair, 200)),
         _md_cell(describe_monitoring(pair)[:300]),
         f"{mean:.1f}" if mean is not None else "-",
         _counts(pair["nodes_per_round"]),
@@ -477,6 +504,7 @@ def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
         "symbol": SYMBOL[pair["status"]],
         "task": describe_task(pair),
         "job": describe_job(pair)[:300],
+        "features": describe_features(pair, 300),
         "monitoring": describe_monitoring(pair)[:500],
         "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
         "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),

@@ -25,6 +25,11 @@ HOOK = """fl_job_publish() {
     printf '%s\\n' "$(printf '%s|' "$@")" >>"${FL_TEST_CALLS:?}"
 }
 """
+# What flower-job publishes (images/params.yaml, published:), emptied when a job begins.
+JOB_ATTRIBUTES = (
+    "ONEAPP_FL_RUN_STATUS", "ONEAPP_FL_RUN_ID", "ONEAPP_FL_RUN_REASON", "ONEAPP_FL_ROUND",
+    "ONEAPP_FL_METRICS", "ONEAPP_FL_RESUMED_FROM", "ONEAPP_FL_MODEL",
+)  # fmt: skip
 FLWR_STUB = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >>"${FL_TEST_FLWR_CALLS:?}"
 exit 3
@@ -62,14 +67,16 @@ def run_job(environment: dict[str, str], timeout: float = 200) -> subprocess.Com
     )
 
 
-def calls(root: Path) -> list[dict[str, str]]:
+def calls(root: Path, keep_empty: bool = False) -> list[dict[str, str]]:
+    """The publishing calls, KEY -> VALUE each; an emptied attribute (``KEY=``) is left out unless
+    ``keep_empty`` (the runner empties the job's attributes when a job begins)."""
     path = root / "calls"
     if not path.exists():
         return []
     found = []
     for line in path.read_text().splitlines():
-        pairs = [item for item in line.split("|") if item]
-        found.append(dict(pair.split("=", 1) for pair in pairs))
+        pairs = dict(item.split("=", 1) for item in line.split("|") if item)
+        found.append({key: value for key, value in pairs.items() if keep_empty or value})
     return found
 
 
@@ -125,6 +132,8 @@ def test_bad_parameters_fail_with_the_reason_and_start_nothing(
     )
     result = run_job(environment, timeout=30)
     assert result.returncode == 1, result.stderr
+    # first an earlier job's attributes are emptied (a refused job shows no run id, round or model of it)
+    assert calls(tmp_path, keep_empty=True)[0] == dict.fromkeys(JOB_ATTRIBUTES, ""), calls(tmp_path, True)
     published = calls(tmp_path)
     assert published and published[-1]["ONEAPP_FL_RUN_STATUS"] == "failed", published
     assert reason in published[-1]["ONEAPP_FL_RUN_REASON"], published[-1]
@@ -368,3 +377,31 @@ def test_a_verified_user_bundle_runs(flower: FlowerEnv, tmp_path: Path) -> None:
     assert Path(published[-1]["ONEAPP_FL_MODEL"]).is_file()
     start = next(event for event in journal(tmp_path) if event["event"] == "start")
     assert start["app"] == f"fab:{hashlib.sha256(data).hexdigest()}"
+
+
+def test_a_verified_bundle_is_unpacked_for_the_service_user(tmp_path: Path, stub_venv: Path) -> None:
+    """flower-job runs as root (UMask=0027) and `flwr run` as the service user: the unpacked bundle must be
+    the service user's, or the SuperLink refuses it ("Permission denied: .../pyproject.toml", seen in
+    tests/e2e/test_cloud_jobs.py). Here the service user is ``daemon`` (a user with a group of its name)."""
+    import pwd
+    import shutil
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root, as the appliance's flower-job.service runs (chown to the service user)")
+    daemon = pwd.getpwnam("daemon")
+    (stub_venv / "bin" / "python").symlink_to(shutil.which("python3") or sys.executable)  # unzips the bundle
+    encoded, digest = _bundle(tmp_path, "num-server-rounds = 3\n")
+    root = tmp_path / "job"
+    root.mkdir()
+    environment = runner_env(
+        root, stub_venv, ONEAPP_FL_APP=encoded, ONEAPP_FL_APP_SHA256=digest, FL_SERVICE_USER="daemon",
+        FL_JOB_NODES_TIMEOUT="1",
+    )  # fmt: skip
+    result = run_job(environment, timeout=60)
+    assert result.returncode == 1  # no SuperNodes (the stand-in flwr): after the bundle was unpacked
+    assert "SuperNodes came online" in calls(root)[-1]["ONEAPP_FL_RUN_REASON"], calls(root)
+    work = root / "state" / "job"
+    unpacked = next(work.glob("app-*"))
+    owners = {path.stat().st_uid for path in [work, unpacked, *unpacked.rglob("*")]}
+    assert owners == {daemon.pw_uid}, owners

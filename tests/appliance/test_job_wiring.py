@@ -80,9 +80,32 @@ def test_a_bad_job_parameter_fails_the_job_not_the_appliance(make_sandbox) -> No
 
 def test_a_declared_list_value_is_checked_by_configure(make_sandbox) -> None:
     sandbox = make_sandbox("superlink")
-    result = sandbox.service("configure", ETH0_IP="10.231.64.50", ONEAPP_FL_STRATEGY="fedbogus")
+    result = sandbox.service("configure", ETH0_IP="10.231.64.50", ONEAPP_FL_LOG_LEVEL="LOUD")
     assert result.returncode != 0
-    assert "ONEAPP_FL_STRATEGY" in sandbox.reason
+    assert "ONEAPP_FL_LOG_LEVEL" in sandbox.reason
+
+
+def test_a_job_list_value_out_of_its_options_fails_the_job_not_the_appliance(make_sandbox) -> None:
+    """ONEAPP_FL_STRATEGY and ONEAPP_FL_DP are lists (OneFlow offers their options), but a value given
+    in the context directly is the job's to refuse (flower-job --check, published as the job's failure),
+    as every other job parameter: found by tests/e2e/test_cloud_jobs.py, where an unknown strategy
+    failed the SuperLink's whole reconfiguration instead."""
+    for name, value, reason in (
+        ("ONEAPP_FL_STRATEGY", "fedbogus", "ONEAPP_FL_STRATEGY: unknown strategy 'fedbogus'"),
+        ("ONEAPP_FL_DP", "local", "ONEAPP_FL_DP: unknown mode 'local'"),
+        ("ONEAPP_FL_ROUNDS", "many", "ONEAPP_FL_ROUNDS: must be an integer within 1..100000, got 'many'"),
+    ):
+        sandbox = make_sandbox("superlink")
+        sandbox.configured(
+            ETH0_IP="10.231.64.50",
+            ONEAPP_FL_APP="numpy",
+            ONEAPP_FL_CHECKPOINT_DIR=str(sandbox.root / "ckpt"),
+            **{name: value},
+        )
+        assert sandbox.status == "configure_success", (name, sandbox.log("configure"))
+        assert reason in (sandbox.etc / "job.problem").read_text()
+        assert f"{name}: " in sandbox.log("configure") and "left to its own check" in sandbox.log("configure")
+        assert not (sandbox.root / "ckpt").exists()
 
 
 def test_node_data_reaches_the_node_config(make_sandbox, tmp_path: Path) -> None:
@@ -161,9 +184,12 @@ def test_the_job_publishes_through_onegate_with_the_context_credentials(tmp_path
     finally:
         server.shutdown()
     assert result.returncode == 1, result.stdout + result.stderr
-    assert len(received) == 1, received
-    path, token, vmid, form = received[0]
-    assert (path, token, vmid) == ("/vm", "token-5", "5")
+    # first the attributes of an earlier job emptied (the job begins clean), then its failure
+    assert len(received) == 2, received
+    emptied = received[0][3]["data"][0].splitlines()
+    assert emptied[0] == "ONEAPP_FL_RUN_STATUS=" and all(line.endswith("=") for line in emptied), emptied
+    path, token, vmid, form = received[1]
+    assert (path, token, vmid) == ("/vm", "token-5", "5") == received[0][:3]
     lines = form["data"][0].splitlines()
     assert lines[0] == "ONEAPP_FL_RUN_STATUS=failed"
     assert lines[1].startswith("ONEAPP_FL_RUN_REASON=ONEAPP_FL_APP: 'jax&ONEAPP_FL_RUN_STATUS=finished'")

@@ -3,6 +3,7 @@ the SuperLink's OneGate attributes, what passes and what fails, and the follower
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -12,6 +13,8 @@ from factory.harness.jobcheck import (
     JobFollower,
     JobObservation,
     JobPlan,
+    changed_since,
+    job_attributes,
     job_checks,
     job_from_context_state,
     parse_metrics,
@@ -128,3 +131,186 @@ def test_the_follower_gives_up_at_its_timeout() -> None:
     observation = follower.wait(timeout=0.3)
     assert time.monotonic() - started < 5
     assert observation.statuses == ["waiting-for-nodes"] and not observation.done
+
+
+def test_a_follower_of_a_new_job_never_records_the_earlier_one() -> None:
+    """After a context change the USER_TEMPLATE still holds the finished job's attributes until the new
+    job's runner empties them: those readings are not the new job's (no stale round 2/2, no stale model)."""
+    earlier = readings(0.5, 0.3, 0.95)[-1]
+    emptied = {**earlier, **dict.fromkeys(job_attributes(earlier), "")}
+    new_job = [{**emptied, **reading} for reading in readings(0.6, 0.4, 0.93)[1:]]
+    sequence = [earlier, earlier, emptied, *new_job]
+    before = job_attributes(earlier)
+    assert before["ONEAPP_FL_ROUND"] == "2/2" and set(before) == set(job_attributes({}))
+    read = changed_since(iter(sequence).__next__, before)
+    observation = JobObservation()
+    for _ in sequence:
+        attributes = read()
+        if attributes is not None:
+            observation.observe(attributes)
+    assert observation.polls == len(sequence) - 2  # the two readings of the earlier job were skipped
+    assert observation.statuses == ["waiting-for-nodes", "running", "finished"]
+    assert observation.rounds[1]["eval_loss"] == 0.6 and observation.rounds[2]["eval_loss"] == 0.4
+    # once changed, the same values again are the new job's (a refused job may repeat a reason)
+    read = changed_since(iter([emptied, earlier]).__next__, before)
+    assert read() == emptied and read() == earlier
+
+
+def test_the_secagg_fact_and_what_a_tried_pair_shows() -> None:
+    from factory.harness.jobfeatures import Feature, feature_state, secagg_check
+
+    assert secagg_check("1.43.0") is None  # no fact for that version: the cell says "not run"
+    assert feature_state([], Feature.SECAGG) == ("not run", "")
+    fact = secagg_check("1.41.0")
+    assert fact is not None and fact["passed"] and "LegacyContext" in fact["detail"]
+    assert feature_state([fact], Feature.SECAGG)[0] == "unsupported"
+    # a SuperLink that accepted secaggplus contradicts the fact: failed, not unsupported
+    accepted = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+    check = secagg_check("1.42.0", accepted)
+    assert check is not None and not check["passed"] and "unsupported" not in check
+    state, detail = feature_state([check], Feature.SECAGG)
+    assert state == "failed" and "waiting-for-nodes -> running -> finished" in detail
+    # a refusal for another reason (the appliance failed otherwise) is not taken as the fact either
+    other = secagg_check("1.42.0", JobObservation(statuses=["failed"], reason="ONEAPP_FL_ROUNDS: ..."))
+    assert other is not None and feature_state([other], Feature.SECAGG)[0] == "failed"
+
+
+def test_the_resume_checks_need_a_continued_loss() -> None:
+    from factory.harness.jobfeatures import resume_checks
+
+    def observed(losses: list[float], resumed_from: str) -> JobObservation:
+        observation = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+        observation.rounds = {k: {"eval_loss": loss} for k, loss in enumerate(losses, start=1)}
+        observation.resumed_from = resumed_from
+        return observation
+
+    continued = resume_checks(observed([0.9, 0.5, 0.4, 0.35], "2"), 4, seen_before=2)
+    assert all(check["passed"] for check in continued), continued
+    from_scratch = resume_checks(observed([0.9, 0.5, 0.9, 0.5], "2"), 4, seen_before=2)
+    assert [check["passed"] for check in from_scratch] == [True, False]
+    not_said = resume_checks(observed([0.9, 0.5, 0.4, 0.35], ""), 4, seen_before=2)
+    assert not not_said[1]["passed"]
+    too_late = resume_checks(observed([0.9, 0.5, 0.4, 0.35], "2"), 4, seen_before=4)  # no rounds were left
+    assert not too_late[0]["passed"]
+
+
+def test_a_job_on_a_running_pair_may_skip_waiting_but_nothing_else() -> None:
+    from factory.harness.jobcheck import ran_to_the_end
+
+    assert ran_to_the_end(["waiting-for-nodes", "running", "finished"])
+    assert ran_to_the_end(["running", "finished"])  # the nodes were online: the wait was shorter than a poll
+    for statuses in ([], ["finished"], ["running"], ["running", "failed"], ["waiting-for-nodes", "finished"]):
+        assert not ran_to_the_end(statuses), statuses
+
+
+class _FakeVM:
+    def __init__(self, vm_id: int, template: dict[str, str]) -> None:
+        self.id, self.user_template = vm_id, template
+
+
+class _FakeCloud:
+    """A SuperLink whose USER_TEMPLATE plays, after each context change, the job that change asks for
+    (the way flower-job publishes it), one step per read; a power-off and resume continue the resume job."""
+
+    POWERED_OFF = 8
+
+    def __init__(self, accept_secagg: bool = False, fail_dp: bool = False) -> None:
+        self.accept_secagg, self.fail_dp = accept_secagg, fail_dp
+        self.template: dict[str, str] = {"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_ROUND": "2/2"}
+        self.script: list[dict[str, str]] = []
+        self.actions: list[str] = []
+        self.contexts: list[str] = []
+        self.one = self  # cloud.one.vm.updateconf / action / info
+        self.vm = self
+        self.lock = threading.Lock()
+
+    # pyone's vm.* as run_feature_jobs calls them
+    def updateconf(self, vm_id: int, text: str, kind: int) -> None:
+        assert vm_id == 7 and kind == 1 and text.startswith("CONTEXT=[")
+        self.contexts.append(text)
+        emptied = dict.fromkeys(job_attributes({}), "")
+        running = {"ONEAPP_FL_RUN_STATUS": "running", "ONEAPP_FL_RUN_ID": "9"}
+
+        def rounds(losses: list[float], total: int, start: int = 1) -> list[dict[str, str]]:
+            return [
+                {"ONEAPP_FL_ROUND": f"{k}/{total}", "ONEAPP_FL_METRICS": f"eval_loss={loss}"}
+                for k, loss in enumerate(losses, start=start)
+            ]
+
+        if 'ONEAPP_FL_SECAGG="secaggplus"' in text and not self.accept_secagg:
+            reason = "ONEAPP_FL_SECAGG: secaggplus is not supported by Flower's Message API strategies"
+            steps = [emptied, {"ONEAPP_FL_RUN_STATUS": "failed", "ONEAPP_FL_RUN_REASON": reason}]
+        elif 'ONEAPP_FL_ROUNDS="4"' in text:
+            steps = [emptied, {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes"}, running, *rounds([0.9, 0.5], 4)]
+            steps += [{"HOLD": ""}, emptied, {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes"}, running]
+            steps += [{"ONEAPP_FL_RESUMED_FROM": "2", "ONEAPP_FL_ROUND": "2/4"}, *rounds([0.4, 0.3], 4, 3)]
+            steps += [{"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_MODEL": "/m.npz"}]
+        else:
+            losses = [0.5, 0.3] if self.fail_dp else [0.7, 0.6]  # the baseline's are 0.5, 0.3
+            steps = [emptied, {"ONEAPP_FL_RUN_STATUS": "waiting-for-nodes"}, running, *rounds(losses, 2)]
+            steps += [{"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_MODEL": "/m.npz"}]
+        with self.lock:
+            self.script = steps
+
+    def action(self, name: str, vm_id: int) -> None:
+        self.actions.append(name)
+
+    def info(self, vm_id: int) -> object:
+        return type("VM", (), {"STATE": self.POWERED_OFF if self.actions[-1:] == ["poweroff"] else 3})()
+
+    # the service
+    def role_vms(self, role: str) -> list[_FakeVM]:
+        with self.lock:
+            if self.script and ("HOLD" not in self.script[0] or self.actions[-1:] == ["resume"]):
+                step = self.script.pop(0)
+                self.template = {**self.template, **{k: v for k, v in step.items() if k != "HOLD"}}
+                self.template = {k: v for k, v in self.template.items() if v}
+            return [_FakeVM(7, dict(self.template))]
+
+
+def _baseline() -> JobObservation:
+    baseline = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+    baseline.rounds = {1: {"eval_loss": 0.5}, 2: {"eval_loss": 0.3}}
+    return baseline
+
+
+def test_the_feature_jobs_ask_by_context_and_power_the_superlink_off_once() -> None:
+    from factory.harness.jobfeatures import Feature, feature_state, run_feature_jobs
+
+    cloud = _FakeCloud()
+    checks = run_feature_jobs(cloud, cloud, JobPlan("anomaly"), _baseline(), "1.42.0", timeout=30)
+    cells = {
+        feature: feature_state(checks, feature)[0] for feature in (Feature.RESUME, Feature.DP, Feature.SECAGG)
+    }
+    assert cells == {Feature.RESUME: "passed", Feature.DP: "passed", Feature.SECAGG: "unsupported"}, checks
+    assert cloud.actions == ["poweroff", "resume"]
+    # three jobs, each naming every job parameter and a checkpoint directory of its own
+    assert len(cloud.contexts) == 3 and all('ONEAPP_FL_STRATEGY="fedavg"' in text for text in cloud.contexts)
+    directories = [re.search(r'ONEAPP_FL_CHECKPOINT_DIR="([^"]+)"', text).group(1) for text in cloud.contexts]
+    assert len(set(directories)) == 3
+
+
+def test_the_feature_jobs_fail_truthfully() -> None:
+    from factory.harness.jobfeatures import Feature, feature_state, run_feature_jobs
+
+    cloud = _FakeCloud(accept_secagg=True, fail_dp=True)  # SecAgg+ accepted; DP without any noise
+    checks = run_feature_jobs(cloud, cloud, JobPlan("anomaly"), _baseline(), "1.42.0", timeout=30)
+    assert feature_state(checks, Feature.SECAGG)[0] == "failed"
+    assert feature_state(checks, Feature.DP)[0] == "failed"
+
+    class Broken(_FakeCloud):
+        def updateconf(self, vm_id: int, text: str, kind: int) -> None:
+            raise OSError("oned did not answer")
+
+    checks = run_feature_jobs(Broken(), Broken(), JobPlan("anomaly"), _baseline(), "1.42.0", timeout=5)
+    states = {feature_state(checks, f) for f in (Feature.RESUME, Feature.DP, Feature.SECAGG)}
+    assert states == {("failed", "feature_job: OSError: oned did not answer")}
+
+
+def test_a_pair_without_job_features_records_only_the_secagg_fact() -> None:
+    from factory.harness.jobfeatures import pair_feature_checks
+
+    plan, baseline = JobPlan("anomaly"), _baseline()
+    checks = pair_feature_checks(None, None, plan, baseline, "1.42.0", run_jobs=False, timeout=1)
+    assert [check["task"] for check in checks] == ["job-secagg"] and checks[0]["unsupported"]
+    assert pair_feature_checks(None, None, plan, baseline, "1.43.0", run_jobs=False, timeout=1) == []

@@ -271,3 +271,71 @@ def test_supernodes_per_round(tmp_path: Path) -> None:
     assert re.search(
         r'<img alt="SuperNodes that trained in each canary round[^"]*" src="data:image/png', page
     )
+
+
+def test_the_feature_columns_say_what_each_pair_recorded(tmp_path: Path) -> None:
+    """resume, DP and SecAgg+ per pair, each from the pair's own checks (factory/harness/jobcheck.py
+    run_feature_jobs and the per-version SecAgg+ fact): passed, failed with the failed check, unsupported
+    with the reason, or not run where the pair has no such checks; never a state it did not record."""
+    from factory.harness.jobcheck import JobObservation, JobPlan
+    from factory.harness.jobfeatures import dp_checks, resume_checks, secagg_check
+
+    root = tmp_path / "results"
+    plan = JobPlan("anomaly")
+    baseline = JobObservation(statuses=["waiting-for-nodes", "running", "finished"])
+    baseline.rounds = {1: {"eval_loss": 0.5}, 2: {"eval_loss": 0.3}}
+    noised = JobObservation(
+        statuses=list(baseline.statuses), rounds={1: {"eval_loss": 0.7}, 2: {"eval_loss": 0.6}}
+    )
+    resumed = JobObservation(
+        statuses=["waiting-for-nodes", "running", "waiting-for-nodes", "running", "finished"]
+    )
+    resumed.rounds = {k: {"eval_loss": 1.0 / k} for k in range(1, 5)}
+    resumed.resumed_from = "2"
+    featured = _result("1.42.0", "1.42.0", PASSED)
+    featured.checks += [
+        *dp_checks(noised, baseline, plan),
+        *resume_checks(resumed, 4, seen_before=2),
+        secagg_check(
+            "1.42.0",
+            JobObservation(
+                statuses=["failed"], reason="ONEAPP_FL_SECAGG: secaggplus is not supported by ..."
+            ),
+        ),
+    ]
+    # DP without noise (the same losses as the baseline) and a resume that started from scratch: failed
+    broken = _result("1.42.0", "1.41.0", PASSED_WITH_WARNING)
+    scratch = JobObservation(statuses=list(resumed.statuses), resumed_from="2")
+    scratch.rounds = {
+        1: {"eval_loss": 0.5},
+        2: {"eval_loss": 0.3},
+        3: {"eval_loss": 0.5},
+        4: {"eval_loss": 0.3},
+    }
+    broken.checks += [*dp_checks(baseline, baseline, plan), *resume_checks(scratch, 4, seen_before=2)]
+    broken.checks.append(secagg_check("1.42.0"))  # the fact only: unsupported, not tried
+    plain = _result("1.41.0", "1.41.0", PASSED)  # e.g. a bare pair: no job checks at all
+    for result in (featured, broken, plain):
+        write_result(result, root)
+    paths = write_report(load_results(RUN, root), RUN, root)
+    pairs = {pair["pair"]: pair["features"] for pair in json.loads(paths["json"].read_text())["pairs"]}
+    states = {
+        name: {feature: cell["state"] for feature, cell in cells.items()} for name, cells in pairs.items()
+    }
+    assert states[featured.pair] == {"resume": "passed", "DP": "passed", "SecAgg+": "unsupported"}
+    assert states[broken.pair] == {"resume": "failed", "DP": "failed", "SecAgg+": "unsupported"}
+    assert states[plain.pair] == {"resume": "not run", "DP": "not run", "SecAgg+": "not run"}
+    assert "dp_noise_in_metrics" in pairs[broken.pair]["DP"]["detail"]
+    assert "resume_from_checkpoint" in pairs[broken.pair]["resume"]["detail"]
+    assert (
+        "refused: ONEAPP_FL_SECAGG: secaggplus is not supported" in pairs[featured.pair]["SecAgg+"]["detail"]
+    )
+    assert "per-version fact, not tried" in pairs[broken.pair]["SecAgg+"]["detail"]
+    markdown = paths["md"].read_text()
+    assert "| job from context | resume | DP | SecAgg+ | metrics endpoints |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| {plain.pair} |"))
+    header = next(line for line in markdown.splitlines() if line.startswith("| pair | SuperLink |"))
+    assert row.count(" | ") == header.count(" | ") and "| not run | not run | not run |" in row
+    page = paths["html"].read_text()
+    assert "<th>resume</th><th>DP</th><th>SecAgg+</th>" in page
+    assert page.count("<td>unsupported: Flower 1.42.0") == 2

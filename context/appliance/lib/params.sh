@@ -160,6 +160,11 @@ fl_param_check() {
 }
 
 # Apply defaults, validate and export every declared parameter. Fails the stage on the first bad value.
+# Parameters whose values another check owns, space-separated (a role sets it at global scope): a bad one
+# is kept as given, with a warning, instead of failing the stage, and that check reports it. The
+# SuperLink's job parameters: flower-job --check, so that a bad job fails the job, not the appliance.
+FL_PARAMS_DEFERRED=${FL_PARAMS_DEFERRED:-}
+
 fl_params_apply() {
     local name value mandatory checked
     if [[ -z "${FL_PARAMS:-}" ]]; then
@@ -176,7 +181,9 @@ fl_params_apply() {
         fi
         if [[ -n "${value}" ]]; then
             if ! checked=$(fl_param_check "${name}" "${value}"); then
-                fl_fail "${checked}"
+                [[ " ${FL_PARAMS_DEFERRED} " == *" ${name} "* ]] || fl_fail "${checked}"
+                fl_warn "${checked} (left to its own check)"
+                checked=${value}
             fi
             value=${checked}
         fi

@@ -302,6 +302,11 @@ FL_JOB_PARAMS=(ONEAPP_FL_APP ONEAPP_FL_APP_SHA256 ONEAPP_FL_ROUNDS ONEAPP_FL_STR
     ONEAPP_FL_RUN_CONFIG ONEAPP_FL_DP ONEAPP_FL_DP_NOISE ONEAPP_FL_DP_CLIPPING_NORM ONEAPP_FL_DP_SAMPLED_CLIENTS
     ONEAPP_FL_SECAGG ONEAPP_FL_SECAGG_SHARES ONEAPP_FL_SECAGG_THRESHOLD ONEAPP_FL_CHECKPOINT_DIR
     ONEAPP_FL_CHECKPOINT_KEEP)
+# A bad job parameter fails the job (flower-job --check, published as ONEAPP_FL_RUN_STATUS=failed), not
+# the appliance: fl_params_apply leaves these to it. (SECAGG_SHARES/THRESHOLD are reserved, unchecked
+# there, so they keep the declared check.)
+FL_PARAMS_DEFERRED="${FL_JOB_PARAMS[*]/ONEAPP_FL_SECAGG_SHARES/}"
+FL_PARAMS_DEFERRED=${FL_PARAMS_DEFERRED/ONEAPP_FL_SECAGG_THRESHOLD/}
 
 # A value as systemd's EnvironmentFile reads it: one line, double-quoted, with \ and \" escaped (no
 # variable expansion happens there). Newlines become spaces (base64 and run-config split on both).

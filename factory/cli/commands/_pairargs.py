@@ -53,6 +53,11 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-cross", action="store_true", help="leave out the cross-version pairs")
     parser.add_argument(
+        "--job-features", action="store_true",
+        help="cloud: also prove SecAgg+, DP and resume by train-on-deploy jobs on each pair (the report's "
+        "feature columns; a few minutes more per pair)",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-on-failure", action="store_true", help="leave a failed pair's service running"
     )
     parser.add_argument("--keep-going", action="store_true", help="test the remaining pairs after a failure")
@@ -90,6 +95,7 @@ def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
         keep_on_failure=args.keep_on_failure,
         deploy_timeout=args.deploy_timeout,
         federation_timeout=args.federation_timeout,
+        job_features=args.job_features,
     )
     options.check()
     return options
