@@ -68,6 +68,9 @@ class PairTestOptions:
     # cloud only: the SuperLink also runs a train-on-deploy job from its context (factory/harness/jobcheck.py)
     job_from_context: bool = True
     job_timeout: float = 900.0
+    # cloud only: read every VM's appliance logs and journal also when the pair passed (benchmarks: where
+    # the time from the instantiation to the first round went)
+    collect_logs: bool = False
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -363,8 +366,10 @@ def run_pair_in_cloud(
             _deploy_and_run(deployment, spec, options, images, result)
         except FactoryError as failure:
             error = str(failure)
-        if _failed(result, error):
+        failed = _failed(result, error)
+        if failed or options.collect_logs:
             result.logs = deployment.collect_logs()
+        if failed:
             error = failure_text(error, result.logs) if deployment.service is not None else error
             if options.keep_on_failure:
                 kept = deployment.keep()
