@@ -157,7 +157,8 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
 TIMELINE_EVENTS = re.compile(
     r"(\[(configure|bootstrap)\] (looking for|found the|SuperNode public key|created the|node config"
     r"|the SuperLink at|the SuperLink \(VM|pinned the)"
-    r"|configure: |bootstrap: |registered SuperNode key|pinned SuperNode key|SuperNodes enrolled"
+    r"|(configure|bootstrap) (started|finished)|registered SuperNode key|pinned SuperNode key"
+    r"|SuperNodes enrolled|enrolled this node|did not list this node"
     r"|Started flower-|Starting Flower|start number|Failed to activate|code: 2004|Activate|Node Unavailable"
     r"|ready|READY)"
 )
