@@ -155,6 +155,12 @@ class Cloud:
                 ("BRIDGE", BRIDGE),
                 ("BRIDGE_TYPE", "linux"),
                 ("DESCRIPTION", "The test bridge: nothing leaves it"),
+                # IPv4 only, said as an operator says it: oned copies the network's IP6_METHOD into every
+                # NIC's context as ETH<n>_IP6_METHOD (OpenNebula/one src/vm/VirtualMachineContext.cc,
+                # NETWORK6_CONTEXT), and one-context then turns IPv6 off on the NIC instead of soliciting
+                # router advertisements that never come (~12 s of systemd-networkd-wait-online per boot;
+                # one-apps context-linux loc-10-network.d). Networks without it keep the images' default.
+                ("IP6_METHOD", "disable"),
                 ("NETWORK_ADDRESS", NETWORK_ADDRESS),
                 ("NETWORK_MASK", NETWORK_MASK),
                 ("OUTER_VLAN_ID", ""),
