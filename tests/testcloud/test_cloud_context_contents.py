@@ -165,3 +165,25 @@ def test_bad_context_variable_refuses_the_vm(one: Any, cloud: Any) -> None:
         one.vm.allocate('NAME="bad"\nCPU="1"\nMEMORY="64"\nCONTEXT=[PRICE="costs $ 5"]')
     assert one.vmpool.info(-2, -1, -1, -2).VM == []
     assert cloud.cloud.pools["vm"] == {}
+
+
+def test_a_state_from_before_gets_ip6_method_and_keeps_an_operators_value(tmp_path: Path) -> None:
+    """``.cloud/default`` outlives a change of the bootstrap: its network is told IPv4 only on the next
+    start, as ``onevnet update`` would; a value set there already is left alone."""
+    from testcloud import launcher
+
+    def restart_with(value: str | None) -> str:
+        with launcher.start(tmp_path / "c", driver="dummy", timings=FAST) as handle:
+            vnet = handle.cloud.pools["vnet"][0]
+            vnet.template.erase("IP6_METHOD")
+            if value is not None:
+                vnet.template.add("IP6_METHOD", value)
+            handle.cloud.db.save(vnet)
+        with launcher.start(tmp_path / "c", driver="dummy", timings=FAST) as handle:
+            import pyone
+
+            one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+            return one.vn.info(0).TEMPLATE["IP6_METHOD"]
+
+    assert restart_with(None) == "disable"
+    assert restart_with("static") == "static"
