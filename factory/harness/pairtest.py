@@ -72,6 +72,9 @@ class PairTestOptions:
     # cloud only, opt-in (--job-features): after that job, SecAgg+, DP and resume jobs on the same pair for
     # the report's feature columns (factory/harness/jobfeatures.py run_feature_jobs; a few minutes more)
     job_features: bool = False
+    # cloud only: read every VM's appliance logs and journal also when the pair passed (benchmarks: where
+    # the time from the instantiation to the first round went)
+    collect_logs: bool = False
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -371,8 +374,10 @@ def run_pair_in_cloud(
             _deploy_and_run(deployment, spec, options, images, result)
         except FactoryError as failure:
             error = str(failure)
-        if _failed(result, error):
+        failed = _failed(result, error)
+        if failed or options.collect_logs:
             result.logs = deployment.collect_logs()
+        if failed:
             error = failure_text(error, result.logs) if deployment.service is not None else error
             if options.keep_on_failure:
                 kept = deployment.keep()

@@ -308,6 +308,26 @@ def base_qcow2_size() -> int:
     return int(text)
 
 
+def base_qcow2_directory(base: BaseRootfs, package: onecontext.OneContextPackage) -> Path:
+    """Where the base qcow2 of ``base`` with ``package`` is cached (its key: the base, one-context, the
+    provisioning's distro.sh, the host's trust store and the disk size)."""
+    trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
+    size = str(base_qcow2_size()).encode()
+    distro = (PROVISION_DIR / "lib" / "distro.sh").read_bytes()
+    parts = [base.key, package.commit, package.source_digest, BUILDER_VERSION]
+    key = digest([*(part.encode() for part in parts), distro, trust, size])
+    return images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
+
+
+def qcow2_key(appliance: str, base_sha256: str) -> str:
+    """The key of a variant's Packer-built qcow2: its appliance key and the base qcow2's checksum."""
+    return digest([appliance.encode(), base_sha256.encode()])
+
+
+def qcow2_directory(variant: Variant, key: str) -> Path:
+    return images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
+
+
 def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     """``debian12-base.qcow2``: the base plus OpenNebula's one-context (built from the pinned upstream
     source, installed and its network service set up by the provisioning's own ``distro.sh``), bootable
@@ -319,18 +339,14 @@ def build_base_qcow2(progress: Progress = DEFAULT, force: bool = False) -> Path:
     base = build_base(progress)
     package = onecontext.build_package()
     trust = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
-    size = str(base_qcow2_size()).encode()
-    distro = (PROVISION_DIR / "lib" / "distro.sh").read_bytes()
-    parts = [base.key, package.commit, package.source_digest, BUILDER_VERSION]
-    key = digest([*(part.encode() for part in parts), distro, trust, size])
-    directory = images_cache() / "base-qcow2" / f"{LOCAL_OS}-{key[:16]}"
+    directory = base_qcow2_directory(base, package)
     image = directory / f"{LOCAL_OS}-base.qcow2"
 
     def fill(work: Path) -> str:
         with progress.stage(f"{LOCAL_OS} base qcow2 (base + one-context {package.version}, extlinux)"):
             return _make_base_qcow2(work, base, package, trust, image.name, progress)
 
-    if _cache_entry(directory, f"base-qcow2-{key[:16]}", force, fill):
+    if _cache_entry(directory, f"base-qcow2-{directory.name}", force, fill):
         progress.line(f"{LOCAL_OS} base qcow2: reusing {image}")
     return image
 
@@ -661,8 +677,8 @@ def build_qcow2(variant: Variant, progress: Progress = DEFAULT, force: bool = Fa
     base_qcow2 = build_base_qcow2(progress)
     base_sha256 = (base_qcow2.parent / f"{base_qcow2.name}.sha256").read_text().split()[0]
     package = onecontext.build_package()
-    key = digest([appliance_key(variant, base_rootfs(), params_text, package).encode(), base_sha256.encode()])
-    directory = images_cache() / "qcow2" / f"{variant.name}-{key[:16]}"
+    key = qcow2_key(appliance_key(variant, base_rootfs(), params_text, package), base_sha256)
+    directory = qcow2_directory(variant, key)
     seconds = 0.0
 
     def fill(work: Path) -> str:

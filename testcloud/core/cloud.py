@@ -51,6 +51,14 @@ from testcloud.core.vnets import VNetPool
 log = logging.getLogger("testcloud")
 
 
+# The test network is IPv4 only and says so, as an operator says it: oned copies the network's IP6_METHOD into
+# every NIC's context as ETH<n>_IP6_METHOD (OpenNebula/one src/vm/VirtualMachineContext.cc, NETWORK6_CONTEXT),
+# and one-context then turns IPv6 off on the NIC instead of soliciting router advertisements that never come
+# (~12 s of systemd-networkd-wait-online per boot; one-apps context-linux loc-10-network.d). A network without
+# it keeps the images' default.
+IPV4_ONLY = ("IP6_METHOD", "disable")
+
+
 class Cloud:
     """oned: the pools composed around one shared :class:`PoolStore`, each given only what it uses.
 
@@ -77,6 +85,8 @@ class Cloud:
         self._engine: threading.Thread | None = None
         if not self.pools["user"]:
             self._bootstrap()
+        else:
+            self._upgrade_vnet()
         self.images.resume_locked_images()
         self.market.resume_locked_apps()
         self.vms.resume()
@@ -155,6 +165,7 @@ class Cloud:
                 ("BRIDGE", BRIDGE),
                 ("BRIDGE_TYPE", "linux"),
                 ("DESCRIPTION", "The test bridge: nothing leaves it"),
+                IPV4_ONLY,
                 ("NETWORK_ADDRESS", NETWORK_ADDRESS),
                 ("NETWORK_MASK", NETWORK_MASK),
                 ("OUTER_VLAN_ID", ""),
@@ -166,6 +177,15 @@ class Cloud:
         )
         vnet.store_ranges([AddressRange(ar_id=0, ip=AR_FIRST_IP, size=AR_SIZE)])
         self.db.insert(vnet, "vnet")
+
+    def _upgrade_vnet(self) -> None:
+        """A state bootstrapped before the network declared IPv4 only gets ``IP6_METHOD`` as an operator's
+        ``onevnet update`` would add it; a value already there (an operator's) is kept."""
+        vnet = self.pools["vnet"].get(0)
+        if vnet is None or vnet.name != "testcloud" or IPV4_ONLY[0] in vnet.template:
+            return
+        vnet.template.add(*IPV4_ONLY)
+        self.db.save(vnet)
 
     def password(self) -> str:
         return (self.state_dir / "one_auth").read_text().strip().split(":", 1)[1]

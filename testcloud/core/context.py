@@ -16,7 +16,9 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-# VirtualMachineContext.cc: (context name, NIC attribute, alternative NIC attribute, look in the network)
+# OpenNebula/one src/vm/VirtualMachineContext.cc, NETWORK_CONTEXT then NETWORK6_CONTEXT: (context name, NIC
+# attribute, alternative NIC attribute, look in the network). parse_context_network() turns a lookup into
+# ``$NETWORK[<NIC attribute>, NIC_ID=n]``, so e.g. a network's IP6_METHOD becomes ETH<n>_IP6_METHOD.
 NETWORK_CONTEXT = [
     ("IP", "IP", "", False),
     ("MAC", "MAC", "", False),

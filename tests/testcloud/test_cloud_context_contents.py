@@ -70,6 +70,26 @@ def test_variable_substitution_rules() -> None:
         ctx.substitute("costs $ 5", single, vector)
 
 
+def test_network_ip6_method_becomes_eth_ip6_method_unless_the_nic_sets_it() -> None:
+    """As oned (OpenNebula/one src/vm/VirtualMachineContext.cc, NETWORK6_CONTEXT): IP6_METHOD is looked up
+    in the network when the NIC has none; a network without it gives an empty variable."""
+    networks = {"0": {"IP6_METHOD": "disable", "NETWORK_MASK": "255.255.255.0"}, "1": {}}
+
+    def network_attr(nic: dict[str, str], name: str) -> str:
+        return networks[nic["NETWORK_ID"]].get(name, "")
+
+    nics = [
+        {"NIC_ID": "0", "NETWORK_ID": "0", "IP": "10.0.0.2"},
+        {"NIC_ID": "1", "NETWORK_ID": "1", "IP": "10.0.1.2"},
+        {"NIC_ID": "2", "NETWORK_ID": "0", "IP": "10.0.0.3", "IP6_METHOD": "auto"},
+    ]
+    context = ctx.network_context(nics, network_attr)
+    assert context["ETH0_IP6_METHOD"] == "disable"
+    assert context["ETH0_MASK"] == "255.255.255.0"
+    assert context["ETH1_IP6_METHOD"] == ""
+    assert context["ETH2_IP6_METHOD"] == "auto"
+
+
 # ------------------------------------------------------------------------------------- through the cloud
 def context_files(cloud: Any, vm_id: int) -> dict[str, str]:
     directory = cloud.state_dir / "vms" / str(vm_id) / "context"
@@ -105,6 +125,8 @@ def test_vm_context_gets_network_onegate_and_user_variables(tmp_path: Path) -> N
             "ETH0_MASK": "255.255.255.0",
             "ETH0_NETWORK": "10.231.64.0",
             "ETH0_GATEWAY": "",
+            "ETH0_IP6_METHOD": "disable",  # the test network is IPv4 only and says so
+            "ETH0_IP6": "",
             "ONEGATE_ENDPOINT": handle.endpoints["onegate"],
             "VMID": str(vm_id),
             "SSH_PUBLIC_KEY": "ssh-ed25519 AAAAtest me",
@@ -117,6 +139,7 @@ def test_vm_context_gets_network_onegate_and_user_variables(tmp_path: Path) -> N
         for key, value in expected.items():
             assert f"{key}='{value}'" in lines, key
         assert ip.startswith("10.231.64.")
+        assert one.vn.info(0).TEMPLATE["IP6_METHOD"] == "disable"  # what `onevnet show` lists
         token = files["token.txt"]
         assert token.endswith("\n")
         password = handle.cloud.db.token_password(0)
@@ -142,3 +165,25 @@ def test_bad_context_variable_refuses_the_vm(one: Any, cloud: Any) -> None:
         one.vm.allocate('NAME="bad"\nCPU="1"\nMEMORY="64"\nCONTEXT=[PRICE="costs $ 5"]')
     assert one.vmpool.info(-2, -1, -1, -2).VM == []
     assert cloud.cloud.pools["vm"] == {}
+
+
+def test_a_state_from_before_gets_ip6_method_and_keeps_an_operators_value(tmp_path: Path) -> None:
+    """``.cloud/default`` outlives a change of the bootstrap: its network is told IPv4 only on the next
+    start, as ``onevnet update`` would; a value set there already is left alone."""
+    from testcloud import launcher
+
+    def restart_with(value: str | None) -> str:
+        with launcher.start(tmp_path / "c", driver="dummy", timings=FAST) as handle:
+            vnet = handle.cloud.pools["vnet"][0]
+            vnet.template.erase("IP6_METHOD")
+            if value is not None:
+                vnet.template.add("IP6_METHOD", value)
+            handle.cloud.db.save(vnet)
+        with launcher.start(tmp_path / "c", driver="dummy", timings=FAST) as handle:
+            import pyone
+
+            one = pyone.OneServer(handle.endpoints["xmlrpc"], session=handle.auth)
+            return one.vn.info(0).TEMPLATE["IP6_METHOD"]
+
+    assert restart_with(None) == "disable"
+    assert restart_with("static") == "static"

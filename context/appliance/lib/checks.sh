@@ -37,3 +37,9 @@ fl_is_host_port() {
 fl_is_node_pubkey() {
     [[ "$1" =~ ^ecdsa-sha2-nistp384\ AAAAE2VjZHNhLXNoYTItbmlzdHAzODQ[A-Za-z0-9+/=]+(\ .*)?$ ]]
 }
+
+# The identity of a SuperNode key: the sha256 of its "type base64" (the comment is not part of it). The
+# key sync publishes the keys it registered as these (ONEAPP_FL_NODES_ENROLLED); a SuperNode looks for its own.
+fl_node_key_hash() {
+    awk '{ print $1 " " $2 }' <<<"$1" | sha256sum | cut -d' ' -f1
+}

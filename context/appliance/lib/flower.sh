@@ -93,12 +93,13 @@ fl_unit_apply() {
 }
 
 # Wait for an HTTPS (or HTTP) URL to answer 2xx. Extra curl options (e.g. --cacert F) after the URL.
+# Every second (the SuperLink's own services on loopback: a try costs nothing, a late one delays READY).
 fl_wait_http() {
     local deadline=$1 url=$2
     shift 2
     # shellcheck disable=SC2317  # called through fl_retry_until
     _fl_http_once() { curl --silent --fail --output /dev/null --max-time 5 "$@"; }
-    fl_retry_until "${deadline}" 3 _fl_http_once "$@" "${url}"
+    fl_retry_until "${deadline}" 1 _fl_http_once "$@" "${url}"
 }
 
 # The last lines a unit wrote to the journal, for failure reasons (one line).

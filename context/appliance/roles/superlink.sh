@@ -284,8 +284,13 @@ superlink_bootstrap() {
 
     endpoint_address=$(fl_primary_address)
     [[ -n "${endpoint_address}" ]] || fl_fail "the SuperLink has no network address to publish"
+    # ONEAPP_FL_ENROLMENT=keysync: the key sync publishes the keys it enrolled (ONEAPP_FL_NODES_ENROLLED),
+    # and the SuperNodes wait for theirs there before they first start (roles/supernode.sh).
+    local enrolment=none
+    [[ "${ONEAPP_FL_NODE_AUTH}" != YES ]] || enrolment=keysync
     fl_publish_later "ONEAPP_FL_ENDPOINT=${endpoint_address}:${ONEAPP_FL_FLEET_PORT}" \
-        "ONEAPP_FL_FLOWER_VERSION=${version}" "ONEAPP_FL_NODE_AUTH=${ONEAPP_FL_NODE_AUTH}"
+        "ONEAPP_FL_FLOWER_VERSION=${version}" "ONEAPP_FL_NODE_AUTH=${ONEAPP_FL_NODE_AUTH}" \
+        "ONEAPP_FL_ENROLMENT=${enrolment}"
     if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
         fl_publish_later "ONEAPP_FL_CA_CERT=$(base64 -w0 <"${FL_PUBLIC_CA}")" \
             "ONEAPP_FL_CA_FINGERPRINT=$(fl_tls_fingerprint "${FL_PUBLIC_CA}")"

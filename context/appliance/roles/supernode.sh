@@ -4,6 +4,8 @@
 
 FL_SUPERNODE_UNITS=(flower-supernode.service flower-superexec.service)
 : "${FL_SUPERNODE_RUNTIME_PORT:=9094}"
+# Longest wait for the SuperLink's key sync to enrol this node's key before flower-supernode first starts.
+: "${FL_ENROL_WAIT:=120}"
 
 supernode_install() {
     fl_install_units "${FL_SUPERNODE_UNITS[@]}" "${FL_METRICS_UNITS[@]}"
@@ -83,7 +85,8 @@ supernode_configure() {
 }
 
 # Find the SuperLink in this VM's OneFlow service. Sets FL_SL_ENDPOINT, FL_SL_CA (base64),
-# FL_SL_FINGERPRINT, FL_SL_VERSION and FL_SERVICE_JSON. Returns 1 when none is published (yet).
+# FL_SL_FINGERPRINT, FL_SL_VERSION, FL_SL_NODE_AUTH, FL_SL_VMID, FL_SL_ENROLMENT and FL_SERVICE_JSON.
+# Returns 1 when none is published (yet).
 supernode_lookup_service() {
     local deadline=$1 document
     document=$(fl_onegate_service_vms "${deadline}") || [[ $? -eq 3 ]] || return 1
@@ -94,19 +97,22 @@ supernode_lookup_service() {
         IFS= read -r FL_SL_FINGERPRINT
         IFS= read -r FL_SL_VERSION
         IFS= read -r FL_SL_NODE_AUTH
+        IFS= read -r FL_SL_VMID
+        IFS= read -r FL_SL_ENROLMENT
     } < <(jq -r '
         [ .SERVICE.roles[]?.nodes[]?.vm_info.VM
           | select((.USER_TEMPLATE.ONEAPP_FL_ENDPOINT // "") != "") ]
-        | sort_by(.ID | tonumber) | first // {} | .USER_TEMPLATE // {}
+        | sort_by(.ID | tonumber) | first // {} | (.ID // "" | tostring) as $id | .USER_TEMPLATE // {}
         | (.ONEAPP_FL_ENDPOINT // ""), (.ONEAPP_FL_CA_CERT // ""),
           (.ONEAPP_FL_CA_FINGERPRINT // ""), (.ONEAPP_FL_FLOWER_VERSION // ""),
-          (.ONEAPP_FL_NODE_AUTH // "")
+          (.ONEAPP_FL_NODE_AUTH // ""), $id, (.ONEAPP_FL_ENROLMENT // "")
     ' <<<"${document}" 2>/dev/null || true) || true
     [[ -n "${FL_SL_ENDPOINT}" ]]
 }
 
 supernode_discover() {
     FL_SL_ENDPOINT="" FL_SL_CA="" FL_SL_FINGERPRINT="" FL_SL_VERSION="" FL_SL_NODE_AUTH="" FL_SERVICE_JSON=""
+    FL_SL_VMID="" FL_SL_ENROLMENT=""
     if [[ -n "${ONEAPP_FL_SUPERLINK}" ]]; then
         # Explicit address; the service (if any) may still tell the CA and the version.
         if fl_onegate_configured; then
@@ -242,8 +248,35 @@ supernode_node_auth() {
     esac
 }
 
+# Wait (at most FL_ENROL_WAIT seconds) until the SuperLink of this service lists this node's key among the
+# keys its key sync registered (ONEAPP_FL_NODES_ENROLLED, see bin/flower-keysync), so that flower-supernode
+# does not start before its key is known, fail its activation and back off (2, 4, 8 .. s). Only where the
+# SuperLink says it publishes that list (ONEAPP_FL_ENROLMENT=keysync) and this node presents its key.
+# Never fatal: at the bound the SuperNode starts anyway and Flower's own retries take over, as before. The
+# list is a hint, not trust: the SuperLink alone decides whether the key is accepted.
+supernode_wait_enrolled() {
+    local node_auth=$1 key hash enrolled="" started
+    [[ "${ONEAPP_FL_TLS}" == YES && "${node_auth}" == YES ]] || return 0
+    [[ "${FL_SL_ENROLMENT}" == keysync && "${FL_SL_VMID}" =~ ^[0-9]+$ ]] || return 0
+    fl_onegate_configured || return 0
+    key=$(cat "${FL_STATE}/keys/supernode.pub" 2>/dev/null) || return 0
+    hash=$(fl_node_key_hash "${key}")
+    # shellcheck disable=SC2317  # called through fl_retry_until
+    _fl_enrolled_once() {
+        enrolled=$(fl_onegate_get "/vms/${FL_SL_VMID}" 5 2>/dev/null |
+            jq -r '.VM.USER_TEMPLATE.ONEAPP_FL_NODES_ENROLLED // ""' 2>/dev/null) || enrolled=""
+        [[ " ${enrolled} " == *" ${hash} "* ]]
+    }
+    started=$(date +%s)
+    if fl_retry_until "${FL_ENROL_WAIT}" 1 _fl_enrolled_once; then
+        fl_log "the SuperLink (VM ${FL_SL_VMID}) enrolled this node's key ${hash:0:16} ($(($(date +%s) - started)) s)"
+    else
+        fl_warn "the SuperLink (VM ${FL_SL_VMID}) did not list this node's key ${hash:0:16} as enrolled within ${FL_ENROL_WAIT} s; starting anyway (the SuperNode retries until it is)"
+    fi
+}
+
 supernode_bootstrap() {
-    local ours node_config args=() changed=NO
+    local ours node_config node_auth args=() changed=NO
     ours=$(fl_flower_version) || fl_fail "no flwr installation found in ${FL_VENV}"
     mkdir -p "${FL_RUN}"
     supernode_discover
@@ -257,9 +290,10 @@ supernode_bootstrap() {
     supernode_preflight
 
     args=(--superlink "${FL_SL_ENDPOINT}")
+    node_auth=$(supernode_node_auth)
     if [[ "${ONEAPP_FL_TLS}" == YES ]]; then
         args+=(--root-certificates "${FL_STATE}/tls/superlink-ca.pem")
-        if [[ "$(supernode_node_auth)" == YES ]]; then
+        if [[ "${node_auth}" == YES ]]; then
             args+=(--auth-supernode-private-key "${FL_STATE}/keys/supernode")
         fi
     else
@@ -287,6 +321,7 @@ supernode_bootstrap() {
         fl_mark_restart flower-superexec.service
     fi
 
+    supernode_wait_enrolled "${node_auth}"
     fl_unit_apply flower-supernode.service
     if [[ "${ONEAPP_FL_ISOLATION}" == process ]]; then
         fl_unit_apply flower-superexec.service
