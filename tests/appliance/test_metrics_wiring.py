@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPLIANCE_DIR, repo_path
 from dummy_service import start_dummy_service
 from metrics_helpers import promtool_check, samples, start_exporter
 from test_onegate_client import gate_environment
 
+from hostkit.paths import CONTEXT_DIR, REPO_ROOT
+
+APPLIANCE_DIR = CONTEXT_DIR / "appliance"
 NODECOUNT = APPLIANCE_DIR / "bin" / "flower-nodecount"
 
 
@@ -131,9 +133,9 @@ def test_both_roles_install_the_metrics_units(role: str) -> None:
 
 
 def test_provisioning_pins_prometheus_client_as_pyproject() -> None:
-    pyproject = tomllib.loads(repo_path("pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     pins = [dep for dep in pyproject["project"]["dependencies"] if dep.startswith("prometheus-client==")]
-    provision = repo_path("images", "provision", "40-flower.sh").read_text()
+    provision = (REPO_ROOT / "images" / "provision" / "40-flower.sh").read_text()
     found = re.findall(r'^metrics_package="(prometheus-client==[^"]+)"$', provision, flags=re.MULTILINE)
     assert pins and found == pins, (pins, found)
     assert '"${metrics_package}"' in provision
