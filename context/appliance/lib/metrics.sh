@@ -6,7 +6,7 @@
 # the exporter itself enforces ONEAPP_FL_METRICS_ALLOW: empty, it listens on 127.0.0.1 only; otherwise it
 # listens on every address and disconnects clients outside those CIDRs (and loopback) without an answer.
 
-# shellcheck source=lib/metrics_tls.sh
+# shellcheck source=metrics_tls.sh source-path=SCRIPTDIR
 . "${FL_APPLIANCE_DIR}/lib/metrics_tls.sh"
 
 # shellcheck disable=SC2034  # used by roles/*.sh
