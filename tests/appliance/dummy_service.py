@@ -20,11 +20,17 @@ class DummyService:
     supernodes: list[int]
 
 
-def start_dummy_service(cloud: Any, name: str, supernodes: int) -> DummyService:
+def start_dummy_service(cloud: Any, name: str, supernodes: int, *, nic: bool = False) -> DummyService:
     """Instantiate ``1 superlink + supernodes`` (straight: SuperNodes after the SuperLink) and wait for
-    RUNNING. ``cloud`` is a ``testcloud.launcher.CloudHandle`` started with the dummy driver."""
+    RUNNING. ``cloud`` is a ``testcloud.launcher.CloudHandle`` started with the dummy driver. ``nic``: each VM
+    gets a NIC on the test network (an address OpenNebula sets) and the network in its context."""
     one = pyone.OneServer(cloud.endpoints["xmlrpc"], session=cloud.auth)
-    template = one.template.allocate('NAME="vm"\nCPU="1"\nMEMORY="64"\nCONTEXT=[TOKEN="YES"]')
+    if nic:
+        template = one.template.allocate(
+            'NAME="vm"\nCPU="1"\nMEMORY="64"\nNIC=[NETWORK_ID="0"]\nCONTEXT=[NETWORK="YES", TOKEN="YES"]'
+        )
+    else:
+        template = one.template.allocate('NAME="vm"\nCPU="1"\nMEMORY="64"\nCONTEXT=[TOKEN="YES"]')
     user, _, password = cloud.auth.partition(":")
     url, auth = cloud.endpoints["oneflow"], (user, password)
     supernode = {"name": "supernode", "type": "vm", "template_id": template, "parents": ["superlink"]}

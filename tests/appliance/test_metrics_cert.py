@@ -16,29 +16,24 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pyone
 import pytest
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from dummy_service import start_dummy_service
 from metrics_helpers import start_exporter
 
 from factory.harness.flwrenv import ensure_flower
 from factory.harness.tlsmaterial import make_tls
 from hostkit.paths import CONTEXT_DIR
-from testcloud import launcher
-from testcloud.core.config import Timings
 
 TOOL = CONTEXT_DIR / "appliance" / "bin" / "flower-metrics-cert"
-FAST = Timings(pending=0.05, prolog=0.05, boot=0.05, shutdown=0.05, epilog=0.05, image_lock=0.05,
-               app_lock=0.05, tick=0.02)  # fmt: skip
 
 
 def _load() -> ModuleType:
@@ -70,55 +65,6 @@ def ca_dir(tmp_path: Path) -> Path:
 
 
 # -- a OneFlow service in the test cloud (dummy driver): what the two sides see through OneGate ---------
-
-
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[Any]:
-    handle = launcher.start(tmp_path / "cloud", driver="dummy", timings=FAST, flow_cooldown=1)
-    yield handle
-    handle.stop()
-
-
-def _flow(cloud: Any, method: str, path: str, body: Any = None) -> Any:
-    user, password = cloud.auth.split(":", 1)
-    return requests.request(
-        method, cloud.endpoints["oneflow"] + path, json=body, auth=(user, password), timeout=30
-    )
-
-
-def _service(cloud: Any) -> dict[str, list[int]]:
-    """A running superlink(1) + supernode(2) service; role -> VM ids."""
-    one = pyone.OneServer(cloud.endpoints["xmlrpc"], session=cloud.auth)
-    context = 'CONTEXT=[NETWORK="YES", TOKEN="YES"]'
-    server = one.template.allocate(f'NAME="server"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\n{context}')
-    client = one.template.allocate(f'NAME="client"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\n{context}')
-    roles = [
-        {"name": "superlink", "type": "vm", "template_id": server, "cardinality": 1},
-        {
-            "name": "supernode",
-            "type": "vm",
-            "template_id": client,
-            "cardinality": 2,
-            "parents": ["superlink"],
-        },
-    ]
-    reply = _flow(
-        cloud, "POST", "/service_template", {"name": "fl", "deployment": "straight", "roles": roles}
-    )
-    assert reply.status_code == 201, reply.text
-    action = {"action": {"perform": "instantiate", "params": {"merge_template": {"name": "fl-tls"}}}}
-    reply = _flow(cloud, "POST", f"/service_template/{reply.json()['DOCUMENT']['ID']}/action", action)
-    assert reply.status_code == 201, reply.text
-    service_id = int(reply.json()["DOCUMENT"]["ID"])
-
-    def running() -> dict[str, Any] | None:
-        body = _flow(cloud, "GET", f"/service/{service_id}").json()["DOCUMENT"]["TEMPLATE"]["BODY"]
-        return body if body["state"] == 2 else None
-
-    from hostkit.waiting import wait_until
-
-    body = wait_until(running, 60, interval=0.1, what="the service RUNNING")
-    return {role["name"]: [int(node["deploy_id"]) for node in role["nodes"]] for role in body["roles"]}
 
 
 def _guest(cloud: Any, vm_id: int) -> dict[str, str]:
@@ -153,10 +99,11 @@ def _https(port: int, name: str, ca: Path) -> str:
 
 
 def test_a_supernode_gets_a_certificate_of_the_appliance_ca_through_onegate(
-    cloud: Any, tmp_path: Path, ca_dir: Path, guest_python: Path
+    dummy_cloud: Any, tmp_path: Path, ca_dir: Path, guest_python: Path
 ) -> None:
-    vms = _service(cloud)
-    superlink, (node, other) = vms["superlink"][0], vms["supernode"]
+    cloud = dummy_cloud
+    service = start_dummy_service(cloud, "fl-tls", 2, nic=True)
+    superlink, (node, other) = service.superlink, service.supernodes
     gate = cert_tool.OneGate.from_context(_guest(cloud, superlink))
     gate.publish({"ONEAPP_FL_ENDPOINT": "10.231.64.9:9092"})  # what the SuperLink appliance publishes
     address = str(_vm(cloud, node).TEMPLATE["NIC"]["IP"])
