@@ -398,7 +398,7 @@ def own_connection(cloud: Any, progress: Progress) -> Any:
     object (a test's fake) is used as it is."""
     from factory.one import OneCloud
 
-    return OneCloud(cloud.settings, progress) if type(cloud) is OneCloud else cloud
+    return cloud.reconnect(progress) if type(cloud) is OneCloud else cloud
 
 
 # -- the loop ------------------------------------------------------------------------------------------------

@@ -293,12 +293,12 @@ def plan_for(spec: PairSpec) -> JobPlan:
 
 def superlink_reader(cloud: Any, service: Any) -> Callable[[], dict[str, str] | None]:
     """A reader of the SuperLink VM's USER_TEMPLATE (None while there is none). A factory.one.OneCloud
-    service is read over a connection of its own (same settings), not the one the deploying thread uses."""
+    service is read over a connection of its own (``reconnect``: same settings), not the one the deploying
+    thread uses; ``cloud`` may be a view of one (a release pair: campaign.PairCloudView)."""
     own = service
-    settings = getattr(cloud, "settings", None)
-    if settings is not None and dataclasses.is_dataclass(service) and not isinstance(service, type):
-        private = type(cloud)(settings, cloud.progress)
-        own = dataclasses.replace(service, cloud=private, history=[])  # type: ignore[call-arg]
+    reconnect = getattr(cloud, "reconnect", None)
+    if callable(reconnect) and dataclasses.is_dataclass(service) and not isinstance(service, type):
+        own = dataclasses.replace(service, cloud=reconnect(), history=[])  # type: ignore[call-arg]
 
     def read() -> dict[str, str] | None:
         vms = own.role_vms("superlink")

@@ -138,6 +138,11 @@ class OneCloud:
         self.flow = OneFlow(settings.oneflow, settings.auth)
         self._hashed: dict[tuple[str, int, int], str] = {}
 
+    def reconnect(self, progress: Progress | None = None) -> OneCloud:
+        """A new connection to the same cloud (pyone's XML-RPC proxy is one HTTP connection: a thread of its
+        own needs one of its own), reporting to ``progress`` (default: this one's)."""
+        return OneCloud(self.settings, self.progress if progress is None else progress)
+
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
         """Turn pyone/transport errors into FactoryError naming the operation (never the credentials)."""

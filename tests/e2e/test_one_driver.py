@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from factory.harness import appliance_templates
+from factory.harness.campaign import PairCloudView, own_connection
+from factory.harness.jobcheck import job_attributes, superlink_reader
 from factory.one import OneCloud, load_settings
 from hostkit.errors import FactoryError
 from hostkit.progress import Progress
@@ -129,6 +131,28 @@ def test_a_service_deploys_behind_the_ready_gate_and_is_torn_down(cloud_state: t
         assert "404" in str(gone)
     for vm in vms:  # every VM was terminated
         assert cloud.vm_info(vm.id).state == "DONE"
+
+
+def test_a_release_pairs_job_follower_reads_the_superlink_over_a_connection_of_its_own(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """In a release every pair sees the cloud through a PairCloudView (factory/harness/campaign.py); the
+    train-on-deploy follower (jobcheck.superlink_reader) must open its own connection through it (it once
+    built ``type(cloud)(settings, progress)``, which failed every release pair with a TypeError)."""
+    cloud, state = cloud_state
+    path, sha256 = _image(state, b"follower" * 4096)
+    image = cloud.ensure_image(path, "flower-follower", sha256, "raw")
+    template_id = _service(cloud, image.id, "follow")
+    progress = Progress(quiet=True)
+    view = PairCloudView(cloud, own_connection(cloud, progress), threading.Lock())
+    with Guests(state, {"READY": "YES", "ONEAPP_FL_STATUS": "ready", "ONEAPP_FL_RUN_STATUS": "running"}):
+        deployment = view.launch_service(template_id, "follow-1")
+        deployment.wait_running(120)
+    read = superlink_reader(view, deployment)
+    attributes = read()
+    assert attributes is not None and attributes["ONEAPP_FL_RUN_STATUS"] == "running"
+    assert job_attributes(attributes)["ONEAPP_FL_RUN_STATUS"] == "running"
+    deployment.delete()
 
 
 def test_a_failing_appliance_fails_the_deployment_early_naming_why(
