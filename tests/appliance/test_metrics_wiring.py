@@ -48,16 +48,19 @@ def test_bad_metrics_values_fail_configure_naming_them(
     assert not (sandbox.etc / "metrics.args").exists()
 
 
-def test_metrics_tls_needs_the_superlink_and_flower_tls(make_sandbox) -> None:
-    sandbox = make_sandbox("superlink")
+# Node authentication needs TLS on the SuperLink: off there, so that the refusal is the metrics check.
+@pytest.mark.parametrize(("role", "extra"), [("superlink", {"ONEAPP_FL_NODE_AUTH": "NO"}), ("supernode", {})])
+def test_metrics_tls_needs_flower_tls_on_either_role(make_sandbox, role: str, extra: dict[str, str]) -> None:
+    sandbox = make_sandbox(role)
     sandbox.refused(
         "ONEAPP_FL_METRICS_TLS",
         "needs ONEAPP_FL_TLS=YES",
         ETH0_IP="10.231.64.50",
         ONEAPP_FL_TLS="NO",
-        ONEAPP_FL_NODE_AUTH="NO",
         ONEAPP_FL_METRICS_TLS="YES",
+        **extra,
     )
+    assert not (sandbox.etc / "metrics-cert.env").exists()
 
 
 def test_defaults_serve_on_loopback_only(make_sandbox) -> None:
@@ -312,18 +315,6 @@ def test_superlink_metrics_tls_signs_for_its_supernodes(make_sandbox) -> None:
     plain = make_sandbox("superlink")
     plain.configured(ETH0_IP="10.231.64.50")
     assert not (plain.etc / "metrics-cert.env").exists()
-
-
-def test_supernode_metrics_tls_needs_flower_tls(make_sandbox) -> None:
-    sandbox = make_sandbox("supernode")
-    sandbox.refused(
-        "ONEAPP_FL_METRICS_TLS",
-        "needs ONEAPP_FL_TLS=YES",
-        ETH0_IP="10.231.64.50",
-        ONEAPP_FL_TLS="NO",
-        ONEAPP_FL_METRICS_TLS="YES",
-    )
-    assert not (sandbox.etc / "metrics-cert.env").exists()
 
 
 def test_the_certificate_unit_is_installed_and_passes_its_arguments() -> None:
