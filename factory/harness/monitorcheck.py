@@ -117,8 +117,12 @@ class Window:
 
 
 def pair_window(federations: list[dict[str, Any]], now: float) -> Window:
+    """From 2 minutes before the first federation to ``now``, a whole number of steps long: the last
+    point Prometheus evaluates is ``now`` itself, so the newest scrape (the last round) is in it."""
     started = [float(f["submitted_at"]) for f in federations if f.get("submitted_at")]
-    return Window((min(started) if started else now - 3600) - 120, now)
+    start = (min(started) if started else now - 3600) - 120
+    step = Window(start, now).step
+    return Window(now - math.ceil((now - start) / step) * step, now)
 
 
 def check_targets(get: PrometheusGet, expected: dict[str, str]) -> list[str]:
@@ -190,16 +194,22 @@ def check_losses(series: list[dict[str, Any]], federations: list[dict[str, Any]]
     return problems, agreed
 
 
-def evaluate(get: PrometheusGet, expected: dict[str, str], federations: list[dict[str, Any]], now: float,
-             settle: float = 90.0, poll: float = 5.0) -> dict[str, Any]:  # fmt: skip
-    """The check from Prometheus' answers (``get``): targets (retried up to ``settle`` seconds, for
-    a target list refreshed every 15 s), panels, losses."""
+def evaluate(get: PrometheusGet, expected: dict[str, str], federations: list[dict[str, Any]],
+             clock: Callable[[], float] = time.time, settle: float = 90.0, poll: float = 5.0,
+             ) -> dict[str, Any]:  # fmt: skip
+    """The check from Prometheus' answers (``get``): targets, then panels and losses, each retried for
+    up to ``settle`` seconds while it finds a problem (the target list is refreshed every 15 s, and the
+    last round may end after the last scrape); ``clock`` is the time the panels are asked up to."""
     deadline = time.monotonic() + settle
     while (target_problems := check_targets(get, expected)) and time.monotonic() < deadline:
         time.sleep(poll)
-    window = pair_window(federations, now)
-    panel_problems, empty, results = check_panels(get, window)
-    loss_problems, agreed = check_losses(results.get(LOSS_PANEL, []), federations)
+    deadline = time.monotonic() + settle
+    while True:
+        panel_problems, empty, results = check_panels(get, pair_window(federations, clock()))
+        loss_problems, agreed = check_losses(results.get(LOSS_PANEL, []), federations)
+        if not (panel_problems or loss_problems) or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
     problems = target_problems + panel_problems + loss_problems
     panels = len(dashboard_panels())
     if problems:
@@ -252,7 +262,7 @@ def monitoring_check(deployment: Any, service: Any, federations: list[dict[str, 
     try:
         with session.connect(timeout=60) as ssh:
             result = evaluate(
-                curl_get(lambda command: ssh.execute(command, timeout=90)), expected, federations, time.time()
+                curl_get(lambda command: ssh.execute(command, timeout=90)), expected, federations
             )
     except (FactoryError, OSError) as error:
         return {**failed, "detail": f"monitoring VM {monitor.id}: {error}"[:2000]}

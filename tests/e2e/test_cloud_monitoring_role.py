@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,17 +81,19 @@ def test_the_monitoring_pair_is_scraped_and_its_dashboard_shows_the_rounds(
             expected = {str(vm.id): role for role in roles for vm in service.role_vms(role)}
             seen["tampered"] = monitorcheck.evaluate(
                 monitorcheck.curl_get(lambda command: ssh.execute(command, timeout=90)),
-                expected, tampered, time.time(), settle=0,
+                expected, tampered, settle=0,
             )  # fmt: skip
         return check
 
     monkeypatch.setattr(monitorcheck, "monitoring_check", observed)
     options = PairTestOptions(rounds=3, monitoring_role=True)
     result = run_pair_in_cloud(spec, "ci", tmp_path / "work", options, cloud, images)
+    check = next((c for c in result.checks if c["name"] == monitorcheck.CHECK), None)
+    assert check is not None and check["passed"] and check["task"] == "monitoring", (
+        check,
+        result.error[:3000],
+    )
     assert result.status == PASSED, (result.error, json.dumps(result.logs, indent=1)[-6000:])
-
-    check = next(c for c in result.checks if c["name"] == monitorcheck.CHECK)
-    assert check["passed"] and check["task"] == "monitoring", check
     # every VM of the service up, and the loss per round of every run equal to the recorded one
     assert "3 VMs of the service up as targets" in check["detail"], check
     rounds = sum(len(f["rounds"]) for f in result.federations if f.get("run_id") is not None)

@@ -171,14 +171,31 @@ class FakePrometheus:
         return {"result": [{"metric": {}, "values": [[1, "1"]]}]}
 
 
+def test_a_late_last_round_is_waited_for() -> None:
+    """The last round ended after the last scrape: the first answer lacks it, a later one has it."""
+    get = FakePrometheus({"1": "up"}, {("7", 1): 2.5})
+
+    def clock() -> float:
+        get.losses[("7", 2)] = 1.25  # the next scrape, after the first attempt
+        return 2000.0
+
+    first = monitorcheck.evaluate(get, {"1": "superlink"}, FEDERATIONS, lambda: 2000.0, settle=0)
+    assert not first["passed"] and "rounds [1], results [1, 2]" in first["detail"]
+    check = monitorcheck.evaluate(get, {"1": "superlink"}, FEDERATIONS, clock, settle=5, poll=0.01)
+    assert check["passed"], check
+
+
 def test_the_check_passes_when_targets_panels_and_losses_agree() -> None:
     get = FakePrometheus({"1": "up", "2": "up"}, {("7", 1): 2.5, ("7", 2): 1.25})
-    check = monitorcheck.evaluate(get, {"1": "superlink", "2": "supernode"}, FEDERATIONS, 2000.0, settle=0)
+    check = monitorcheck.evaluate(
+        get, {"1": "superlink", "2": "supernode"}, FEDERATIONS, lambda: 2000.0, settle=0
+    )
     assert check["passed"], check
     assert check["name"] == "monitoring_role" and check["task"] == "monitoring"
     assert "2 round losses equal the results" in check["detail"] and "GPU utilisation" in check["detail"]
     window = next(params for path, params in get.asked if path == "/api/v1/query_range")
-    assert float(window["start"]) == 1000.0 - 120 and float(window["end"]) == 2000.0
+    start, end, step = float(window["start"]), float(window["end"]), int(window["step"])
+    assert end == 2000.0 and start <= 1000.0 - 120 < start + step and (end - start) % step == 0
 
 
 @pytest.mark.parametrize(
@@ -205,7 +222,11 @@ def test_the_check_passes_when_targets_panels_and_losses_agree() -> None:
 )
 def test_the_check_fails_naming_what_differs(targets: dict[str, str], losses: Any, said: str) -> None:
     check = monitorcheck.evaluate(
-        FakePrometheus(targets, losses), {"1": "superlink", "2": "supernode"}, FEDERATIONS, 2000.0, settle=0
+        FakePrometheus(targets, losses),
+        {"1": "superlink", "2": "supernode"},
+        FEDERATIONS,
+        lambda: 2000.0,
+        settle=0,
     )
     assert not check["passed"] and said in check["detail"], check
 
@@ -221,7 +242,7 @@ def test_an_empty_panel_that_every_pair_has_fails_the_check() -> None:
         NoRuns({"1": "up"}, {("7", 1): 2.5, ("7", 2): 1.25}),
         {"1": "superlink"},
         FEDERATIONS,
-        2000.0,
+        lambda: 2000.0,
         settle=0,
     )
     assert not check["passed"] and "panel 'Active runs' returned no data" in check["detail"]
