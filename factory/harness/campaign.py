@@ -519,6 +519,9 @@ class Campaign:
     scratch_root: Path = BUILD_DIR / "e2e"
     parallel: int = 1
 
+    def __post_init__(self) -> None:
+        monitoring_pair_of(self.specs, self.options.monitoring_pair)  # a bad --monitoring-pair: refused now
+
     def runs(self) -> list[PairRun]:
         chosen = monitoring_pair_of(self.specs, self.options.monitoring_pair)
         return [

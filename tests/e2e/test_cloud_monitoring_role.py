@@ -94,6 +94,7 @@ def test_the_monitoring_pair_is_scraped_and_its_dashboard_shows_the_rounds(
         result.error[:3000],
     )
     assert result.status == PASSED, (result.error, json.dumps(result.logs, indent=1)[-6000:])
+    print(f"monitoring/monitoring_role: {check['detail']}")  # shown with -rP: what a release records
     # every VM of the service up, and the loss per round of every run equal to the recorded one
     assert "3 VMs of the service up as targets" in check["detail"], check
     rounds = sum(len(f["rounds"]) for f in result.federations if f.get("run_id") is not None)

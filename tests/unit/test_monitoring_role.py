@@ -101,6 +101,17 @@ def test_the_campaign_picks_one_monitoring_pair() -> None:
     assert monitoring_pair_of([], "first") is None
     with pytest.raises(ConfigError, match=r"--monitoring-pair.*'pair-c' is not a pair of this campaign"):
         monitoring_pair_of(specs, "pair-c")  # type: ignore[arg-type]
+    # the campaign refuses it when made (before a cloud starts), and marks only the chosen pair
+    from factory.harness.campaign import Campaign
+    from factory.harness.pairtest import PairTestOptions
+
+    with pytest.raises(ConfigError, match="--monitoring-pair"):
+        Campaign(specs, "r", PairTestOptions(monitoring_pair="pair-c"), record=print)  # type: ignore[arg-type]
+    campaign = Campaign(specs, "r", PairTestOptions(monitoring_pair="pair-b"), record=print)  # type: ignore[arg-type]
+    assert [(run.spec.name, run.options.monitoring_role) for run in campaign.runs()] == [
+        ("pair-a", False),
+        ("pair-b", True),
+    ]
 
 
 # -- the release check, fed with Prometheus' answers ------------------------------------------------------
