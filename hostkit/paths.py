@@ -14,6 +14,7 @@ PROVISION_DIR = IMAGES_DIR / "provision"
 PACKER_DIR = REPO_ROOT / "packer"
 CONTEXT_DIR = REPO_ROOT / "context"
 APPS_DIR = REPO_ROOT / "apps"
+MONITORING_DIR = REPO_ROOT / "monitoring"
 
 
 def _dir_from_env(variable: str, default: Path) -> Path:

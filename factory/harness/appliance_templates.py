@@ -23,13 +23,20 @@ from factory.model import params
 ROLES = ("superlink", "supernode")
 ROLE_TITLES = {"superlink": "SuperLink", "supernode": "SuperNode"}
 # The optional third role of the service: Prometheus (and Grafana where the image has it) watching the
-# others. Cardinality 0 by default. No image carries Prometheus yet, so the role is declared on the
-# SuperLink's VM template (in the marketplace form: its ROLE entry names the SuperLink app, which
-# export_service_template of marketplaceapp_ext.rb needs for every role) and a user enables it with
-# their own template: ``{"roles": [{"name": "monitoring", "cardinality": 1, "template_id": N}]}`` in
-# ``merge_template``. Booting the SuperLink image in this role would start a second SuperLink (its own CA,
-# endpoint published through OneGate), which the factory's checks refuse (factory/one/service_checks.py).
+# others, cardinality 0 by default. It boots the SuperLink's image (the OneKE appliance's way: one image,
+# the role chosen at boot): its template_contents set ONEAPP_FL_APPLIANCE_ROLE=monitoring, so the VM
+# starts Prometheus and no SuperLink (context/appliance/roles/monitoring.sh, docs/monitoring.md). In the
+# marketplace form its ROLE entry names the SuperLink app, which export_service_template of
+# marketplaceapp_ext.rb needs for every role. service_template(monitoring=True) gives it one VM and
+# opens the other roles' metrics to the service network (ONEAPP_FL_METRICS_ALLOW).
 MONITORING = "monitoring"
+# The parameter that picks what a VM of the SuperLink image runs (images/params.yaml), and its value there.
+APPLIANCE_ROLE = "ONEAPP_FL_APPLIANCE_ROLE"
+MONITORING_CONTEXT = {APPLIANCE_ROLE: MONITORING}
+# Parameters one role's template_contents fix: never service-level user inputs, whose values OneFlow
+# writes into every role's CONTEXT (fill_template in upstream src/flow/lib/models/service.rb), over the
+# role's own.
+ROLE_FIXED_INPUTS = frozenset({APPLIANCE_ROLE})
 # The SuperNode role's OneFlow 7 elasticity (docs/elasticity.md "The default policy of the Flower
 # service", which gives the reasons): keep at least the job's minimum of SuperNodes connected.
 SUPERNODE_MIN_VMS = 2
@@ -145,7 +152,7 @@ def service_user_inputs() -> dict[str, str]:
     for name, spec in role_inputs("supernode").user_inputs.items():
         if inputs.setdefault(name, spec) != spec:
             raise ValueError(f"{name} is declared differently for the SuperLink and the SuperNode")
-    return inputs
+    return {name: spec for name, spec in inputs.items() if name not in ROLE_FIXED_INPUTS}
 
 
 def supernode_elasticity(cardinality: int) -> dict[str, Any]:
@@ -161,16 +168,23 @@ def supernode_elasticity(cardinality: int) -> dict[str, Any]:
     }
 
 
-def monitoring_role(template_id: int | None) -> dict[str, Any]:
-    """The optional :data:`MONITORING` role: no VM (cardinality 0) until the user gives it a template."""
+def monitoring_role(
+    template_id: int | None, enabled: bool = False, context: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The optional :data:`MONITORING` role on the SuperLink's VM template, in monitoring mode
+    (:data:`MONITORING_CONTEXT`): no VM unless ``enabled`` (cardinality 1). ``context``: further CONTEXT
+    entries (the metrics port and TLS the other roles serve with)."""
     role: dict[str, Any] = {
         "name": MONITORING,
         "type": "vm",
-        "cardinality": 0,
+        "cardinality": 1 if enabled else 0,
         "min_vms": 0,
         "max_vms": 1,
         "parents": ["superlink"],
-        "template_contents": {"NIC": [{"NETWORK_ID": f"${NETWORK}"}]},
+        "template_contents": {
+            "NIC": [{"NETWORK_ID": f"${NETWORK}"}],
+            "CONTEXT": {**(context or {}), **MONITORING_CONTEXT},
+        },
     }
     if template_id is not None:
         role["template_id"] = int(template_id)
@@ -185,11 +199,18 @@ def service_template(
     security: str | None = "tls-auth",
     extra_context: dict[str, dict[str, str]] | None = None,
     description: str = "",
+    monitoring: bool = False,
+    metrics_allow: str = "",
 ) -> dict[str, Any]:
     """The OneFlow service (OpenNebula 7 format): 1 SuperLink, then ``supernodes`` SuperNodes once it is
     RUNNING (``straight``), each role RUNNING only when its VMs reported READY (``ready_status_gate``).
     The SuperNode role carries the default elasticity policy (:func:`supernode_elasticity`); a third role,
     :data:`MONITORING`, has no VM unless the user asks for one (see there).
+
+    ``monitoring=True`` gives that role its VM, and ``metrics_allow`` (the service network's CIDRs,
+    required then) becomes every role's ``ONEAPP_FL_METRICS_ALLOW`` so that its Prometheus may scrape
+    them; ``ONEAPP_FL_METRICS_PORT``/``_TLS`` given for the SuperLink in ``extra_context`` go to the
+    monitoring role too (it scrapes with them).
 
     ``security`` fixes the TLS/node-auth context of a test deployment. The marketplace form has
     ``security=None`` and no template ids: the exporter (``export_service_template`` of upstream's
@@ -202,6 +223,15 @@ def service_template(
     """
     if security is not None and security not in SECURITY_CONTEXT:
         raise ValueError(f"unknown security mode {security!r} (known: {', '.join(SECURITY_CONTEXT)})")
+    if monitoring and not metrics_allow.strip():
+        raise ValueError(
+            "monitoring=True needs metrics_allow: the CIDRs of the service network, so that the monitoring "
+            "VM may scrape the other VMs (ONEAPP_FL_METRICS_ALLOW)"
+        )
+    extra_context = {role: dict(values) for role, values in (extra_context or {}).items()}
+    if monitoring:
+        for role in ROLES:
+            extra_context.setdefault(role, {})["ONEAPP_FL_METRICS_ALLOW"] = metrics_allow.strip()
     roles = []
     for role, template_id, cardinality, parents in (
         ("superlink", superlink_template_id, 1, []),
@@ -219,7 +249,12 @@ def service_template(
         if role == "supernode":
             entry.update(supernode_elasticity(cardinality))
         roles.append(entry)
-    roles.append(monitoring_role(superlink_template_id))
+    scraped = {
+        key: value
+        for key, value in extra_context.get("superlink", {}).items()
+        if key in ("ONEAPP_FL_METRICS_PORT", "ONEAPP_FL_METRICS_TLS")
+    }
+    roles.append(monitoring_role(superlink_template_id, monitoring, scraped))
     body: dict[str, Any] = {
         "name": name,
         "description": description,

@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +257,10 @@ REMOTE_PAIRS_MAX = 16
 
 
 def addresses_per_pair(spec: PairSpec, options: PairTestOptions) -> int:
-    """The service network's leases one pair holds at once: its SuperLink, its SuperNodes, a rogue one."""
-    return 1 + spec.supernode.count + (1 if options.rogue_supernode else 0)
+    """The service network's leases one pair holds at once: its SuperLink, its SuperNodes, a rogue one, a
+    monitoring VM."""
+    extra = (1 if options.rogue_supernode else 0) + (1 if options.monitoring_role else 0)
+    return 1 + spec.supernode.count + extra
 
 
 def free_addresses(cloud: Any) -> int:
@@ -317,15 +319,19 @@ def choose_parallel(
     else a refusal before anything starts; without it the machine's figure, capped by the addresses
     (``free``, None where not known: bare Flower) and the number of pairs."""
     need = max((addresses_per_pair(spec, options) for spec in specs), default=1)
+    # the campaign's one monitoring VM (--monitoring-pair) takes an address of its own
+    reserved = 1 if options.monitoring_pair != "none" and free is not None else 0
+    kept = " (one kept for the monitoring VM)" if reserved else ""
     if requested is not None:
         check_parallel(requested)
-        if free is not None and requested * need > free:
+        if free is not None and requested * need > free - reserved:
             raise ConfigError(
                 "command line",
                 "--parallel",
                 f"{requested} pairs at once need {requested * need} addresses ({need} per pair) but the "
-                f"service network has {free} free: use --parallel {max(free // need, 1)} or less",
-            )
+                f"service network has {free} free{kept}: use --parallel {max((free - reserved) // need, 1)} "
+                "or less",
+            )  # fmt: skip
         return requested
     chosen = min(machine, len(specs) or 1)
     if free is not None:
@@ -333,7 +339,7 @@ def choose_parallel(
             raise ConfigError(
                 "cloud", "network", f"the service network has {free} free address(es), a pair needs {need}"
             )
-        chosen = min(chosen, free // need)
+        chosen = min(chosen, max(free - reserved, 0) // need)
     chosen = max(chosen, 1)
     progress.line(
         f"{chosen} pair(s) at once (--parallel: machine {machine}"
@@ -391,6 +397,22 @@ class PairCloudView:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._own, name)
+
+
+def monitoring_pair_of(specs: list[PairSpec], choice: str) -> str | None:
+    """The name of the pair deployed with the monitoring role on: ``first`` (the campaign's first pair),
+    ``none``, or a pair's name (which must be one of the campaign's)."""
+    if choice == "none" or not specs:
+        return None
+    if choice == "first":
+        return specs[0].name
+    if choice not in {spec.name for spec in specs}:
+        raise ConfigError(
+            "command line", "--monitoring-pair",
+            f"{choice!r} is not a pair of this campaign (first, none, or one of: "
+            f"{', '.join(spec.name for spec in specs)})",
+        )  # fmt: skip
+    return choice
 
 
 def own_connection(cloud: Any, progress: Progress) -> Any:
@@ -497,8 +519,15 @@ class Campaign:
     scratch_root: Path = BUILD_DIR / "e2e"
     parallel: int = 1
 
+    def __post_init__(self) -> None:
+        monitoring_pair_of(self.specs, self.options.monitoring_pair)  # a bad --monitoring-pair: refused now
+
     def runs(self) -> list[PairRun]:
-        return [PairRun(spec, self.run, self.options) for spec in self.specs]
+        chosen = monitoring_pair_of(self.specs, self.options.monitoring_pair)
+        return [
+            PairRun(spec, self.run, replace(self.options, monitoring_role=spec.name == chosen))
+            for spec in self.specs
+        ]
 
     def resolve_images(
         self, target: CloudTarget, on_stage: Callable[[str, float], None] | None = None

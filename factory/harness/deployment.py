@@ -135,11 +135,15 @@ class Deployment:
         supernodes: int,
         security: str,
         extra_context: dict[str, dict[str, str]] | None = None,
+        monitoring: bool = False,
+        metrics_allow: str = "",
     ) -> int:
-        """The pair's OneFlow service template; ``extra_context``: role -> CONTEXT entries (e.g. a job)."""
+        """The pair's OneFlow service template; ``extra_context``: role -> CONTEXT entries (e.g. a job);
+        ``monitoring``: the monitoring role on, metrics open to ``metrics_allow`` (the network's CIDRs)."""
         body = appliance_templates.service_template(
-            f"flower-{self.tag}", superlink, supernode, supernodes, security, extra_context=extra_context
-        )
+            f"flower-{self.tag}", superlink, supernode, supernodes, security, extra_context=extra_context,
+            monitoring=monitoring, metrics_allow=metrics_allow,
+        )  # fmt: skip
         template_id = self.cloud.create_service_template(body)
         self._cleanups.append(
             (f"service template {template_id}", lambda: self.cloud.delete_service_template(template_id))

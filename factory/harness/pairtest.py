@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.harness import monitorcheck
 from factory.harness.bareflower import BareFederation, SecurityMode
 from factory.harness.deployment import Deployment, PairCloud
 from factory.harness.federation import CANARY_TASK, FederationOutcome, FederationRunner
@@ -75,6 +76,11 @@ class PairTestOptions:
     # cloud only: read every VM's appliance logs and journal also when the pair passed (benchmarks: where
     # the time from the instantiation to the first round went)
     collect_logs: bool = False
+    # cloud only: which pair of a campaign is deployed with the service's monitoring role on and checked
+    # through its Prometheus (factory/harness/monitorcheck.py): "first", "none" or a pair's name (the
+    # campaign sets monitoring_role on that pair's options; the command line's default is "first")
+    monitoring_pair: str = "none"
+    monitoring_role: bool = False
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -405,6 +411,8 @@ def _deploy_and_run(
     service_template = deployment.service_template(
         link, node, spec.supernode.count, options.security.value,
         extra_context={"superlink": plan.context()} if plan else None,
+        monitoring=options.monitoring_role,
+        metrics_allow=monitorcheck.network_cidrs(deployment.cloud) if options.monitoring_role else "",
     )  # fmt: skip
     instantiated_wall = time.time()
     service = _launch_with_job(deployment, service_template, plan, options, result, instantiated_wall)
@@ -435,6 +443,8 @@ def _deploy_and_run(
             result.checks.append(rogue_check(runner, spec.supernode.count, True, described))
     # After the rounds, so the SuperLink's exporter has runs, rounds and losses to serve.
     result.checks.append(metrics_check(scrape_service_metrics(deployment, service)))
+    if options.monitoring_role:  # the monitoring VM's Prometheus saw the VMs, the rounds and the losses
+        result.checks.append(monitorcheck.monitoring_check(deployment, service, result.federations))
 
 
 def _launch_with_job(

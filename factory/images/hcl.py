@@ -11,8 +11,8 @@
 - ``seed/`` (cloud-init NoCloud or OpenNebula CONTEXT files) and ``.ssh/build_key`` (an ed25519 key made
   for this build directory, kept across re-renders; the image's hygiene step removes its public half);
 - ``payload/`` uploaded to the guest: ``provision/`` (the ordered scripts and their lib/), ``appliance/``,
-  ``params/params-<role>.sh`` and ``apps/`` (one-context: the released package's URL, or for local images
-  already in the local base qcow2);
+  ``params/params-<role>.sh``, ``apps/`` and ``monitoring/`` (one-context: the released package's URL,
+  or for local images already in the local base qcow2);
 - ``scripts/`` (facts, hygiene, manifest) and ``variant.json``.
 
 One run renders all its variants into a staging directory and moves them into place only when every one
@@ -44,7 +44,15 @@ from factory.model.matrix import Matrix, Variant
 from factory.model.yamlfile import display
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.fileio import replace_directory
-from hostkit.paths import APPS_DIR, BUILD_DIR, CONTEXT_DIR, PACKER_DIR, PARAMS_FILE, PROVISION_DIR
+from hostkit.paths import (
+    APPS_DIR,
+    BUILD_DIR,
+    CONTEXT_DIR,
+    MONITORING_DIR,
+    PACKER_DIR,
+    PARAMS_FILE,
+    PROVISION_DIR,
+)
 from hostkit.progress import DEFAULT as DEFAULT_PROGRESS
 from hostkit.progress import Progress
 
@@ -64,6 +72,7 @@ class RenderSources:
     provision: Path = PROVISION_DIR
     appliance: Path = CONTEXT_DIR / "appliance"
     apps: Path = APPS_DIR
+    monitoring: Path = MONITORING_DIR
     params_file: Path = PARAMS_FILE
 
 
@@ -305,6 +314,8 @@ def _render_into(
         _copy_tree(sources.appliance, payload / "appliance")
     if sources.apps.is_dir():
         _copy_tree(sources.apps, payload / "apps")
+    if sources.monitoring.is_dir():  # the monitoring role's files (50-appliance.sh, SuperLink images)
+        _copy_tree(sources.monitoring, payload / "monitoring")
 
 
 def render_variants(

@@ -48,7 +48,7 @@ from factory.model.image import Image, ImageFormat
 from factory.model.matrix import Variant
 from hostkit import onecontext
 from hostkit.errors import ConfigError, FactoryError
-from hostkit.paths import APPS_DIR, CACHE_DIR, CONTEXT_DIR, PACKER_DIR, PROVISION_DIR
+from hostkit.paths import APPS_DIR, CACHE_DIR, CONTEXT_DIR, MONITORING_DIR, PACKER_DIR, PROVISION_DIR
 from hostkit.progress import DEFAULT, Progress
 
 # Bump when the build procedure changes in a way the hashed inputs do not show.
@@ -143,6 +143,7 @@ def appliance_key(
         "hygiene": [(PACKER_DIR / "scripts" / name).read_text() for name in HYGIENE_SCRIPTS],
         "appliance": tree_digest(CONTEXT_DIR / "appliance"),
         "apps": tree_digest(APPS_DIR),  # the bundled app of train on deploy (/opt/flower/apps)
+        "monitoring": tree_digest(MONITORING_DIR),  # the monitoring role's files (SuperLink image)
         "one-context": [one_context.commit, one_context.source_digest, one_context.version],
         "params": hashlib.sha256(params_text.encode()).hexdigest(),
     }
@@ -410,6 +411,7 @@ def _payload(work: Path, variant: Variant, params_text: str, package: onecontext
     shutil.copytree(PROVISION_DIR, payload / "provision", ignore=ignore)
     shutil.copytree(CONTEXT_DIR / "appliance", payload / "appliance", ignore=ignore)
     shutil.copytree(APPS_DIR, payload / "apps", ignore=ignore)  # as the Packer payload (hcl.py)
+    shutil.copytree(MONITORING_DIR, payload / "monitoring", ignore=ignore)
     (payload / "one-context").mkdir()
     shutil.copy2(package.deb, payload / "one-context" / package.deb.name)
     (payload / "params" / f"params-{variant.role}.sh").write_text(params_text)

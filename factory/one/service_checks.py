@@ -16,7 +16,8 @@ OneFlow (OpenNebula/one at f847cf2e, src/flow/) accepts, and so the factory must
 And, so that a bad policy fails here rather than at OneFlow, the checks OneFlow does make on elasticity and
 scheduled policies (``validate_vmvalues`` and the policy schema), with the same code the test cloud's OneFlow
 runs (``hostkit.elasticity.validate_template``, docs/elasticity.md), and a monitoring role asked to boot
-the SuperLink's template (it would start a second SuperLink: factory/harness/appliance_templates.py).
+the SuperLink's template without ONEAPP_FL_APPLIANCE_ROLE=monitoring in its CONTEXT (it would start a
+second SuperLink: factory/harness/appliance_templates.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 from hostkit import elasticity
 from hostkit.errors import FactoryError
 
+# The parameter that makes a VM of the SuperLink image run the monitoring role (images/params.yaml).
+APPLIANCE_ROLE = "ONEAPP_FL_APPLIANCE_ROLE"
 # Keys the OneFlow schema (src/oca/ruby/opennebula/flow/service_template.rb) declares as integers.
 ROLE_INTEGER_KEYS = ("cardinality", "min_vms", "max_vms", "cooldown", "template_id")
 POLICY_INTEGER_KEYS = ("adjust", "min_adjust_step", "period_number", "period", "cooldown")
@@ -177,17 +180,25 @@ def check_policies(template: dict[str, Any]) -> None:
 
 
 def check_monitoring(template: dict[str, Any], monitoring: str = "monitoring") -> None:
-    """A ``monitoring`` role with VMs does not boot the SuperLink's VM template: no image carries Prometheus
-    yet, the role needs a template of the user's (``template_id``)."""
+    """A ``monitoring`` role with VMs on the SuperLink's VM template runs that image in monitoring mode
+    (``ONEAPP_FL_APPLIANCE_ROLE=monitoring`` in its ``template_contents.CONTEXT``): otherwise each of its
+    VMs would start another SuperLink (its own CA, an endpoint published through OneGate)."""
     roles = {str(r.get("name")): r for r in template.get("roles") or [] if isinstance(r, dict)}
     role, superlink = roles.get(monitoring), roles.get("superlink")
     if role is None or superlink is None or not role.get("cardinality"):
         return
-    if role.get("template_id") is not None and role.get("template_id") == superlink.get("template_id"):
+    if role.get("template_id") is None or role.get("template_id") != superlink.get("template_id"):
+        return
+    contents = role.get("template_contents")
+    context = contents.get("CONTEXT") if isinstance(contents, dict) else None
+    chosen = context.get(APPLIANCE_ROLE) if isinstance(context, dict) else None
+    if chosen != "monitoring":
+        said = f"{APPLIANCE_ROLE}={chosen!r}" if chosen is not None else f"no {APPLIANCE_ROLE}"
         raise FactoryError(
             f"service template: role '{monitoring}' has {role['cardinality']} VM(s) on the SuperLink's VM "
-            f"template {role['template_id']}: that would start another SuperLink; give the role a VM "
-            "template running Prometheus (template_id), or leave its cardinality at 0"
+            f"template {role['template_id']} with {said} in its template_contents CONTEXT: that would "
+            f"start another SuperLink; set {APPLIANCE_ROLE}=monitoring there, give the role a VM template "
+            "running Prometheus (template_id), or leave its cardinality at 0"
         )
 
 

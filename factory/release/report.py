@@ -20,6 +20,8 @@ from typing import Any
 from factory.harness.federation import CANARY_TASK
 from factory.harness.jobcheck import JOB_TASK, job_from_context_state
 from factory.harness.jobfeatures import Feature, feature_state
+from factory.harness.monitorcheck import CHECK as MONITORING_ROLE_CHECK
+from factory.harness.monitorcheck import TASK as MONITORING_ROLE_TASK
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult
 from factory.harness.pairtest import METRICS_CHECK
 from factory.release.results import finite_number, metric_values, write_json
@@ -120,6 +122,7 @@ def pair_summary(result: PairResult) -> dict[str, Any]:
         "job_from_context": job_summary(result),
         "features": feature_summary(result),
         "monitoring": monitoring_summary(result),
+        "monitoring_role": monitoring_role_summary(result),
     }
 
 
@@ -176,6 +179,25 @@ def describe_monitoring(pair: dict[str, Any]) -> str:
     if not check:
         return "not checked"
     return f"{'passed' if check['passed'] else 'failed'}: {check['detail']}"
+
+
+def monitoring_role_summary(result: PairResult) -> dict[str, Any] | None:
+    """The pair's monitoring-role check (factory/harness/monitorcheck.py: the monitoring VM's Prometheus
+    scraped every VM and its dashboard queries return the recorded rounds and losses), or None for the
+    pairs deployed without the role."""
+    for check in result.checks:
+        if check.get("name") == MONITORING_ROLE_CHECK:
+            return {"passed": bool(check.get("passed")), "detail": str(check.get("detail", ""))}
+    return None
+
+
+def describe_monitoring_role(pair: dict[str, Any]) -> str:
+    """The "monitoring role" column: the check's name and verdict and what it found, or "not run"."""
+    check = pair.get("monitoring_role")
+    if not check:
+        return "not run"
+    verdict = "passed" if check["passed"] else "failed"
+    return f"{verdict} ({MONITORING_ROLE_TASK}/{MONITORING_ROLE_CHECK}): {check['detail']}"
 
 
 def _framework_losses(framework: dict[str, Any] | None) -> dict[str, list[float | None]]:
@@ -285,6 +307,7 @@ def _md_pair_row(pair: dict[str, Any]) -> list[str]:
         _md_cell(describe_job(pair)[:200]),
         *(_md_cell(cell) for cell in describe_features(pair, 200)),
         _md_cell(describe_monitoring(pair)[:300]),
+        _md_cell(describe_monitoring_role(pair)[:300]),
         f"{mean:.1f}" if mean is not None else "-",
         _counts(pair["nodes_per_round"]),
         _losses(pair["eval_loss"]),
@@ -506,6 +529,7 @@ def _html_pair(pair: dict[str, Any]) -> dict[str, Any]:
         "job": describe_job(pair)[:300],
         "features": describe_features(pair, 300),
         "monitoring": describe_monitoring(pair)[:500],
+        "monitoring_role": describe_monitoring_role(pair)[:500],
         "seconds": ", ".join(f"{value:.1f}" for value in pair["round_seconds"] if value is not None),
         "losses": " &rarr; ".join(f"{value:.4g}" for value in pair["eval_loss"] if value is not None),
         "nodes": _counts(pair["nodes_per_round"]),

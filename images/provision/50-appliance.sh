@@ -18,6 +18,38 @@ if [[ "${FL_ROLE}" == superlink ]]; then
     distro_install nginx sqlite3
 fi
 
+# The monitoring role runs on the SuperLink image (ONEAPP_FL_APPLIANCE_ROLE=monitoring, docs/monitoring.md):
+# Prometheus (its own service stays off: `service install` disables it, the role runs flower-prometheus),
+# the project's monitoring/ files it needs under /opt/flower/monitoring (the package monitoring: targets
+# from OneGate, the Prometheus configuration and its template, the rules, the Grafana dashboard and
+# provisioning), run by the distribution's Python with Jinja2; Grafana where its repository is reachable.
+if [[ "${FL_ROLE}" == superlink ]]; then
+    [[ -r "${payload}/monitoring/targets.py" ]] || die "missing ${payload}/monitoring (the monitoring role's files)"
+    distro_install prometheus jinja2
+    monitoring=/opt/flower/monitoring/monitoring
+    rm -rf /opt/flower/monitoring
+    install -d -m 0755 "${monitoring}" "${monitoring}/prometheus" "${monitoring}/grafana"
+    install -m 0644 "${payload}/monitoring/__init__.py" "${payload}/monitoring/config.py" \
+        "${payload}/monitoring/targets.py" "${monitoring}/"
+    install -m 0644 "${payload}/monitoring/prometheus/alerts.yml" \
+        "${payload}/monitoring/prometheus/prometheus.yml.j2" "${monitoring}/prometheus/"
+    cp -a "${payload}/monitoring/grafana/." "${monitoring}/grafana/"
+    chown -R root:root /opt/flower/monitoring
+    chmod -R go-w,a+rX /opt/flower/monitoring
+    grafana=no
+    if distro_install_grafana; then
+        grafana=yes
+    fi
+    python=$(distro_python)
+    PYTHONPATH=/opt/flower/monitoring "${python}" -c 'import monitoring.config, monitoring.targets' ||
+        die "the monitoring role's Python (${python}) cannot import monitoring.config and monitoring.targets"
+    for binary in prometheus promtool; do
+        command -v "${binary}" >/dev/null || die "${binary} missing after installing the distribution's Prometheus"
+    done
+    promtool check rules "${monitoring}/prometheus/alerts.yml" >/dev/null ||
+        die "promtool check rules refuses ${monitoring}/prometheus/alerts.yml"
+fi
+
 install -d -m 0755 /etc/one-appliance /etc/one-appliance/flower /etc/one-context.d
 # The whole of context/appliance, as laid out in the repository (service, lib/, roles/, templates/, bin/,
 # systemd/, hooks/, README.md): the service finds its parts relative to itself.
@@ -39,6 +71,10 @@ bash -n /etc/one-appliance/flower/params.sh || die "${params} is not valid bash"
     for variable in FL_ROLE FL_VARIANT FL_FLOWER_VERSION FL_OS FL_ACCEL FL_PROFILE FL_FRAMEWORK FL_ARCH; do
         printf '%s=%q\n' "${variable}" "${!variable:-}"
     done
+    if [[ "${FL_ROLE}" == superlink ]]; then
+        # The monitoring role's interpreter (with Jinja2) and whether Grafana is on the image.
+        printf 'FL_MONITORING_PYTHON=%q\nFL_GRAFANA=%q\n' "${python}" "${grafana}"
+    fi
 } >/etc/one-appliance/flower/build.env
 chmod 0644 /etc/one-appliance/flower/build.env
 

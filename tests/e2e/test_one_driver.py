@@ -248,7 +248,7 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     assert {role["NAME"]: role["APP"] for role in roles} == {
         "superlink": roles[0]["APP"],
         "supernode": roles[1]["APP"],
-        "monitoring": roles[0]["APP"],  # no monitoring image yet: the role names the SuperLink's app
+        "monitoring": roles[0]["APP"],  # the role runs on the SuperLink's image (ONEAPP_FL_APPLIANCE_ROLE)
     }
     # the YAML points at the file the marketplace serves
     import yaml
@@ -336,7 +336,8 @@ def _set_role(role: int, key: str, value: Any) -> Any:
             "service template: Role 'supernode' 'cardinality' must be greater than or equal to 'min_vms'",
         ),
         (
-            _set_role(2, "cardinality", 1),
+            # a VM on the SuperLink's template that is not told to be the monitoring role: a second SuperLink
+            lambda body: body["roles"][2].update(cardinality=1, template_contents={}),
             "service template: role 'monitoring' has 1 VM(s) on the SuperLink's VM template",
         ),
     ],

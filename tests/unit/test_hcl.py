@@ -114,7 +114,10 @@ def test_render_runs_the_scripts_in_order_with_the_payload(matrix, fixture_sourc
         assert f'"{name}=' in build, name
     # one-context is no payload: vendor images download the released package, local ones have it in
     # their local base qcow2.
-    assert sorted(path.name for path in payload.iterdir()) == ["appliance", "apps", "params", "provision"]
+    assert (payload / "monitoring" / "targets.py").is_file()  # the monitoring role's files (50-appliance.sh)
+    assert sorted(path.name for path in payload.iterdir()) == [
+        "appliance", "apps", "monitoring", "params", "provision",
+    ]  # fmt: skip
 
 
 def test_render_without_scripts_renders_no_provisioning_step(matrix, fixture_sources, tmp_path: Path) -> None:

@@ -30,6 +30,21 @@ fl_load_build_env() {
     : "${FL_ROLE:=unknown}" "${FL_ACCEL:=cpu}" "${FL_PROFILE:=standard}"
 }
 
+# The role this VM runs: the image's (FL_ROLE of build.env), or on a SuperLink image whose context sets
+# ONEAPP_FL_APPLIANCE_ROLE=monitoring the service's monitoring role (roles/monitoring.sh). Any other value
+# is left to the parameter check of the configure stage (fl_params_apply: one line naming it).
+fl_select_role() {
+    [[ "${FL_ROLE}" == superlink ]] || return 0
+    local chosen=${ONEAPP_FL_APPLIANCE_ROLE-}
+    if [[ -z "${chosen}" && -r "${ENV_FILE}" ]]; then
+        # shellcheck disable=SC1090
+        chosen=$(. "${ENV_FILE}" >/dev/null 2>&1 && printf '%s' "${ONEAPP_FL_APPLIANCE_ROLE-}") || chosen=""
+    fi
+    if [[ "${chosen}" == monitoring ]]; then
+        FL_ROLE=monitoring
+    fi
+}
+
 fl_log() {
     printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${FL_STAGE:-appliance}" "$*" >&2
 }
@@ -85,6 +100,7 @@ fl_motd_write() {
     case "${FL_ROLE}" in
         superlink) title="Flower SuperLink appliance" ;;
         supernode) title="Flower SuperNode appliance" ;;
+        monitoring) title="Flower monitoring (Prometheus) on the SuperLink image" ;;
         *) title="Flower appliance" ;;
     esac
     {

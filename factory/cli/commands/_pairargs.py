@@ -58,6 +58,11 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
         "feature columns; a few minutes more per pair)",
     )  # fmt: skip
     parser.add_argument(
+        "--monitoring-pair", default="first", metavar="first|none|PAIR",
+        help="cloud: the pair deployed with the service's monitoring role on (Prometheus on a VM of the "
+        "SuperLink image) and checked through it: the campaign's first pair (default), none, or a pair",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-on-failure", action="store_true", help="leave a failed pair's service running"
     )
     parser.add_argument("--keep-going", action="store_true", help="test the remaining pairs after a failure")
@@ -96,6 +101,7 @@ def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
         deploy_timeout=args.deploy_timeout,
         federation_timeout=args.federation_timeout,
         job_features=args.job_features,
+        monitoring_pair=args.monitoring_pair,
     )
     options.check()
     return options

@@ -40,6 +40,12 @@ distro_package_names() {
             suse:ca-certificates) printf '%s\n' ca-certificates ca-certificates-mozilla ;;
             debian:openssh-server) printf '%s\n' openssh-server openssh-client ;;
             suse:openssh-server) printf '%s\n' openssh-server openssh-clients ;;
+            # The monitoring role (SuperLink images): Prometheus and promtool, and Jinja2 for the
+            # distribution's Python that renders monitoring/prometheus/prometheus.yml.j2. Leap ships
+            # Prometheus as golang-github-prometheus-prometheus (its unit: prometheus.service).
+            suse:prometheus) printf '%s\n' golang-github-prometheus-prometheus ;;
+            debian:jinja2) printf '%s\n' python3-jinja2 ;;
+            suse:jinja2) printf '%s\n' python311-Jinja2 ;;
             *:*) printf '%s\n' "${name}" ;;
         esac
     done
@@ -94,6 +100,32 @@ distro_python() {
         debian) printf '/usr/bin/python3\n' ;;
         suse) printf '/usr/bin/python3.11\n' ;;
     esac
+}
+
+# Grafana for the monitoring role, from Grafana's own repository (it is not in Debian's, Ubuntu's or
+# Leap's archive), where a build can reach it: Ubuntu and openSUSE images, built with Packer elsewhere
+# (validated here, never run). The local Debian images carry Prometheus alone (returns 1, installs
+# nothing). Repository and key as grafana.com/docs/grafana/latest/setup-grafana/installation/ gives them.
+distro_install_grafana() {
+    case "${FL_OS}" in
+        debian12)
+            log "Grafana: not installed on ${FL_OS} (its repository is not reachable from the local builds)"
+            return 1
+            ;;
+        ubuntu2404)
+            distro_install gnupg
+            install -d -m 0755 /etc/apt/keyrings
+            curl -fsSL https://apt.grafana.com/gpg.key | gpg --dearmor -o /etc/apt/keyrings/grafana.gpg
+            printf 'deb [signed-by=/etc/apt/keyrings/grafana.gpg] https://apt.grafana.com stable main\n' \
+                >/etc/apt/sources.list.d/grafana.list
+            apt-get -q update
+            ;;
+        opensuse156)
+            rpm --import https://rpm.grafana.com/gpg.key
+            zypper --non-interactive addrepo --refresh https://rpm.grafana.com grafana
+            ;;
+    esac
+    distro_install grafana
 }
 
 distro_nologin_shell() {
