@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,22 @@ from factory.harness.federation import FederationRunner
 from factory.harness.flwrenv import ensure_flower
 from hostkit.progress import Progress
 
-PROGRESS = Progress()
+
+class StampedProgress(Progress):
+    """Progress that also keeps each line with its wall time: the harness's own steps for the timeline
+    (service states, SuperNodes online, run submitted, rounds seen, the job's statuses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[float, str]] = []
+
+    def _write(self, text: str) -> None:
+        now = time.time()
+        self.lines += [(now, line) for line in text.splitlines() if line.strip()]
+        super()._write(text)
+
+
+PROGRESS = StampedProgress()
 
 
 def bare_run(version: str, nodes: int, rounds: int, workdir: Path, persistent: bool = True) -> dict:
@@ -126,6 +142,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
     spec = find_pair_specs([pair_name])[0]
     workdir.mkdir(parents=True, exist_ok=True)
     options = PairTestOptions(rounds=rounds, job_from_context=job, collect_logs=True)
+    mark = len(PROGRESS.lines)
     with cloud_target() as target:
         run = PairRun(spec, "bench", options)
         result = run.in_cloud(target, target.images_for(spec), workdir, PROGRESS)
@@ -147,7 +164,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
         "mean_round_seconds": statistics.mean(seconds),
         "logs": dict(result.logs),
         # the instantiation's wall time is not in the record: the images' import ends just before it
-        "timeline": timeline(dict(result.logs), instantiated),
+        "timeline": timeline(dict(result.logs), instantiated, PROGRESS.lines[mark:]),
         "first_round_after_instantiation": first_round,
     }
 
@@ -160,17 +177,30 @@ TIMELINE_EVENTS = re.compile(
     r"|(configure|bootstrap) (started|finished)|registered SuperNode key|pinned SuperNode key"
     r"|SuperNodes enrolled|enrolled this node|did not list this node"
     r"|Started flower-|Starting Flower|start number|Failed to activate|code: 2004|Activate|Node Unavailable"
-    r"|ready|READY)"
+    r"|ready|READY|\[ROUND \d+\]"
+    r'|"event":"(waiting|start|round|finished|failed|interrupted)")'
+)
+# The harness's own steps among its progress lines (factory/harness: pairtest, federation, deployment).
+HARNESS_EVENTS = re.compile(
+    r"(\] (RUNNING|DEPLOYING;.*READY)|SuperNodes online|^run \d+: (\w+/\w+|round 1/)|job from context"
+    r"|instantiated as OneFlow service|teardown)"
 )
 APPLIANCE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)$")
 JOURNAL_TIME = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ (.*)$")
 
 
-def timeline(logs: dict[str, str], instantiated: float) -> list[tuple[float, str, str]]:
+def timeline(
+    logs: dict[str, str], instantiated: float, harness: Sequence[tuple[float, str]] = ()
+) -> list[tuple[float, str, str]]:
     """(seconds after the instantiation, VM, line) of the interesting lines of every VM's appliance logs
-    and Flower journal, in time order (whole seconds: the logs' resolution)."""
+    and Flower journal (whole seconds: the logs' resolution) and of the harness's progress lines
+    (``harness``: wall time and line; VM "harness"), in time order."""
     year = time.gmtime(instantiated).tm_year
     events = set()
+    for stamp, text in harness:
+        line = text.removeprefix("==> ").removeprefix("<== ")
+        if HARNESS_EVENTS.search(line):
+            events.add((round(stamp - instantiated, 1), "harness", line[:160]))
     for vm, text in logs.items():
         for line in text.splitlines():
             if not TIMELINE_EVENTS.search(line):
@@ -227,7 +257,7 @@ def overhead(pair_name: str, rounds: int, workdir: Path, job: bool = True) -> di
             f"{run['start_to_first_round_seconds']:.1f} s):"
         )
         for seconds, vm, line in run["timeline"]:
-            print(f"  {seconds:6.0f}  {vm:14} {line}")
+            print(f"  {seconds:6.1f}  {vm:14} {line}")
     return {**deployed, "bare": bare, "ratios": ratios, "load": os.getloadavg()}
 
 

@@ -405,7 +405,10 @@ class FederationRunner:
     workdir: Path
     connection: Connection
     progress: Progress = PROGRESS
-    poll_interval: float = 5.0
+    poll_interval: float = 5.0  # between two looks at a submitted run (two flwr CLI processes each)
+    # between two looks for online SuperNodes before the run is submitted: a short wait, which a look
+    # every poll_interval would lengthen by up to that much (issue 13)
+    online_poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
         self.cli = FlowerCLI(self.flower, self.workdir / "flwr-home", self.connection)
@@ -423,7 +426,7 @@ class FederationRunner:
 
         with contextlib.suppress(TimeoutError):
             wait_until(
-                enough_online, max(0.0, deadline - time.monotonic()), interval=self.poll_interval,
+                enough_online, max(0.0, deadline - time.monotonic()), interval=self.online_poll_interval,
                 what=f"{expected} SuperNodes online",
             )  # fmt: skip
         return list(nodes)
@@ -454,10 +457,14 @@ class FederationRunner:
             floor=criteria.floor,
         )
         deadline = time.monotonic() + timeout
+        looking = time.monotonic()
         outcome.supernodes = self.wait_for_supernodes(
             expected_supernodes, min(deadline, time.monotonic() + 300)
         )
         online = sum(1 for node in outcome.supernodes if supernode_is_online(node))
+        self.progress.line(
+            f"{online} of {expected_supernodes} SuperNodes online ({time.monotonic() - looking:.1f} s)"
+        )
         if online < expected_supernodes:
             # The ServerApp would only wait for them until its round timeout: fail now, and say why.
             outcome.status = f"not submitted: {online} of {expected_supernodes} SuperNodes online"
@@ -473,7 +480,8 @@ class FederationRunner:
         outcome.submitted_at = time.time()
         outcome.run_id = self.cli.submit(app_dir, config)
         self.progress.line(
-            f"run {outcome.run_id}: {task}/{strategy}, {rounds} rounds, {expected_supernodes} nodes"
+            f"run {outcome.run_id}: {task}/{strategy}, {rounds} rounds, {expected_supernodes} nodes "
+            f"(flwr run {time.time() - outcome.submitted_at:.1f} s)"
         )
         self._follow(outcome, deadline, timeout, on_round)
         outcome.finished_at = time.time()
