@@ -47,22 +47,22 @@ from factory.harness.federation import FederationRunner
 from factory.harness.flwrenv import ensure_flower
 from hostkit.progress import Progress
 
+PROGRESS = Progress()
+# Every progress line of this run with its wall time (all Progress objects: the cloud's service states go
+# through its own): the harness's steps for the timeline (see stamp_progress).
+STAMPED: list[tuple[float, str]] = []
 
-class StampedProgress(Progress):
-    """Progress that also keeps each line with its wall time: the harness's own steps for the timeline
-    (service states, SuperNodes online, run submitted, rounds seen, the job's statuses)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[tuple[float, str]] = []
+def stamp_progress() -> None:
+    """Keep every Progress line with its wall time in STAMPED (called by main: a benchmark run only)."""
+    write = Progress._write
 
-    def _write(self, text: str) -> None:
+    def stamped(self: Progress, text: str) -> None:
         now = time.time()
-        self.lines += [(now, line) for line in text.splitlines() if line.strip()]
-        super()._write(text)
+        STAMPED.extend((now, line) for line in text.splitlines() if line.strip())
+        write(self, text)
 
-
-PROGRESS = StampedProgress()
+    Progress._write = stamped  # type: ignore[method-assign]
 
 
 def bare_run(version: str, nodes: int, rounds: int, workdir: Path, persistent: bool = True) -> dict:
@@ -142,7 +142,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
     spec = find_pair_specs([pair_name])[0]
     workdir.mkdir(parents=True, exist_ok=True)
     options = PairTestOptions(rounds=rounds, job_from_context=job, collect_logs=True)
-    mark = len(PROGRESS.lines)
+    mark = len(STAMPED)
     with cloud_target() as target:
         run = PairRun(spec, "bench", options)
         result = run.in_cloud(target, target.images_for(spec), workdir, PROGRESS)
@@ -164,7 +164,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
         "mean_round_seconds": statistics.mean(seconds),
         "logs": dict(result.logs),
         # the instantiation's wall time is not in the record: the images' import ends just before it
-        "timeline": timeline(dict(result.logs), instantiated, PROGRESS.lines[mark:]),
+        "timeline": timeline(dict(result.logs), instantiated, STAMPED[mark:]),
         "first_round_after_instantiation": first_round,
     }
 
@@ -186,6 +186,8 @@ HARNESS_EVENTS = re.compile(
     r"|instantiated as OneFlow service|teardown)"
 )
 APPLIANCE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)$")
+# flower-job.jsonl: {"time":"<UTC>","event":...}
+JOB_TIME = re.compile(r'^\{"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)",(.*)$')
 JOURNAL_TIME = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ (.*)$")
 
 
@@ -205,8 +207,10 @@ def timeline(
         for line in text.splitlines():
             if not TIMELINE_EVENTS.search(line):
                 continue
-            if match := APPLIANCE_TIME.match(line):
+            if match := APPLIANCE_TIME.match(line) or JOB_TIME.match(line):
                 stamp = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ"))
+            elif '{"time":"' in line:
+                continue  # a job event as the journal has it: flower-job.jsonl has it too, with its time
             elif match := JOURNAL_TIME.match(line):
                 stamp = calendar.timegm(time.strptime(f"{year} {match.group(1)}", "%Y %b %d %H:%M:%S"))
             else:
@@ -384,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         help="SuperLink state of the scaling part: SQLite (the appliances' default) or in memory",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    stamp_progress()
     # Stopped from outside: unwind, so that every Flower process started here is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.part in ("overhead", "tasks", "all") and not args.pair:
