@@ -485,9 +485,13 @@ class FederationRunner:
         )
         self._follow(outcome, deadline, timeout, on_round)
         outcome.finished_at = time.time()
-        # The log may trail the status by an upload interval: read it once more.
-        outcome.log = self.cli.run_log(outcome.run_id)
-        outcome.start_info, outcome.rounds, _ = parse_report_lines(outcome.log)
+        # The log may trail the status by an upload interval: read it once more. A read that comes back
+        # with fewer rounds than were followed (a tunnel connection dropped at that moment: flwr prints
+        # nothing) keeps what the last poll read.
+        final_log = self.cli.run_log(outcome.run_id)
+        start_info, rounds, _ = parse_report_lines(final_log)
+        if len(rounds) >= len(outcome.rounds):
+            outcome.log, outcome.start_info, outcome.rounds = final_log, start_info, rounds
         if outcome.first_round_finished_at is None and outcome.rounds:
             outcome.first_round_finished_at = outcome.rounds[0].finished
         outcome.checks = evaluate_checks(outcome, criteria)
@@ -519,7 +523,9 @@ class FederationRunner:
                 continue
             failed_polls = 0
             outcome.status = str(status.get("status", ""))
-            outcome.start_info, outcome.rounds, _ = parse_report_lines(log_text)
+            start_info, rounds, _ = parse_report_lines(log_text)
+            if len(rounds) >= len(outcome.rounds):  # an empty read (a dropped connection) loses nothing
+                outcome.log, outcome.start_info, outcome.rounds = log_text, start_info, rounds
             for record in outcome.rounds[seen:]:
                 self._tell_round(outcome, record, on_round)
             seen = len(outcome.rounds)

@@ -78,3 +78,36 @@ def test_too_few_online_supernodes_are_told_and_nothing_is_submitted(
     outcome = runner.run(rounds=1, expected_supernodes=2, timeout=60)
     assert outcome.status == "not submitted: 0 of 2 SuperNodes online" and not cli.submitted
     assert "==> 0 of 2 SuperNodes online (" in stream.getvalue()
+
+
+class DroppedFinalRead(StandInCLI):
+    """The run reports its round while it is followed; the log read after its end comes back empty, as
+    ``flwr log`` prints nothing when the tunnel's connection drops at that moment."""
+
+    ROUND = 'INFO : FF-ROUND {"round": 1, "seconds": 2.0, "finished": 1.0, "evaluate_metrics": {}}\n'
+
+    def __init__(self) -> None:
+        super().__init__(offline_looks=0)
+        self.reads = 0
+
+    def run_log(self, run_id: int) -> str:
+        self.reads += 1
+        return self.ROUND if self.reads == 1 else ""
+
+
+def test_a_failed_last_log_read_keeps_the_rounds_that_were_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(waiting.time, "sleep", lambda _seconds: None)
+    runner = FederationRunner(
+        FlowerEnv.__new__(FlowerEnv),
+        tmp_path,
+        Connection("127.0.0.1:1", None),
+        progress=Progress(io.StringIO()),
+    )
+    cli = DroppedFinalRead()
+    runner.cli = cli  # type: ignore[assignment]
+    outcome = runner.run(rounds=1, expected_supernodes=2, timeout=60)
+    assert cli.reads == 2
+    assert [record.round for record in outcome.rounds] == [1], outcome.log
+    assert "FF-ROUND" in outcome.log
