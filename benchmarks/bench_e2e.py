@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ from factory.harness.flwrenv import ensure_flower
 from hostkit.progress import Progress
 
 PROGRESS = Progress()
+# Every progress line of this run with its wall time (all Progress objects: the cloud's service states go
+# through its own): the harness's steps for the timeline (see stamp_progress).
+STAMPED: list[tuple[float, str]] = []
+
+
+def stamp_progress() -> None:
+    """Keep every Progress line with its wall time in STAMPED (called by main: a benchmark run only)."""
+    write = Progress._write
+
+    def stamped(self: Progress, text: str) -> None:
+        now = time.time()
+        STAMPED.extend((now, line) for line in text.splitlines() if line.strip())
+        write(self, text)
+
+    Progress._write = stamped  # type: ignore[method-assign]
 
 
 def bare_run(version: str, nodes: int, rounds: int, workdir: Path, persistent: bool = True) -> dict:
@@ -126,6 +142,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
     spec = find_pair_specs([pair_name])[0]
     workdir.mkdir(parents=True, exist_ok=True)
     options = PairTestOptions(rounds=rounds, job_from_context=job, collect_logs=True)
+    mark = len(STAMPED)
     with cloud_target() as target:
         run = PairRun(spec, "bench", options)
         result = run.in_cloud(target, target.images_for(spec), workdir, PROGRESS)
@@ -147,7 +164,7 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
         "mean_round_seconds": statistics.mean(seconds),
         "logs": dict(result.logs),
         # the instantiation's wall time is not in the record: the images' import ends just before it
-        "timeline": timeline(dict(result.logs), instantiated),
+        "timeline": timeline(dict(result.logs), instantiated, STAMPED[mark:]),
         "first_round_after_instantiation": first_round,
     }
 
@@ -160,23 +177,40 @@ TIMELINE_EVENTS = re.compile(
     r"|(configure|bootstrap) (started|finished)|registered SuperNode key|pinned SuperNode key"
     r"|SuperNodes enrolled|enrolled this node|did not list this node"
     r"|Started flower-|Starting Flower|start number|Failed to activate|code: 2004|Activate|Node Unavailable"
-    r"|ready|READY)"
+    r"|ready|READY|\[ROUND \d+\]"
+    r'|"event":"(waiting|start|round|finished|failed|interrupted)")'
+)
+# The harness's own steps among its progress lines (factory/harness: pairtest, federation, deployment).
+HARNESS_EVENTS = re.compile(
+    r"(\] (RUNNING|DEPLOYING;.*READY)|SuperNodes online|^run \d+: (\w+/\w+|round 1/)|job from context"
+    r"|instantiated as OneFlow service|teardown)"
 )
 APPLIANCE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)$")
+# flower-job.jsonl: {"time":"<UTC>","event":...}
+JOB_TIME = re.compile(r'^\{"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)",(.*)$')
 JOURNAL_TIME = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ (.*)$")
 
 
-def timeline(logs: dict[str, str], instantiated: float) -> list[tuple[float, str, str]]:
+def timeline(
+    logs: dict[str, str], instantiated: float, harness: Sequence[tuple[float, str]] = ()
+) -> list[tuple[float, str, str]]:
     """(seconds after the instantiation, VM, line) of the interesting lines of every VM's appliance logs
-    and Flower journal, in time order (whole seconds: the logs' resolution)."""
+    and Flower journal (whole seconds: the logs' resolution) and of the harness's progress lines
+    (``harness``: wall time and line; VM "harness"), in time order."""
     year = time.gmtime(instantiated).tm_year
     events = set()
+    for stamp, text in harness:
+        line = text.removeprefix("==> ").removeprefix("<== ")
+        if HARNESS_EVENTS.search(line):
+            events.add((round(stamp - instantiated, 1), "harness", line[:160]))
     for vm, text in logs.items():
         for line in text.splitlines():
             if not TIMELINE_EVENTS.search(line):
                 continue
-            if match := APPLIANCE_TIME.match(line):
+            if match := APPLIANCE_TIME.match(line) or JOB_TIME.match(line):
                 stamp = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ"))
+            elif '{"time":"' in line:
+                continue  # a job event as the journal has it: flower-job.jsonl has it too, with its time
             elif match := JOURNAL_TIME.match(line):
                 stamp = calendar.timegm(time.strptime(f"{year} {match.group(1)}", "%Y %b %d %H:%M:%S"))
             else:
@@ -227,7 +261,7 @@ def overhead(pair_name: str, rounds: int, workdir: Path, job: bool = True) -> di
             f"{run['start_to_first_round_seconds']:.1f} s):"
         )
         for seconds, vm, line in run["timeline"]:
-            print(f"  {seconds:6.0f}  {vm:14} {line}")
+            print(f"  {seconds:6.1f}  {vm:14} {line}")
     return {**deployed, "bare": bare, "ratios": ratios, "load": os.getloadavg()}
 
 
@@ -354,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         help="SuperLink state of the scaling part: SQLite (the appliances' default) or in memory",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    stamp_progress()
     # Stopped from outside: unwind, so that every Flower process started here is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.part in ("overhead", "tasks", "all") and not args.pair:

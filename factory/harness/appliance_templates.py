@@ -202,8 +202,10 @@ def service_template(
     monitoring: bool = False,
     metrics_allow: str = "",
 ) -> dict[str, Any]:
-    """The OneFlow service (OpenNebula 7 format): 1 SuperLink, then ``supernodes`` SuperNodes once it is
-    RUNNING (``straight``), each role RUNNING only when its VMs reported READY (``ready_status_gate``).
+    """The OneFlow service (OpenNebula 7 format): 1 SuperLink and ``supernodes`` SuperNodes deployed at once
+    (``none``: each SuperNode finds the SuperLink through OneGate and waits for it, roles/supernode.sh), each
+    role RUNNING only when its VMs reported READY (``ready_status_gate``). ``parents`` stay as upstream keeps
+    them under ``none`` (src/flow/lib/strategy.rb deploys without them; ``${superlink.xpath}`` reads them).
     The SuperNode role carries the default elasticity policy (:func:`supernode_elasticity`); a third role,
     :data:`MONITORING`, has no VM unless the user asks for one (see there).
 
@@ -258,7 +260,8 @@ def service_template(
     body: dict[str, Any] = {
         "name": name,
         "description": description,
-        "deployment": "straight",
+        # none, not straight: the SuperNodes boot with the SuperLink instead of after its READY (issue 13)
+        "deployment": "none",
         "ready_status_gate": True,
         "shutdown_action": "terminate",
         "networks": {NETWORK: NETWORK_INPUT},

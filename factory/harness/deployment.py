@@ -35,7 +35,8 @@ from hostkit.progress import Progress
 
 APPLIANCE_LOG_COMMAND = (
     "cat /etc/one-appliance/status 2>/dev/null; echo; "
-    'for f in /var/log/one-appliance/*.log; do [ -f "$f" ] && { echo "=== $f"; tail -n 200 "$f"; }; done; '
+    "for f in /var/log/one-appliance/*.log /var/log/one-appliance/flower-job.jsonl; do "
+    '[ -f "$f" ] && { echo "=== $f"; tail -n 200 "$f"; }; done; '
     "echo '=== journal (flower units)'; journalctl --no-pager -n 200 -u 'flower*' 2>/dev/null || true"
 )
 

@@ -405,7 +405,10 @@ class FederationRunner:
     workdir: Path
     connection: Connection
     progress: Progress = PROGRESS
-    poll_interval: float = 5.0
+    poll_interval: float = 5.0  # between two looks at a submitted run (two flwr CLI processes each)
+    # between two looks for online SuperNodes before the run is submitted: a short wait, which a look
+    # every poll_interval would lengthen by up to that much (issue 13)
+    online_poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
         self.cli = FlowerCLI(self.flower, self.workdir / "flwr-home", self.connection)
@@ -423,7 +426,7 @@ class FederationRunner:
 
         with contextlib.suppress(TimeoutError):
             wait_until(
-                enough_online, max(0.0, deadline - time.monotonic()), interval=self.poll_interval,
+                enough_online, max(0.0, deadline - time.monotonic()), interval=self.online_poll_interval,
                 what=f"{expected} SuperNodes online",
             )  # fmt: skip
         return list(nodes)
@@ -454,10 +457,14 @@ class FederationRunner:
             floor=criteria.floor,
         )
         deadline = time.monotonic() + timeout
+        looking = time.monotonic()
         outcome.supernodes = self.wait_for_supernodes(
             expected_supernodes, min(deadline, time.monotonic() + 300)
         )
         online = sum(1 for node in outcome.supernodes if supernode_is_online(node))
+        self.progress.line(
+            f"{online} of {expected_supernodes} SuperNodes online ({time.monotonic() - looking:.1f} s)"
+        )
         if online < expected_supernodes:
             # The ServerApp would only wait for them until its round timeout: fail now, and say why.
             outcome.status = f"not submitted: {online} of {expected_supernodes} SuperNodes online"
@@ -473,13 +480,18 @@ class FederationRunner:
         outcome.submitted_at = time.time()
         outcome.run_id = self.cli.submit(app_dir, config)
         self.progress.line(
-            f"run {outcome.run_id}: {task}/{strategy}, {rounds} rounds, {expected_supernodes} nodes"
+            f"run {outcome.run_id}: {task}/{strategy}, {rounds} rounds, {expected_supernodes} nodes "
+            f"(flwr run {time.time() - outcome.submitted_at:.1f} s)"
         )
         self._follow(outcome, deadline, timeout, on_round)
         outcome.finished_at = time.time()
-        # The log may trail the status by an upload interval: read it once more.
-        outcome.log = self.cli.run_log(outcome.run_id)
-        outcome.start_info, outcome.rounds, _ = parse_report_lines(outcome.log)
+        # The log may trail the status by an upload interval: read it once more. A read that comes back
+        # with fewer rounds than were followed (a tunnel connection dropped at that moment: flwr prints
+        # nothing) keeps what the last poll read.
+        final_log = self.cli.run_log(outcome.run_id)
+        start_info, rounds, _ = parse_report_lines(final_log)
+        if len(rounds) >= len(outcome.rounds):
+            outcome.log, outcome.start_info, outcome.rounds = final_log, start_info, rounds
         if outcome.first_round_finished_at is None and outcome.rounds:
             outcome.first_round_finished_at = outcome.rounds[0].finished
         outcome.checks = evaluate_checks(outcome, criteria)
@@ -511,7 +523,9 @@ class FederationRunner:
                 continue
             failed_polls = 0
             outcome.status = str(status.get("status", ""))
-            outcome.start_info, outcome.rounds, _ = parse_report_lines(log_text)
+            start_info, rounds, _ = parse_report_lines(log_text)
+            if len(rounds) >= len(outcome.rounds):  # an empty read (a dropped connection) loses nothing
+                outcome.log, outcome.start_info, outcome.rounds = log_text, start_info, rounds
             for record in outcome.rounds[seen:]:
                 self._tell_round(outcome, record, on_round)
             seen = len(outcome.rounds)

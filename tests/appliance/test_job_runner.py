@@ -292,6 +292,83 @@ esac
 """
 
 
+# flwr for a run that the test finishes: `flwr log --stream` gives round 1 at once and the rest once the
+# file DONE exists; `flwr list` says running until then; `flwr log --show` gives every event.
+FLWR_STREAM_STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >>"${FL_TEST_FLWR_CALLS:?}"
+round() {
+    printf 'INFO : FF-ROUND {"round": %s, "loss": %s, "evaluate_metrics": {"eval_loss": %s}}\\n' \\
+        "$1" "$2" "$2"
+}
+end() { echo 'INFO : FF-END {"model": "/nowhere/final.npz"}'; }
+case "$*" in
+    "supernode list local --format json")
+        echo '{"success": true, "nodes": [{"status": "online"}, {"status": "online"}]}'
+        ;;
+    "run "*) echo '{"success": true, "run-id": 5}' ;;
+    "list local --run-id 5 --format json")
+        if [[ -e "${FL_TEST_DONE:?}" ]]; then status=finished:completed; else status=running; fi
+        echo "{\\"success\\": true, \\"runs\\": [{\\"run-id\\": 5, \\"status\\": \\"${status}\\"}]}"
+        ;;
+    "log 5 local --stream")
+        round 1 0.5
+        while [[ ! -e "${FL_TEST_DONE}" ]]; do sleep 0.2; done
+        round 2 0.25
+        end
+        ;;
+    "log 5 local --show") round 1 0.5; round 2 0.25; end ;;
+    *) exit 3 ;;
+esac
+"""
+
+
+def test_the_rounds_are_published_from_the_streamed_log_as_they_come(tmp_path: Path) -> None:
+    """While a run goes on, the runner reads the app's events from one streamed `flwr log` (every
+    FL_JOB_EVENTS_POLL second), not only when it looks at the status (every FL_JOB_POLL seconds, a CLI
+    process each): round 1 is published before the run finishes and before any `flwr log --show`."""
+    import threading
+    import time
+
+    venv = tmp_path / "stream-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "flwr").write_text(FLWR_STREAM_STUB)
+    (venv / "bin" / "flwr").chmod(0o755)
+    done = tmp_path / "DONE"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    environment = runner_env(
+        tmp_path, venv, ONEAPP_FL_APP="numpy", ONEAPP_FL_ROUNDS="2", FL_JOB_POLL="3", FL_TEST_DONE=str(done),
+        TMPDIR=str(scratch),
+    )  # fmt: skip
+    seen: list[list[str]] = []
+
+    def finish_after_round_one() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(call.get("ONEAPP_FL_ROUND") == "1/2" for call in calls(tmp_path)):
+                seen.append((tmp_path / "flwr-calls").read_text().splitlines())
+                break
+            time.sleep(0.1)
+        done.touch()
+
+    finisher = threading.Thread(target=finish_after_round_one, daemon=True)
+    finisher.start()
+    result = run_job(environment, timeout=120)
+    finisher.join(timeout=10)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert seen, "round 1 was not published while the run went on"
+    before = seen[0]
+    assert "log 5 local --stream" in before and not any("--show" in line for line in before), before
+    assert sum(line.startswith("list ") for line in before) == 1, before  # one status look so far
+    published = calls(tmp_path)
+    rounds = [call["ONEAPP_FL_ROUND"] for call in published if "ONEAPP_FL_ROUND" in call]
+    assert rounds == ["0/2", "1/2", "2/2"], published
+    assert published[-1] == {"ONEAPP_FL_RUN_STATUS": "finished", "ONEAPP_FL_MODEL": "/nowhere/final.npz"}
+    start = next(event for event in journal(tmp_path) if event["event"] == "start")
+    assert isinstance(start["submit_seconds"], int) and start["submit_seconds"] >= 0
+    assert not list(scratch.iterdir()), "the streamed log was left behind"
+
+
 def _bundle(tmp_path: Path, declared: str) -> tuple[str, str]:
     """A Flower app bundle (zip with pyproject.toml) as base64, and its sha256."""
     import io

@@ -102,6 +102,35 @@ def test_version_policy(make_sandbox, policy: str, fails: bool) -> None:
         assert "Flower version mismatch" in result.stderr
 
 
+def test_a_supernode_looks_for_its_superlink_at_most_2_s_apart(make_sandbox) -> None:
+    """The service deploys the SuperNodes with the SuperLink (OneFlow deployment none), so a SuperNode looks
+    for it before it published its endpoint: it looks again after 1 s, then every 2 s (FL_DISCOVERY_POLL),
+    not with a backoff to 15 s that would leave it idle up to 15 s after the SuperLink's READY. The
+    lookups fail 6 times here (a SuperLink still booting), never fatally."""
+    script = (
+        "SLEEPS=() looks=0\n"
+        'sleep() { SLEEPS+=("$1"); }\n'
+        "supernode_lookup_service() {\n"
+        "    looks=$((looks + 1))\n"
+        "    ((looks >= 7)) || return 1\n"
+        "    FL_SL_ENDPOINT=10.231.64.9:9092 FL_SL_VERSION=1.42.0\n"
+        "}\n"
+        "supernode_discover\n"
+        'printf "%s|%s|%s\\n" "${SLEEPS[*]}" "$looks" "$FL_SL_ENDPOINT"\n'
+    )
+    result = make_sandbox("supernode").bash(
+        script,
+        ONEGATE_ENDPOINT="http://127.0.0.1:9",
+        TOKENTXT="token",
+        VMID="3",
+        ONEAPP_FL_SUPERLINK="",
+        ONEAPP_FL_DISCOVERY_TIMEOUT="600",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1 2 2 2 2 2|7|10.231.64.9:9092"
+    assert "found the SuperLink at 10.231.64.9:9092" in result.stderr
+
+
 def test_gpu_image_without_gpu_fails_clearly(make_sandbox) -> None:
     sandbox = make_sandbox("supernode", accel="gpu")
     result = sandbox.service("configure")

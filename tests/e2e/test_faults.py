@@ -6,8 +6,9 @@ hurt while it works, each fault ending in a completed run or a clear failure wit
 2. the SuperLink powered off (``one.vm.action("poweroff")``) mid-run and resumed: the interrupted run is
    reported finished (not "running" for ever), the CA and the SuperNodes' registrations survive, both
    SuperNodes come back online and a new run completes;
-3. OneGate stopped while the service boots (after the SuperLink is READY, before the SuperNodes found it),
-   started again 45 s later: the appliances retry, the service reaches RUNNING and a run completes.
+3. OneGate stopped while the service boots (as its VMs are created: the SuperLink and the SuperNodes boot
+   together, OneFlow deployment none; before the SuperNodes found the SuperLink), started again 45 s
+   later: the appliances retry, the service reaches RUNNING and a run completes.
 
 The pieces are the factory's own: the pair's images, VM and service templates, OneFlow service, logs and
 teardown through factory/harness/deployment.py (Deployment, on factory/one's OneCloud, with its SSH tunnel
@@ -221,7 +222,7 @@ def test_onegate_stopped_during_a_boot_delays_the_service_but_it_runs(
     seen: dict[str, Any] = {}
 
     def stop_onegate_when_the_supernodes_are_created(service: ServiceDeployment) -> None:
-        # the SuperLink is READY (OneFlow creates the SuperNodes only then): stop OneGate at once
+        # the VMs are created (deployment none: all at once, before any has booted): stop OneGate at once
         wait(lambda: service.role_vms("supernode"), 900, "the SuperNode VMs", interval=1.0)
         handle.stop_server("onegate")
         seen["stopped"] = time.monotonic()

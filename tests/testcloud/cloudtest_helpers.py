@@ -162,15 +162,18 @@ def gate_headers(cloud: Any, vm_id: int) -> dict[str, str]:
     return {"X-ONEGATE-TOKEN": token, "X-ONEGATE-VMID": str(vm_id)}
 
 
-def two_role_service(cloud: Any, one: Any, ready_gate: bool = True, cardinality: int = 2) -> int:
-    """Instantiate a SuperLink + SuperNodes service (straight, ready gate); returns its id."""
+def two_role_service(
+    cloud: Any, one: Any, ready_gate: bool = True, cardinality: int = 2, deployment: str = "straight"
+) -> int:
+    """Instantiate a SuperLink + SuperNodes service (``deployment``: straight by default; the SuperNodes
+    have the SuperLink as parent either way); returns its id."""
     context = 'CONTEXT=[NETWORK="YES", TOKEN="YES", REPORT_READY="YES"]'
     server = one.template.allocate(f'NAME="server"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\n{context}')
     client = one.template.allocate(f'NAME="client"\nCPU="1"\nMEMORY="128"\nNIC=[NETWORK_ID="0"]\n{context}')
     parent_ip = {"ONEAPP_FL_SUPERLINK": "${superlink.template.context.eth0_ip}"}
     template = {
         "name": "flower",
-        "deployment": "straight",
+        "deployment": deployment,
         "ready_status_gate": ready_gate,
         "roles": [
             {

@@ -1,6 +1,6 @@
 """OneFlow over HTTP as the oneflow CLI calls it: template validation, instantiate with merge_template,
-straight deployment with the ready gate (READY sent through OneGate as a guest does), ${parent.xpath},
-service and role states, scale, undeploy."""
+straight and none deployments with the ready gate (READY sent through OneGate as a guest does),
+${parent.xpath}, service and role states, scale, undeploy."""
 
 from __future__ import annotations
 
@@ -253,6 +253,39 @@ def test_straight_deployment_with_ready_gate(cloud: Any, one: Any) -> None:
     assert [r["state"] for r in body["roles"]] == [ROLE["RUNNING"], ROLE["RUNNING"]]
     messages = [entry["message"] for entry in body["log"]]
     assert messages == ["New state: DEPLOYING_NETS", "New state: DEPLOYING", "New state: RUNNING"]
+
+
+def test_none_deployment_deploys_every_role_at_once(cloud: Any, one: Any) -> None:
+    """``deployment: none`` (OneFlow's default Strategy, src/flow/lib/strategy.rb ``roles_deploy``: every
+    PENDING role, whatever its parents): the SuperNodes are created with the SuperLink, not after its READY.
+    ``parents`` still name where ``${superlink...}`` is read (models/role.rb, evaluated when the role deploys:
+    the SuperLink's VM exists by then, roles deploy in template order). The service is RUNNING once every role
+    is (LifeCycleManager.rb ``deploy_cb``), in whatever order the VMs report READY; undeploying takes every
+    role at once (Strategy#roles_shutdown)."""
+    service_id = two_role_service(cloud, one, ready_gate=True, deployment="none")
+    server = wait_for(lambda: role_nodes(cloud, service_id, "superlink"))[0]
+    clients = wait_for(lambda: role_nodes(cloud, service_id, "supernode"))
+    assert len(clients) == 2
+    body = service_body(cloud, service_id)
+    assert body["state"] == SERVICE["DEPLOYING"]
+    assert [r["state"] for r in body["roles"]] == [ROLE["DEPLOYING"], ROLE["DEPLOYING"]]
+    assert body["roles"][1]["parents"] == ["superlink"]  # kept as given
+    server_ip = one.vm.info(server).TEMPLATE["CONTEXT"]["ETH0_IP"]
+    assert all(one.vm.info(c).TEMPLATE["CONTEXT"]["ONEAPP_FL_SUPERLINK"] == server_ip for c in clients)
+    wait_for(lambda: all(one.vm.info(v).LCM_STATE == 3 for v in [server, *clients]))
+    for client in clients:  # the children first: nothing orders them after their parent
+        report_ready(cloud, client)
+    wait_for(lambda: service_body(cloud, service_id)["roles"][1]["state"] == ROLE["RUNNING"])
+    time.sleep(0.3)
+    body = service_body(cloud, service_id)
+    assert (body["state"], body["roles"][0]["state"]) == (SERVICE["DEPLOYING"], ROLE["DEPLOYING"])
+    report_ready(cloud, server)
+    wait_for(lambda: service_body(cloud, service_id)["state"] == SERVICE["RUNNING"])
+    assert flow(cloud, "DELETE", f"/service/{service_id}").status_code == 204
+    body = service_body(cloud, service_id)
+    assert [r["state"] for r in body["roles"]] == [ROLE["UNDEPLOYING"], ROLE["UNDEPLOYING"]]
+    wait_for(lambda: flow(cloud, "GET", f"/service/{service_id}").status_code == 404)
+    assert all(one.vm.info(v).STATE == 6 for v in [server, *clients])
 
 
 def test_without_gate_running_vms_are_enough(cloud: Any, one: Any) -> None:

@@ -6,6 +6,11 @@ FL_SUPERNODE_UNITS=(flower-supernode.service flower-superexec.service)
 : "${FL_SUPERNODE_RUNTIME_PORT:=9094}"
 # Longest wait for the SuperLink's key sync to enrol this node's key before flower-supernode first starts.
 : "${FL_ENROL_WAIT:=120}"
+# Longest pause between two looks for the SuperLink in the service (1 s, then this). The service deploys
+# the SuperNodes with the SuperLink (OneFlow deployment none), so a SuperNode usually looks before the
+# SuperLink published its endpoint (at its READY); a short pause finds it soon after. One OneGate GET per
+# look and node, for at most ONEAPP_FL_DISCOVERY_TIMEOUT seconds.
+: "${FL_DISCOVERY_POLL:=2}"
 
 supernode_install() {
     fl_install_units "${FL_SUPERNODE_UNITS[@]}" "${FL_METRICS_UNITS[@]}"
@@ -127,7 +132,7 @@ supernode_discover() {
     fl_log "looking for the SuperLink of this service through OneGate (up to ${ONEAPP_FL_DISCOVERY_TIMEOUT} s)"
     # shellcheck disable=SC2317  # called through fl_retry_until
     _fl_lookup_once() { supernode_lookup_service 5; }
-    if ! fl_retry_until "${ONEAPP_FL_DISCOVERY_TIMEOUT}" 15 _fl_lookup_once; then
+    if ! fl_retry_until "${ONEAPP_FL_DISCOVERY_TIMEOUT}" "${FL_DISCOVERY_POLL}" _fl_lookup_once; then
         fl_fail "no SuperLink published ONEAPP_FL_ENDPOINT in this VM's OneFlow service within ${ONEAPP_FL_DISCOVERY_TIMEOUT} s (set ONEAPP_FL_SUPERLINK to give it explicitly)"
     fi
     fl_log "found the SuperLink at ${FL_SL_ENDPOINT} (Flower ${FL_SL_VERSION:-unknown})"
