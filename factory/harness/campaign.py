@@ -429,10 +429,29 @@ class PairRun:
             )
 
 
+def task_wall_seconds(federations: list[dict[str, Any]]) -> float | None:
+    """The wall time during which at least one of the pair's tasks ran (tasks side by side count once):
+    the union of each federation's submission to its end; None when no federation has both clocks."""
+    spans = sorted(
+        (float(federation["submitted_at"]), float(federation["finished_at"]))
+        for federation in federations
+        if federation.get("submitted_at") and federation.get("finished_at")
+    )
+    if not spans:
+        return None
+    total, (start, end) = 0.0, spans[0]
+    for begin, finish in spans[1:]:
+        if begin > end:
+            total, start = total + end - start, begin
+        end = max(end, finish)
+    return total + end - start
+
+
 @dataclass(frozen=True)
 class PairTiming:
     """Where one pair's wall time went: deploy (images, templates, the service RUNNING; bare: processes
-    up), rounds (every task's federation), teardown, and the rest (tunnel, logs, checks)."""
+    up), rounds (while any task's federation ran: tasks side by side count once), teardown, and the rest
+    (tunnel, the job's end if it outlasts the tasks, logs, checks)."""
 
     pair: str
     total: float
@@ -444,7 +463,9 @@ class PairTiming:
     def of(result: PairResult, total: float, stages: dict[str, float]) -> PairTiming:
         timings: dict[str, Any] = result.timings
         deploy = float(timings.get("images_seconds", 0.0)) + float(timings.get("deploy_seconds", 0.0))
-        rounds = sum(float(seconds) for seconds in (timings.get("task_seconds") or {}).values())
+        rounds = task_wall_seconds(result.federations)
+        if rounds is None:  # a record without the tasks' clocks: their durations, one after another
+            rounds = sum(float(seconds) for seconds in (timings.get("task_seconds") or {}).values())
         return PairTiming(result.pair, total, deploy, rounds, stages.get("teardown", 0.0))
 
     @property

@@ -182,6 +182,18 @@ def test_run_timings_file_and_table(tmp_path: Path) -> None:
     assert "    base" in table and "1m24.0s" in table and "pairs (2 at once)" in table
 
 
+def test_tasks_side_by_side_count_once_in_a_pairs_rounds() -> None:
+    result = PairResult.begin(find_pair_specs(PAIRS[:1])[0], "t1", "bare", "tls-auth")
+    result.federations = [
+        {"task": "numpy", "submitted_at": 100.0, "finished_at": 160.0},
+        {"task": "sklearn", "submitted_at": 101.0, "finished_at": 170.0},  # beside the canary
+        {"task": "later", "submitted_at": 180.0, "finished_at": 190.0},  # after a gap
+    ]
+    result.timings.update(task_seconds={"numpy": 60.0, "sklearn": 69.0, "later": 10.0})  # type: ignore[arg-type]
+    timing = PairTiming.of(result, 100.0, {})
+    assert timing.rounds == pytest.approx(80.0) and timing.other == pytest.approx(20.0)
+
+
 def test_a_pyone_connection_per_pair() -> None:
     """Each pair gets a connection of its own (pyone's proxy is one HTTP connection, not for threads)."""
     settings = load_settings(
