@@ -12,10 +12,9 @@ Two targets share the federation runner and the result format:
 
 Both run the same tasks: the numpy canary (fast: the wiring works) and the task of the SuperNode image's
 framework (sklearn on sklearn images, pytorch, tensorflow; on edge images the canary is that task), each held
-to its criteria in apps/task-checks.toml. A pair passes only if its framework task ran and passed. The tasks
-run side by side (``PairTestOptions.overlap``): Flower runs several runs on one federation at once, and a
-round is mostly polling, so two runs take little longer than one. In a cloud the SuperLink's train-on-deploy
-job (factory/harness/jobcheck.py) runs beside them too.
+to its criteria in apps/task-checks.toml. A pair passes only if its framework task ran and passed. Flower
+runs several runs on one federation at once: in a cloud the SuperLink's train-on-deploy job
+(factory/harness/jobcheck.py) runs beside the tasks, and the tasks may run side by side (``TaskOverlap``).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,18 @@ ERROR_LINE = re.compile(
 NOISE_LINE = re.compile(r"uvicorn\.error|Failed to kill control group|, ignoring(?::|\.|$)")
 
 
+class TaskOverlap(StrEnum):
+    """What of a pair's training runs at once, each its own Flower run (Flower runs several runs on one
+    federation side by side)."""
+
+    NONE = "none"  # the job from context waited for, then the canary, then the framework task
+    JOB = "job"  # the job beside the tunnel tasks; the canary, then the framework task
+    ALL = "all"  # the job, the canary and the framework task all at once
+
+
+DEFAULT_OVERLAP = TaskOverlap.JOB
+
+
 @dataclass
 class PairTestOptions:
     rounds: int = 3
@@ -80,10 +92,8 @@ class PairTestOptions:
     # cloud only: read every VM's appliance logs and journal also when the pair passed (benchmarks: where
     # the time from the instantiation to the first round went)
     collect_logs: bool = False
-    # The canary and the framework task run side by side, and in a cloud beside the job from context, each
-    # its own Flower run (issue 13: a pair trained 2-3 times one after another). False: one after another,
-    # a failed canary stopping before the framework task (benchmarks timing one run alone).
-    overlap: bool = True
+    # What trains at once (issue 13: a pair trained 2-3 times one after another): see TaskOverlap.
+    overlap: TaskOverlap = field(default_factory=lambda: DEFAULT_OVERLAP)
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -211,12 +221,12 @@ def _run_tasks(
     runners: Runners, spec: PairSpec, options: PairTestOptions, result: PairResult
 ) -> list[FederationOutcome]:
     """Run each of the pair's tasks as a federation and record its outcome, checks and timings, the canary
-    first. Side by side (``options.overlap``) the framework task is submitted with the canary, each through
+    first. Side by side (``TaskOverlap.ALL``) the framework task is submitted with the canary, each through
     its own runner; one after another a failed canary stops there (the wiring is broken, the framework task
     would only repeat why). A task that broke is raised once every task ended, its outcome left out."""
     runner_for = _runner_for(runners)
     tasks = pair_tasks(spec, options)
-    if not options.overlap or len(tasks) == 1:
+    if options.overlap is not TaskOverlap.ALL or len(tasks) == 1:
         outcomes = []
         for task in tasks:
             outcome = _run_task(runner_for(task), task, spec, options)
@@ -496,6 +506,8 @@ def _deploy_and_run(
     job = _JobWatch(deployment, plan, options, result)
     try:
         service = job.launch(service_template)
+        if options.overlap is TaskOverlap.NONE:
+            job.record(service)  # waited for before anything else uses the SuperNodes
         try:
             _tunnel_tasks(deployment, spec, options, result, service, job.instantiated_wall, node)
         except FactoryError:

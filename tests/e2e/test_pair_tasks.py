@@ -1,6 +1,6 @@
 """Which tasks a pair runs and what makes it pass: the numpy canary plus the task of its SuperNode image's
 framework, each held to apps/task-checks.toml; the pair's error names the framework task's failed check
-first; the tasks run side by side (or one after another with ``overlap=False``) and are recorded in the
+first; the tasks run one after another or side by side (``TaskOverlap.ALL``) and are recorded in the
 same order either way. The runner is played by a stub that returns what a federation would have reported."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from factory.harness.federation import FederationOutcome, evaluate_checks, parse
 from factory.harness.pair import FAILED, PASSED, PairResult, PairSpec, Side
 from factory.harness.pairtest import (
     PairTestOptions,
+    TaskOverlap,
     _finish,
     _record_outcome,
     _run_tasks,
@@ -98,8 +99,8 @@ def _pair(spec: PairSpec, runner: StubRunner, options: PairTestOptions | None = 
     return _finish(result, spec, error)
 
 
-@pytest.mark.parametrize("overlap", [True, False], ids=["side-by-side", "one-after-another"])
-def test_a_sklearn_pair_runs_the_canary_then_sklearn_and_records_both(overlap: bool) -> None:
+@pytest.mark.parametrize("overlap", list(TaskOverlap))
+def test_a_sklearn_pair_runs_the_canary_then_sklearn_and_records_both(overlap: TaskOverlap) -> None:
     runner = StubRunner({"numpy": 0.99, "sklearn": 0.93})
     result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=overlap))
     assert sorted(runner.ran) == ["numpy", "sklearn"]
@@ -141,14 +142,14 @@ def test_a_framework_metric_below_its_floor_fails_the_pair_and_is_named_first() 
 
 def test_one_after_another_a_failed_canary_stops_before_the_framework_task() -> None:
     runner = StubRunner({"numpy": 0.30, "sklearn": 0.93})
-    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=False))
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.JOB))
     assert runner.ran == ["numpy"]
     assert result.status == FAILED and result.error.startswith("numpy/metric_floor:"), result.error
 
 
 def test_side_by_side_a_failed_canary_fails_the_pair_and_both_tasks_are_recorded() -> None:
     runner = StubRunner({"numpy": 0.30, "sklearn": 0.93})
-    result = _pair(_spec("sklearn"), runner)
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.ALL))
     assert [federation["task"] for federation in result.federations] == ["numpy", "sklearn"]
     assert result.status == FAILED and result.error.startswith("numpy/metric_floor:"), result.error
 
@@ -179,7 +180,7 @@ def test_the_tasks_run_at_once_each_through_its_own_runner_recorded_in_task_orde
     spec = _spec("sklearn")
     result = PairResult(pair=spec.name, run="t", target="bare", security="tls-auth",
                         superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
-    _run_tasks(runner_for, spec, PairTestOptions(), result)
+    _run_tasks(runner_for, spec, PairTestOptions(overlap=TaskOverlap.ALL), result)
     assert len(shared.threads) == 2 and set(runners) == {"numpy", "sklearn"}
     assert [federation["task"] for federation in result.federations] == ["numpy", "sklearn"]
     assert [check["task"] for check in result.checks][:1] == ["numpy"]
@@ -189,7 +190,7 @@ def test_the_tasks_run_at_once_each_through_its_own_runner_recorded_in_task_orde
 def test_one_after_another_the_tasks_never_meet() -> None:
     runner = MeetingRunner({"numpy": 0.99, "sklearn": 0.93}, barrier=threading.Barrier(2, timeout=0.5))
     with pytest.raises(FactoryError, match="numpy task"):
-        _pair_raising(_spec("sklearn"), runner, PairTestOptions(overlap=False))
+        _pair_raising(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.JOB))
 
 
 def _pair_raising(spec: PairSpec, runner: StubRunner, options: PairTestOptions) -> None:
@@ -203,7 +204,7 @@ def _pair_raising(spec: PairSpec, runner: StubRunner, options: PairTestOptions) 
 
 def test_a_canary_that_breaks_beside_a_passing_framework_task_fails_the_pair_naming_it() -> None:
     runner = StubRunner({"sklearn": 0.93}, raises={"numpy": "`flwr run` failed (exit 1): tunnel closed"})
-    result = _pair(_spec("sklearn"), runner)
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.ALL))
     assert [federation["task"] for federation in result.federations] == ["sklearn"]
     assert result.status == FAILED and result.error.startswith("numpy task: `flwr run` failed"), result.error
 
@@ -266,8 +267,8 @@ def test_a_canary_check_that_failed_comes_before_the_logs_systemd_noise_left_out
     spec = _spec("sklearn")
     result = PairResult(pair=spec.name, run="t", target="testcloud", security="tls-auth",
                         superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
-    # one after another: the canary fails and stops there (side by side sklearn's same check comes first)
-    options = PairTestOptions(overlap=False)
+    # one after another: the canary fails and stops there (all at once sklearn's same check comes first)
+    options = PairTestOptions(overlap=TaskOverlap.JOB)
     _run_tasks(ShortRound({"numpy": 0.99, "sklearn": 0.93}), spec, options, result)  # type: ignore[arg-type]
     logs = {"superlink-3": SYSTEMD_NOISE + "ERROR :     [code 2004] Failed to activate\n"}
     finished = _finish(result, spec, failure_text("", logs))
@@ -335,3 +336,9 @@ def test_a_deploy_failure_names_the_appliances_reported_error_first() -> None:
     assert finished.error.startswith("superlink VM 3: FLEET_PORT=22"), finished.error
     assert finished.error.endswith("superlink-3: ERROR: configure failed: port 22 in use")
     assert "control group" not in finished.error
+
+
+def test_the_overlap_option_names_the_enum_values() -> None:
+    from factory.cli.commands._pairargs import OVERLAPS
+
+    assert tuple(mode.value for mode in TaskOverlap) == OVERLAPS

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 TARGETS = ("cloud", "bare")
 SECURITY = ("tls-auth", "tls", "insecure")
+OVERLAPS = ("none", "job", "all")  # factory.harness.pairtest.TaskOverlap
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "krum", "multikrum", "fedtrimmedavg")
 
 
@@ -67,6 +68,11 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
         "capped by the free addresses of the cloud's service network and the number of pairs)",
     )  # fmt: skip
     parser.add_argument(
+        "--overlap", choices=OVERLAPS, default=None,
+        help="what of a pair's training runs at once: none (the job from context, then the canary, then the "
+        "framework task), job (the job beside the canary, then the framework task: the default), all",
+    )  # fmt: skip
+    parser.add_argument(
         "--deploy-timeout", type=float, default=900.0, help="seconds until the service is RUNNING"
     )
     parser.add_argument(
@@ -97,6 +103,10 @@ def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
         federation_timeout=args.federation_timeout,
         job_features=args.job_features,
     )
+    if args.overlap is not None:
+        from factory.harness.pairtest import TaskOverlap
+
+        options.overlap = TaskOverlap(args.overlap)
     options.check()
     return options
 
