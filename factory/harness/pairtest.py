@@ -94,6 +94,9 @@ class PairTestOptions:
     collect_logs: bool = False
     # What trains at once (issue 13: a pair trained 2-3 times one after another): see TaskOverlap.
     overlap: TaskOverlap = field(default_factory=lambda: DEFAULT_OVERLAP)
+    # Seconds between two looks at a run (`flwr list` and `flwr log`, each a Python start of the flwr CLI:
+    # about 1.2 s of CPU; at 5 s one followed run keeps half a core busy here).
+    poll_interval: float = 5.0
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -105,6 +108,10 @@ class PairTestOptions:
         if self.job_features and not self.job_from_context:
             raise ConfigError(
                 "command line", "--job-features", "needs the job from context (it runs on the same pair)"
+            )
+        if self.poll_interval <= 0:
+            raise ConfigError(
+                "command line", "--poll-interval", f"must be more than 0 seconds, got {self.poll_interval:g}"
             )
         if self.rounds < 2:
             raise ConfigError(
@@ -325,8 +332,9 @@ def run_pair_bare(
             result.timings["deploy_seconds"] = time.monotonic() - started
             rogue = federation.start_rogue_supernode() if options.rogue_supernode else None
             runner = FederationRunner(
-                link_env, workdir / "runner", federation.connection(), progress=progress
-            )
+                link_env, workdir / "runner", federation.connection(), progress=progress,
+                poll_interval=options.poll_interval,
+            )  # fmt: skip
             _run_tasks(task_runners(runner), spec, options, result)
             if rogue is not None:
                 result.checks.append(_rogue_check_bare(rogue, runner, spec.supernode.count))
@@ -542,7 +550,7 @@ def _tunnel_tasks(
     with deployment.control_api(superlink, ca_pem) as connection:
         runner = FederationRunner(
             ensure_flower(spec.superlink.flower), deployment.workdir / "runner", connection,
-            progress=deployment.progress,
+            progress=deployment.progress, poll_interval=options.poll_interval,
         )  # fmt: skip
         if rogue is not None:
             _wait_rogue_settled(deployment.cloud, rogue, deployment.progress)

@@ -342,3 +342,21 @@ def test_the_overlap_option_names_the_enum_values() -> None:
     from factory.cli.commands._pairargs import OVERLAPS
 
     assert tuple(mode.value for mode in TaskOverlap) == OVERLAPS
+
+
+@pytest.mark.parametrize("seconds", [0.0, -5.0])
+def test_a_poll_interval_of_no_time_is_refused(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="--poll-interval: must be more than 0 seconds"):
+        PairTestOptions(poll_interval=seconds).check()
+
+
+def test_tasks_side_by_side_poll_like_the_first_runner(tmp_path: Path) -> None:
+    from factory.harness.federation import Connection, FederationRunner
+    from factory.harness.pairtest import task_runners
+
+    env = SimpleNamespace(executable=lambda name: Path("/bin/true"))
+    first = FederationRunner(env, tmp_path / "runner", Connection("127.0.0.1:1", None), poll_interval=11.0)  # type: ignore[arg-type]
+    runner_for = task_runners(first)
+    other = runner_for("sklearn")
+    assert runner_for("numpy") is first and other.poll_interval == 11.0
+    assert other.cli.home == tmp_path / "runner-sklearn" / "flwr-home" and other.cli.home.is_dir()

@@ -73,6 +73,10 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
         "framework task), job (the job beside the canary, then the framework task: the default), all",
     )  # fmt: skip
     parser.add_argument(
+        "--poll-interval", type=float, default=5.0, metavar="SECONDS",
+        help="seconds between two looks at a run with the flwr CLI (default 5; each look costs ~2 s of CPU)",
+    )  # fmt: skip
+    parser.add_argument(
         "--deploy-timeout", type=float, default=900.0, help="seconds until the service is RUNNING"
     )
     parser.add_argument(
@@ -102,6 +106,7 @@ def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
         deploy_timeout=args.deploy_timeout,
         federation_timeout=args.federation_timeout,
         job_features=args.job_features,
+        poll_interval=args.poll_interval,
     )
     if args.overlap is not None:
         from factory.harness.pairtest import TaskOverlap
