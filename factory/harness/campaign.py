@@ -252,8 +252,11 @@ def cloud_target(
 # containers here (a SuperLink and SuperNodes with Flower and a framework: about 2 GiB together, measured
 # with the sklearn pairs); against a real OpenNebula only the flwr CLI and an SSH tunnel run here.
 LOCAL_PAIR_MEMORY = 2 << 30
-REMOTE_PAIRS_PER_CORE = 4
 REMOTE_PAIRS_MAX = 16
+# CPU seconds one look at a followed run costs here: `flwr list` and `flwr log`, each a start of the flwr
+# CLI (~1.2 s of CPU measured on the 2-core development machine, issue 13). At the default poll interval
+# of 5 s a followed run keeps about half a core busy: what bounds a remote campaign's pairs per core.
+CLI_LOOK_CPU_SECONDS = 2.4
 
 
 def addresses_per_pair(spec: PairSpec, options: PairTestOptions) -> int:
@@ -287,12 +290,16 @@ def memory_available() -> int:
     return 0
 
 
-def machine_parallel(local_vms: bool, cores: int | None = None, memory: int | None = None) -> int:
+def machine_parallel(
+    local_vms: bool, cores: int | None = None, memory: int | None = None, poll_interval: float = 5.0
+) -> int:
     """Pairs this machine carries at once: with the VMs here, one per core as far as memory allows (a pair
-    is mostly waiting: boot, polling, the tunnel); against a remote cloud a few per core, capped."""
+    is mostly waiting: boot, polling, the tunnel); against a remote cloud as many per core as the CPU of
+    following one run at ``poll_interval`` leaves room for (2 at 5 s: CLI_LOOK_CPU_SECONDS), capped."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
     if not local_vms:
-        return max(1, min(cores * REMOTE_PAIRS_PER_CORE, REMOTE_PAIRS_MAX))
+        per_core = max(int(poll_interval // CLI_LOOK_CPU_SECONDS), 1)
+        return max(1, min(cores * per_core, REMOTE_PAIRS_MAX))
     memory = memory if memory is not None else memory_available()
     by_memory = memory // LOCAL_PAIR_MEMORY if memory else cores
     return max(1, min(cores, by_memory))

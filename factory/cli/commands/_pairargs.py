@@ -131,4 +131,5 @@ def campaign_parallel(
 
     local = target is None or target.name == "testcloud"
     free = free_addresses(target.cloud) if target is not None else None
-    return choose_parallel(args.parallel, specs, options, free, machine_parallel(local_vms=local))
+    machine = machine_parallel(local_vms=local, poll_interval=options.poll_interval)
+    return choose_parallel(args.parallel, specs, options, free, machine)
