@@ -68,6 +68,9 @@ class TaskOverlap(StrEnum):
 
 
 DEFAULT_OVERLAP = TaskOverlap.JOB
+# 10 s, not the runner's 5 s: half the CPU spent looking at runs, the end of a run seen ~2.5 s later on
+# average (issue 13: the pair tests of a release on 2 cores are CPU-bound; docs/e2e.md).
+DEFAULT_POLL_INTERVAL = 10.0
 
 
 @dataclass
@@ -94,9 +97,9 @@ class PairTestOptions:
     collect_logs: bool = False
     # What trains at once (issue 13: a pair trained 2-3 times one after another): see TaskOverlap.
     overlap: TaskOverlap = field(default_factory=lambda: DEFAULT_OVERLAP)
-    # Seconds between two looks at a run (`flwr list` and `flwr log`, each a Python start of the flwr CLI:
-    # about 1.2 s of CPU; at 5 s one followed run keeps half a core busy here).
-    poll_interval: float = 5.0
+    # Seconds between two looks at a run (`flwr list` and `flwr log`, each a start of the flwr CLI: 1.2 s
+    # of CPU idle, 1.7-1.8 s under load; at 5 s one followed run keeps more than half a core busy).
+    poll_interval: float = DEFAULT_POLL_INTERVAL
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:

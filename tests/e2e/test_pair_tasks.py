@@ -360,3 +360,16 @@ def test_tasks_side_by_side_poll_like_the_first_runner(tmp_path: Path) -> None:
     other = runner_for("sklearn")
     assert runner_for("numpy") is first and other.poll_interval == 11.0
     assert other.cli.home == tmp_path / "runner-sklearn" / "flwr-home" and other.cli.home.is_dir()
+
+
+def test_the_poll_interval_option_defaults_to_the_pair_tests_default() -> None:
+    import argparse
+
+    from factory.cli.commands._pairargs import add_pair_test_arguments, pair_test_options
+    from factory.harness.pairtest import DEFAULT_POLL_INTERVAL
+
+    parser = argparse.ArgumentParser()
+    add_pair_test_arguments(parser)
+    assert pair_test_options(parser.parse_args([])).poll_interval == DEFAULT_POLL_INTERVAL == 10.0
+    assert pair_test_options(parser.parse_args(["--poll-interval", "4"])).poll_interval == 4.0
+    assert pair_test_options(parser.parse_args(["--overlap", "none"])).overlap is TaskOverlap.NONE
