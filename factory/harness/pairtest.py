@@ -621,14 +621,16 @@ class _JobWatch:
             return
         self.recorded = True
         observation = self.followers[0].wait(max(self.deadline - time.monotonic(), 0.0))
-        before = self.result.checks[self.checks_at :]
+        later = self.result.checks[self.checks_at :]  # the tasks' checks, recorded while the job ran
         del self.result.checks[self.checks_at :]
-        record_job(self.result, self.plan, observation, self.instantiated_wall)
-        self.result.checks += pair_feature_checks(
-            self.deployment.cloud, service, self.plan, observation, self.result.superlink.flower,
-            self.options.job_features, self.options.job_timeout,
-        )  # fmt: skip
-        self.result.checks += before
+        try:
+            record_job(self.result, self.plan, observation, self.instantiated_wall)
+            self.result.checks += pair_feature_checks(
+                self.deployment.cloud, service, self.plan, observation, self.result.superlink.flower,
+                self.options.job_features, self.options.job_timeout,
+            )  # fmt: skip
+        finally:
+            self.result.checks += later
         self.deployment.progress.line(
             f"job from context ({self.plan.use_case}, {self.plan.rounds} rounds): "
             f"{' -> '.join(observation.statuses) or 'no status'}; "

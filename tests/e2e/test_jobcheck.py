@@ -374,3 +374,43 @@ def test_a_pair_follows_its_job_beside_the_tasks_and_records_the_job_first(
     assert tasks == [JOB_TASK] * 5 + ["job-secagg", "numpy"], tasks
     assert all(check["passed"] for check in result.checks), result.checks
     assert "job_instantiate_to_last_round_seconds" in result.timings
+
+
+def test_a_feature_job_that_breaks_keeps_the_tasks_checks(monkeypatch: object) -> None:
+    """The job's cells go in before the tasks' checks; a feature job that raises loses none of those."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from factory.harness import jobcheck, pairtest
+    from factory.harness.pair import PairResult, PairSpec, Side
+    from hostkit.errors import FactoryError
+
+    sequence = readings(0.9, 0.5, 0.95)
+    monkeypatch.setattr(  # type: ignore[attr-defined]
+        pairtest,
+        "follow_superlink",
+        lambda cloud, service: JobFollower(iter(sequence).__next__, 0.01).start(),
+    )
+
+    def broken(*_: object) -> list[dict]:
+        raise FactoryError("resume job: SuperLink VM did not power off")
+
+    monkeypatch.setattr(pairtest, "pair_feature_checks", broken)  # type: ignore[attr-defined]
+    service = SimpleNamespace(id=7)
+    deployment = SimpleNamespace(
+        cloud=None,
+        progress=SimpleNamespace(line=lambda text: None),
+        launch=lambda template, timeout, on_launched: (on_launched(service), service)[1],
+    )
+    side = Side(variant="v", flower="1.42.0", framework="sklearn", count=2)
+    result = PairResult(pair="pair-x", run="t", target="testcloud", security="tls-auth",
+                        superlink=side, supernodes=side)  # fmt: skip
+    watch = pairtest._JobWatch(deployment, jobcheck.plan_for(PairSpec("pair-x", side, side)),  # type: ignore[arg-type]
+                               pairtest.PairTestOptions(job_features=True), result)  # fmt: skip
+    watch.launch(1)
+    result.checks.append({"task": "numpy", "name": "run_completed", "passed": True, "detail": ""})
+    with pytest.raises(FactoryError, match="resume job"):
+        watch.record(service)
+    watch.stop()
+    assert [check["task"] for check in result.checks] == [JOB_TASK] * 5 + ["numpy"]
