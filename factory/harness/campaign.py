@@ -252,8 +252,12 @@ def cloud_target(
 # containers here (a SuperLink and SuperNodes with Flower and a framework: about 2 GiB together, measured
 # with the sklearn pairs); against a real OpenNebula only the flwr CLI and an SSH tunnel run here.
 LOCAL_PAIR_MEMORY = 2 << 30
-REMOTE_PAIRS_PER_CORE = 4
 REMOTE_PAIRS_MAX = 16
+# CPU seconds one look at a followed run costs here: `flwr list` and `flwr log`, each a start of the flwr
+# CLI (1.2 s of CPU idle, 1.7-1.8 s under load, measured on the 2-core development machine, issue 13). At
+# the default poll interval of 5 s a followed run keeps more than half a core busy: what bounds a remote
+# campaign's pairs per core.
+CLI_LOOK_CPU_SECONDS = 3.0
 
 
 def addresses_per_pair(spec: PairSpec, options: PairTestOptions) -> int:
@@ -289,12 +293,17 @@ def memory_available() -> int:
     return 0
 
 
-def machine_parallel(local_vms: bool, cores: int | None = None, memory: int | None = None) -> int:
+def machine_parallel(
+    local_vms: bool, cores: int | None = None, memory: int | None = None, poll_interval: float = 5.0
+) -> int:
     """Pairs this machine carries at once: with the VMs here, one per core as far as memory allows (a pair
-    is mostly waiting: boot, polling, the tunnel); against a remote cloud a few per core, capped."""
+    is mostly waiting: boot, polling, the tunnel); against a remote cloud as many per core as the CPU of
+    following one run at ``poll_interval`` leaves room for (1 at 5 s, 3 at 10 s: CLI_LOOK_CPU_SECONDS),
+    capped."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
     if not local_vms:
-        return max(1, min(cores * REMOTE_PAIRS_PER_CORE, REMOTE_PAIRS_MAX))
+        per_core = max(int(poll_interval // CLI_LOOK_CPU_SECONDS), 1)
+        return max(1, min(cores * per_core, REMOTE_PAIRS_MAX))
     memory = memory if memory is not None else memory_available()
     by_memory = memory // LOCAL_PAIR_MEMORY if memory else cores
     return max(1, min(cores, by_memory))
@@ -451,10 +460,29 @@ class PairRun:
             )
 
 
+def task_wall_seconds(federations: list[dict[str, Any]]) -> float | None:
+    """The wall time during which at least one of the pair's tasks ran (tasks side by side count once):
+    the union of each federation's submission to its end; None when no federation has both clocks."""
+    spans = sorted(
+        (float(federation["submitted_at"]), float(federation["finished_at"]))
+        for federation in federations
+        if federation.get("submitted_at") and federation.get("finished_at")
+    )
+    if not spans:
+        return None
+    total, (start, end) = 0.0, spans[0]
+    for begin, finish in spans[1:]:
+        if begin > end:
+            total, start = total + end - start, begin
+        end = max(end, finish)
+    return total + end - start
+
+
 @dataclass(frozen=True)
 class PairTiming:
     """Where one pair's wall time went: deploy (images, templates, the service RUNNING; bare: processes
-    up), rounds (every task's federation), teardown, and the rest (tunnel, logs, checks)."""
+    up), rounds (while any task's federation ran: tasks side by side count once), teardown, and the rest
+    (tunnel, the job's end if it outlasts the tasks, logs, checks)."""
 
     pair: str
     total: float
@@ -466,7 +494,9 @@ class PairTiming:
     def of(result: PairResult, total: float, stages: dict[str, float]) -> PairTiming:
         timings: dict[str, Any] = result.timings
         deploy = float(timings.get("images_seconds", 0.0)) + float(timings.get("deploy_seconds", 0.0))
-        rounds = sum(float(seconds) for seconds in (timings.get("task_seconds") or {}).values())
+        rounds = task_wall_seconds(result.federations)
+        if rounds is None:  # a record without the tasks' clocks: their durations, one after another
+            rounds = sum(float(seconds) for seconds in (timings.get("task_seconds") or {}).values())
         return PairTiming(result.pair, total, deploy, rounds, stages.get("teardown", 0.0))
 
     @property

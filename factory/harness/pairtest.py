@@ -10,9 +10,11 @@ Two targets share the federation runner and the result format:
   side's venv holding its image's framework packages: the baseline, and the quick way to try a pair
   without images.
 
-Both run the same tasks: the numpy canary (fast: the wiring works), then the task of the SuperNode image's
+Both run the same tasks: the numpy canary (fast: the wiring works) and the task of the SuperNode image's
 framework (sklearn on sklearn images, pytorch, tensorflow; on edge images the canary is that task), each held
-to its criteria in apps/task-checks.toml. A pair passes only if its framework task ran and passed.
+to its criteria in apps/task-checks.toml. A pair passes only if its framework task ran and passed. Flower
+runs several runs on one federation at once: in a cloud the SuperLink's train-on-deploy job
+(factory/harness/jobcheck.py) runs beside the tasks, and the tasks may run side by side (``TaskOverlap``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,21 @@ ERROR_LINE = re.compile(
 # ordinary start-up lines; systemd's non-fatal complaints end in ", ignoring" (e.g. "Failed to kill control
 # group ..., ignoring: Invalid argument" when a unit stops in a container).
 NOISE_LINE = re.compile(r"uvicorn\.error|Failed to kill control group|, ignoring(?::|\.|$)")
+
+
+class TaskOverlap(StrEnum):
+    """What of a pair's training runs at once, each its own Flower run (Flower runs several runs on one
+    federation side by side)."""
+
+    NONE = "none"  # the job from context waited for, then the canary, then the framework task
+    JOB = "job"  # the job beside the tunnel tasks; the canary, then the framework task
+    ALL = "all"  # the job, the canary and the framework task all at once
+
+
+DEFAULT_OVERLAP = TaskOverlap.JOB
+# 10 s, not the runner's 5 s: half the CPU spent looking at runs, the end of a run seen ~2.5 s later on
+# average (issue 13: the pair tests of a release on 2 cores are CPU-bound; docs/e2e.md).
+DEFAULT_POLL_INTERVAL = 10.0
 
 
 @dataclass
@@ -81,6 +101,11 @@ class PairTestOptions:
     # campaign sets monitoring_role on that pair's options; the command line's default is "first")
     monitoring_pair: str = "none"
     monitoring_role: bool = False
+    # What trains at once (issue 13: a pair trained 2-3 times one after another): see TaskOverlap.
+    overlap: TaskOverlap = field(default_factory=lambda: DEFAULT_OVERLAP)
+    # Seconds between two looks at a run (`flwr list` and `flwr log`, each a start of the flwr CLI: 1.2 s
+    # of CPU idle, 1.7-1.8 s under load; at 5 s one followed run keeps more than half a core busy).
+    poll_interval: float = DEFAULT_POLL_INTERVAL
 
     def check(self) -> None:
         if self.security is SecurityMode.INSECURE and not self.allow_insecure:
@@ -92,6 +117,10 @@ class PairTestOptions:
         if self.job_features and not self.job_from_context:
             raise ConfigError(
                 "command line", "--job-features", "needs the job from context (it runs on the same pair)"
+            )
+        if self.poll_interval <= 0:
+            raise ConfigError(
+                "command line", "--poll-interval", f"must be more than 0 seconds, got {self.poll_interval:g}"
             )
         if self.rounds < 2:
             raise ConfigError(
@@ -153,30 +182,107 @@ def pair_tasks(spec: PairSpec, options: PairTestOptions) -> list[str]:
     return tasks
 
 
-def _run_tasks(
-    runner: FederationRunner, spec: PairSpec, options: PairTestOptions, result: PairResult
-) -> list[FederationOutcome]:
-    """Run each of the pair's tasks as a federation and record its outcome, checks and timings. A failed
-    canary stops there: the wiring is broken, the framework task would only repeat why."""
-    outcomes = []
-    for task in pair_tasks(spec, options):
+Runners = Any  # a FederationRunner (every task through it), or task -> the FederationRunner of that task
+
+
+def _runner_for(runners: Runners) -> Callable[[str], Any]:
+    """``runners`` as task -> runner: one runner object serves every task; a callable makes one per task
+    (tasks side by side each need their own ``flwr`` home)."""
+    if hasattr(runners, "run"):
+        return lambda task: runners
+    return runners  # type: ignore[no-any-return]
+
+
+def _run_task(runner: Any, task: str, spec: PairSpec, options: PairTestOptions) -> FederationOutcome:
+    """One task's federation; a failure names the task it broke."""
+    try:
+        return runner.run(
+            rounds=options.rounds,
+            strategy=options.strategy,
+            task=task,
+            expected_supernodes=spec.supernode.count,
+            timeout=options.federation_timeout,
+            extra_config=options.extra_config,
+        )
+    except FactoryError as error:
+        raise FactoryError(f"{task} task: {error}") from None
+
+
+class _Background:
+    """A call in a daemon thread (a Ctrl-C in the calling thread is not held up by it: the pair's teardown
+    removes the service, and its polls then fail), whose outcome or exception ``result`` hands over."""
+
+    def __init__(self, call: Callable[[], FederationOutcome], name: str) -> None:
+        self._call = call
+        self._outcome: FederationOutcome | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
         try:
-            outcome = runner.run(
-                rounds=options.rounds,
-                strategy=options.strategy,
-                task=task,
-                expected_supernodes=spec.supernode.count,
-                timeout=options.federation_timeout,
-                extra_config=options.extra_config,
-            )
+            self._outcome = self._call()
+        except BaseException as error:  # handed to the calling thread by result()
+            self._error = error
+
+    def result(self) -> FederationOutcome:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        return self._outcome
+
+
+def _run_tasks(
+    runners: Runners, spec: PairSpec, options: PairTestOptions, result: PairResult
+) -> list[FederationOutcome]:
+    """Run each of the pair's tasks as a federation and record its outcome, checks and timings, the canary
+    first. Side by side (``TaskOverlap.ALL``) the framework task is submitted with the canary, each through
+    its own runner; one after another a failed canary stops there (the wiring is broken, the framework task
+    would only repeat why). A task that broke is raised once every task ended, its outcome left out."""
+    runner_for = _runner_for(runners)
+    tasks = pair_tasks(spec, options)
+    if options.overlap is not TaskOverlap.ALL or len(tasks) == 1:
+        outcomes = []
+        for task in tasks:
+            outcome = _run_task(runner_for(task), task, spec, options)
+            _record(result, outcome)
+            outcomes.append(outcome)
+            if not outcome.passed:
+                break
+        return outcomes
+    later = [
+        _Background(lambda task=task: _run_task(runner_for(task), task, spec, options), f"task-{task}")
+        for task in tasks[1:]
+    ]
+    attempts: list[Callable[[], FederationOutcome]] = []
+    try:
+        first = _run_task(runner_for(tasks[0]), tasks[0], spec, options)
+        attempts.append(lambda: first)
+    except FactoryError as error:
+        attempts.append(lambda error=error: _raise(error))
+    attempts += [background.result for background in later]
+    outcomes, errors = [], []
+    for attempt in attempts:  # in the order of the tasks, whatever order they finished in
+        try:
+            outcome = attempt()
         except FactoryError as error:
-            raise FactoryError(f"{task} task: {error}") from None
-        _record_outcome(result, outcome)
-        _timings(result, outcome)
+            errors.append(error)
+            continue
+        _record(result, outcome)
         outcomes.append(outcome)
-        if not outcome.passed:
-            break
+    if errors:
+        raise errors[0]
     return outcomes
+
+
+def _raise(error: FactoryError) -> FederationOutcome:
+    raise error
+
+
+def _record(result: PairResult, outcome: FederationOutcome) -> None:
+    _record_outcome(result, outcome)
+    _timings(result, outcome)
 
 
 def _record_outcome(result: PairResult, outcome: FederationOutcome) -> None:
@@ -235,9 +341,10 @@ def run_pair_bare(
             result.timings["deploy_seconds"] = time.monotonic() - started
             rogue = federation.start_rogue_supernode() if options.rogue_supernode else None
             runner = FederationRunner(
-                link_env, workdir / "runner", federation.connection(), progress=progress
-            )
-            _run_tasks(runner, spec, options, result)
+                link_env, workdir / "runner", federation.connection(), progress=progress,
+                poll_interval=options.poll_interval,
+            )  # fmt: skip
+            _run_tasks(task_runners(runner), spec, options, result)
             if rogue is not None:
                 result.checks.append(_rogue_check_bare(rogue, runner, spec.supernode.count))
     except FactoryError as failure:
@@ -398,7 +505,8 @@ def _deploy_and_run(
     deployment: Deployment, spec: PairSpec, options: PairTestOptions, images: dict[str, ImageFile],
     result: PairResult,
 ) -> None:  # fmt: skip
-    """Images, templates, the service RUNNING, then the tasks through the SuperLink's Control API."""
+    """Images, templates, the service RUNNING, then the tasks through the SuperLink's Control API; with a
+    job from context, the job followed through OneGate from the instantiation on, beside the tasks."""
     started = time.monotonic()
     names = {role: f"flower-{getattr(spec, role).variant}" for role in images}
     refs = deployment.import_images(images, names)
@@ -414,8 +522,32 @@ def _deploy_and_run(
         monitoring=options.monitoring_role,
         metrics_allow=monitorcheck.network_cidrs(deployment.cloud) if options.monitoring_role else "",
     )  # fmt: skip
-    instantiated_wall = time.time()
-    service = _launch_with_job(deployment, service_template, plan, options, result, instantiated_wall)
+    job = _JobWatch(deployment, plan, options, result)
+    try:
+        service = job.launch(service_template)
+        if options.overlap is TaskOverlap.NONE:
+            job.record(service)  # waited for before anything else uses the SuperNodes
+        try:
+            _tunnel_tasks(deployment, spec, options, result, service, job.instantiated_wall, node)
+        except FactoryError:
+            with contextlib.suppress(FactoryError):  # the job's cells, whatever broke beside it
+                job.record(service)
+            raise
+        job.record(service)
+    finally:
+        job.stop()
+    # After the rounds, so the SuperLink's exporter has runs, rounds and losses to serve.
+    result.checks.append(metrics_check(scrape_service_metrics(deployment, service)))
+    if options.monitoring_role:  # the monitoring VM's Prometheus saw the VMs, the rounds and the losses
+        result.checks.append(monitorcheck.monitoring_check(deployment, service, result.federations))
+
+
+def _tunnel_tasks(
+    deployment: Deployment, spec: PairSpec, options: PairTestOptions, result: PairResult, service: Any,
+    instantiated_wall: float, supernode_template: int,
+) -> None:  # fmt: skip
+    """The pair's tasks with the ``flwr`` CLI through an SSH tunnel to the SuperLink's Control API, as a
+    user runs them; with ``--rogue`` an unregistered SuperNode VM beside them."""
     superlink = service.role_vms("superlink")[0]
     result.warnings += [
         f"SuperNode VM {vm.id} reports a Flower version mismatch (ONEAPP_FL_COMPAT)"
@@ -425,15 +557,17 @@ def _deploy_and_run(
     ca_pem = ca_from_published(superlink.user_template) if options.security.tls else None
     if superlink.ip is None:
         raise FactoryError(f"SuperLink VM {superlink.id} has no IP address")
-    rogue = deployment.start_rogue_supernode(node, superlink) if options.rogue_supernode else None
+    rogue = (
+        deployment.start_rogue_supernode(supernode_template, superlink) if options.rogue_supernode else None
+    )
     with deployment.control_api(superlink, ca_pem) as connection:
         runner = FederationRunner(
             ensure_flower(spec.superlink.flower), deployment.workdir / "runner", connection,
-            progress=deployment.progress,
+            progress=deployment.progress, poll_interval=options.poll_interval,
         )  # fmt: skip
         if rogue is not None:
             _wait_rogue_settled(deployment.cloud, rogue, deployment.progress)
-        for outcome in _run_tasks(runner, spec, options, result):
+        for outcome in _run_tasks(task_runners(runner), spec, options, result):
             if outcome.task == CANARY_TASK and outcome.rounds:  # from the instantiation, not the start
                 result.timings["instantiate_to_first_round_seconds"] = (
                     outcome.rounds[0].finished - instantiated_wall
@@ -441,43 +575,81 @@ def _deploy_and_run(
         if rogue is not None:
             described = deployment.cloud.vm_info(rogue).describe()
             result.checks.append(rogue_check(runner, spec.supernode.count, True, described))
-    # After the rounds, so the SuperLink's exporter has runs, rounds and losses to serve.
-    result.checks.append(metrics_check(scrape_service_metrics(deployment, service)))
-    if options.monitoring_role:  # the monitoring VM's Prometheus saw the VMs, the rounds and the losses
-        result.checks.append(monitorcheck.monitoring_check(deployment, service, result.federations))
 
 
-def _launch_with_job(
-    deployment: Deployment, service_template: int, plan: Any, options: PairTestOptions, result: PairResult,
-    instantiated_wall: float,
-) -> Any:  # fmt: skip
-    """The service RUNNING; with a job from context, followed through OneGate from the instantiation
-    to its end before anything else uses the SuperNodes (the tunnel runs would share them)."""
-    followers: list[JobFollower] = []
+def task_runners(first: FederationRunner) -> Callable[[str], FederationRunner]:
+    """The canary's runner for the canary, and for each other task a runner of its own on the same
+    connection (its own ``flwr`` home next to the first's), so that tasks can run side by side."""
 
-    def follow(launched: Any) -> None:
-        followers.append(follow_superlink(deployment.cloud, launched))
+    def runner_for(task: str) -> FederationRunner:
+        if task == CANARY_TASK:
+            return first
+        return dataclasses.replace(first, workdir=first.workdir.with_name(f"{first.workdir.name}-{task}"))
 
-    instantiated = time.monotonic()
-    try:
-        service = deployment.launch(service_template, options.deploy_timeout, follow if plan else None)
-        result.timings["deploy_seconds"] = time.monotonic() - instantiated
-        if plan and followers:
-            observation = followers[0].wait(options.job_timeout)
-            record_job(result, plan, observation, instantiated_wall)
-            result.checks += pair_feature_checks(
-                deployment.cloud, service, plan, observation, result.superlink.flower, options.job_features,
-                options.job_timeout,
+    return runner_for
+
+
+class _JobWatch:
+    """A cloud pair's train-on-deploy job (none without a plan): followed through OneGate from the
+    instantiation on, in a thread of its own, while the pair's other work goes on; its checks are recorded
+    where they stood when the job was waited for before the tasks (first, then the SecAgg+ cell)."""
+
+    def __init__(
+        self, deployment: Deployment, plan: Any, options: PairTestOptions, result: PairResult
+    ) -> None:
+        self.deployment = deployment
+        self.plan = plan
+        self.options = options
+        self.result = result
+        self.followers: list[JobFollower] = []
+        self.instantiated_wall = 0.0
+        self.deadline = 0.0
+        self.checks_at = 0
+        self.recorded = False
+
+    def launch(self, service_template: int) -> Any:
+        """The service RUNNING (its deploy time recorded); the job's follower started at the instantiation."""
+
+        def follow(launched: Any) -> None:
+            self.followers.append(follow_superlink(self.deployment.cloud, launched))
+
+        self.instantiated_wall = time.time()
+        instantiated = time.monotonic()
+        service = self.deployment.launch(
+            service_template, self.options.deploy_timeout, follow if self.plan else None
+        )
+        self.result.timings["deploy_seconds"] = time.monotonic() - instantiated
+        self.deadline = time.monotonic() + self.options.job_timeout
+        self.checks_at = len(self.result.checks)
+        return service
+
+    def record(self, service: Any) -> None:
+        """Wait for the job (until ``job_timeout`` after RUNNING), then record its checks and timings and
+        the feature cells (with ``--job-features`` the feature jobs run now: the resume job powers the
+        SuperLink off, so never beside the tunnel tasks)."""
+        if not self.plan or not self.followers or self.recorded:
+            return
+        self.recorded = True
+        observation = self.followers[0].wait(max(self.deadline - time.monotonic(), 0.0))
+        later = self.result.checks[self.checks_at :]  # the tasks' checks, recorded while the job ran
+        del self.result.checks[self.checks_at :]
+        try:
+            record_job(self.result, self.plan, observation, self.instantiated_wall)
+            self.result.checks += pair_feature_checks(
+                self.deployment.cloud, service, self.plan, observation, self.result.superlink.flower,
+                self.options.job_features, self.options.job_timeout,
             )  # fmt: skip
-            deployment.progress.line(
-                f"job from context ({plan.use_case}, {plan.rounds} rounds): "
-                f"{' -> '.join(observation.statuses) or 'no status'}; "
-                f"rounds seen {sorted(observation.rounds)}"
-            )
-    finally:
-        for follower in followers:
+        finally:
+            self.result.checks += later
+        self.deployment.progress.line(
+            f"job from context ({self.plan.use_case}, {self.plan.rounds} rounds): "
+            f"{' -> '.join(observation.statuses) or 'no status'}; "
+            f"rounds seen {sorted(observation.rounds)}"
+        )
+
+    def stop(self) -> None:
+        for follower in self.followers:
             follower.stop()
-    return service
 
 
 # -- the metrics endpoints (issue 12) ----------------------------------------------------------------------

@@ -7,7 +7,9 @@ Rules, in order:
    compatibility report).
 2. Every image of every candidate is hashed again and compared with the sha256/md5 recorded when it was
    tested and with its manifest (``<image>.manifest.json``; a missing manifest blocks too). One mismatch
-   blocks the whole publication: nothing is written, nothing created.
+   blocks the whole publication: nothing is written, nothing created. A large file hashed before whose
+   inode, size, mtime and ctime are all unchanged since is not read again (:func:`file_digests`: a write
+   changes mtime and ctime, and ctime cannot be set back with ``touch``/``utime``).
 3. Files are written into a staging directory; marketplace apps are created through the API (IMAGE apps with
    ORIGIN_ID = the image, a SERVICE_TEMPLATE app per pair whose ROLE entries name the IMAGE apps); only when
    all of that succeeded does the staging directory become ``results/<run>/publish``. A failure deletes the
@@ -40,7 +42,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -60,7 +64,7 @@ from factory.one import onetemplate
 from factory.release.results import final_metric, finite_number, load_results, run_dir, write_json
 from factory.release.templating import render
 from hostkit.errors import FactoryError
-from hostkit.fileio import replace_directory
+from hostkit.fileio import replace_directory, write_atomic
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
 
@@ -154,15 +158,63 @@ def plan(results: list[PairResult], run: str) -> PublishPlan:
     return PublishPlan(run=run, pairs=pairs, images=list(images.values()), skipped=skipped)
 
 
+# Files below this size are always read again (a cached entry would save nothing worth its file).
+DIGEST_CACHE_MIN_SIZE = 64 << 20
+# A file changed less than this long before it was hashed gets no entry: a second write within the same
+# clock tick as the first could leave its ctime as it was (git's "racy" entries, the same precaution).
+DIGEST_CACHE_SETTLE_NS = 2_000_000_000
+
+
+def _digest_cache_file(path: Path, stat: os.stat_result) -> Path:
+    from hostkit.paths import CACHE_DIR
+
+    key = hashlib.sha256(f"{path.resolve()}\0{stat.st_dev}\0{stat.st_ino}".encode()).hexdigest()
+    return CACHE_DIR / "digests" / f"{key[:32]}.json"
+
+
+def _stat_fields(stat: os.stat_result) -> dict[str, int]:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+
+
+def file_digests(path: Path) -> tuple[tuple[str, str], bool]:
+    """((sha256, md5), reused) of ``path``. A file of at least DIGEST_CACHE_MIN_SIZE bytes that was hashed
+    here before and whose inode, size, mtime and ctime are all what they were then is not read again
+    (a write to it, or another file moved into its place, changes one of them; ctime is set by the kernel
+    on every change and cannot be set back by ``touch`` or ``os.utime``). The entry lives in
+    ``<cache>/digests/`` and is written only when the file did not change while it was read and had not
+    changed just before."""
+    before = path.stat()
+    if before.st_size < DIGEST_CACHE_MIN_SIZE:
+        return digests(path), False
+    entry = _digest_cache_file(path, before)
+    try:
+        cached = json.loads(entry.read_text())
+    except (OSError, ValueError):
+        cached = None
+    if isinstance(cached, dict) and cached.get("stat") == _stat_fields(before):
+        return (str(cached["sha256"]), str(cached["md5"])), True
+    hashed = digests(path)
+    settled = time.time_ns() - before.st_ctime_ns >= DIGEST_CACHE_SETTLE_NS
+    if settled and _stat_fields(path.stat()) == _stat_fields(before):
+        with contextlib.suppress(OSError):
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            record = {"path": str(path), "stat": _stat_fields(before), "sha256": hashed[0], "md5": hashed[1]}
+            write_atomic(entry, json.dumps(record, indent=1) + "\n")
+    return hashed, False
+
+
 def verify_checksums(images: list[ImageToPublish], progress: Progress = PROGRESS) -> None:
-    """Hash every image again; any difference from what was tested (or from its manifest) blocks all."""
+    """Hash every image again (or take its digests from when it was last hashed, if the file is unchanged
+    since: :func:`file_digests`); any difference from what was tested (or from its manifest) blocks all."""
     problems: list[str] = []
+    reused = 0
     for image in progress.iterate(images, "verifying image checksums"):
         recorded = image.side.image.get("sha256", "")
         if not image.path.is_file():
             problems.append(f"{image.variant}: {image.path} is missing")
             continue
-        sha256, md5 = digests(image.path)
+        (sha256, md5), cached = file_digests(image.path)
+        reused += cached
         if sha256 != recorded:
             problems.append(f"{image.variant}: sha256 {sha256} differs from the tested image's {recorded}")
         if image.side.image.get("md5") and md5 != image.side.image["md5"]:
@@ -182,6 +234,8 @@ def verify_checksums(images: list[ImageToPublish], progress: Progress = PROGRESS
             problems.append(
                 f"{image.variant}: manifest {manifest.name} lists sha256 {listed}, file has {sha256}"
             )
+    if reused:
+        progress.line(f"image checksums: {reused} of {len(images)} unchanged since hashed before (stat)")
     if problems:
         raise ChecksumMismatch("checksum verification failed, nothing published:\n  " + "\n  ".join(problems))
 

@@ -87,7 +87,10 @@ def test_machine_parallel_from_cores_and_memory() -> None:
     assert machine_parallel(local_vms=True, cores=2, memory=22 * gib) == 2
     assert machine_parallel(local_vms=True, cores=16, memory=5 * gib) == 2  # memory bounds it
     assert machine_parallel(local_vms=True, cores=4, memory=gib) == 1  # never below one
-    assert machine_parallel(local_vms=False, cores=2, memory=gib) == 8  # remote VMs: the host only waits
+    # remote VMs: the host follows runs with the flwr CLI, more than half a core per run at a 5 s poll
+    assert machine_parallel(local_vms=False, cores=2, memory=gib) == 2
+    assert machine_parallel(local_vms=False, cores=2, poll_interval=10.0) == 6
+    assert machine_parallel(local_vms=False, cores=2, poll_interval=1.0) == 2  # never below one per core
     assert machine_parallel(local_vms=False, cores=64) == 16
 
 
@@ -180,6 +183,18 @@ def test_run_timings_file_and_table(tmp_path: Path) -> None:
     assert data["parallel"] == 2 and data["stages_seconds"] == pytest.approx(84.0, abs=1.0)
     table = timings.table()
     assert "    base" in table and "1m24.0s" in table and "pairs (2 at once)" in table
+
+
+def test_tasks_side_by_side_count_once_in_a_pairs_rounds() -> None:
+    result = PairResult.begin(find_pair_specs(PAIRS[:1])[0], "t1", "bare", "tls-auth")
+    result.federations = [
+        {"task": "numpy", "submitted_at": 100.0, "finished_at": 160.0},
+        {"task": "sklearn", "submitted_at": 101.0, "finished_at": 170.0},  # beside the canary
+        {"task": "later", "submitted_at": 180.0, "finished_at": 190.0},  # after a gap
+    ]
+    result.timings.update(task_seconds={"numpy": 60.0, "sklearn": 69.0, "later": 10.0})  # type: ignore[arg-type]
+    timing = PairTiming.of(result, 100.0, {})
+    assert timing.rounds == pytest.approx(80.0) and timing.other == pytest.approx(20.0)
 
 
 def test_a_pyone_connection_per_pair() -> None:

@@ -314,3 +314,103 @@ def test_a_pair_without_job_features_records_only_the_secagg_fact() -> None:
     checks = pair_feature_checks(None, None, plan, baseline, "1.42.0", run_jobs=False, timeout=1)
     assert [check["task"] for check in checks] == ["job-secagg"] and checks[0]["unsupported"]
     assert pair_feature_checks(None, None, plan, baseline, "1.43.0", run_jobs=False, timeout=1) == []
+
+
+# -- in a pair test: the job followed beside the tunnel tasks (factory/harness/pairtest.py _JobWatch) ------
+
+
+def test_a_pair_follows_its_job_beside_the_tasks_and_records_the_job_first(
+    monkeypatch: object, tmp_path: object
+) -> None:
+    """The tunnel tasks start while the job still runs (its finish is held back until they recorded a
+    check); the job's checks and SecAgg+ cell still come first in the record, as when it was waited for
+    before the tasks."""
+    from types import SimpleNamespace
+
+    from factory.harness import jobcheck, pairtest
+    from factory.harness.pair import PairResult, PairSpec, Side
+
+    tasks_started = threading.Event()
+    sequence = readings(0.9, 0.5, 0.95)
+    reads = iter(sequence[:-1])
+
+    def read() -> dict[str, str]:
+        value = next(reads, None)
+        if value is not None:
+            return value
+        tasks_started.wait(10)
+        return sequence[-1]
+
+    def follow(cloud: object, service: object, interval: float = 2.0) -> JobFollower:
+        return JobFollower(read, interval=0.01).start()
+
+    monkeypatch.setattr(pairtest, "follow_superlink", follow)  # type: ignore[attr-defined]
+    service = SimpleNamespace(id=7)
+
+    class FakeDeployment:
+        cloud = None
+        progress = SimpleNamespace(line=lambda text: None)
+
+        def launch(self, template: int, timeout: float, on_launched: object) -> object:
+            on_launched(service)  # type: ignore[operator]
+            return service
+
+    side = Side(variant="v", flower="1.42.0", framework="sklearn", count=2)
+    spec = PairSpec("pair-x", side, side)
+    result = PairResult(pair="pair-x", run="t", target="testcloud", security="tls-auth",
+                        superlink=side, supernodes=side)  # fmt: skip
+    plan = jobcheck.plan_for(spec)
+    watch = pairtest._JobWatch(FakeDeployment(), plan, pairtest.PairTestOptions(), result)  # type: ignore[arg-type]
+    try:
+        assert watch.launch(1) is service
+        _, done = watch.followers[0].progress()
+        assert not done  # the job runs on while the tasks start
+        result.checks.append({"task": "numpy", "name": "run_completed", "passed": True, "detail": ""})
+        tasks_started.set()
+        watch.record(service)
+    finally:
+        watch.stop()
+    tasks = [check["task"] for check in result.checks]
+    assert tasks == [JOB_TASK] * 5 + ["job-secagg", "numpy"], tasks
+    assert all(check["passed"] for check in result.checks), result.checks
+    assert "job_instantiate_to_last_round_seconds" in result.timings
+
+
+def test_a_feature_job_that_breaks_keeps_the_tasks_checks(monkeypatch: object) -> None:
+    """The job's cells go in before the tasks' checks; a feature job that raises loses none of those."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from factory.harness import jobcheck, pairtest
+    from factory.harness.pair import PairResult, PairSpec, Side
+    from hostkit.errors import FactoryError
+
+    sequence = readings(0.9, 0.5, 0.95)
+    monkeypatch.setattr(  # type: ignore[attr-defined]
+        pairtest,
+        "follow_superlink",
+        lambda cloud, service: JobFollower(iter(sequence).__next__, 0.01).start(),
+    )
+
+    def broken(*_: object) -> list[dict]:
+        raise FactoryError("resume job: SuperLink VM did not power off")
+
+    monkeypatch.setattr(pairtest, "pair_feature_checks", broken)  # type: ignore[attr-defined]
+    service = SimpleNamespace(id=7)
+    deployment = SimpleNamespace(
+        cloud=None,
+        progress=SimpleNamespace(line=lambda text: None),
+        launch=lambda template, timeout, on_launched: (on_launched(service), service)[1],
+    )
+    side = Side(variant="v", flower="1.42.0", framework="sklearn", count=2)
+    result = PairResult(pair="pair-x", run="t", target="testcloud", security="tls-auth",
+                        superlink=side, supernodes=side)  # fmt: skip
+    watch = pairtest._JobWatch(deployment, jobcheck.plan_for(PairSpec("pair-x", side, side)),  # type: ignore[arg-type]
+                               pairtest.PairTestOptions(job_features=True), result)  # fmt: skip
+    watch.launch(1)
+    result.checks.append({"task": "numpy", "name": "run_completed", "passed": True, "detail": ""})
+    with pytest.raises(FactoryError, match="resume job"):
+        watch.record(service)
+    watch.stop()
+    assert [check["task"] for check in result.checks] == [JOB_TASK] * 5 + ["numpy"]

@@ -1,9 +1,12 @@
 """Which tasks a pair runs and what makes it pass: the numpy canary plus the task of its SuperNode image's
 framework, each held to apps/task-checks.toml; the pair's error names the framework task's failed check
-first. The runner is played by a stub that returns what a federation would have reported."""
+first; the tasks run one after another or side by side (``TaskOverlap.ALL``) and are recorded in the
+same order either way. The runner is played by a stub that returns what a federation would have reported."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +17,7 @@ from factory.harness.federation import FederationOutcome, evaluate_checks, parse
 from factory.harness.pair import FAILED, PASSED, PairResult, PairSpec, Side
 from factory.harness.pairtest import (
     PairTestOptions,
+    TaskOverlap,
     _finish,
     _record_outcome,
     _run_tasks,
@@ -95,10 +99,12 @@ def _pair(spec: PairSpec, runner: StubRunner, options: PairTestOptions | None = 
     return _finish(result, spec, error)
 
 
-def test_a_sklearn_pair_runs_the_canary_then_sklearn_and_records_both() -> None:
+@pytest.mark.parametrize("overlap", list(TaskOverlap))
+def test_a_sklearn_pair_runs_the_canary_then_sklearn_and_records_both(overlap: TaskOverlap) -> None:
     runner = StubRunner({"numpy": 0.99, "sklearn": 0.93})
-    result = _pair(_spec("sklearn"), runner)
-    assert runner.ran == ["numpy", "sklearn"]
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=overlap))
+    assert sorted(runner.ran) == ["numpy", "sklearn"]
+    assert [federation["task"] for federation in result.federations] == ["numpy", "sklearn"]
     assert result.status == PASSED, result.error
     assert result.framework_task == "sklearn"
     framework = result.framework_federation()
@@ -134,11 +140,73 @@ def test_a_framework_metric_below_its_floor_fails_the_pair_and_is_named_first() 
     )
 
 
-def test_a_failed_canary_stops_before_the_framework_task() -> None:
+def test_one_after_another_a_failed_canary_stops_before_the_framework_task() -> None:
     runner = StubRunner({"numpy": 0.30, "sklearn": 0.93})
-    result = _pair(_spec("sklearn"), runner)
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.JOB))
     assert runner.ran == ["numpy"]
     assert result.status == FAILED and result.error.startswith("numpy/metric_floor:"), result.error
+
+
+def test_side_by_side_a_failed_canary_fails_the_pair_and_both_tasks_are_recorded() -> None:
+    runner = StubRunner({"numpy": 0.30, "sklearn": 0.93})
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.ALL))
+    assert [federation["task"] for federation in result.federations] == ["numpy", "sklearn"]
+    assert result.status == FAILED and result.error.startswith("numpy/metric_floor:"), result.error
+
+
+@dataclass
+class MeetingRunner(StubRunner):
+    """Each run waits until every task's run has started: runs one after another never meet (the barrier
+    times out). The canary then ends last, so its record is not first by finishing first."""
+
+    barrier: threading.Barrier = field(default_factory=lambda: threading.Barrier(2, timeout=10))
+    threads: set[str] = field(default_factory=set)
+
+    def run(self, rounds: int, task: str, expected_supernodes: int, **_: object) -> FederationOutcome:
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()
+        if task == "numpy":
+            time.sleep(0.2)
+        return super().run(rounds, task, expected_supernodes)
+
+
+def test_the_tasks_run_at_once_each_through_its_own_runner_recorded_in_task_order() -> None:
+    runners: dict[str, MeetingRunner] = {}
+    shared = MeetingRunner({"numpy": 0.99, "sklearn": 0.93})
+
+    def runner_for(task: str) -> MeetingRunner:
+        return runners.setdefault(task, shared)
+
+    spec = _spec("sklearn")
+    result = PairResult(pair=spec.name, run="t", target="bare", security="tls-auth",
+                        superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
+    _run_tasks(runner_for, spec, PairTestOptions(overlap=TaskOverlap.ALL), result)
+    assert len(shared.threads) == 2 and set(runners) == {"numpy", "sklearn"}
+    assert [federation["task"] for federation in result.federations] == ["numpy", "sklearn"]
+    assert [check["task"] for check in result.checks][:1] == ["numpy"]
+    assert _finish(result, spec).status == PASSED
+
+
+def test_one_after_another_the_tasks_never_meet() -> None:
+    runner = MeetingRunner({"numpy": 0.99, "sklearn": 0.93}, barrier=threading.Barrier(2, timeout=0.5))
+    with pytest.raises(FactoryError, match="numpy task"):
+        _pair_raising(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.JOB))
+
+
+def _pair_raising(spec: PairSpec, runner: StubRunner, options: PairTestOptions) -> None:
+    result = PairResult(pair=spec.name, run="t", target="bare", security="tls-auth",
+                        superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
+    try:
+        _run_tasks(runner, spec, options, result)
+    except threading.BrokenBarrierError as error:  # the canary waited alone: nothing ran beside it
+        raise FactoryError(f"numpy task: {error!r}") from None
+
+
+def test_a_canary_that_breaks_beside_a_passing_framework_task_fails_the_pair_naming_it() -> None:
+    runner = StubRunner({"sklearn": 0.93}, raises={"numpy": "`flwr run` failed (exit 1): tunnel closed"})
+    result = _pair(_spec("sklearn"), runner, PairTestOptions(overlap=TaskOverlap.ALL))
+    assert [federation["task"] for federation in result.federations] == ["sklearn"]
+    assert result.status == FAILED and result.error.startswith("numpy task: `flwr run` failed"), result.error
 
 
 def test_a_framework_task_that_breaks_names_the_task() -> None:
@@ -199,7 +267,9 @@ def test_a_canary_check_that_failed_comes_before_the_logs_systemd_noise_left_out
     spec = _spec("sklearn")
     result = PairResult(pair=spec.name, run="t", target="testcloud", security="tls-auth",
                         superlink=spec.superlink, supernodes=spec.supernode)  # fmt: skip
-    _run_tasks(ShortRound({"numpy": 0.99, "sklearn": 0.93}), spec, PairTestOptions(), result)  # type: ignore[arg-type]
+    # one after another: the canary fails and stops there (all at once sklearn's same check comes first)
+    options = PairTestOptions(overlap=TaskOverlap.JOB)
+    _run_tasks(ShortRound({"numpy": 0.99, "sklearn": 0.93}), spec, options, result)  # type: ignore[arg-type]
     logs = {"superlink-3": SYSTEMD_NOISE + "ERROR :     [code 2004] Failed to activate\n"}
     finished = _finish(result, spec, failure_text("", logs))
     assert finished.status == FAILED
@@ -266,3 +336,40 @@ def test_a_deploy_failure_names_the_appliances_reported_error_first() -> None:
     assert finished.error.startswith("superlink VM 3: FLEET_PORT=22"), finished.error
     assert finished.error.endswith("superlink-3: ERROR: configure failed: port 22 in use")
     assert "control group" not in finished.error
+
+
+def test_the_overlap_option_names_the_enum_values() -> None:
+    from factory.cli.commands._pairargs import OVERLAPS
+
+    assert tuple(mode.value for mode in TaskOverlap) == OVERLAPS
+
+
+@pytest.mark.parametrize("seconds", [0.0, -5.0])
+def test_a_poll_interval_of_no_time_is_refused(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="--poll-interval: must be more than 0 seconds"):
+        PairTestOptions(poll_interval=seconds).check()
+
+
+def test_tasks_side_by_side_poll_like_the_first_runner(tmp_path: Path) -> None:
+    from factory.harness.federation import Connection, FederationRunner
+    from factory.harness.pairtest import task_runners
+
+    env = SimpleNamespace(executable=lambda name: Path("/bin/true"))
+    first = FederationRunner(env, tmp_path / "runner", Connection("127.0.0.1:1", None), poll_interval=11.0)  # type: ignore[arg-type]
+    runner_for = task_runners(first)
+    other = runner_for("sklearn")
+    assert runner_for("numpy") is first and other.poll_interval == 11.0
+    assert other.cli.home == tmp_path / "runner-sklearn" / "flwr-home" and other.cli.home.is_dir()
+
+
+def test_the_poll_interval_option_defaults_to_the_pair_tests_default() -> None:
+    import argparse
+
+    from factory.cli.commands._pairargs import add_pair_test_arguments, pair_test_options
+    from factory.harness.pairtest import DEFAULT_POLL_INTERVAL
+
+    parser = argparse.ArgumentParser()
+    add_pair_test_arguments(parser)
+    assert pair_test_options(parser.parse_args([])).poll_interval == DEFAULT_POLL_INTERVAL == 10.0
+    assert pair_test_options(parser.parse_args(["--poll-interval", "4"])).poll_interval == 4.0
+    assert pair_test_options(parser.parse_args(["--overlap", "none"])).overlap is TaskOverlap.NONE

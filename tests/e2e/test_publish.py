@@ -4,6 +4,7 @@ and that the appliance YAMLs follow OpenNebula's marketplace format (a marketpla
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,70 @@ def test_the_description_says_what_the_framework_task_reached(tmp_path: Path) ->
         }
     )
     assert framework_result(result) == "sklearn task: final eval_accuracy 0.947 (floor 0.85)"
+
+
+# -- issue 13: a large image unchanged since it was hashed is not read again ------------------------------
+
+
+@pytest.fixture
+def digest_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file is "large", changes count at once, the cache lives in tmp_path; returns the files hashed."""
+    import hostkit.paths
+    from factory.release import publish as publishing
+
+    monkeypatch.setattr(hostkit.paths, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(publishing, "DIGEST_CACHE_MIN_SIZE", 0)
+    monkeypatch.setattr(publishing, "DIGEST_CACHE_SETTLE_NS", 0)
+    hashed: list[Path] = []
+    real = publishing.digests
+
+    def counting(path: Path) -> tuple[str, str]:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(publishing, "digests", counting)
+    return hashed
+
+
+def test_an_unchanged_image_is_hashed_once(digest_cache: list[Path], tmp_path: Path) -> None:
+    from factory.release.publish import file_digests
+
+    image = tmp_path / "image.img"
+    image.write_bytes(b"tested content" * 1000)
+    first, reused = file_digests(image)
+    assert not reused and first == digests(image)
+    again, reused = file_digests(image)
+    assert reused and again == first and digest_cache == [image]
+
+
+def test_an_image_changed_in_place_with_its_mtime_set_back_is_hashed_again(
+    digest_cache: list[Path], tmp_path: Path
+) -> None:
+    from factory.release.publish import file_digests
+
+    image = tmp_path / "image.img"
+    image.write_bytes(b"tested content" * 1000)
+    tested, _ = file_digests(image)
+    stat = image.stat()
+    with image.open("r+b") as stream:  # same size, other bytes, mtime restored: only ctime tells
+        stream.write(b"TAMPERED")
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed, reused = file_digests(image)
+    assert not reused and changed != tested and changed == digests(image)
+    replacement = tmp_path / "other.img"  # another file moved into its place: another inode
+    replacement.write_bytes(b"tested content" * 1000)
+    replacement.replace(image)
+    assert file_digests(image) == (tested, False)
+
+
+def test_a_file_just_written_gets_no_entry(
+    digest_cache: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from factory.release import publish as publishing
+
+    monkeypatch.setattr(publishing, "DIGEST_CACHE_SETTLE_NS", 3600 * 10**9)
+    image = tmp_path / "image.img"
+    image.write_bytes(b"tested content" * 1000)
+    assert publishing.file_digests(image)[1] is False
+    assert publishing.file_digests(image)[1] is False
+    assert digest_cache == [image, image]

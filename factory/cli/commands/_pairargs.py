@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 TARGETS = ("cloud", "bare")
 SECURITY = ("tls-auth", "tls", "insecure")
+OVERLAPS = ("none", "job", "all")  # factory.harness.pairtest.TaskOverlap
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "krum", "multikrum", "fedtrimmedavg")
 
 
@@ -72,6 +73,15 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
         "capped by the free addresses of the cloud's service network and the number of pairs)",
     )  # fmt: skip
     parser.add_argument(
+        "--overlap", choices=OVERLAPS, default=None,
+        help="what of a pair's training runs at once: none (the job from context, then the canary, then the "
+        "framework task), job (the job beside the canary, then the framework task: the default), all",
+    )  # fmt: skip
+    parser.add_argument(
+        "--poll-interval", type=float, default=10.0, metavar="SECONDS",
+        help="seconds between two looks at a run with the flwr CLI (default 10; each look: 2.4-3.6 s of CPU)",
+    )  # fmt: skip
+    parser.add_argument(
         "--deploy-timeout", type=float, default=900.0, help="seconds until the service is RUNNING"
     )
     parser.add_argument(
@@ -102,7 +112,12 @@ def pair_test_options(args: argparse.Namespace) -> PairTestOptions:
         federation_timeout=args.federation_timeout,
         job_features=args.job_features,
         monitoring_pair=args.monitoring_pair,
+        poll_interval=args.poll_interval,
     )
+    if args.overlap is not None:
+        from factory.harness.pairtest import TaskOverlap
+
+        options.overlap = TaskOverlap(args.overlap)
     options.check()
     return options
 
@@ -122,4 +137,5 @@ def campaign_parallel(
 
     local = target is None or target.name == "testcloud"
     free = free_addresses(target.cloud) if target is not None else None
-    return choose_parallel(args.parallel, specs, options, free, machine_parallel(local_vms=local))
+    machine = machine_parallel(local_vms=local, poll_interval=options.poll_interval)
+    return choose_parallel(args.parallel, specs, options, free, machine)
