@@ -134,14 +134,18 @@ def cloud_run(pair_name: str, rounds: int, workdir: Path, job: bool = False) -> 
     ``job``: the SuperLink also gets its train-on-deploy job from context (ONEAPP_FL_APP, as a pair test
     runs it); the time that counts is then the job's first finished round (seen through OneGate). Without
     it, the canary submitted over the tunnel as soon as the service is RUNNING. Every VM's appliance log
-    and Flower journal are kept in the record (where the time went).
+    and Flower journal are kept in the record (where the time went). The job runs alone
+    (``TaskOverlap.NONE``): beside the canary both would share the SuperNodes and the cores, and the ratio
+    would no longer compare one federation with one bare federation.
     """
     from factory.harness.campaign import PairRun, cloud_target, find_pair_specs
-    from factory.harness.pairtest import PairTestOptions
+    from factory.harness.pairtest import PairTestOptions, TaskOverlap
 
     spec = find_pair_specs([pair_name])[0]
     workdir.mkdir(parents=True, exist_ok=True)
-    options = PairTestOptions(rounds=rounds, job_from_context=job, collect_logs=True)
+    options = PairTestOptions(
+        rounds=rounds, job_from_context=job, collect_logs=True, overlap=TaskOverlap.NONE
+    )
     mark = len(STAMPED)
     with cloud_target() as target:
         run = PairRun(spec, "bench", options)
