@@ -235,6 +235,23 @@ class OneCloud:
                 return image
         return None
 
+    def image_names(self) -> set[str]:
+        with self._call("imagepool.info"):
+            pool = self.one.imagepool.info(-3, -1, -1)
+        return {str(image.NAME) for image in _as_list(pool.IMAGE)}
+
+    def free_image_name(self, name: str, sha256: str) -> str:
+        """``name``, or ``name-<first 12 hex of sha256>`` when an image of other content holds it already.
+
+        oned refuses a second image of the same name and owner ("NAME is already taken by IMAGE n",
+        OpenNebula/one ``src/image/ImagePool.cc``, ``ImagePool::allocate``; the test cloud likewise). A
+        rebuilt image of a variant (new content, same variant name) meets the image of the last release,
+        kept as the source of its marketplace app; the suffix keeps both and says which content each holds.
+        """
+        if name not in self.image_names():
+            return name
+        return f"{name}-{sha256[:12]}"
+
     def image_source(self, path: Path) -> str:
         """Where oned fetches the file from: ONE_IMAGE_URL_BASE/<name>, or the local path (same host)."""
         if self.settings.image_url_base:
@@ -250,6 +267,7 @@ class OneCloud:
             self.wait_image(int(existing.ID), timeout)
             verified = self._verify_content(existing, sha256)
             return ImageRef(int(existing.ID), str(existing.NAME), sha256, reused=True, verified=verified)
+        name = self.free_image_name(name, sha256)
         template = {
             "NAME": name,
             "PATH": self.image_source(path),

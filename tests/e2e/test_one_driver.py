@@ -19,6 +19,7 @@ from factory.harness import appliance_templates
 from factory.harness.campaign import PairCloudView, own_connection
 from factory.harness.jobcheck import job_attributes, superlink_reader
 from factory.one import OneCloud, load_settings
+from factory.one.cloud import CHECKSUM_ATTRIBUTE
 from hostkit.errors import FactoryError
 from hostkit.progress import Progress
 
@@ -106,6 +107,22 @@ def test_images_are_imported_once_and_reused_by_checksum(cloud_state: tuple[OneC
         OneCloud(cloud.settings, Progress()).ensure_image(path, "flower-reuse-changed", sha256, "raw")
     with pytest.raises(FactoryError, match="image"):
         cloud.ensure_image(state / "missing.img", "flower-missing", "0" * 64, "raw")
+
+
+def test_an_image_of_new_content_under_a_taken_name_is_imported_beside_the_old_one(
+    cloud_state: tuple[OneCloud, Path],
+) -> None:
+    """A rebuilt variant meets the image of the last release under the same name: oned refuses the name,
+    so the new content gets its checksum in the name and the old image stays as it was."""
+    cloud, state = cloud_state
+    old_path, old_sha = _image(state, b"release-1" * 4096)
+    new_path, new_sha = _image(state, b"release-2" * 4096)
+    old = cloud.ensure_image(old_path, "flower-rebuilt", old_sha, "raw")
+    new = cloud.ensure_image(new_path, "flower-rebuilt", new_sha, "raw")
+    assert (old.name, new.name) == ("flower-rebuilt", f"flower-rebuilt-{new_sha[:12]}")
+    assert new.id != old.id and not new.reused
+    assert str(cloud.one.image.info(old.id).TEMPLATE[CHECKSUM_ATTRIBUTE]) == old_sha
+    assert cloud.ensure_image(new_path, "flower-rebuilt", new_sha, "raw").id == new.id  # reused by checksum
 
 
 def test_a_service_deploys_behind_the_ready_gate_and_is_torn_down(cloud_state: tuple[OneCloud, Path]) -> None:
