@@ -606,7 +606,13 @@ def _market_app(
     if existing is not None:
         app_id, reused = int(existing.ID), True
         if image is not None:
-            _verify_image_app(cloud, app_id, image)
+            try:
+                _verify_image_app(cloud, app_id, image)
+            except ChecksumMismatch as error:  # the same name and version, another build: say the way out
+                raise ChecksumMismatch(
+                    f"{error}. An app of this name and version (X.Y.Z-R-YYYYMMDD) holds another build: "
+                    f"publish as another --release (R), or delete marketplace app {app_id}"
+                ) from None
         elif not _same_service_app(existing, template):
             raise ChecksumMismatch(
                 f"marketplace app {app_id} ({template['NAME']}) exists with another service body or other "

@@ -281,6 +281,36 @@ def test_publish_creates_the_marketplace_apps_and_publishing_again_reuses_them(
     assert [app["id"] for app in again.apps] == [app["id"] for app in first.apps]
 
 
+def test_publishing_another_build_under_the_same_release_is_refused_naming_the_way_out(
+    cloud_state: tuple[OneCloud, Path], tmp_path: Path
+) -> None:
+    """A second release of the day after a rebuild: the apps of that name and version hold the first
+    build; nothing is published and the error says to publish as another --release."""
+    import dataclasses
+
+    from factory.release.publish import ChecksumMismatch, publish
+    from factory.release.results import write_result
+
+    from .conftest import _image
+
+    cloud, _ = cloud_state
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = make_pair_result(tmp_path / "first", "1.41.0", "1.41.0")
+    write_result(first, tmp_path / "first-results")
+    publish(RUN, cloud, results_root=tmp_path / "first-results")
+    rebuilt = dataclasses.replace(
+        first.superlink,
+        image=_image(tmp_path / "second", first.superlink.variant, b"rebuilt" * 512),
+    )
+    write_result(dataclasses.replace(first, superlink=rebuilt), tmp_path / "second-results")
+    apps_before = len(cloud.one.marketapppool.info(-2, -1, -1).MARKETPLACEAPP)
+    with pytest.raises(ChecksumMismatch, match=r"differs from the tested image.*another --release \(R\)"):
+        publish(RUN, cloud, results_root=tmp_path / "second-results")
+    assert len(cloud.one.marketapppool.info(-2, -1, -1).MARKETPLACEAPP) == apps_before
+    assert not (tmp_path / "second-results" / RUN / "publish").exists()
+
+
 def test_an_unparsable_answer_is_a_factory_error_naming_the_call(cloud_state: tuple[OneCloud, Path]) -> None:
     """Issue 9 item 7: lxml's parse error on any other call (a pool with a huge value) is no traceback."""
     from lxml import etree
