@@ -14,11 +14,18 @@
    import is left out of both (it happens once per cloud, not per pair test).
 4. ``parallel``: the same pairs tested one after another, then N at once (``--parallel``), in one run:
    wall time of each campaign and their ratio (the records of both are the same but for clocks and ids).
+5. ``follow``: what following a submitted run costs the harness, polled (two ``flwr`` CLI starts every
+   ``--poll-interval``, the pair tests' 10 s) next to streamed (one ``flwr log`` process, the status every
+   30 s and at the stream's end), on one bare Flower pair (SuperLink + 2 SuperNodes, TLS and node auth,
+   on loopback), ``--repeat`` times each, alternating: CPU seconds of the harness and the ``flwr``
+   processes it started while following, CPU seconds of the SuperLink meanwhile, ``flwr`` processes
+   started, and how long after the last round the run was seen finished; prints the ratios.
 
     python benchmarks/bench_e2e.py scaling [--nodes 2,10,30] [--rounds 3]
     python benchmarks/bench_e2e.py overhead --pair NAME [--rounds 3]     # needs the cloud and built images
     python benchmarks/bench_e2e.py tasks --pair NAME [--target cloud|bare] [--rounds 3]
     python benchmarks/bench_e2e.py parallel --pairs A,B [--parallel 2] [--target cloud|bare] [--rounds 3]
+    python benchmarks/bench_e2e.py follow [--rounds 3] [--repeat 2] [--poll-interval 10]
     python benchmarks/bench_e2e.py all --pair NAME
 
 Results also go to ``results/bench/bench-<time>.json``.
@@ -28,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import math
 import os
 import re
+import resource
 import signal
 import statistics
 import sys
@@ -370,11 +379,106 @@ def parallel(pair_names: list[str], at_once: int, rounds: int, workdir: Path, ta
     return {"target": where, "pairs": pair_names, "runs": rows, "ratio": ratio}
 
 
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one live process (proc(5): fields 14 and 15 of /proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def follow_run(federation: BareFederation, env: Any, workdir: Path, rounds: int, streamed: bool,
+               poll_interval: float) -> dict:  # fmt: skip
+    """One run of ``rounds`` numpy rounds on ``federation``, followed polled or streamed: what the
+    following cost (the harness's own CPU and that of the flwr processes it waited for, all reaped by the
+    end of the follow; the stream is stopped there too)."""
+    runner = FederationRunner(
+        env, workdir, federation.connection(), progress=PROGRESS, poll_interval=poll_interval, stream=streamed
+    )
+    starts = {"flwr": 0}
+    call, stream_log = runner.cli.call, runner.cli.stream_log
+
+    def counted_call(*args: Any, **kwargs: Any) -> Any:
+        starts["flwr"] += 1
+        return call(*args, **kwargs)
+
+    def counted_stream(*args: Any, **kwargs: Any) -> Any:
+        starts["flwr"] += 1
+        return stream_log(*args, **kwargs)
+
+    runner.cli.call, runner.cli.stream_log = counted_call, counted_stream  # type: ignore[method-assign]
+    follow = runner._follow
+    measured: dict[str, float] = {}
+
+    def timed_follow(*args: Any, **kwargs: Any) -> None:
+        assert federation.superlink is not None
+        pid = federation.superlink.process.pid
+        before = (
+            _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)),
+            _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)),
+            _process_cpu_seconds(pid), time.monotonic(), starts["flwr"],
+        )  # fmt: skip
+        follow(*args, **kwargs)
+        measured.update(
+            harness_cpu_seconds=_cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - before[0],
+            flwr_cpu_seconds=_cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - before[1],
+            superlink_cpu_seconds=_process_cpu_seconds(pid) - before[2],
+            follow_seconds=time.monotonic() - before[3],
+            flwr_starts=starts["flwr"] - before[4],
+            seen_finished_at=time.time(),
+        )
+
+    runner._follow = timed_follow  # type: ignore[method-assign]
+    outcome = runner.run(rounds=rounds, strategy="fedavg", expected_supernodes=2, timeout=1800)
+    last = outcome.rounds[-1].finished if outcome.rounds else math.nan
+    return {
+        "mode": "streamed" if streamed else "polled",
+        "passed": outcome.passed,
+        "failures": outcome.failures(),
+        "rounds": [record.round for record in outcome.rounds],
+        "status": outcome.status,
+        **{key: value for key, value in measured.items() if key != "seen_finished_at"},
+        "following_cpu_seconds": measured["harness_cpu_seconds"] + measured["flwr_cpu_seconds"],
+        "seen_finished_after_last_round_seconds": measured["seen_finished_at"] - last,
+    }
+
+
+def follow_costs(version: str, rounds: int, repeat: int, poll_interval: float, workdir: Path) -> dict:
+    """Polled and streamed following side by side on one bare pair, alternating (P S, S P, ...)."""
+    env = ensure_flower(version)
+    runs: list[dict] = []
+    with BareFederation(workdir / "fed", env, num_supernodes=2, start_timeout=300) as federation:
+        for index in range(repeat):
+            order = (False, True) if index % 2 == 0 else (True, False)
+            for streamed in order:
+                workdir_run = workdir / f"runner-{len(runs)}"
+                runs.append(follow_run(federation, env, workdir_run, rounds, streamed, poll_interval))
+                print(runs[-1], flush=True)
+
+    def mean(mode: str, key: str) -> float:
+        return statistics.mean(run[key] for run in runs if run["mode"] == mode)
+
+    keys = ("following_cpu_seconds", "harness_cpu_seconds", "flwr_cpu_seconds", "superlink_cpu_seconds",
+            "flwr_starts", "follow_seconds", "seen_finished_after_last_round_seconds")  # fmt: skip
+    summary = {key: {mode: mean(mode, key) for mode in ("polled", "streamed")} for key in keys}
+    print(
+        f"\nfollowing one {rounds}-round bare run, mean of {repeat} each (poll_interval {poll_interval:g} s):"
+    )
+    for key, values in summary.items():
+        ratio = values["streamed"] / values["polled"] if values["polled"] else math.nan
+        print(f"  {key:42s} polled {values['polled']:8.2f}  streamed {values['streamed']:8.2f}  "
+              f"streamed/polled {ratio:.2f}")  # fmt: skip
+    print(f"  load average: {os.getloadavg()}")
+    return {"poll_interval": poll_interval, "runs": runs, "mean": summary, "load": os.getloadavg()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=["overhead", "scaling", "tasks", "parallel", "all"])
+    parser.add_argument("part", choices=["overhead", "scaling", "tasks", "parallel", "follow", "all"])
     parser.add_argument("--pair", help="pair name for the overhead and tasks parts (see `build.py matrix`)")
     parser.add_argument(
         "--target", choices=("cloud", "bare"), default="cloud", help="where the tasks and parallel parts test"
@@ -386,7 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-job", action="store_true", help="overhead: leave out the train-on-deploy variant"
     )
-    parser.add_argument("--flower", default="1.42.0", help="Flower version of the scaling part")
+    parser.add_argument("--flower", default="1.42.0", help="Flower version of the scaling and follow parts")
+    parser.add_argument("--repeat", type=int, default=2, help="follow: runs of each way of following")
+    parser.add_argument(
+        "--poll-interval", type=float, default=10.0, help="follow: the polled runs' poll interval (s)"
+    )
     parser.add_argument(
         "--state", choices=("persistent", "memory"), default="persistent",
         help="SuperLink state of the scaling part: SQLite (the appliances' default) or in memory",
@@ -397,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.part in ("overhead", "tasks", "all") and not args.pair:
         parser.error(f"the {args.part} part needs --pair")
+    if args.part == "follow" and (args.repeat < 1 or args.rounds < 1 or args.poll_interval <= 0):
+        parser.error("the follow part needs --repeat and --rounds of 1 or more and a --poll-interval above 0")
     if args.part == "parallel" and (not args.pairs or args.parallel < 2):
         parser.error("the parallel part needs --pairs A,B and --parallel 2 or more")
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds}
@@ -409,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.part == "parallel":
             names = [name for name in args.pairs.split(",") if name]
             report["parallel"] = parallel(names, args.parallel, args.rounds, workdir, args.target)
+        if args.part == "follow":
+            report["follow"] = follow_costs(
+                args.flower, args.rounds, args.repeat, args.poll_interval, workdir
+            )
         if args.part in ("scaling", "all"):
             counts = [int(value) for value in args.nodes.split(",")]
             report["scaling"] = scaling(args.flower, counts, args.rounds, workdir, args.state == "persistent")

@@ -138,8 +138,58 @@ class FlowerCLI:
         result = self.call("log", str(run_id), CONNECTION_NAME, "--show", timeout=120.0, check=False)
         return strip_ansi(result.stdout)
 
+    def stream_log(self, run_id: int, path: Path) -> LogStream:
+        """Start one ``flwr log <run-id>`` (streaming, not --show) writing the run's log into ``path`` as the
+        Control API sends it; the process ends by itself once the run finished (Flower's
+        ``flwr/cli/log.py`` start_stream, the Control servicer's ``_stream_logs``). Unbuffered, or Python
+        would hold the lines back until it exits."""
+        environment = flower_environment(flwr_home=self.home)
+        environment.update(COLUMNS="200", PYTHONUNBUFFERED="1")
+        command = [str(self.env.executable("flwr")), "log", str(run_id), CONNECTION_NAME, "--stream"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as output, open(path.with_suffix(".err"), "wb") as errors:
+            process = subprocess.Popen(command, stdout=output, stderr=errors, env=environment)
+        return LogStream(process, path)
+
     def stop_run(self, run_id: int) -> None:
         self.call("stop", str(run_id), CONNECTION_NAME, check=False)
+
+
+class LogStream:
+    """A run's log as one streaming ``flwr log`` process writes it into a file: read it as often as wanted,
+    with no process started per look."""
+
+    def __init__(self, process: subprocess.Popen, path: Path) -> None:
+        self.process = process
+        self.path = path
+
+    def ended(self) -> bool:
+        return self.process.poll() is not None
+
+    def text(self) -> str:
+        """The complete lines written so far (a line still being written waits for the next look)."""
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return ""
+        if self.process.poll() is None:
+            data = data[: data.rfind(b"\n") + 1]
+        return strip_ansi(data.decode(errors="replace"))
+
+    def errors(self) -> str:
+        try:
+            return strip_ansi(self.path.with_suffix(".err").read_text(errors="replace")).strip()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def _toml_value(value: Any) -> str:
@@ -406,6 +456,12 @@ class FederationRunner:
     connection: Connection
     progress: Progress = PROGRESS
     poll_interval: float = 5.0  # between two looks at a submitted run (two flwr CLI processes each)
+    # Follow a submitted run with one streamed ``flwr log`` process, read from its file every
+    # stream_read_interval, and its status with ``flwr ls`` every status_interval and when the stream
+    # ends; a stream that ends before the run did (a dropped tunnel) falls back to polling. False: poll.
+    stream: bool = True
+    status_interval: float = 30.0
+    stream_read_interval: float = 1.0
     # between two looks for online SuperNodes before the run is submitted: a short wait, which a look
     # every poll_interval would lengthen by up to that much (issue 13)
     online_poll_interval: float = 1.0
@@ -504,9 +560,69 @@ class FederationRunner:
         timeout: float,
         on_round: Callable[[RoundRecord], None] | None,
     ) -> None:
-        """Poll the run's status and log until it finished or the deadline passed (then stop it), telling
-        each new round as it is reported."""
-        seen = 0
+        """Follow the run until it finished or the deadline passed (then stop it), telling each new round
+        as it is reported: through the streamed log where it lasts, by polling otherwise."""
+        if self.stream and self._follow_stream(outcome, deadline, timeout, on_round):
+            return
+        self._poll(outcome, deadline, timeout, on_round)
+
+    def _follow_stream(
+        self,
+        outcome: FederationOutcome,
+        deadline: float,
+        timeout: float,
+        on_round: Callable[[RoundRecord], None] | None,
+    ) -> bool:
+        """Read the streamed log every stream_read_interval and the status every status_interval and once
+        the stream ended. True: the run was followed to its end (or stopped at the deadline); False: the
+        stream ended before the run did, to be followed by polling."""
+        assert outcome.run_id is not None
+        stream = self.cli.stream_log(outcome.run_id, self.workdir / f"log-stream-{outcome.run_id}.txt")
+        next_status = time.monotonic() + self.status_interval
+        failed_polls = 0
+        try:
+            while True:
+                ended = stream.ended()  # before the read, so that the read holds all it wrote
+                self._take_log(outcome, stream.text(), on_round)
+                now = time.monotonic()
+                if ended or now >= next_status:
+                    next_status = now + self.status_interval
+                    try:
+                        outcome.status = str(self.cli.run_status(outcome.run_id).get("status", ""))
+                        failed_polls = 0
+                    except FactoryError as error:
+                        failed_polls += 1
+                        if failed_polls >= MAX_FAILED_POLLS and not ended:
+                            raise FactoryError(
+                                f"run {outcome.run_id}: {failed_polls} polls failed in a row: {error}"
+                            ) from None
+                    if outcome.status.startswith("finished"):
+                        return True
+                    if ended:
+                        detail = stream.errors().splitlines()[-1:] or ["no message"]
+                        self.progress.line(
+                            f"run {outcome.run_id}: the log stream ended before the run "
+                            f"({detail[0][-300:]}): following it by polling"
+                        )
+                        return False
+                if now > deadline:
+                    self.cli.stop_run(outcome.run_id)
+                    outcome.status = f"timeout after {timeout:.0f} s ({outcome.status})"
+                    return True
+                time.sleep(self.stream_read_interval)
+        finally:
+            stream.stop()
+
+    def _poll(
+        self,
+        outcome: FederationOutcome,
+        deadline: float,
+        timeout: float,
+        on_round: Callable[[RoundRecord], None] | None,
+    ) -> None:
+        """Poll the run's status and log (two flwr processes) every poll_interval until it finished or the
+        deadline passed (then stop it)."""
+        assert outcome.run_id is not None
         failed_polls = 0
         while True:
             try:
@@ -523,12 +639,7 @@ class FederationRunner:
                 continue
             failed_polls = 0
             outcome.status = str(status.get("status", ""))
-            start_info, rounds, _ = parse_report_lines(log_text)
-            if len(rounds) >= len(outcome.rounds):  # an empty read (a dropped connection) loses nothing
-                outcome.log, outcome.start_info, outcome.rounds = log_text, start_info, rounds
-            for record in outcome.rounds[seen:]:
-                self._tell_round(outcome, record, on_round)
-            seen = len(outcome.rounds)
+            self._take_log(outcome, log_text, on_round)
             if outcome.status.startswith("finished"):
                 return
             if time.monotonic() > deadline:
@@ -536,6 +647,18 @@ class FederationRunner:
                 outcome.status = f"timeout after {timeout:.0f} s ({outcome.status})"
                 return
             time.sleep(self.poll_interval)
+
+    def _take_log(
+        self, outcome: FederationOutcome, log_text: str, on_round: Callable[[RoundRecord], None] | None
+    ) -> None:
+        """Keep a log read that reports at least the rounds already seen (an empty read, a dropped
+        connection, loses nothing) and tell each new round."""
+        told = len(outcome.rounds)
+        start_info, rounds, _ = parse_report_lines(log_text)
+        if len(rounds) >= told:
+            outcome.log, outcome.start_info, outcome.rounds = log_text, start_info, rounds
+        for record in outcome.rounds[told:]:
+            self._tell_round(outcome, record, on_round)
 
     def _tell_round(
         self, outcome: FederationOutcome, record: RoundRecord, on_round: Callable[[RoundRecord], None] | None
