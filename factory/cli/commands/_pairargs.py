@@ -79,7 +79,8 @@ def add_pair_test_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--poll-interval", type=float, default=10.0, metavar="SECONDS",
-        help="seconds between two looks at a run with the flwr CLI (default 10; each look: 2.4-3.6 s of CPU)",
+        help="seconds between two looks at a run when its streamed flwr log has ended early and the "
+        "runner polls (default 10; each look: 2.4-3.6 s of CPU)",
     )  # fmt: skip
     parser.add_argument(
         "--deploy-timeout", type=float, default=900.0, help="seconds until the service is RUNNING"
