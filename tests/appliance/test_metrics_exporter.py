@@ -4,6 +4,7 @@ Every exposition passes ``promtool check metrics``. The live federation is in te
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -389,3 +390,42 @@ def test_run_ids_are_the_unsigned_ids_flwr_shows(tmp_path: Path) -> None:
     assert found[f'flower_superlink_round_loss{{round="1",{run}}}'] == 0.5
     assert found['flower_superlink_runs{status="running"}'] == 1
     assert found["flower_superlink_supernodes_connected"] == 1
+
+
+def test_runs_that_finished_close_together_keep_their_rounds(tmp_path: Path) -> None:
+    """A job and the harness's canary finished seconds apart: both runs' rounds stay exported (keeping
+    only the newest finished run lost the canary's last round between two scrapes), while a run that
+    finished longer ago than the grace period is dropped."""
+    database = tmp_path / "state.db"
+    now = datetime.datetime.now(datetime.UTC)
+
+    def stamp(seconds_ago: float) -> str:
+        return str(now - datetime.timedelta(seconds=seconds_ago))
+
+    with sqlite3.connect(database) as db:
+        db.executescript(
+            """
+            CREATE TABLE run (run_id BIGINT, primary_task_id BIGINT);
+            CREATE TABLE task (task_id BIGINT, run_id BIGINT, pending_at VARCHAR, starting_at VARCHAR,
+                               running_at VARCHAR, finished_at VARCHAR, sub_status VARCHAR);
+            CREATE TABLE task_logs (timestamp FLOAT, task_id BIGINT, log VARCHAR);
+            CREATE TABLE node (node_id BIGINT, status VARCHAR, online_until FLOAT);
+            """
+        )
+        for run_id, pending, finished in ((11, 3000, 2000), (12, 100, 5), (13, 90, 3)):
+            db.execute("INSERT INTO run VALUES (?, ?)", (run_id, run_id))
+            db.execute(
+                "INSERT INTO task VALUES (?, ?, ?, ?, ?, ?, 'completed')",
+                (run_id, run_id, stamp(pending), stamp(pending), stamp(pending), stamp(finished)),
+            )
+            db.execute(
+                "INSERT INTO task_logs VALUES (1, ?, ?)",
+                (run_id, "FF-ROUND " + json.dumps({"round": 3, "evaluate_metrics": {"eval_loss": run_id}})),
+            )
+    exporter = start_exporter(
+        "superlink", "--database", str(database), "--log", str(tmp_path / "none.log"), "--keysync-log", "none"
+    )
+    found = samples(scrape_once(exporter))
+    assert found['flower_superlink_round_loss{round="3",run_id="12"}'] == 12  # finished 2 s before 13
+    assert found['flower_superlink_round_loss{round="3",run_id="13"}'] == 13
+    assert 'flower_superlink_round_loss{round="3",run_id="11"}' not in found  # 2000 s ago
