@@ -152,6 +152,21 @@ def check_targets(get: PrometheusGet, expected: dict[str, str], scheme: str = "h
     return problems
 
 
+def targets_now(get: PrometheusGet) -> str:
+    """The targets' health, last scrape duration and error as Prometheus has them now (for a failure)."""
+    try:
+        active = get("/api/v1/targets", {"state": "active"}).get("activeTargets") or []
+    except FactoryError as error:
+        return f"targets now: {error}"
+    said = []
+    for target in active:
+        vm_id = target.get("labels", {}).get("one_vm_id")
+        duration = float(target.get("lastScrapeDuration") or 0)
+        error = str(target.get("lastError") or "")[:120]
+        said.append(f"VM {vm_id} {target.get('health')} {duration:.2f} s" + (f" ({error})" if error else ""))
+    return "targets now: " + (", ".join(said) or "none")
+
+
 def check_panels(get: PrometheusGet, window: Window) -> tuple[list[str], list[str], dict[str, list[Any]]]:
     """(problems, empty panels, title -> result of its first query) for every dashboard panel."""
     problems, empty, results = [], [], {}
@@ -224,6 +239,8 @@ def evaluate(get: PrometheusGet, expected: dict[str, str], federations: list[dic
             break
         time.sleep(poll)
     problems = target_problems + panel_problems + loss_problems
+    if problems and not target_problems:  # what the scrapes did meanwhile: a series that stopped early
+        problems.append(targets_now(get))
     panels = len(dashboard_panels())
     if problems:
         detail = "; ".join(problems)

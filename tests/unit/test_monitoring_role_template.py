@@ -221,7 +221,7 @@ def test_the_check_passes_when_targets_panels_and_losses_agree() -> None:
         (
             {"1": "up", "2": "up"},
             {("7", 1): 2.5},
-            "run 7 (numpy): the panel shows rounds [1], results [1, 2]",
+            "run 7 (numpy): the panel shows rounds [1], results [1, 2]; targets now: VM 1 up 0.00 s, VM 2 up",
         ),
         (
             {"1": "up", "2": "up"},
