@@ -58,6 +58,15 @@ RATE_INTERVAL = "1m"  # Grafana's $__rate_interval for a 15 s scrape interval (4
 PrometheusGet = Callable[[str, dict[str, str]], Any]
 
 
+def metrics_context(tls: bool) -> dict[str, dict[str, str]]:
+    """The CONTEXT the harness adds to each role of the monitoring pair for its metrics: with ``tls``
+    (the pair's security mode has Flower TLS), ``ONEAPP_FL_METRICS_TLS=YES`` on the SuperLink and the
+    SuperNodes, so every exporter serves HTTPS with the appliance CA and the monitoring role (which
+    ``service_template`` gives the SuperLink's METRICS_TLS) scrapes them with that CA alone."""
+    value = {"ONEAPP_FL_METRICS_TLS": "YES"} if tls else {}
+    return {role: dict(value) for role in SCRAPED_ROLES}
+
+
 def network_cidrs(cloud: Any) -> str:
     """The CIDRs of the IPv4 address ranges of the cloud's network (``vn.info``'s AR_POOL), comma
     separated: what the other roles' ONEAPP_FL_METRICS_ALLOW must admit for the monitoring VM to scrape
@@ -125,8 +134,9 @@ def pair_window(federations: list[dict[str, Any]], now: float) -> Window:
     return Window(now - math.ceil((now - start) / step) * step, now)
 
 
-def check_targets(get: PrometheusGet, expected: dict[str, str]) -> list[str]:
-    """Problems with the active targets: ``expected`` maps VM id -> role; each must be there and up."""
+def check_targets(get: PrometheusGet, expected: dict[str, str], scheme: str = "http") -> list[str]:
+    """Problems with the active targets: ``expected`` maps VM id -> role; each must be there, scraped
+    with ``scheme`` (``https`` where the metrics have TLS) and up."""
     active = get("/api/v1/targets", {"state": "active"}).get("activeTargets") or []
     seen = {str(t.get("labels", {}).get("one_vm_id")): t for t in active}
     problems = []
@@ -134,10 +144,27 @@ def check_targets(get: PrometheusGet, expected: dict[str, str]) -> list[str]:
         target = seen.get(vm_id)
         if target is None:
             problems.append(f"VM {vm_id} ({role}) is not a target")
+        elif not str(target.get("scrapeUrl", "")).startswith(f"{scheme}://"):
+            problems.append(f"VM {vm_id} ({role}) is scraped at {target.get('scrapeUrl')}, not over {scheme}")
         elif target.get("health") != "up":
             error = str(target.get("lastError") or target.get("health"))[:200]
             problems.append(f"VM {vm_id} ({role}) target {target.get('scrapeUrl')} is {error}")
     return problems
+
+
+def targets_now(get: PrometheusGet) -> str:
+    """The targets' health, last scrape duration and error as Prometheus has them now (for a failure)."""
+    try:
+        active = get("/api/v1/targets", {"state": "active"}).get("activeTargets") or []
+    except FactoryError as error:
+        return f"targets now: {error}"
+    said = []
+    for target in active:
+        vm_id = target.get("labels", {}).get("one_vm_id")
+        duration = float(target.get("lastScrapeDuration") or 0)
+        error = str(target.get("lastError") or "")[:120]
+        said.append(f"VM {vm_id} {target.get('health')} {duration:.2f} s" + (f" ({error})" if error else ""))
+    return "targets now: " + (", ".join(said) or "none")
 
 
 def check_panels(get: PrometheusGet, window: Window) -> tuple[list[str], list[str], dict[str, list[Any]]]:
@@ -196,12 +223,13 @@ def check_losses(series: list[dict[str, Any]], federations: list[dict[str, Any]]
 
 def evaluate(get: PrometheusGet, expected: dict[str, str], federations: list[dict[str, Any]],
              clock: Callable[[], float] = time.time, settle: float = 90.0, poll: float = 5.0,
-             ) -> dict[str, Any]:  # fmt: skip
+             scheme: str = "http") -> dict[str, Any]:  # fmt: skip
     """The check from Prometheus' answers (``get``): targets, then panels and losses, each retried for
     up to ``settle`` seconds while it finds a problem (the target list is refreshed every 15 s, and the
-    last round may end after the last scrape); ``clock`` is the time the panels are asked up to."""
+    last round may end after the last scrape); ``clock`` is the time the panels are asked up to;
+    ``scheme``: how every target must be scraped."""
     deadline = time.monotonic() + settle
-    while (target_problems := check_targets(get, expected)) and time.monotonic() < deadline:
+    while (target_problems := check_targets(get, expected, scheme)) and time.monotonic() < deadline:
         time.sleep(poll)
     deadline = time.monotonic() + settle
     while True:
@@ -211,12 +239,15 @@ def evaluate(get: PrometheusGet, expected: dict[str, str], federations: list[dic
             break
         time.sleep(poll)
     problems = target_problems + panel_problems + loss_problems
+    if problems and not target_problems:  # what the scrapes did meanwhile: a series that stopped early
+        problems.append(targets_now(get))
     panels = len(dashboard_panels())
     if problems:
         detail = "; ".join(problems)
     else:
         detail = (
-            f"Prometheus on the monitoring VM: {len(expected)} VMs of the service up as targets; "
+            f"Prometheus on the monitoring VM: {len(expected)} VMs of the service up as targets "
+            f"over {scheme}; "
             f"{panels} dashboard panels queried, {panels - len(empty)} with data"
             + (f" (empty: {', '.join(empty)})" if empty else "")
             + f"; {agreed} round losses equal the results"
@@ -243,8 +274,11 @@ def curl_get(execute: Callable[[str], tuple[int, str, str]]) -> PrometheusGet:
     return get
 
 
-def monitoring_check(deployment: Any, service: Any, federations: list[dict[str, Any]]) -> dict[str, Any]:
-    """The pair's ``monitoring/monitoring_role`` check against the service's monitoring VM."""
+def monitoring_check(
+    deployment: Any, service: Any, federations: list[dict[str, Any]], tls: bool = False
+) -> dict[str, Any]:
+    """The pair's ``monitoring/monitoring_role`` check against the service's monitoring VM; ``tls``: the
+    metrics have TLS (:func:`metrics_context`), so every target must be scraped over https."""
     from factory.harness.tunnel import SSHSession
 
     failed = {"task": TASK, "name": CHECK, "passed": False}
@@ -262,8 +296,9 @@ def monitoring_check(deployment: Any, service: Any, federations: list[dict[str, 
     try:
         with session.connect(timeout=60) as ssh:
             result = evaluate(
-                curl_get(lambda command: ssh.execute(command, timeout=90)), expected, federations
-            )
+                curl_get(lambda command: ssh.execute(command, timeout=90)), expected, federations,
+                scheme="https" if tls else "http",
+            )  # fmt: skip
     except (FactoryError, OSError) as error:
         return {**failed, "detail": f"monitoring VM {monitor.id}: {error}"[:2000]}
     result["detail"] = f"VM {monitor.id}: {result['detail']}"[:2000]

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -516,9 +517,14 @@ def _deploy_and_run(
         for role in ("superlink", "supernode")
     )
     plan = plan_for(spec) if options.job_from_context else None
+    # the monitoring pair's metrics over HTTPS where Flower has TLS (docs/monitoring.md "The monitoring role")
+    metrics_tls = options.monitoring_role and options.security.tls
+    extra_context = monitorcheck.metrics_context(metrics_tls)
+    if plan:
+        extra_context["superlink"].update(plan.context())
     service_template = deployment.service_template(
         link, node, spec.supernode.count, options.security.value,
-        extra_context={"superlink": plan.context()} if plan else None,
+        extra_context=extra_context,
         monitoring=options.monitoring_role,
         metrics_allow=monitorcheck.network_cidrs(deployment.cloud) if options.monitoring_role else "",
     )  # fmt: skip
@@ -537,9 +543,11 @@ def _deploy_and_run(
     finally:
         job.stop()
     # After the rounds, so the SuperLink's exporter has runs, rounds and losses to serve.
-    result.checks.append(metrics_check(scrape_service_metrics(deployment, service)))
+    result.checks.append(metrics_check(scrape_service_metrics(deployment, service, tls=metrics_tls)))
     if options.monitoring_role:  # the monitoring VM's Prometheus saw the VMs, the rounds and the losses
-        result.checks.append(monitorcheck.monitoring_check(deployment, service, result.federations))
+        result.checks.append(
+            monitorcheck.monitoring_check(deployment, service, result.federations, tls=metrics_tls)
+        )
 
 
 def _tunnel_tasks(
@@ -666,18 +674,38 @@ def metrics_port() -> int:
     return int(defaults.get("ONEAPP_FL_METRICS_PORT") or 9101)
 
 
+# The appliance CA on each role's VM, as curl verifies the exporter's certificate with it there: the
+# SuperLink's own CA (lib/tls.sh, FL_ETC/tls) and the copy a SuperNode pinned (FL_STATE/tls, the one
+# flower-metrics-cert checks its certificate against: docs/monitoring.md "TLS for every VM's metrics").
+METRICS_CA = {"superlink": "/etc/flower/tls/ca.pem", "supernode": "/var/lib/flower/tls/superlink-ca.pem"}
+
+
 @dataclass(frozen=True)
 class Scrape:
-    """One VM's /metrics as read on the VM itself (loopback: ONEAPP_FL_METRICS_ALLOW is empty), or why not."""
+    """One VM's /metrics as read on the VM itself, or why not."""
 
     vm: str  # "VM 12 (supernode)"
     text: str = ""
     error: str = ""
 
 
-def scrape_service_metrics(deployment: Deployment, service: Any) -> list[Scrape]:
-    """Every VM's metrics, fetched with curl on the VM through the deployment's SSH key."""
-    command = f"curl --silent --show-error --fail --max-time 15 http://127.0.0.1:{metrics_port()}/metrics"
+def scrape_command(role: str, ip: str, port: int, tls: bool) -> str:
+    """curl for one VM's metrics, run on the VM. Plain: ``http://127.0.0.1`` (ONEAPP_FL_METRICS_ALLOW
+    empty: loopback only). TLS: ``https://`` to the VM's own address, the only name its certificate
+    carries, verified with the appliance CA on the VM and nothing else (``--cacert`` replaces the
+    system's CAs)."""
+    options = "--silent --show-error --fail --max-time 15"
+    if not tls:
+        return f"curl {options} http://127.0.0.1:{port}/metrics"
+    host = f"[{ip}]" if ":" in ip else ip
+    url = f"https://{host}:{port}/metrics"
+    return f"curl {options} --cacert {shlex.quote(METRICS_CA[role])} {shlex.quote(url)}"
+
+
+def scrape_service_metrics(deployment: Deployment, service: Any, tls: bool = False) -> list[Scrape]:
+    """Every VM's metrics, fetched with curl on the VM through the deployment's SSH key; over HTTPS with
+    ``tls`` (ONEAPP_FL_METRICS_TLS=YES on both roles)."""
+    port = metrics_port()
     scrapes = []
     for role in ("superlink", "supernode"):
         for vm in service.role_vms(role):
@@ -691,7 +719,7 @@ def scrape_service_metrics(deployment: Deployment, service: Any) -> list[Scrape]
             )  # fmt: skip
             try:
                 with session.connect(timeout=60) as ssh:
-                    status, out, err = ssh.execute(command, timeout=60)
+                    status, out, err = ssh.execute(scrape_command(role, vm.ip, port, tls), timeout=60)
             except (FactoryError, OSError) as error:
                 scrapes.append(Scrape(name, error=f"SSH: {error}"))
                 continue

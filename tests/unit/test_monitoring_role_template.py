@@ -221,7 +221,7 @@ def test_the_check_passes_when_targets_panels_and_losses_agree() -> None:
         (
             {"1": "up", "2": "up"},
             {("7", 1): 2.5},
-            "run 7 (numpy): the panel shows rounds [1], results [1, 2]",
+            "run 7 (numpy): the panel shows rounds [1], results [1, 2]; targets now: VM 1 up 0.00 s, VM 2 up",
         ),
         (
             {"1": "up", "2": "up"},
@@ -285,3 +285,63 @@ def test_the_report_names_the_check_or_says_not_run() -> None:
     assert describe_monitoring_role({}) == "not run"
     cell = describe_monitoring_role({"monitoring_role": {"passed": True, "detail": "VM 9: 3 VMs up"}})
     assert cell == "passed (monitoring/monitoring_role): VM 9: 3 VMs up"
+
+
+def test_the_monitoring_pair_with_flower_tls_serves_its_metrics_over_https() -> None:
+    """What the harness adds to the monitoring pair's service (pairtest._deploy_and_run): with Flower TLS,
+    METRICS_TLS=YES on both scraped roles, and the monitoring role scrapes with it."""
+    assert monitorcheck.metrics_context(False) == {"superlink": {}, "supernode": {}}
+    context = monitorcheck.metrics_context(True)
+    assert context == {role: {"ONEAPP_FL_METRICS_TLS": "YES"} for role in ("superlink", "supernode")}
+    body = appliance_templates.service_template(
+        "s", 3, 4, 2, "tls-auth", extra_context=context, monitoring=True, metrics_allow="10.231.64.0/24"
+    )
+    for name, role in _roles(body).items():
+        assert role["template_contents"]["CONTEXT"]["ONEAPP_FL_METRICS_TLS"] == "YES", name
+    assert _roles(body)["supernode"]["template_contents"]["CONTEXT"]["ONEAPP_FL_TLS"] == "YES"
+    service_checks.check_template(body)
+    plain = appliance_templates.service_template(
+        "s", 3, 4, 2, "insecure", extra_context=monitorcheck.metrics_context(False), monitoring=True,
+        metrics_allow="10.231.64.0/24",
+    )  # fmt: skip
+    assert not any("ONEAPP_FL_METRICS_TLS" in r["template_contents"]["CONTEXT"] for r in plain["roles"])
+
+
+def test_the_endpoint_check_scrapes_https_at_the_vm_address_with_its_ca() -> None:
+    from factory.harness.pairtest import METRICS_CA, scrape_command
+
+    assert scrape_command("supernode", "10.231.64.7", 9101, tls=False).endswith(
+        " http://127.0.0.1:9101/metrics"
+    )
+    for role in ("superlink", "supernode"):
+        command = scrape_command(role, "10.231.64.7", 9101, tls=True)
+        assert f"--cacert {METRICS_CA[role]} https://10.231.64.7:9101/metrics" in command, command
+        assert "--insecure" not in command and " -k" not in command
+    assert METRICS_CA == {
+        "superlink": "/etc/flower/tls/ca.pem",  # context/appliance/lib/tls.sh, roles/superlink.sh
+        "supernode": "/var/lib/flower/tls/superlink-ca.pem",  # lib/metrics_tls.sh flower-metrics-cert --ca
+    }
+
+
+def test_a_target_scraped_over_http_fails_the_https_check() -> None:
+    losses = {("7", 1): 2.5, ("7", 2): 1.25}
+    expected = {"1": "superlink", "2": "supernode"}
+    check = monitorcheck.evaluate(
+        FakePrometheus({"1": "up", "2": "up"}, losses), expected, FEDERATIONS, lambda: 2000.0, settle=0,
+        scheme="https",
+    )  # fmt: skip
+    assert (
+        not check["passed"] and "VM 1 (superlink) is scraped at http://1, not over https" in check["detail"]
+    )
+
+    class Https(FakePrometheus):
+        def __call__(self, path: str, params: dict[str, str]) -> Any:
+            answer = super().__call__(path, params)
+            for target in answer.get("activeTargets", []):
+                target["scrapeUrl"] = target["scrapeUrl"].replace("http://", "https://")
+            return answer
+
+    check = monitorcheck.evaluate(
+        Https({"1": "up", "2": "up"}, losses), expected, FEDERATIONS, lambda: 2000.0, settle=0, scheme="https"
+    )
+    assert check["passed"] and "2 VMs of the service up as targets over https" in check["detail"], check
