@@ -91,6 +91,42 @@ def test_the_monitoring_role_configures_prometheus_from_onegate(
     assert not (sandbox.etc / "tls").exists() and not (sandbox.etc / "metrics.args").exists()  # no SuperLink
 
 
+def test_where_the_image_has_grafana_configure_provisions_it(
+    make_sandbox: Any, tmp_path: Path, dummy_cloud: Any, service: DummyService
+) -> None:
+    """Images that carry Grafana (FL_GRAFANA=yes: Ubuntu, openSUSE; not buildable here) get its data
+    source (this VM's Prometheus, rendered by the shipped monitoring.config), the dashboard provider and
+    the dashboard, and Grafana on loopback. Its configure once called a monitoring.config subcommand that
+    does not exist."""
+    grafana = tmp_path / "grafana"
+    sandbox = make_sandbox(
+        "superlink",
+        extra_env={
+            "FL_MONITORING_HOME": str(REPO_ROOT),
+            "FL_MONITORING_PYTHON": sys.executable,
+            "FL_MONITORING_ETC": str(tmp_path / "superlink" / "etc" / "monitoring"),
+            "FL_MONITORING_STATE": str(tmp_path / "superlink" / "monitoring"),
+            "FL_START_DEADLINE": "6",
+            "FL_GRAFANA": "yes",
+            "FL_GRAFANA_PROVISIONING": str(grafana / "provisioning"),
+            "FL_GRAFANA_DASHBOARDS": str(grafana / "dashboards"),
+            "FL_GRAFANA_DROPIN": str(grafana / "50-flower.conf"),
+        },
+    )
+    identity = _identity(dummy_cloud, service.supernodes[0])
+    sandbox.configured(ONEAPP_FL_APPLIANCE_ROLE="monitoring", **identity)
+    datasource = yaml.safe_load((grafana / "provisioning" / "datasources" / "flower.yml").read_text())
+    assert [source["url"] for source in datasource["datasources"]] == ["http://127.0.0.1:9090"]
+    shipped = REPO_ROOT / "monitoring" / "grafana"
+    assert (grafana / "dashboards" / "flower-dashboard.json").read_bytes() == (
+        shipped / "flower-dashboard.json"
+    ).read_bytes()
+    assert (grafana / "provisioning" / "dashboards" / "flower.yml").read_bytes() == (
+        shipped / "provisioning" / "dashboards.yml"
+    ).read_bytes()
+    assert "GF_SERVER_HTTP_ADDR=127.0.0.1" in (grafana / "50-flower.conf").read_text()
+
+
 def test_metrics_tls_scrapes_with_the_ca_the_superlink_published(
     make_sandbox: Any, tmp_path: Path, dummy_cloud: Any, service: DummyService
 ) -> None:

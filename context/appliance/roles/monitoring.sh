@@ -20,6 +20,7 @@ FL_MONITORING_UNITS=(flower-targets.service flower-prometheus.service)
 : "${FL_GRAFANA:=no}"
 : "${FL_GRAFANA_PROVISIONING:=/etc/grafana/provisioning}"
 : "${FL_GRAFANA_DASHBOARDS:=/var/lib/grafana/dashboards/flower}"
+: "${FL_GRAFANA_DROPIN:=/etc/systemd/system/grafana-server.service.d/50-flower.conf}"
 
 monitoring_install() {
     fl_install_units "${FL_MONITORING_UNITS[@]}"
@@ -122,7 +123,7 @@ monitoring_configure() {
 # Grafana's data source (this VM's Prometheus) and the dashboard, as provisioning files.
 monitoring_configure_grafana() {
     local datasource
-    datasource=$(PYTHONPATH="${FL_MONITORING_HOME}" "${FL_MONITORING_PYTHON}" -m monitoring.config grafana \
+    datasource=$(PYTHONPATH="${FL_MONITORING_HOME}" "${FL_MONITORING_PYTHON}" -m monitoring.config grafana-datasource \
         --prometheus-url "http://${FL_PROMETHEUS_LISTEN}" 2>&1) ||
         fl_fail "could not render Grafana's data source: $(fl_one_line "${datasource}" 200)"
     printf '%s\n' "${datasource}" | fl_write_file "${FL_GRAFANA_PROVISIONING}/datasources/flower.yml" 0644 || true
@@ -132,7 +133,7 @@ monitoring_configure_grafana() {
         <"${FL_MONITORING_HOME}/monitoring/grafana/flower-dashboard.json" || true
     # Loopback only, like Prometheus (reach it with an SSH tunnel).
     printf '[Service]\nEnvironment=GF_SERVER_HTTP_ADDR=127.0.0.1\n' |
-        fl_write_file /etc/systemd/system/grafana-server.service.d/50-flower.conf 0644 || true
+        fl_write_file "${FL_GRAFANA_DROPIN}" 0644 || true
 }
 
 monitoring_bootstrap() {
