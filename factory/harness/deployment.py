@@ -177,6 +177,11 @@ class Deployment:
 
     # -- using ---------------------------------------------------------------------------------------------
 
+    def ssh_session(self, ip: str) -> SSHSession:
+        """An SSH session to a VM of this deployment: the cloud's SSH user, this deployment's key and
+        known_hosts file."""
+        return SSHSession(ip, self.cloud.settings.ssh_user, self.key.private, known_hosts=self.known_hosts)
+
     @contextmanager
     def control_api(self, superlink: Any, ca_pem: bytes | None) -> Iterator[Connection]:
         """The SuperLink's Control API through an SSH tunnel (TLS with ``ca_pem`` when given)."""
@@ -186,9 +191,7 @@ class Deployment:
         if ca_pem is not None:
             ca_path = self.workdir / "superlink-ca.crt"
             ca_path.write_bytes(ca_pem)
-        session = SSHSession(
-            superlink.ip, self.cloud.settings.ssh_user, self.key.private, known_hosts=self.known_hosts
-        )
+        session = self.ssh_session(superlink.ip)
         with session.connect(timeout=180) as ssh, ssh.forward("127.0.0.1", api_port()) as forward:
             yield Connection(forward.address, ca_path)
 

@@ -279,8 +279,6 @@ def monitoring_check(
 ) -> dict[str, Any]:
     """The pair's ``monitoring/monitoring_role`` check against the service's monitoring VM; ``tls``: the
     metrics have TLS (:func:`metrics_context`), so every target must be scraped over https."""
-    from factory.harness.tunnel import SSHSession
-
     failed = {"task": TASK, "name": CHECK, "passed": False}
     vms = service.role_vms(ROLE)
     if not vms:
@@ -289,10 +287,7 @@ def monitoring_check(
     if monitor.ip is None:
         return {**failed, "detail": f"monitoring VM {monitor.id} has no IP address"}
     expected = {str(vm.id): role for role in SCRAPED_ROLES for vm in service.role_vms(role)}
-    session = SSHSession(
-        monitor.ip, deployment.cloud.settings.ssh_user, deployment.key.private,
-        known_hosts=deployment.known_hosts,
-    )  # fmt: skip
+    session = deployment.ssh_session(monitor.ip)
     try:
         with session.connect(timeout=60) as ssh:
             result = evaluate(

@@ -43,7 +43,6 @@ from factory.harness.flwrenv import ensure_flower
 from factory.harness.jobcheck import JobFollower, follow_superlink, plan_for, record_job
 from factory.harness.jobfeatures import pair_feature_checks
 from factory.harness.pair import FAILED, PASSED, PASSED_WITH_WARNING, PairResult, PairSpec, Side
-from factory.harness.tunnel import SSHSession
 from hostkit.errors import ConfigError, FactoryError
 from hostkit.progress import DEFAULT as PROGRESS
 from hostkit.progress import Progress
@@ -713,10 +712,7 @@ def scrape_service_metrics(deployment: Deployment, service: Any, tls: bool = Fal
             if vm.ip is None:
                 scrapes.append(Scrape(name, error="no IP address"))
                 continue
-            session = SSHSession(
-                vm.ip, deployment.cloud.settings.ssh_user, deployment.key.private,
-                known_hosts=deployment.known_hosts,
-            )  # fmt: skip
+            session = deployment.ssh_session(vm.ip)
             try:
                 with session.connect(timeout=60) as ssh:
                     status, out, err = ssh.execute(scrape_command(role, vm.ip, port, tls), timeout=60)

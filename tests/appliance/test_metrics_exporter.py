@@ -349,21 +349,23 @@ def test_a_quiet_log_is_up_and_a_missing_one_is_down(tmp_path: Path) -> None:
         assert found['flower_supernode_connection_state{state="unknown"}'] == 1
 
 
+# The tables of a SuperLink's state the exporter reads, with only the columns it reads, named as in Flower
+# 1.41/1.42's linkstate_models.py and corestate_models.py.
+STATE_TABLES = """
+CREATE TABLE run (run_id BIGINT, primary_task_id BIGINT);
+CREATE TABLE task (task_id BIGINT, run_id BIGINT, pending_at VARCHAR, starting_at VARCHAR,
+                   running_at VARCHAR, finished_at VARCHAR, sub_status VARCHAR);
+CREATE TABLE task_logs (timestamp FLOAT, task_id BIGINT, log VARCHAR);
+CREATE TABLE node (node_id BIGINT, status VARCHAR, online_until FLOAT);
+"""
+
+
 def test_run_ids_are_the_unsigned_ids_flwr_shows(tmp_path: Path) -> None:
     """Flower stores a uint64 run id >= 2**63 as a negative int64 (flwr/supercore/utils.py
-    uint64_to_int64); seen for real with run 13526230806941732539. The tables hold only the columns the
-    exporter reads, named as in Flower 1.41/1.42's linkstate_models.py and corestate_models.py."""
+    uint64_to_int64); seen for real with run 13526230806941732539."""
     database = tmp_path / "state.db"
     with sqlite3.connect(database) as db:
-        db.executescript(
-            """
-            CREATE TABLE run (run_id BIGINT, primary_task_id BIGINT);
-            CREATE TABLE task (task_id BIGINT, run_id BIGINT, pending_at VARCHAR, starting_at VARCHAR,
-                               running_at VARCHAR, finished_at VARCHAR, sub_status VARCHAR);
-            CREATE TABLE task_logs (timestamp FLOAT, task_id BIGINT, log VARCHAR);
-            CREATE TABLE node (node_id BIGINT, status VARCHAR, online_until FLOAT);
-            """
-        )
+        db.executescript(STATE_TABLES)
         signed = 13526230806941732539 - 2**64
         db.execute("INSERT INTO run VALUES (?, 5)", (signed,))
         db.execute(
@@ -403,15 +405,7 @@ def test_runs_that_finished_close_together_keep_their_rounds(tmp_path: Path) -> 
         return str(now - datetime.timedelta(seconds=seconds_ago))
 
     with sqlite3.connect(database) as db:
-        db.executescript(
-            """
-            CREATE TABLE run (run_id BIGINT, primary_task_id BIGINT);
-            CREATE TABLE task (task_id BIGINT, run_id BIGINT, pending_at VARCHAR, starting_at VARCHAR,
-                               running_at VARCHAR, finished_at VARCHAR, sub_status VARCHAR);
-            CREATE TABLE task_logs (timestamp FLOAT, task_id BIGINT, log VARCHAR);
-            CREATE TABLE node (node_id BIGINT, status VARCHAR, online_until FLOAT);
-            """
-        )
+        db.executescript(STATE_TABLES)
         for run_id, pending, finished in ((11, 3000, 2000), (12, 100, 5), (13, 90, 3)):
             db.execute("INSERT INTO run VALUES (?, ?)", (run_id, run_id))
             db.execute(

@@ -34,9 +34,10 @@ def service(dummy_cloud: Any) -> DummyService:
     return start_dummy_service(dummy_cloud, "fl-monitoring", 2, nic=True)
 
 
-def _monitoring(make_sandbox: Any, tmp_path: Path) -> Any:
+def _monitoring(make_sandbox: Any, tmp_path: Path, **settings: str) -> Any:
     """A SuperLink image's sandbox whose monitoring files are the repository's (the image has them under
-    /opt/flower/monitoring) and whose Python is this one (the image's: the distribution's, with Jinja2)."""
+    /opt/flower/monitoring) and whose Python is this one (the image's: the distribution's, with Jinja2);
+    ``settings``: further environment of the role (FL_GRAFANA...)."""
     return make_sandbox(
         "superlink",
         extra_env={
@@ -45,6 +46,7 @@ def _monitoring(make_sandbox: Any, tmp_path: Path) -> Any:
             "FL_MONITORING_ETC": str(tmp_path / "superlink" / "etc" / "monitoring"),
             "FL_MONITORING_STATE": str(tmp_path / "superlink" / "monitoring"),
             "FL_START_DEADLINE": "6",
+            **settings,
         },
     )
 
@@ -99,19 +101,13 @@ def test_where_the_image_has_grafana_configure_provisions_it(
     the dashboard, and Grafana on loopback. Its configure once called a monitoring.config subcommand that
     does not exist."""
     grafana = tmp_path / "grafana"
-    sandbox = make_sandbox(
-        "superlink",
-        extra_env={
-            "FL_MONITORING_HOME": str(REPO_ROOT),
-            "FL_MONITORING_PYTHON": sys.executable,
-            "FL_MONITORING_ETC": str(tmp_path / "superlink" / "etc" / "monitoring"),
-            "FL_MONITORING_STATE": str(tmp_path / "superlink" / "monitoring"),
-            "FL_START_DEADLINE": "6",
-            "FL_GRAFANA": "yes",
-            "FL_GRAFANA_PROVISIONING": str(grafana / "provisioning"),
-            "FL_GRAFANA_DASHBOARDS": str(grafana / "dashboards"),
-            "FL_GRAFANA_DROPIN": str(grafana / "50-flower.conf"),
-        },
+    sandbox = _monitoring(
+        make_sandbox,
+        tmp_path,
+        FL_GRAFANA="yes",
+        FL_GRAFANA_PROVISIONING=str(grafana / "provisioning"),
+        FL_GRAFANA_DASHBOARDS=str(grafana / "dashboards"),
+        FL_GRAFANA_DROPIN=str(grafana / "50-flower.conf"),
     )
     identity = _identity(dummy_cloud, service.supernodes[0])
     sandbox.configured(ONEAPP_FL_APPLIANCE_ROLE="monitoring", **identity)
