@@ -226,21 +226,20 @@ class OneCloud:
 
     # -- images ----------------------------------------------------------------------------------------------
 
-    def find_image_by_checksum(self, sha256: str) -> Any | None:
+    def images(self) -> list[Any]:
         with self._call("imagepool.info"):
-            pool = self.one.imagepool.info(-3, -1, -1)
-        for image in _as_list(pool.IMAGE):
+            return _as_list(self.one.imagepool.info(-3, -1, -1).IMAGE)
+
+    @staticmethod
+    def find_image_by_checksum(images: list[Any], sha256: str) -> Any | None:
+        for image in images:
             template = image.TEMPLATE or {}
             if template.get(CHECKSUM_ATTRIBUTE) == sha256 and IMAGE_STATES[int(image.STATE)] != "ERROR":
                 return image
         return None
 
-    def image_names(self) -> set[str]:
-        with self._call("imagepool.info"):
-            pool = self.one.imagepool.info(-3, -1, -1)
-        return {str(image.NAME) for image in _as_list(pool.IMAGE)}
-
-    def free_image_name(self, name: str, sha256: str) -> str:
+    @staticmethod
+    def free_image_name(images: list[Any], name: str, sha256: str) -> str:
         """``name``, or ``name-<first 12 hex of sha256>`` when an image of other content holds it already.
 
         oned refuses a second image of the same name and owner ("NAME is already taken by IMAGE n",
@@ -248,7 +247,7 @@ class OneCloud:
         rebuilt image of a variant (new content, same variant name) meets the image of the last release,
         kept as the source of its marketplace app; the suffix keeps both and says which content each holds.
         """
-        if name not in self.image_names():
+        if name not in {str(image.NAME) for image in images}:
             return name
         return f"{name}-{sha256[:12]}"
 
@@ -262,12 +261,13 @@ class OneCloud:
         self, path: Path, name: str, sha256: str, image_format: str, timeout: float = 1800.0
     ) -> ImageRef:
         """The READY image holding ``path`` (by sha256), importing it first when no such image exists."""
-        existing = self.find_image_by_checksum(sha256)
+        images = self.images()
+        existing = self.find_image_by_checksum(images, sha256)
         if existing is not None:
             self.wait_image(int(existing.ID), timeout)
             verified = self._verify_content(existing, sha256)
             return ImageRef(int(existing.ID), str(existing.NAME), sha256, reused=True, verified=verified)
-        name = self.free_image_name(name, sha256)
+        name = self.free_image_name(images, name, sha256)
         template = {
             "NAME": name,
             "PATH": self.image_source(path),
