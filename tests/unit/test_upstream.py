@@ -34,12 +34,11 @@ def test_the_pins_match_the_upstream_folder_in_use() -> None:
 
 
 def test_a_pinned_archive_is_fetched_once(tmp_path: Path) -> None:
-    url = _archive(tmp_path, (UPSTREAM_DIR / "marketplace" / ".yamllint.yml").read_bytes())
+    pinned = upstream.path("marketplace", ".yamllint.yml")  # UpstreamMissing (the how-to) where absent
+    url = _archive(tmp_path, pinned.read_bytes())
     target = tmp_path / "upstream"
     assert upstream.fetch_one(PIN, target, url) is True
-    assert (target / "marketplace" / ".yamllint.yml").read_bytes() == (
-        UPSTREAM_DIR / "marketplace" / ".yamllint.yml"
-    ).read_bytes()
+    assert (target / "marketplace" / ".yamllint.yml").read_bytes() == pinned.read_bytes()
     assert not (target / "marketplace" / "README.md").exists()
     assert upstream.fetch_one(PIN, target, url) is False  # the stamp records commit and sha256
 

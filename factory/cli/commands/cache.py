@@ -55,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
     from factory.images import cache, localbuild
     from factory.model.matrix import load_matrix
+    from hostkit.errors import ConfigError
 
+    root = localbuild.images_cache()
+    # checked before the matrix's layer keys, which read upstream files: the first mistake is named first
+    if not root.is_dir():
+        raise ConfigError("cache", str(root), "is not a directory (set FLOWER_FACTORY_CACHE)")
     matrix = load_matrix(args.matrix)
     wanted = cache.wanted_entries(matrix.variants)
-    root = localbuild.images_cache()
     entries = cache.prune(root, wanted, args.min_age * 3600, args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     freed = 0
