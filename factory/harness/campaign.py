@@ -253,11 +253,11 @@ def cloud_target(
 # with the sklearn pairs); against a real OpenNebula only the flwr CLI and an SSH tunnel run here.
 LOCAL_PAIR_MEMORY = 2 << 30
 REMOTE_PAIRS_MAX = 16
-# CPU seconds one look at a followed run costs here: `flwr list` and `flwr log`, each a start of the flwr
-# CLI (1.2 s of CPU idle, 1.7-1.8 s under load, measured on the 2-core development machine, issue 13). At
-# the default poll interval of 5 s a followed run keeps more than half a core busy: what bounds a remote
-# campaign's pairs per core.
-CLI_LOOK_CPU_SECONDS = 3.0
+# The share of a core that following one run costs here. A pair test follows each run with one streamed
+# `flwr log` and a `flwr list` every 30 s (FederationRunner): measured side by side with polling on the
+# 2-core development machine (benchmarks/bench_e2e.py follow, issue 13), 4.7 s of flwr CPU over a 45 s
+# follow, against 13.7 s polled every 10 s. Polling is only the fallback where a stream drops.
+FOLLOW_CPU_SHARE = 4.7 / 45
 
 
 def addresses_per_pair(spec: PairSpec, options: PairTestOptions) -> int:
@@ -293,16 +293,13 @@ def memory_available() -> int:
     return 0
 
 
-def machine_parallel(
-    local_vms: bool, cores: int | None = None, memory: int | None = None, poll_interval: float = 5.0
-) -> int:
+def machine_parallel(local_vms: bool, cores: int | None = None, memory: int | None = None) -> int:
     """Pairs this machine carries at once: with the VMs here, one per core as far as memory allows (a pair
-    is mostly waiting: boot, polling, the tunnel); against a remote cloud as many per core as the CPU of
-    following one run at ``poll_interval`` leaves room for (1 at 5 s, 3 at 10 s: CLI_LOOK_CPU_SECONDS),
-    capped."""
+    is mostly waiting: boot, polling, the tunnel); against a remote cloud as many per core as following
+    their runs leaves room for (FOLLOW_CPU_SHARE: 9 per core), capped."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
     if not local_vms:
-        per_core = max(int(poll_interval // CLI_LOOK_CPU_SECONDS), 1)
+        per_core = max(int(1 / FOLLOW_CPU_SHARE), 1)
         return max(1, min(cores * per_core, REMOTE_PAIRS_MAX))
     memory = memory if memory is not None else memory_available()
     by_memory = memory // LOCAL_PAIR_MEMORY if memory else cores

@@ -87,10 +87,9 @@ def test_machine_parallel_from_cores_and_memory() -> None:
     assert machine_parallel(local_vms=True, cores=2, memory=22 * gib) == 2
     assert machine_parallel(local_vms=True, cores=16, memory=5 * gib) == 2  # memory bounds it
     assert machine_parallel(local_vms=True, cores=4, memory=gib) == 1  # never below one
-    # remote VMs: the host follows runs with the flwr CLI, more than half a core per run at a 5 s poll
-    assert machine_parallel(local_vms=False, cores=2, memory=gib) == 2
-    assert machine_parallel(local_vms=False, cores=2, poll_interval=10.0) == 6
-    assert machine_parallel(local_vms=False, cores=2, poll_interval=1.0) == 2  # never below one per core
+    # remote: only following the runs costs CPU here (a streamed flwr log each, ~0.1 core): 9 per core
+    assert machine_parallel(local_vms=False, cores=1, memory=gib) == 9
+    assert machine_parallel(local_vms=False, cores=2) == 16  # capped
     assert machine_parallel(local_vms=False, cores=64) == 16
 
 

@@ -138,5 +138,5 @@ def campaign_parallel(
 
     local = target is None or target.name == "testcloud"
     free = free_addresses(target.cloud) if target is not None else None
-    machine = machine_parallel(local_vms=local, poll_interval=options.poll_interval)
+    machine = machine_parallel(local_vms=local)
     return choose_parallel(args.parallel, specs, options, free, machine)
