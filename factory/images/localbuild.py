@@ -577,19 +577,22 @@ def build_appliance(
     directory = appliance_directory(variant, key)
     image = directory / f"{variant.name}.img"
     layers: tuple[Layer, ...] = ()
+    layer_seconds = 0.0  # recorded as the layers' own entries, so not counted again in the image's
 
     def fill(work: Path) -> str:
-        nonlocal layers
+        nonlocal layers, layer_seconds
         if layered:
             again = force if force_layers is None else force_layers
+            layers_started = time.monotonic()
             layers = build_layers(variant, base, package, progress, again, timings)
+            layer_seconds = time.monotonic() - layers_started
         source = Source(base, layers)
         _make_appliance(work, image.name, variant, source, key, params_text, package, progress)
         return key
 
     reused = _cache_entry(directory, f"{variant.name}-{key[:16]}", force, fill)
     seconds = time.monotonic() - started
-    timings.record(EntryKind.IMAGE, variant.name, variant.name, key, reused, seconds)
+    timings.record(EntryKind.IMAGE, variant.name, variant.name, key, reused, seconds - layer_seconds)
     built = Image.beside(variant.name, image, ImageFormat.RAW, key=key, reused=reused)
     if reused:
         progress.line(f"{variant.name}: reusing {image} (unchanged inputs, key {key[:16]})")
