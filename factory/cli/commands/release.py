@@ -161,6 +161,6 @@ def _ssh_key(given: Path | None) -> tuple[Path | None, str]:
     path, generated = default_public_key(CLOUD_DIR, Path.home())
     if generated:
         private = path.with_suffix("")
-        print(f"no ~/.ssh/id_*.pub: generated a key pair for the guests: {private}")
+        print(f"no ~/.ssh/id_*.pub: the guests get the test cloud's own key pair (made once): {private}")
         print(f"  log in with: ssh -i {private} root@<guest IP>")
     return path, read_public_key(path)
