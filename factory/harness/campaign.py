@@ -294,9 +294,10 @@ def memory_available() -> int:
 
 
 def machine_parallel(local_vms: bool, cores: int | None = None, memory: int | None = None) -> int:
-    """Pairs this machine carries at once: with the VMs here, one per core as far as memory allows (a pair
-    is mostly waiting: boot, polling, the tunnel); against a remote cloud as many per core as following
-    their runs leaves room for (FOLLOW_CPU_SHARE: 9 per core), capped."""
+    """Pairs this machine carries at once: with the VMs here, one per core as far as memory allows (their
+    Flower processes use the cores: on 2 cores a warm release's pair tests took 1.14x as long at 4 at once
+    as at 2, docs/e2e.md); against a remote cloud as many per core as following their runs leaves room
+    for (FOLLOW_CPU_SHARE: 9 per core), capped."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
     if not local_vms:
         per_core = max(int(1 / FOLLOW_CPU_SHARE), 1)

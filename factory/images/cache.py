@@ -182,12 +182,17 @@ def _entries(cache: Path) -> Iterator[tuple[Area, Path]]:
                 yield area, path
 
 
+def check_root(cache: Path) -> None:
+    """Refuse an image cache root that is not a directory (ConfigError naming it)."""
+    if not cache.is_dir():
+        raise ConfigError("cache", str(cache), "is not a directory (set FLOWER_FACTORY_CACHE)")
+
+
 def plan_prune(cache: Path, wanted: set[Path], min_age: float, now: float | None = None) -> list[Entry]:
     """Every entry of ``cache`` with its verdict (no lock is taken here; ``prune`` checks again)."""
     if min_age < 0:
         raise ConfigError("command line", "--min-age", f"must not be negative, got {min_age:g}")
-    if not cache.is_dir():
-        raise ConfigError("cache", str(cache), "is not a directory (set FLOWER_FACTORY_CACHE)")
+    check_root(cache)
     now = time.time() if now is None else now
     entries = []
     for area, path in _entries(cache):

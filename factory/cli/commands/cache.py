@@ -55,12 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from factory.images import cache, localbuild
     from factory.model.matrix import load_matrix
-    from hostkit.errors import ConfigError
 
     root = localbuild.images_cache()
     # checked before the matrix's layer keys, which read upstream files: the first mistake is named first
-    if not root.is_dir():
-        raise ConfigError("cache", str(root), "is not a directory (set FLOWER_FACTORY_CACHE)")
+    cache.check_root(root)
     matrix = load_matrix(args.matrix)
     wanted = cache.wanted_entries(matrix.variants)
     entries = cache.prune(root, wanted, args.min_age * 3600, args.dry_run)
